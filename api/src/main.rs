@@ -1,0 +1,20 @@
+//! `rsolv-api`: applies migrations, then serves the HTTP API on `BIND_ADDR`.
+
+use std::net::TcpListener;
+
+use api::startup::Application;
+use common::config::Settings;
+use common::{db, telemetry};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    let pool = db::pool(&settings)?;
+    db::migrate(&pool).await?;
+    let listener = TcpListener::bind(settings.bind_addr)?;
+    let app = Application::build(listener, pool, settings.max_body_bytes)?;
+    tracing::info!(addr = %settings.bind_addr, "rsolv-api listening");
+    app.server().await?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `GET /api/v1/customers/me`: the usage summary of the key's customer.
+
+use actix_web::{HttpResponse, web};
+use common::db;
+use common::domain::{SubscriptionState, Warning};
+use sqlx::PgPool;
+
+use crate::auth::Authenticated;
+use crate::errors::ApiError;
+
+const RECENT_ENTRIES: i64 = 10;
+
+pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResponse, ApiError> {
+    let customer = db::customers::find(pool.get_ref(), auth.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
+    let entries = db::customers::recent_ledger(pool.get_ref(), customer.id, RECENT_ENTRIES).await?;
+    let state = customer.subscription_state.as_deref().and_then(|s| SubscriptionState::parse(s).ok());
+    let warnings = Warning::derive(
+        customer.credit_balance,
+        customer.has_payment_method(),
+        state,
+        customer.cancel_at_period_end,
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "customer_id": customer.id,
+        "name": customer.name,
+        "email": customer.email,
+        "credit_balance": customer.credit_balance,
+        "subscription_type": customer.subscription_type,
+        "subscription_state": customer.subscription_state,
+        "cancel_at_period_end": customer.cancel_at_period_end,
+        "has_payment_method": customer.has_payment_method(),
+        "recent_ledger_entries": entries,
+        "warnings": warnings,
+    })))
+}

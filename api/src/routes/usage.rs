@@ -1,0 +1,104 @@
+//! `POST /api/v1/usage/fixes` and `GET /api/v1/usage/fixes/{fix_id}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use common::db;
+use common::domain::{ErrorCode, Warning};
+use common::jobs::RecordUsage;
+use common::queue::{self, JobKind, status};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+use crate::auth::Authenticated;
+use crate::errors::ApiError;
+use crate::extract::JsonBody;
+
+#[derive(Deserialize)]
+pub struct FixReport {
+    fix_id: String,
+    repo: String,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+const ID_MAX_CHARS: usize = 200;
+
+fn bounded(field: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > ID_MAX_CHARS || value.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "{field} must be 1 to {ID_MAX_CHARS} printable characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn status_url(fix_id: &str) -> String {
+    format!("/api/v1/usage/fixes/{}", urlencode(fix_id))
+}
+
+fn urlencode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+pub async fn report_fix(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    JsonBody(report): JsonBody<FixReport>,
+) -> Result<HttpResponse, ApiError> {
+    let fix_id = bounded("fix_id", &report.fix_id)?;
+    let repo = bounded("repo", &report.repo)?;
+    let customer = db::customers::find(pool.get_ref(), auth.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
+    // A blocked customer is told at once; the job decides every other case under the
+    // customer's lock.
+    let blocked = Warning::derive(customer.credit_balance, customer.has_payment_method(), None, false)
+        .contains(&Warning::Blocked);
+    if blocked && db::usage::find(pool.get_ref(), customer.id, &fix_id).await?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::NoBillingInfo,
+            "no credits left and no payment method on file",
+        ));
+    }
+    let job = RecordUsage {
+        customer_id: customer.id,
+        fix_id: fix_id.clone(),
+        repo,
+        metadata: report.metadata.map(serde_json::Value::Object).unwrap_or_default(),
+    };
+    let enqueued = queue::enqueue(pool.get_ref(), &job).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "status": "recorded",
+        "fix_id": fix_id,
+        "duplicate": enqueued.is_duplicate(),
+        "status_url": status_url(&fix_id),
+    })))
+}
+
+pub async fn fix_status(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let fix_id = path.into_inner();
+    let answer = |status: &str, code: Option<&str>| {
+        HttpResponse::Ok().json(serde_json::json!({ "fix_id": fix_id, "status": status, "refusal_code": code }))
+    };
+    if let Some(record) = db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await? {
+        return Ok(answer(&record.outcome, record.refusal_code.as_deref()));
+    }
+    let key = RecordUsage::unique_key_for(auth.customer_id, &fix_id);
+    match queue::by_unique_key(pool.get_ref(), RecordUsage::KIND, &key).await? {
+        None => Err(ApiError::not_found("no fix reported with this id")),
+        Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => Ok(answer("failed", None)),
+        Some(_) => Ok(answer("pending", None)),
+    }
+}
+

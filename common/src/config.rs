@@ -1,0 +1,236 @@
+//! Every setting, read once from the environment (a `.env` file is honoured), typed,
+//! with defaults and validation. The README's configuration table lists the same names.
+//!
+//! Reading goes through a lookup function so that tests build settings from a map
+//! instead of mutating the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::queue::RetryPolicy;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {name}: {message}")]
+pub struct ConfigError {
+    pub name: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub database_max_connections: u32,
+    /// How long a request waits for a database connection before it answers 503.
+    pub database_acquire_timeout: Duration,
+    pub bind_addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub credits: CreditSettings,
+    pub jobs: JobSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreditSettings {
+    pub trial_signup: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// How often an idle worker looks for due jobs when no notification came
+    /// (scheduled jobs, retries whose backoff ended, a lost notification).
+    pub poll_interval: Duration,
+    /// How often a worker process records that it is alive.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is presumed dead and its running jobs are rescued.
+    pub orphan_after: Duration,
+    /// How long shutdown waits for running jobs before it gives up on them (they are
+    /// then rescued as orphans by another worker).
+    pub shutdown_timeout: Duration,
+    /// First retry delay; each further attempt doubles it, up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    kinds: HashMap<String, KindSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindSettings {
+    pub concurrency: usize,
+    pub max_attempts: i32,
+}
+
+impl JobSettings {
+    /// The queue settings of a job kind: its own environment overrides, else its defaults.
+    pub fn kind(&self, kind: &str, policy: &RetryPolicy) -> KindSettings {
+        self.kinds.get(kind).copied().unwrap_or(KindSettings {
+            concurrency: policy.concurrency,
+            max_attempts: policy.max_attempts,
+        })
+    }
+
+    pub fn retry_policy(&self, kind: &str, defaults: &RetryPolicy) -> RetryPolicy {
+        let k = self.kind(kind, defaults);
+        RetryPolicy {
+            max_attempts: k.max_attempts,
+            concurrency: k.concurrency,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment, after loading `.env` if there is one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let r = Reader { lookup: &lookup };
+        let database_url = r.string("DATABASE_URL").ok_or_else(|| ConfigError {
+            name: "DATABASE_URL".into(),
+            message: "must be set (scripts/run starts a local Postgres and sets it)".into(),
+        })?;
+        let mut kinds = HashMap::new();
+        for (kind, defaults) in crate::jobs::kinds() {
+            let upper = kind.to_uppercase();
+            let settings = KindSettings {
+                concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
+                max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
+            };
+            if settings.concurrency == 0 || settings.max_attempts < 1 {
+                return Err(ConfigError {
+                    name: format!("JOB_{upper}_*"),
+                    message: "concurrency and max attempts must be at least 1".into(),
+                });
+            }
+            kinds.insert(kind.to_owned(), settings);
+        }
+        let settings = Self {
+            database_url,
+            database_max_connections: r.parse("DATABASE_MAX_CONNECTIONS", 20)?,
+            database_acquire_timeout: r.millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?,
+            bind_addr: r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            max_body_bytes: r.parse("MAX_BODY_BYTES", 64 * 1024)?,
+            log_format: match r.string("LOG_FORMAT").as_deref() {
+                None | Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(ConfigError {
+                        name: "LOG_FORMAT".into(),
+                        message: format!("{other:?} is not one of pretty, json"),
+                    });
+                }
+            },
+            credits: CreditSettings {
+                trial_signup: r.parse("CREDITS_TRIAL_SIGNUP", 5)?,
+            },
+            jobs: JobSettings {
+                poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
+                heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,
+                orphan_after: r.millis("JOB_ORPHAN_AFTER_MS", 30_000)?,
+                shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
+                backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
+                backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
+                kinds,
+            },
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |name: &str, message: &str| {
+            Err(ConfigError { name: name.into(), message: message.into() })
+        };
+        if self.database_max_connections < 2 {
+            return fail("DATABASE_MAX_CONNECTIONS", "must be at least 2");
+        }
+        if self.jobs.orphan_after <= self.jobs.heartbeat_interval * 2 {
+            return fail("JOB_ORPHAN_AFTER_MS", "must exceed two heartbeats (JOB_HEARTBEAT_MS)");
+        }
+        if self.jobs.backoff_base.is_zero() || self.jobs.backoff_max < self.jobs.backoff_base {
+            return fail("JOB_BACKOFF_BASE_MS", "must be positive and not above JOB_BACKOFF_MAX_MS");
+        }
+        if self.credits.trial_signup < 0 {
+            return fail("CREDITS_TRIAL_SIGNUP", "must not be negative");
+        }
+        Ok(())
+    }
+}
+
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Reader<'_> {
+    fn string(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.string(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e: T::Err| ConfigError {
+                name: name.into(),
+                message: format!("{raw:?} is invalid: {e}"),
+            }),
+        }
+    }
+
+    fn millis(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {
+        self.parse(name, default).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_given() {
+        let s = settings(&[("DATABASE_URL", "postgres://localhost/x")]).unwrap();
+        assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.credits.trial_signup, 5);
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_missing_database_url_is_a_clear_error() {
+        let err = settings(&[]).unwrap_err();
+        assert_eq!(err.name, "DATABASE_URL");
+    }
+
+    #[test]
+    fn per_kind_overrides_and_bad_values_are_reported_by_name() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JOB_RECORD_USAGE_CONCURRENCY", "3"),
+            ("JOB_RECORD_USAGE_MAX_ATTEMPTS", "7"),
+        ])
+        .unwrap();
+        let policy = RetryPolicy::default();
+        assert_eq!(s.jobs.kind("record_usage", &policy), KindSettings { concurrency: 3, max_attempts: 7 });
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(err.name, "BIND_ADDR");
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();
+        assert!(err.name.starts_with("JOB_GRANT_CREDITS"));
+    }
+}

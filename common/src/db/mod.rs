@@ -1,0 +1,40 @@
+//! The pool, migrations, and one module per table group; all SQL of a table lives in
+//! its module (the job queue's SQL lives in `queue`).
+
+pub mod api_keys;
+pub mod customers;
+pub mod usage;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::config::Settings;
+
+/// Our migrations, embedded in the binaries.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A pool whose connections are made lazily, so a process starts (and can answer
+/// `/health`) while the database is still coming up.
+pub fn pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(settings.database_acquire_timeout)
+        .connect_lazy_with(options.application_name("rsolv")))
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Whether the database answers and holds every migration this build knows.
+pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or_default();
+    let applied: Option<i64> = sqlx::query_scalar(
+        "SELECT max(version) FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(applied.is_some_and(|v| v >= latest))
+}

@@ -1,0 +1,56 @@
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct FixRecord {
+    pub outcome: String,
+    pub refusal_code: Option<String>,
+}
+
+pub async fn find<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, fix_id: &str) -> Result<Option<FixRecord>, sqlx::Error> {
+    sqlx::query_as("SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2")
+        .bind(customer_id)
+        .bind(fix_id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn record_consumed<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    fix_id: &str,
+    repo: &str,
+    ledger_entry_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id)
+         VALUES ($1, $2, $3, 'consumed', $4)",
+    )
+    .bind(customer_id)
+    .bind(fix_id)
+    .bind(repo)
+    .bind(ledger_entry_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_refused<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    fix_id: &str,
+    repo: &str,
+    code: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
+         VALUES ($1, $2, $3, 'refused', $4)",
+    )
+    .bind(customer_id)
+    .bind(fix_id)
+    .bind(repo)
+    .bind(code)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,19 @@
+use serde::Serialize;
+
+/// The `code` of the error body `{"error": {"message", "code"}}` the API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    ValidationFailed,
+    InvalidJson,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    EmailTaken,
+    NoBillingInfo,
+    RateLimited,
+    ServiceUnavailable,
+    InternalError,
+}

@@ -1,0 +1,10 @@
+//! RSOLV's shared core: the domain, configuration, database access, the credit ledger,
+//! the job backbone and the job kinds. `api` and `worker` are thin binaries over it.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod jobs;
+pub mod ledger;
+pub mod queue;
+pub mod telemetry;

@@ -1,0 +1,62 @@
+//! Inserting jobs, through any executor: a pool, a connection, or a caller's open
+//! transaction (so that a job exists exactly when the write that caused it committed).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use super::JobKind;
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Inserted(i64),
+    /// A job of the same kind and unique key is waiting, running or completed.
+    Duplicate,
+}
+
+impl Enqueued {
+    pub fn is_duplicate(self) -> bool {
+        matches!(self, Self::Duplicate)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Not before this time (default: now).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Overrides the kind's configured attempts (`JOB_<KIND>_MAX_ATTEMPTS`) for this job.
+    pub max_attempts: Option<i32>,
+}
+
+/// Enqueues `job` to run now with its kind's default attempts.
+pub async fn enqueue<'e, J: JobKind>(
+    executor: impl PgExecutor<'e>,
+    job: &J,
+) -> Result<Enqueued, sqlx::Error> {
+    enqueue_with(executor, job, EnqueueOptions::default()).await
+}
+
+pub async fn enqueue_with<'e, J: JobKind>(
+    executor: impl PgExecutor<'e>,
+    job: &J,
+    options: EnqueueOptions,
+) -> Result<Enqueued, sqlx::Error> {
+    let args = serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
+         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+         ON CONFLICT (kind, unique_key)
+             WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
+         DO NOTHING
+         RETURNING id",
+    )
+    .bind(J::KIND)
+    .bind(args)
+    .bind(options.max_attempts)
+    .bind(options.run_at)
+    .bind(job.unique_key())
+    .bind(job.customer_id())
+    .fetch_optional(executor)
+    .await?;
+    Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted))
+}

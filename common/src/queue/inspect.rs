@@ -1,0 +1,43 @@
+//! Reading a job's state, for status endpoints.
+
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+/// Where a job stands, with its last error if it failed.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JobState {
+    pub id: i64,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub result: Option<serde_json::Value>,
+}
+
+
+/// The newest job of `kind` about a customer.
+pub async fn latest_for_customer<'e>(
+    db: impl PgExecutor<'e>,
+    kind: &str,
+    customer_id: Uuid,
+) -> Result<Option<JobState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
+         FROM jobs WHERE kind = $1 AND customer_id = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(kind)
+    .bind(customer_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The newest job of `kind` holding (or having held) a unique key.
+pub async fn by_unique_key<'e>(db: impl PgExecutor<'e>, kind: &str, key: &str) -> Result<Option<JobState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
+         FROM jobs WHERE kind = $1 AND unique_key = $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(kind)
+    .bind(key)
+    .fetch_optional(db)
+    .await
+}

@@ -1,0 +1,159 @@
+//! The job backbone: durable jobs in Postgres, run by apalis workers.
+//!
+//! # Guide
+//!
+//! A job kind is a typed, serde args struct that implements [`JobKind`]: its stable
+//! `KIND` name (the queue it lives in and the name stored with every row), its default
+//! retry policy, and, where the domain has one, its unique key. Its worker logic is
+//! [`Job::run`], which returns an explicit [`Outcome`] (done, snooze, cancel) or a
+//! [`JobError`] (retry later, with backoff).
+//!
+//! Jobs are inserted with [`enqueue`] through any sqlx executor, so a job caused by a
+//! business write is inserted in the same transaction as that write and exists exactly
+//! when the write committed. A duplicate of a unique job is a no-op that the caller sees
+//! as [`Enqueued::Duplicate`].
+//!
+//! Workers are plain apalis workers (`WorkerBuilder` + `Monitor`) over [`JobStore`], our
+//! implementation of apalis's `Persistence`/`Backend` traits on our own `jobs` table.
+//!
+//! # Why our own storage rather than apalis-postgres's
+//!
+//! apalis-postgres 1.0 re-runs a failed job at once (no persisted backoff), keeps
+//! finished rows in the claim path, inserts without `ON CONFLICT` (a duplicate fails
+//! its batch), cannot enqueue inside a caller's transaction and notifies once per row.
+//! Our table keeps only waiting rows in the claim index, stores the backoff in `run_at`,
+//! treats duplicates as no-ops, and notifies once per statement. apalis still drives
+//! everything else: polling, concurrency, batched acknowledgement, graceful shutdown.
+//!
+//! # Delivery
+//!
+//! At least once: a job's effect may be applied and its acknowledgement lost (a crash in
+//! between), so every job is written to be idempotent. A job is never lost: it is
+//! `completed`, `cancelled` (its own decision) or `dead` (attempts exhausted, its errors
+//! kept), and a job held by a worker that stopped heartbeating is rescued.
+
+mod enqueue;
+mod notifier;
+mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+pub use enqueue::{EnqueueOptions, Enqueued, enqueue, enqueue_with};
+pub use notifier::JobNotifier;
+pub use store::{JobStore, StoreConfig};
+
+/// A job kind: typed args with a stable name and its queue settings beside them.
+pub trait JobKind: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// Stable name: the queue, and what is stored in `jobs.kind`. Never rename one.
+    const KIND: &'static str;
+
+    /// Defaults; `JOB_<KIND>_MAX_ATTEMPTS` / `_CONCURRENCY` override them.
+    const RETRY: RetryPolicy;
+
+    /// A duplicate enqueue with the same key is a no-op while the first job is
+    /// waiting, running or completed.
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The customer the job is about, so ops and status endpoints can find it.
+    fn customer_id(&self) -> Option<Uuid> {
+        None
+    }
+}
+
+/// What a job does when a worker runs it.
+pub trait Job: JobKind {
+    type Context: Clone + Send + Sync + 'static;
+
+    fn run(self, ctx: Self::Context) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+}
+
+/// Retry settings of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: i32,
+    /// Jobs of this kind run at once in one worker process.
+    pub concurrency: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    pub const fn new(max_attempts: i32, concurrency: usize) -> Self {
+        Self {
+            max_attempts,
+            concurrency,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new(10, 10)
+    }
+}
+
+/// How a job run ended, as the worker decided it (River's explicit outcomes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Finished; `detail` is kept as the job's result.
+    Done {
+        #[serde(default)]
+        detail: serde_json::Value,
+    },
+    /// Not now: run again after `seconds`, without spending an attempt.
+    Snooze { seconds: u64 },
+    /// Will never succeed: stop without further attempts, keeping the reason.
+    Cancel { reason: String },
+}
+
+impl Outcome {
+    pub fn done(detail: impl Serialize) -> Self {
+        Self::Done {
+            detail: serde_json::to_value(detail).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn cancel(reason: impl Into<String>) -> Self {
+        Self::Cancel { reason: reason.into() }
+    }
+}
+
+/// A failed attempt: the job is retried after its backoff, or is dead after its last
+/// attempt. The message is kept in the job's error history.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+impl JobError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(format!("database: {e}"))
+    }
+}
+
+/// The statuses a job row moves through.
+pub mod status {
+    pub const AVAILABLE: &str = "available";
+    pub const RUNNING: &str = "running";
+    pub const RETRYABLE: &str = "retryable";
+    pub const COMPLETED: &str = "completed";
+    pub const CANCELLED: &str = "cancelled";
+    pub const DEAD: &str = "dead";
+}
+
+mod inspect;
+pub use inspect::{JobState, latest_for_customer, by_unique_key};

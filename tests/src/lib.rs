@@ -1,0 +1,1 @@
+//! Integration tests live in `src/integration`; this library is empty on purpose.
