@@ -39,7 +39,7 @@ impl Email {
             .map_err(|_| ParseError::new("email is not a valid address"))?;
         // email_address accepts display forms and bare local domains; a customer needs a
         // routable mailbox, so demand a dotted domain and the plain address form.
-        if parsed.as_str() != normalized || !parsed.domain().contains('.') {
+        if parsed.email() != normalized || !parsed.domain().contains('.') {
             return Err(ParseError::new("email is not a valid address"));
         }
         if is_disposable(parsed.domain()) {

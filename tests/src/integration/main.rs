@@ -1,1 +1,10 @@
+//! Integration tests: the real API on a random port, real workers, real Postgres, each
+//! test on a fresh database of its own. One test binary, one module per area.
 
+mod helpers;
+
+mod errors;
+mod jobs;
+mod onboarding;
+mod usage;
+mod worker_processes;

@@ -1,0 +1,236 @@
+//! The test harness: fresh databases, the app on a random port, in-process and
+//! out-of-process workers, and waiting on real conditions with a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use common::jobs::{self, JobContext};
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The server tests create their databases on (`TEST_DATABASE_URL`, default the local one).
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn fresh() -> Self {
+        let admin = admin_url();
+        let name = format!("rsolv_test_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin).await.expect("test Postgres reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let url = format!("{base}/{name}");
+        let pool = PgPoolOptions::new().max_connections(30).connect(&url).await.expect("connect test database");
+        common::db::migrate(&pool).await.expect("migrations apply");
+        Self { url, pool }
+    }
+}
+
+/// Settings for a test: fast polling and backoff so that waits are short.
+pub fn settings(db_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", db_url),
+        ("JOB_POLL_INTERVAL_MS", "100"),
+        ("JOB_HEARTBEAT_MS", "500"),
+        ("JOB_ORPHAN_AFTER_MS", "2000"),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+        ("JOB_SHUTDOWN_TIMEOUT_MS", "10000"),
+        ("DATABASE_MAX_CONNECTIONS", "30"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    pub settings: Arc<Settings>,
+    worker: Option<InProcessWorker>,
+}
+
+impl TestApp {
+    /// The API alone: jobs are enqueued but nothing runs them.
+    pub async fn api_only() -> Self {
+        Self::spawn(&[], false).await
+    }
+
+    /// The API and an in-process worker.
+    pub async fn with_worker() -> Self {
+        Self::spawn(&[], true).await
+    }
+
+    pub async fn spawn(overrides: &[(&str, &str)], worker: bool) -> Self {
+        let db = TestDb::fresh().await;
+        let settings = Arc::new(settings(&db.url, overrides));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool = common::db::pool(&settings).unwrap();
+        let app = api::startup::Application::build(listener, pool, settings.max_body_bytes).unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.server());
+        let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
+        Self { address, db, client: reqwest::Client::new(), settings, worker }
+    }
+
+    pub fn job_context(&self) -> JobContext {
+        JobContext { pool: self.db.pool.clone(), settings: self.settings.clone() }
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn onboard(&self, name: &str, email: &str) -> reqwest::Response {
+        self.post_json("/api/v1/customers/onboard", &serde_json::json!({ "name": name, "email": email })).await
+    }
+
+    /// Onboards and waits until the customer is provisioned; returns (customer_id, api_key).
+    pub async fn onboarded_customer(&self, email: &str) -> (Uuid, String) {
+        let response = self.onboard("Test Customer", email).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        let id: Uuid = body["customer_id"].as_str().unwrap().parse().unwrap();
+        let key = body["api_key"].as_str().unwrap().to_owned();
+        let pool = self.db.pool.clone();
+        wait_for("the customer to be provisioned", Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move { common::db::customers::exists(&pool, id).await.unwrap() }
+        })
+        .await;
+        (id, key)
+    }
+
+    pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).header("x-api-key", key).send().await.unwrap()
+    }
+
+    pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client.post(self.url(path)).header("x-api-key", key).json(body).send().await.unwrap()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
+    }
+}
+
+struct InProcessWorker {
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessWorker {
+    fn start(pool: &PgPool, settings: &Arc<Settings>) -> Self {
+        let ctx = JobContext { pool: pool.clone(), settings: settings.clone() };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            jobs::run_workers(ctx, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("workers run");
+        });
+        Self { stop, done }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.done).await.expect("workers drain").unwrap();
+    }
+}
+
+/// Polls `condition` until it holds, failing the test with `what` after `deadline`.
+pub async fn wait_for<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !condition().await {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Job assertions that read like the spec (River's "require inserted").
+pub async fn job_statuses(pool: &PgPool, kind: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id")
+        .bind(kind)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+pub async fn wait_for_jobs_finished(pool: &PgPool, kind: &str, deadline: Duration) {
+    let pool = pool.clone();
+    let kind = kind.to_owned();
+    wait_for(&format!("every {kind} job to finish"), deadline, || {
+        let pool = pool.clone();
+        let kind = kind.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE kind = $1 AND status IN ('available', 'running', 'retryable')",
+            )
+            .bind(&kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            waiting == 0
+        }
+    })
+    .await;
+}
+
+/// Asserts the ledger invariants for every customer: balance = sum of entries, and
+/// every entry's balance_after is non-negative.
+pub async fn assert_ledger_consistent(pool: &PgPool) {
+    let broken: Vec<(Uuid, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT c.id, c.credit_balance, (SELECT sum(amount)::bigint FROM credit_ledger l WHERE l.customer_id = c.id)
+         FROM customers c
+         WHERE c.credit_balance <> coalesce((SELECT sum(amount) FROM credit_ledger l WHERE l.customer_id = c.id), 0)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(broken.is_empty(), "balance differs from the sum of entries: {broken:?}");
+}
+
+/// A built project binary (the test command builds them before the tests run).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
+    path
+}
