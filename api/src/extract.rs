@@ -31,7 +31,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |l| l.0);
+        let limit = req
+            .app_data::<web::Data<BodyLimit>>()
+            .map_or(64 * 1024, |l| l.0);
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -57,16 +59,28 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             }
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, e.to_string()))?;
+                let chunk = chunk.map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidJson,
+                        e.to_string(),
+                    )
+                })?;
                 if body.len() + chunk.len() > limit {
                     return Err(too_large(limit));
                 }
                 body.extend_from_slice(&chunk);
             }
-            serde_json::from_slice(&body).map(JsonBody).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => ApiError::validation(e.to_string()),
-                _ => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("body is not valid JSON: {e}")),
-            })
+            serde_json::from_slice(&body)
+                .map(JsonBody)
+                .map_err(|e| match e.classify() {
+                    serde_json::error::Category::Data => ApiError::validation(e.to_string()),
+                    _ => ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::InvalidJson,
+                        format!("body is not valid JSON: {e}"),
+                    ),
+                })
         })
     }
 }

@@ -104,7 +104,8 @@ impl Settings {
             let upper = kind.to_uppercase();
             let settings = KindSettings {
                 concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
-                max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
+                max_attempts: r
+                    .parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
             };
             if settings.concurrency == 0 || settings.max_attempts < 1 {
                 return Err(ConfigError {
@@ -149,16 +150,25 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |name: &str, message: &str| {
-            Err(ConfigError { name: name.into(), message: message.into() })
+            Err(ConfigError {
+                name: name.into(),
+                message: message.into(),
+            })
         };
         if self.database_max_connections < 2 {
             return fail("DATABASE_MAX_CONNECTIONS", "must be at least 2");
         }
         if self.jobs.orphan_after <= self.jobs.heartbeat_interval * 2 {
-            return fail("JOB_ORPHAN_AFTER_MS", "must exceed two heartbeats (JOB_HEARTBEAT_MS)");
+            return fail(
+                "JOB_ORPHAN_AFTER_MS",
+                "must exceed two heartbeats (JOB_HEARTBEAT_MS)",
+            );
         }
         if self.jobs.backoff_base.is_zero() || self.jobs.backoff_max < self.jobs.backoff_base {
-            return fail("JOB_BACKOFF_BASE_MS", "must be positive and not above JOB_BACKOFF_MAX_MS");
+            return fail(
+                "JOB_BACKOFF_BASE_MS",
+                "must be positive and not above JOB_BACKOFF_MAX_MS",
+            );
         }
         if self.credits.trial_signup < 0 {
             return fail("CREDITS_TRIAL_SIGNUP", "must not be negative");
@@ -173,7 +183,9 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn string(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     fn parse<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
@@ -199,8 +211,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -227,10 +241,21 @@ mod tests {
         ])
         .unwrap();
         let policy = RetryPolicy::default();
-        assert_eq!(s.jobs.kind("record_usage", &policy), KindSettings { concurrency: 3, max_attempts: 7 });
-        let err = settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(
+            s.jobs.kind("record_usage", &policy),
+            KindSettings {
+                concurrency: 3,
+                max_attempts: 7
+            }
+        );
+        let err =
+            settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
         assert_eq!(err.name, "BIND_ADDR");
-        let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();
+        let err = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("JOB_GRANT_CREDITS_CONCURRENCY", "0"),
+        ])
+        .unwrap_err();
         assert!(err.name.starts_with("JOB_GRANT_CREDITS"));
     }
 }

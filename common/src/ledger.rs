@@ -26,11 +26,18 @@ pub struct Posting {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Posted {
-    Posted { entry_id: i64, balance_after: i64 },
+    Posted {
+        entry_id: i64,
+        balance_after: i64,
+    },
     /// An entry with this idempotency key exists; nothing moved.
-    AlreadyPosted { entry_id: i64 },
+    AlreadyPosted {
+        entry_id: i64,
+    },
     /// The balance would go negative; nothing moved.
-    InsufficientCredits { balance: i64 },
+    InsufficientCredits {
+        balance: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +78,14 @@ pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, Le
     .fetch_one(&mut *tx)
     .await?;
     Ok(match (posted_id, balance_after, existing_id) {
-        (Some(entry_id), Some(balance_after), _) => Posted::Posted { entry_id, balance_after },
+        (Some(entry_id), Some(balance_after), _) => Posted::Posted {
+            entry_id,
+            balance_after,
+        },
         (_, _, Some(entry_id)) => Posted::AlreadyPosted { entry_id },
         // The row is locked by us, so the balance read under the lock is still current.
-        _ => Posted::InsufficientCredits { balance: balance_under_lock },
+        _ => Posted::InsufficientCredits {
+            balance: balance_under_lock,
+        },
     })
 }

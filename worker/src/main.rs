@@ -13,7 +13,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
-    let ctx = JobContext { pool, settings: Arc::new(settings) };
+    let ctx = JobContext {
+        pool,
+        settings: Arc::new(settings),
+    };
     jobs::run_workers(ctx, shutdown_signal()).await
 }
 

@@ -15,7 +15,10 @@ pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResp
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
     let entries = db::customers::recent_ledger(pool.get_ref(), customer.id, RECENT_ENTRIES).await?;
-    let state = customer.subscription_state.as_deref().and_then(|s| SubscriptionState::parse(s).ok());
+    let state = customer
+        .subscription_state
+        .as_deref()
+        .and_then(|s| SubscriptionState::parse(s).ok());
     let warnings = Warning::derive(
         customer.credit_balance,
         customer.has_payment_method(),

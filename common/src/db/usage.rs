@@ -7,12 +7,18 @@ pub struct FixRecord {
     pub refusal_code: Option<String>,
 }
 
-pub async fn find<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, fix_id: &str) -> Result<Option<FixRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2")
-        .bind(customer_id)
-        .bind(fix_id)
-        .fetch_optional(db)
-        .await
+pub async fn find<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    fix_id: &str,
+) -> Result<Option<FixRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2",
+    )
+    .bind(customer_id)
+    .bind(fix_id)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn record_consumed<'e>(

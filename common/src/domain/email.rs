@@ -32,7 +32,9 @@ impl Email {
             return Err(ParseError::new("email must not be empty"));
         }
         if normalized.len() > MAX_LEN {
-            return Err(ParseError::new(format!("email must be at most {MAX_LEN} characters")));
+            return Err(ParseError::new(format!(
+                "email must be at most {MAX_LEN} characters"
+            )));
         }
         let parsed: email_address::EmailAddress = normalized
             .parse()
@@ -43,7 +45,9 @@ impl Email {
             return Err(ParseError::new("email is not a valid address"));
         }
         if is_disposable(parsed.domain()) {
-            return Err(ParseError::new("email from a disposable email domain is not accepted"));
+            return Err(ParseError::new(
+                "email from a disposable email domain is not accepted",
+            ));
         }
         Ok(Self(normalized))
     }
@@ -98,7 +102,16 @@ mod tests {
 
     #[test]
     fn refuses_malformed_addresses() {
-        for raw in ["", "   ", "plainaddress", "a@b", "@example.com", "a@@example.com", "Ada <a@example.com>", "a b@example.com"] {
+        for raw in [
+            "",
+            "   ",
+            "plainaddress",
+            "a@b",
+            "@example.com",
+            "a@@example.com",
+            "Ada <a@example.com>",
+            "a b@example.com",
+        ] {
             assert!(Email::parse(raw).is_err(), "{raw:?} should be refused");
         }
     }

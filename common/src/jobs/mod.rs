@@ -62,7 +62,12 @@ pub async fn run_workers(
     Ok(())
 }
 
-fn register<J>(monitor: Monitor, ctx: &JobContext, notifier: &JobNotifier, instance: &str) -> Monitor
+fn register<J>(
+    monitor: Monitor,
+    ctx: &JobContext,
+    notifier: &JobNotifier,
+    instance: &str,
+) -> Monitor
 where
     J: Job<Context = JobContext>,
 {
@@ -94,5 +99,9 @@ where
 /// Unique per process, so that liveness and rescue can tell worker processes apart.
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

@@ -70,20 +70,45 @@ impl Job for RecordUsage {
             // Recorded by an earlier run; a debit just posted would be a second one, so
             // roll everything back.
             tx.rollback().await?;
-            return Ok(Outcome::done(serde_json::json!({ "duplicate": true, "outcome": record.outcome, "refusal_code": record.refusal_code })));
+            return Ok(Outcome::done(
+                serde_json::json!({ "duplicate": true, "outcome": record.outcome, "refusal_code": record.refusal_code }),
+            ));
         }
         let detail = match posted {
-            Posted::Posted { entry_id, balance_after } => {
-                db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
+            Posted::Posted {
+                entry_id,
+                balance_after,
+            } => {
+                db::usage::record_consumed(
+                    &mut *tx,
+                    self.customer_id,
+                    &self.fix_id,
+                    &self.repo,
+                    entry_id,
+                )
+                .await?;
                 serde_json::json!({ "outcome": "consumed", "balance_after": balance_after })
             }
             Posted::AlreadyPosted { entry_id } => {
-                db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
+                db::usage::record_consumed(
+                    &mut *tx,
+                    self.customer_id,
+                    &self.fix_id,
+                    &self.repo,
+                    entry_id,
+                )
+                .await?;
                 serde_json::json!({ "outcome": "consumed", "already_posted": true })
             }
             Posted::InsufficientCredits { .. } => {
-                db::usage::record_refused(&mut *tx, self.customer_id, &self.fix_id, &self.repo, refusal::NO_BILLING_INFO)
-                    .await?;
+                db::usage::record_refused(
+                    &mut *tx,
+                    self.customer_id,
+                    &self.fix_id,
+                    &self.repo,
+                    refusal::NO_BILLING_INFO,
+                )
+                .await?;
                 serde_json::json!({ "outcome": "refused", "refusal_code": refusal::NO_BILLING_INFO })
             }
         };

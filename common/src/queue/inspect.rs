@@ -13,7 +13,6 @@ pub struct JobState {
     pub result: Option<serde_json::Value>,
 }
 
-
 /// The newest job of `kind` about a customer.
 pub async fn latest_for_customer<'e>(
     db: impl PgExecutor<'e>,
@@ -31,7 +30,11 @@ pub async fn latest_for_customer<'e>(
 }
 
 /// The newest job of `kind` holding (or having held) a unique key.
-pub async fn by_unique_key<'e>(db: impl PgExecutor<'e>, kind: &str, key: &str) -> Result<Option<JobState>, sqlx::Error> {
+pub async fn by_unique_key<'e>(
+    db: impl PgExecutor<'e>,
+    kind: &str,
+    key: &str,
+) -> Result<Option<JobState>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
          FROM jobs WHERE kind = $1 AND unique_key = $2 ORDER BY id DESC LIMIT 1",

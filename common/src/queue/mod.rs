@@ -123,7 +123,9 @@ impl Outcome {
     }
 
     pub fn cancel(reason: impl Into<String>) -> Self {
-        Self::Cancel { reason: reason.into() }
+        Self::Cancel {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -156,4 +158,4 @@ pub mod status {
 }
 
 mod inspect;
-pub use inspect::{JobState, latest_for_customer, by_unique_key};
+pub use inspect::{JobState, by_unique_key, latest_for_customer};

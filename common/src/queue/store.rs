@@ -77,7 +77,11 @@ impl<J> Backend for JobStore<J> {
     type Task = Task<Value>;
     type Error = StoreError;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), StoreError>> {
         let heartbeat = self.persisted.config.heartbeat_interval;
         self.persisted.poll_ready(cx, worker, heartbeat)
     }
@@ -90,7 +94,11 @@ impl<J> Backend for JobStore<J> {
         self.persisted.poll_next(cx, worker)
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), StoreError>> {
         self.persisted.poll_close(cx, worker)
     }
 }
@@ -186,7 +194,11 @@ impl PgPersistence {
         .await?;
         tx.commit().await?;
         if rescued > 0 {
-            tracing::warn!(kind = self.kind(), rescued, "rescued jobs from a worker that stopped");
+            tracing::warn!(
+                kind = self.kind(),
+                rescued,
+                "rescued jobs from a worker that stopped"
+            );
         }
         Ok(())
     }
@@ -226,9 +238,11 @@ impl Acks {
             match result.result {
                 Ok(value) => match Outcome::deserialize(&value) {
                     Ok(Outcome::Done { detail }) => push(&mut acks.done, id, detail),
-                    Ok(Outcome::Snooze { seconds }) => {
-                        push(&mut acks.snoozed, id, i64::try_from(seconds).unwrap_or(i64::MAX))
-                    }
+                    Ok(Outcome::Snooze { seconds }) => push(
+                        &mut acks.snoozed,
+                        id,
+                        i64::try_from(seconds).unwrap_or(i64::MAX),
+                    ),
                     Ok(Outcome::Cancel { reason }) => push(&mut acks.cancelled, id, reason),
                     // A handler that answered something else still finished.
                     Err(_) => push(&mut acks.done, id, value),
@@ -252,7 +266,11 @@ impl Persistence for PgPersistence {
 
     async fn register(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
         self.beat(worker).await?;
-        tracing::debug!(kind = self.kind(), worker = worker.name(), "worker registered");
+        tracing::debug!(
+            kind = self.kind(),
+            worker = worker.name(),
+            "worker registered"
+        );
         Ok(())
     }
 
@@ -289,7 +307,11 @@ impl Persistence for PgPersistence {
                         .attempt(row.attempts as usize)
                         .build(),
                 ),
-                Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
+                Err(e) => push(
+                    &mut poison,
+                    row.id,
+                    format!("args do not decode as {}: {e}", self.kind()),
+                ),
             }
         }
         if !poison.0.is_empty() {
@@ -314,7 +336,10 @@ impl Persistence for PgPersistence {
         worker: &WorkerContext,
     ) -> Result<u64, StoreError> {
         // Claimed but never started (the worker is shutting down): give the attempt back.
-        let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
+        let ids: Vec<i64> = tasks
+            .iter()
+            .filter_map(|t| t.task_id().and_then(job_id))
+            .collect();
         let released = sqlx::query(
             "UPDATE jobs SET status = 'available', attempts = attempts - 1, locked_by = NULL
              WHERE id = ANY($1) AND status = 'running' AND locked_by = $2",
@@ -324,7 +349,11 @@ impl Persistence for PgPersistence {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        tracing::info!(kind = self.kind(), released, "released claimed jobs on shutdown");
+        tracing::info!(
+            kind = self.kind(),
+            released,
+            "released claimed jobs on shutdown"
+        );
         Ok(released)
     }
 
