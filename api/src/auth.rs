@@ -25,10 +25,7 @@ impl FromRequest for Authenticated {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let raw = req
-            .headers()
-            .get(HEADER)
-            .map(|v| v.to_str().map(str::to_owned));
+        let raw = req.headers().get(HEADER).map(|v| v.to_str().map(str::to_owned));
         let pool = req.app_data::<web::Data<PgPool>>().cloned();
         Box::pin(async move {
             let raw = match raw {

@@ -1,6 +1,6 @@
-//! A JSON body extractor that answers every way a body can be wrong with the error
-//! body: wrong content type (415), too large (413), not JSON (400), JSON of the
-//! wrong shape or types (422).
+//! Body extractors that answer every way a body can be wrong with the error body:
+//! wrong content type (415), too large (413), not JSON (400), JSON of the wrong shape
+//! or types (422).
 
 use actix_web::dev::Payload;
 use actix_web::http::{StatusCode, header};
@@ -16,6 +16,10 @@ use crate::errors::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// The exact bytes of a JSON request (for webhooks, whose signature covers them).
+pub struct RawJsonBody(pub web::Bytes);
+
+/// A JSON request body decoded as `T`.
 pub struct JsonBody<T>(pub T);
 
 fn too_large(limit: usize) -> ApiError {
@@ -26,14 +30,12 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+impl FromRequest for RawJsonBody {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<BodyLimit>>()
-            .map_or(64 * 1024, |l| l.0);
+        let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |l| l.0);
         let is_json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -59,28 +61,34 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             }
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::InvalidJson,
-                        e.to_string(),
-                    )
-                })?;
+                let chunk =
+                    chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, e.to_string()))?;
                 if body.len() + chunk.len() > limit {
                     return Err(too_large(limit));
                 }
                 body.extend_from_slice(&chunk);
             }
-            serde_json::from_slice(&body)
-                .map(JsonBody)
-                .map_err(|e| match e.classify() {
-                    serde_json::error::Category::Data => ApiError::validation(e.to_string()),
-                    _ => ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::InvalidJson,
-                        format!("body is not valid JSON: {e}"),
-                    ),
-                })
+            Ok(RawJsonBody(body.freeze()))
+        })
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let raw = RawJsonBody::from_request(req, payload);
+        Box::pin(async move {
+            let RawJsonBody(body) = raw.await?;
+            serde_json::from_slice(&body).map(JsonBody).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::validation(e.to_string()),
+                _ => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidJson,
+                    format!("body is not valid JSON: {e}"),
+                ),
+            })
         })
     }
 }

@@ -34,12 +34,62 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub credits: CreditSettings,
+    pub prices: PriceSettings,
+    /// Absent when `STRIPE_SECRET_KEY` is unset: billing endpoints then answer 503.
+    pub stripe: Option<StripeSettings>,
+    /// `STRIPE_WEBHOOK_SECRET`, comma-separated during rotation; empty disables webhooks.
+    pub webhook_secrets: Vec<Secret>,
+    /// When the renewal sweep runs (`cron` syntax with seconds).
+    pub renewal_schedule: cron::Schedule,
     pub jobs: JobSettings,
+}
+
+/// A secret setting: usable, but never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub secret_key: Secret,
+    /// `https://api.stripe.com/` in production, localstripe's URL in tests and the demo.
+    pub api_base: String,
+}
+
+/// Prices in integer cents; the Pro price itself lives in Stripe.
+#[derive(Debug, Clone)]
+pub struct PriceSettings {
+    /// `STRIPE_PRO_PRICE_ID`: the Pro recurring price (a plan on localstripe), sent as
+    /// the subscription item's `plan`; invoices billing it grant Pro credits.
+    pub pro_price_id: String,
+    pub currency: String,
+    pub pro_monthly_cents: i64,
+    pub fix_payg_cents: i64,
+    pub fix_pro_overage_cents: i64,
 }
 
 #[derive(Debug, Clone)]
 pub struct CreditSettings {
     pub trial_signup: i64,
+    /// For the first payment method only.
+    pub billing_added: i64,
+    /// Per paid Pro invoice.
+    pub pro_invoice: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -69,10 +119,10 @@ pub struct KindSettings {
 impl JobSettings {
     /// The queue settings of a job kind: its own environment overrides, else its defaults.
     pub fn kind(&self, kind: &str, policy: &RetryPolicy) -> KindSettings {
-        self.kinds.get(kind).copied().unwrap_or(KindSettings {
-            concurrency: policy.concurrency,
-            max_attempts: policy.max_attempts,
-        })
+        self.kinds
+            .get(kind)
+            .copied()
+            .unwrap_or(KindSettings { concurrency: policy.concurrency, max_attempts: policy.max_attempts })
     }
 
     pub fn retry_policy(&self, kind: &str, defaults: &RetryPolicy) -> RetryPolicy {
@@ -104,8 +154,7 @@ impl Settings {
             let upper = kind.to_uppercase();
             let settings = KindSettings {
                 concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
-                max_attempts: r
-                    .parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
+                max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
             };
             if settings.concurrency == 0 || settings.max_attempts < 1 {
                 return Err(ConfigError {
@@ -133,7 +182,31 @@ impl Settings {
             },
             credits: CreditSettings {
                 trial_signup: r.parse("CREDITS_TRIAL_SIGNUP", 5)?,
+                billing_added: r.parse("CREDITS_BILLING_ADDED", 5)?,
+                pro_invoice: r.parse("CREDITS_PRO_INVOICE", 60)?,
             },
+            prices: PriceSettings {
+                pro_price_id: r.string("STRIPE_PRO_PRICE_ID").unwrap_or_else(|| "price_rsolv_pro_monthly".into()),
+                currency: r.string("PRICE_CURRENCY").unwrap_or_else(|| "usd".into()).to_lowercase(),
+                pro_monthly_cents: r.parse("PRICE_PRO_MONTHLY_CENTS", 59_900)?,
+                fix_payg_cents: r.parse("PRICE_FIX_PAYG_CENTS", 2_900)?,
+                fix_pro_overage_cents: r.parse("PRICE_FIX_PRO_OVERAGE_CENTS", 1_500)?,
+            },
+            stripe: match r.string("STRIPE_SECRET_KEY") {
+                None => None,
+                Some(key) => Some(StripeSettings {
+                    secret_key: Secret::new(key),
+                    api_base: with_trailing_slash(
+                        r.string("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into()),
+                    ),
+                }),
+            },
+            webhook_secrets: r
+                .string("STRIPE_WEBHOOK_SECRET")
+                .map(|list| list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
+                .unwrap_or_default(),
+            renewal_schedule: r
+                .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             jobs: JobSettings {
                 poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
                 heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,
@@ -149,32 +222,41 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |name: &str, message: &str| {
-            Err(ConfigError {
-                name: name.into(),
-                message: message.into(),
-            })
-        };
+        let fail = |name: &str, message: &str| Err(ConfigError { name: name.into(), message: message.into() });
         if self.database_max_connections < 2 {
             return fail("DATABASE_MAX_CONNECTIONS", "must be at least 2");
         }
         if self.jobs.orphan_after <= self.jobs.heartbeat_interval * 2 {
-            return fail(
-                "JOB_ORPHAN_AFTER_MS",
-                "must exceed two heartbeats (JOB_HEARTBEAT_MS)",
-            );
+            return fail("JOB_ORPHAN_AFTER_MS", "must exceed two heartbeats (JOB_HEARTBEAT_MS)");
         }
         if self.jobs.backoff_base.is_zero() || self.jobs.backoff_max < self.jobs.backoff_base {
-            return fail(
-                "JOB_BACKOFF_BASE_MS",
-                "must be positive and not above JOB_BACKOFF_MAX_MS",
-            );
+            return fail("JOB_BACKOFF_BASE_MS", "must be positive and not above JOB_BACKOFF_MAX_MS");
         }
-        if self.credits.trial_signup < 0 {
-            return fail("CREDITS_TRIAL_SIGNUP", "must not be negative");
+        for (name, value) in [
+            ("CREDITS_TRIAL_SIGNUP", self.credits.trial_signup),
+            ("CREDITS_BILLING_ADDED", self.credits.billing_added),
+            ("CREDITS_PRO_INVOICE", self.credits.pro_invoice),
+        ] {
+            if value < 0 {
+                return fail(name, "must not be negative");
+            }
+        }
+        for (name, value) in [
+            ("PRICE_FIX_PAYG_CENTS", self.prices.fix_payg_cents),
+            ("PRICE_FIX_PRO_OVERAGE_CENTS", self.prices.fix_pro_overage_cents),
+            ("PRICE_PRO_MONTHLY_CENTS", self.prices.pro_monthly_cents),
+        ] {
+            if value <= 0 {
+                return fail(name, "must be a positive number of cents");
+            }
         }
         Ok(())
     }
+}
+
+/// The Stripe client joins paths onto the base, which needs the trailing slash.
+fn with_trailing_slash(url: String) -> String {
+    if url.ends_with('/') { url } else { format!("{url}/") }
 }
 
 struct Reader<'a> {
@@ -183,9 +265,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn string(&self, name: &str) -> Option<String> {
-        (self.lookup)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        (self.lookup)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     fn parse<T: FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
@@ -194,10 +274,9 @@ impl Reader<'_> {
     {
         match self.string(name) {
             None => Ok(default),
-            Some(raw) => raw.parse().map_err(|e: T::Err| ConfigError {
-                name: name.into(),
-                message: format!("{raw:?} is invalid: {e}"),
-            }),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e: T::Err| ConfigError { name: name.into(), message: format!("{raw:?} is invalid: {e}") }),
         }
     }
 
@@ -211,10 +290,7 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -224,6 +300,26 @@ mod tests {
         assert_eq!(s.bind_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(s.credits.trial_signup, 5);
         assert_eq!(s.log_format, LogFormat::Pretty);
+        assert_eq!((s.credits.billing_added, s.credits.pro_invoice), (5, 60));
+        assert_eq!((s.prices.fix_payg_cents, s.prices.fix_pro_overage_cents), (2_900, 1_500));
+        assert!(s.stripe.is_none() && s.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn stripe_settings_and_rotating_webhook_secrets() {
+        let s = settings(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("STRIPE_SECRET_KEY", "sk_test_1"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:8420"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_new, whsec_old"),
+        ])
+        .unwrap();
+        let stripe = s.stripe.unwrap();
+        assert_eq!(stripe.api_base, "http://127.0.0.1:8420/");
+        assert_eq!(s.webhook_secrets, vec![Secret::new("whsec_new"), Secret::new("whsec_old")]);
+        assert!(!format!("{stripe:?}").contains("sk_test_1"), "secrets stay out of Debug");
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("RENEWAL_CRON", "every hour")]).unwrap_err();
+        assert_eq!(err.name, "RENEWAL_CRON");
     }
 
     #[test]
@@ -241,21 +337,10 @@ mod tests {
         ])
         .unwrap();
         let policy = RetryPolicy::default();
-        assert_eq!(
-            s.jobs.kind("record_usage", &policy),
-            KindSettings {
-                concurrency: 3,
-                max_attempts: 7
-            }
-        );
-        let err =
-            settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(s.jobs.kind("record_usage", &policy), KindSettings { concurrency: 3, max_attempts: 7 });
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
         assert_eq!(err.name, "BIND_ADDR");
-        let err = settings(&[
-            ("DATABASE_URL", "postgres://x"),
-            ("JOB_GRANT_CREDITS_CONCURRENCY", "0"),
-        ])
-        .unwrap_err();
+        let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();
         assert!(err.name.starts_with("JOB_GRANT_CREDITS"));
     }
 }

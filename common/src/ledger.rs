@@ -49,11 +49,10 @@ pub enum LedgerError {
 }
 
 pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, LedgerError> {
-    let locked: Option<i64> =
-        sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1 FOR UPDATE")
-            .bind(posting.customer_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1 FOR UPDATE")
+        .bind(posting.customer_id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(balance_under_lock) = locked else {
         return Err(LedgerError::CustomerNotFound(posting.customer_id));
     };
@@ -78,14 +77,9 @@ pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, Le
     .fetch_one(&mut *tx)
     .await?;
     Ok(match (posted_id, balance_after, existing_id) {
-        (Some(entry_id), Some(balance_after), _) => Posted::Posted {
-            entry_id,
-            balance_after,
-        },
+        (Some(entry_id), Some(balance_after), _) => Posted::Posted { entry_id, balance_after },
         (_, _, Some(entry_id)) => Posted::AlreadyPosted { entry_id },
         // The row is locked by us, so the balance read under the lock is still current.
-        _ => Posted::InsufficientCredits {
-            balance: balance_under_lock,
-        },
+        _ => Posted::InsufficientCredits { balance: balance_under_lock },
     })
 }

@@ -7,4 +7,5 @@ pub mod domain;
 pub mod jobs;
 pub mod ledger;
 pub mod queue;
+pub mod stripe;
 pub mod telemetry;

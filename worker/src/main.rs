@@ -13,16 +13,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
-    let ctx = JobContext {
-        pool,
-        settings: Arc::new(settings),
-    };
+    let ctx = JobContext { pool, settings: Arc::new(settings) };
     jobs::run_workers(ctx, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -15,16 +15,9 @@ pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResp
         .await?
         .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
     let entries = db::customers::recent_ledger(pool.get_ref(), customer.id, RECENT_ENTRIES).await?;
-    let state = customer
-        .subscription_state
-        .as_deref()
-        .and_then(|s| SubscriptionState::parse(s).ok());
-    let warnings = Warning::derive(
-        customer.credit_balance,
-        customer.has_payment_method(),
-        state,
-        customer.cancel_at_period_end,
-    );
+    let state = customer.subscription_state.as_deref().and_then(|s| SubscriptionState::parse(s).ok());
+    let warnings =
+        Warning::derive(customer.credit_balance, customer.has_payment_method(), state, customer.cancel_at_period_end);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "customer_id": customer.id,
         "name": customer.name,

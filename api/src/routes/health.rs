@@ -13,13 +13,8 @@ pub async fn health() -> HttpResponse {
 
 /// `GET /ready`: the database answers and every migration is applied.
 pub async fn ready(pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
-    let unavailable = |message: &str| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServiceUnavailable,
-            message,
-        )
-    };
+    let unavailable =
+        |message: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable, message);
     match db::is_ready(&pool).await {
         Ok(true) => Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))),
         Ok(false) => Err(unavailable("database migrations are not applied")),

@@ -23,11 +23,7 @@ pub struct OnboardRequest {
 const SOURCE_MAX_CHARS: usize = 100;
 
 fn email_taken() -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        ErrorCode::EmailTaken,
-        "a customer with this email already exists",
-    )
+    ApiError::new(StatusCode::CONFLICT, ErrorCode::EmailTaken, "a customer with this email already exists")
 }
 
 pub async fn onboard(
@@ -36,17 +32,9 @@ pub async fn onboard(
 ) -> Result<HttpResponse, ApiError> {
     let email = Email::parse(&body.email).map_err(|e| ApiError::validation(e.0))?;
     let name = CustomerName::parse(&body.name).map_err(|e| ApiError::validation(e.0))?;
-    let source = body
-        .source
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    if source
-        .as_ref()
-        .is_some_and(|s| s.chars().count() > SOURCE_MAX_CHARS)
-    {
-        return Err(ApiError::validation(format!(
-            "source must be at most {SOURCE_MAX_CHARS} characters"
-        )));
+    let source = body.source.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    if source.as_ref().is_some_and(|s| s.chars().count() > SOURCE_MAX_CHARS) {
+        return Err(ApiError::validation(format!("source must be at most {SOURCE_MAX_CHARS} characters")));
     }
     if db::customers::email_taken(pool.get_ref(), &email).await? {
         return Err(email_taken());
@@ -74,22 +62,15 @@ pub async fn onboard(
     })))
 }
 
-pub async fn status(
-    pool: web::Data<PgPool>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let customer_id =
-        Uuid::parse_str(&path).map_err(|_| ApiError::not_found("no onboarding with this id"))?;
+pub async fn status(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let customer_id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("no onboarding with this id"))?;
     let answer = |status: &str, error: Option<String>| {
-        HttpResponse::Ok().json(
-            serde_json::json!({ "customer_id": customer_id, "status": status, "error": error }),
-        )
+        HttpResponse::Ok().json(serde_json::json!({ "customer_id": customer_id, "status": status, "error": error }))
     };
     if db::customers::exists(pool.get_ref(), customer_id).await? {
         return Ok(answer("provisioned", None));
     }
-    let job =
-        queue::latest_for_customer(pool.get_ref(), ProvisionCustomer::KIND, customer_id).await?;
+    let job = queue::latest_for_customer(pool.get_ref(), ProvisionCustomer::KIND, customer_id).await?;
     match job {
         None => Err(ApiError::not_found("no onboarding with this id")),
         Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => {

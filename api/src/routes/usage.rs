@@ -25,13 +25,8 @@ const ID_MAX_CHARS: usize = 200;
 
 fn bounded(field: &str, value: &str) -> Result<String, ApiError> {
     let value = value.trim();
-    if value.is_empty()
-        || value.chars().count() > ID_MAX_CHARS
-        || value.chars().any(char::is_control)
-    {
-        return Err(ApiError::validation(format!(
-            "{field} must be 1 to {ID_MAX_CHARS} printable characters"
-        )));
+    if value.is_empty() || value.chars().count() > ID_MAX_CHARS || value.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!("{field} must be 1 to {ID_MAX_CHARS} printable characters")));
     }
     Ok(value.to_owned())
 }
@@ -43,9 +38,7 @@ fn status_url(fix_id: &str) -> String {
 fn urlencode(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             other => format!("%{other:02X}"),
         })
         .collect()
@@ -63,18 +56,9 @@ pub async fn report_fix(
         .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
     // A blocked customer is told at once; the job decides every other case under the
     // customer's lock.
-    let blocked = Warning::derive(
-        customer.credit_balance,
-        customer.has_payment_method(),
-        None,
-        false,
-    )
-    .contains(&Warning::Blocked);
-    if blocked
-        && db::usage::find(pool.get_ref(), customer.id, &fix_id)
-            .await?
-            .is_none()
-    {
+    let blocked = Warning::derive(customer.credit_balance, customer.has_payment_method(), None, false)
+        .contains(&Warning::Blocked);
+    if blocked && db::usage::find(pool.get_ref(), customer.id, &fix_id).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::PAYMENT_REQUIRED,
             ErrorCode::NoBillingInfo,
@@ -85,10 +69,7 @@ pub async fn report_fix(
         customer_id: customer.id,
         fix_id: fix_id.clone(),
         repo,
-        metadata: report
-            .metadata
-            .map(serde_json::Value::Object)
-            .unwrap_or_default(),
+        metadata: report.metadata.map(serde_json::Value::Object).unwrap_or_default(),
     };
     let enqueued = queue::enqueue(pool.get_ref(), &job).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
@@ -106,8 +87,7 @@ pub async fn fix_status(
 ) -> Result<HttpResponse, ApiError> {
     let fix_id = path.into_inner();
     let answer = |status: &str, code: Option<&str>| {
-        HttpResponse::Ok()
-            .json(serde_json::json!({ "fix_id": fix_id, "status": status, "refusal_code": code }))
+        HttpResponse::Ok().json(serde_json::json!({ "fix_id": fix_id, "status": status, "refusal_code": code }))
     };
     if let Some(record) = db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await? {
         return Ok(answer(&record.outcome, record.refusal_code.as_deref()));
@@ -115,9 +95,7 @@ pub async fn fix_status(
     let key = RecordUsage::unique_key_for(auth.customer_id, &fix_id);
     match queue::by_unique_key(pool.get_ref(), RecordUsage::KIND, &key).await? {
         None => Err(ApiError::not_found("no fix reported with this id")),
-        Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => {
-            Ok(answer("failed", None))
-        }
+        Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => Ok(answer("failed", None)),
         Some(_) => Ok(answer("pending", None)),
     }
 }

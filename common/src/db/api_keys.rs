@@ -25,14 +25,9 @@ pub async fn insert<'e>(
 }
 
 /// The customer a live (not revoked) key belongs to.
-pub async fn customer_for<'e>(
-    db: impl PgExecutor<'e>,
-    hash: &ApiKeyHash,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(hash.as_str())
-    .fetch_optional(db)
-    .await
+pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(hash.as_str())
+        .fetch_optional(db)
+        .await
 }

@@ -13,24 +13,20 @@ pub async fn insert_trial<'e>(
     email: &Email,
     source: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO customers (id, name, email, source) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(name.as_str())
-    .bind(email.as_str())
-    .bind(source)
-    .execute(db)
-    .await?
-    .rows_affected();
+    let inserted =
+        sqlx::query("INSERT INTO customers (id, name, email, source) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(name.as_str())
+            .bind(email.as_str())
+            .bind(source)
+            .execute(db)
+            .await?
+            .rows_affected();
     Ok(inserted == 1)
 }
 
 pub async fn exists<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
-        .bind(id)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)").bind(id).fetch_one(db).await
 }
 
 pub async fn email_taken<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<bool, sqlx::Error> {
@@ -49,7 +45,10 @@ pub struct Customer {
     pub subscription_state: Option<String>,
     pub cancel_at_period_end: bool,
     pub credit_balance: i64,
+    pub stripe_customer_id: Option<String>,
     pub stripe_payment_method_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub subscription_period_end: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -59,14 +58,172 @@ impl Customer {
     }
 }
 
+const CUSTOMER_COLUMNS: &str = "id, name, email, subscription_type, subscription_state, cancel_at_period_end,
+    credit_balance, stripe_customer_id, stripe_payment_method_id, stripe_subscription_id,
+    subscription_period_end, created_at";
+
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, email, subscription_type, subscription_state, cancel_at_period_end,
-                credit_balance, stripe_payment_method_id, created_at
-         FROM customers WHERE id = $1",
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn find_by_email<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<Option<Customer>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE lower(email) = $1")))
+        .bind(email.as_str())
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn find_by_stripe_customer<'e>(
+    db: impl PgExecutor<'e>,
+    stripe_id: &str,
+) -> Result<Option<Customer>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE stripe_customer_id = $1"
+    )))
+    .bind(stripe_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// Records the Stripe customer unless one is recorded already; `false` if one was.
+pub async fn set_stripe_customer<'e>(db: impl PgExecutor<'e>, id: Uuid, stripe_id: &str) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE customers SET stripe_customer_id = $2, updated_at = now() WHERE id = $1 AND stripe_customer_id IS NULL",
     )
     .bind(id)
-    .fetch_optional(db)
+    .bind(stripe_id)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// The default payment method and the consent given with it; a trial becomes
+/// pay-as-you-go (a Pro customer stays Pro).
+pub async fn set_payment_method<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    payment_method_id: &str,
+    consent_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE customers SET stripe_payment_method_id = $2, billing_consent_given = true,
+             billing_consent_at = $3, updated_at = now(),
+             subscription_type = CASE WHEN subscription_type = 'trial' THEN 'pay_as_you_go' ELSE subscription_type END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(payment_method_id)
+    .bind(consent_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// When a subscription state was observed: the Stripe event's `created` (or now, for
+/// what we read from Stripe ourselves) and the stage's rank for ties in one second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub created: i64,
+    pub rank: i16,
+}
+
+impl Observed {
+    pub fn now(rank: i16) -> Self {
+        Self { created: Utc::now().timestamp(), rank }
+    }
+}
+
+/// Applies a live subscription (created, updated): Pro, with Stripe's status and
+/// flag. Ignored, returning `false`, if a newer observation was applied already.
+pub async fn apply_subscription<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    subscription_id: &str,
+    status: &str,
+    cancel_at_period_end: bool,
+    period_end: Option<i64>,
+    observed: Observed,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE customers SET stripe_subscription_id = $2, subscription_type = 'pro',
+             subscription_state = $3, cancel_at_period_end = $4,
+             subscription_period_end = to_timestamp($5::bigint),
+             subscription_event_created = $6, subscription_event_rank = $7, updated_at = now()
+         WHERE id = $1
+           AND (subscription_event_created IS NULL
+                OR (subscription_event_created, subscription_event_rank) <= ($6, $7))",
+    )
+    .bind(id)
+    .bind(subscription_id)
+    .bind(status)
+    .bind(cancel_at_period_end)
+    .bind(period_end)
+    .bind(observed.created)
+    .bind(observed.rank)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Applies the end of a subscription: pay-as-you-go, no state, no subscription, the
+/// flag cleared; credits are kept. Only for the customer's current subscription (or
+/// none), and only if no newer observation was applied.
+pub async fn apply_subscription_ended<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    subscription_id: &str,
+    observed: Observed,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE customers SET subscription_type = 'pay_as_you_go', subscription_state = NULL,
+             stripe_subscription_id = NULL, cancel_at_period_end = false, subscription_period_end = NULL,
+             subscription_event_created = $3, subscription_event_rank = $4, updated_at = now()
+         WHERE id = $1
+           AND (stripe_subscription_id = $2 OR stripe_subscription_id IS NULL)
+           AND (subscription_event_created IS NULL
+                OR (subscription_event_created, subscription_event_rank) <= ($3, $4))",
+    )
+    .bind(id)
+    .bind(subscription_id)
+    .bind(observed.created)
+    .bind(observed.rank)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A failed Pro payment: `past_due`, unless a newer observation was applied.
+pub async fn apply_past_due<'e>(db: impl PgExecutor<'e>, id: Uuid, observed: Observed) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE customers SET subscription_state = 'past_due',
+             subscription_event_created = $2, subscription_event_rank = $3, updated_at = now()
+         WHERE id = $1 AND stripe_subscription_id IS NOT NULL
+           AND (subscription_event_created IS NULL
+                OR (subscription_event_created, subscription_event_rank) <= ($2, $3))",
+    )
+    .bind(id)
+    .bind(observed.created)
+    .bind(observed.rank)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Pro customers whose current period has ended: the renewal sweep's work list.
+pub async fn due_for_renewal<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, subscription_period_end FROM customers
+         WHERE stripe_subscription_id IS NOT NULL AND subscription_period_end <= now()
+         ORDER BY subscription_period_end",
+    )
+    .fetch_all(db)
     .await
 }
 

@@ -2,6 +2,7 @@
 //! its module (the job queue's SQL lives in `queue`).
 
 pub mod api_keys;
+pub mod billing_events;
 pub mod customers;
 pub mod usage;
 
@@ -32,8 +33,6 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or_default();
     let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?;
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
     Ok(applied.is_some_and(|v| v >= latest))
 }

@@ -12,13 +12,11 @@ pub async fn find<'e>(
     customer_id: Uuid,
     fix_id: &str,
 ) -> Result<Option<FixRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2",
-    )
-    .bind(customer_id)
-    .bind(fix_id)
-    .fetch_optional(db)
-    .await
+    sqlx::query_as("SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2")
+        .bind(customer_id)
+        .bind(fix_id)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn record_consumed<'e>(
@@ -56,6 +54,31 @@ pub async fn record_refused<'e>(
     .bind(fix_id)
     .bind(repo)
     .bind(code)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A fix paid for at balance 0: the purchase and the debit are posted by the caller.
+pub async fn record_charged<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    fix_id: &str,
+    repo: &str,
+    ledger_entry_id: i64,
+    charged_cents: i64,
+    payment_intent_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id, charged_cents, payment_intent_id)
+         VALUES ($1, $2, $3, 'consumed', $4, $5, $6)",
+    )
+    .bind(customer_id)
+    .bind(fix_id)
+    .bind(repo)
+    .bind(ledger_entry_id)
+    .bind(charged_cents)
+    .bind(payment_intent_id)
     .execute(db)
     .await?;
     Ok(())

@@ -26,13 +26,9 @@ impl ApiKey {
     /// Parses what a client sent in `x-api-key`. Only the shape is checked here;
     /// whether the key exists is the database's answer.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let body = raw
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| ParseError::new("API key has the wrong format"))?;
-        let well_formed = body.len() == BODY_LEN
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let body = raw.strip_prefix(PREFIX).ok_or_else(|| ParseError::new("API key has the wrong format"))?;
+        let well_formed =
+            body.len() == BODY_LEN && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !well_formed {
             return Err(ParseError::new("API key has the wrong format"));
         }
@@ -95,13 +91,9 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused() {
-        for raw in [
-            "",
-            "rsolv_",
-            "sk_test_abc",
-            &format!("rsolv_{}", "a".repeat(42)),
-            &format!("rsolv_{}!", "a".repeat(42)),
-        ] {
+        for raw in
+            ["", "rsolv_", "sk_test_abc", &format!("rsolv_{}", "a".repeat(42)), &format!("rsolv_{}!", "a".repeat(42))]
+        {
             assert!(ApiKey::parse(raw).is_err(), "{raw:?}");
         }
     }

@@ -16,9 +16,7 @@ impl CustomerName {
             return Err(ParseError::new("name must not be empty"));
         }
         if trimmed.chars().count() > NAME_MAX_CHARS {
-            return Err(ParseError::new(format!(
-                "name must be at most {NAME_MAX_CHARS} characters"
-            )));
+            return Err(ParseError::new(format!("name must be at most {NAME_MAX_CHARS} characters")));
         }
         if trimmed.chars().any(char::is_control) {
             return Err(ParseError::new("name must not contain control characters"));
@@ -67,9 +65,7 @@ impl SubscriptionType {
             "trial" => Ok(Self::Trial),
             "pay_as_you_go" => Ok(Self::PayAsYouGo),
             "pro" => Ok(Self::Pro),
-            other => Err(ParseError::new(format!(
-                "unknown subscription type {other:?}"
-            ))),
+            other => Err(ParseError::new(format!("unknown subscription type {other:?}"))),
         }
     }
 }
@@ -113,9 +109,7 @@ impl SubscriptionState {
             "unpaid" => Self::Unpaid,
             "paused" => Self::Paused,
             other => {
-                return Err(ParseError::new(format!(
-                    "unknown subscription state {other:?}"
-                )));
+                return Err(ParseError::new(format!("unknown subscription state {other:?}")));
             }
         })
     }
@@ -175,15 +169,9 @@ mod tests {
 
     #[test]
     fn blocked_is_derived_from_balance_and_payment_method() {
-        assert_eq!(
-            Warning::derive(0, false, None, false),
-            vec![Warning::Blocked]
-        );
+        assert_eq!(Warning::derive(0, false, None, false), vec![Warning::Blocked]);
         assert_eq!(Warning::derive(0, true, None, false), vec![]);
-        assert_eq!(
-            Warning::derive(1, false, None, false),
-            vec![Warning::LowBalance]
-        );
+        assert_eq!(Warning::derive(1, false, None, false), vec![Warning::LowBalance]);
         assert_eq!(
             Warning::derive(45, true, Some(SubscriptionState::PastDue), true),
             vec![Warning::PaymentPastDue, Warning::CancellationScheduled]
@@ -192,15 +180,7 @@ mod tests {
 
     #[test]
     fn states_round_trip_through_their_names() {
-        for s in [
-            "incomplete",
-            "trialing",
-            "active",
-            "past_due",
-            "canceled",
-            "unpaid",
-            "paused",
-        ] {
+        for s in ["incomplete", "trialing", "active", "past_due", "canceled", "unpaid", "paused"] {
             assert_eq!(SubscriptionState::parse(s).unwrap().as_str(), s);
         }
         for t in ["trial", "pay_as_you_go", "pro"] {

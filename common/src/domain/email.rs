@@ -32,22 +32,17 @@ impl Email {
             return Err(ParseError::new("email must not be empty"));
         }
         if normalized.len() > MAX_LEN {
-            return Err(ParseError::new(format!(
-                "email must be at most {MAX_LEN} characters"
-            )));
+            return Err(ParseError::new(format!("email must be at most {MAX_LEN} characters")));
         }
-        let parsed: email_address::EmailAddress = normalized
-            .parse()
-            .map_err(|_| ParseError::new("email is not a valid address"))?;
+        let parsed: email_address::EmailAddress =
+            normalized.parse().map_err(|_| ParseError::new("email is not a valid address"))?;
         // email_address accepts display forms and bare local domains; a customer needs a
         // routable mailbox, so demand a dotted domain and the plain address form.
         if parsed.email() != normalized || !parsed.domain().contains('.') {
             return Err(ParseError::new("email is not a valid address"));
         }
         if is_disposable(parsed.domain()) {
-            return Err(ParseError::new(
-                "email from a disposable email domain is not accepted",
-            ));
+            return Err(ParseError::new("email from a disposable email domain is not accepted"));
         }
         Ok(Self(normalized))
     }

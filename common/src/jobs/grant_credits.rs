@@ -58,12 +58,9 @@ impl Job for GrantCredits {
         };
         tx.commit().await?;
         Ok(match posted {
-            Posted::Posted {
-                entry_id,
-                balance_after,
-            } => Outcome::done(
-                serde_json::json!({ "entry_id": entry_id, "balance_after": balance_after }),
-            ),
+            Posted::Posted { entry_id, balance_after } => {
+                Outcome::done(serde_json::json!({ "entry_id": entry_id, "balance_after": balance_after }))
+            }
             Posted::AlreadyPosted { entry_id } => {
                 Outcome::done(serde_json::json!({ "entry_id": entry_id, "already_posted": true }))
             }

@@ -3,9 +3,15 @@
 //! A job reads like its spec: load, decide, write, enqueue next, all in one
 //! transaction, and safe to run twice or to race with itself.
 
+mod add_payment_method;
+mod cancel_subscription;
+mod create_stripe_customer;
 mod grant_credits;
+mod process_webhook;
 mod provision;
 mod record_usage;
+mod renewal;
+mod subscribe_pro;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,18 +20,46 @@ use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
 use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
 use sqlx::PgPool;
 
+pub use add_payment_method::AddPaymentMethod;
+pub use cancel_subscription::CancelSubscription;
+pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;
+pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
 pub use record_usage::{RecordUsage, refusal};
+pub use renewal::{RenewSubscription, RenewalSweep};
+pub use subscribe_pro::SubscribePro;
 
 use crate::config::Settings;
-use crate::queue::{Job, JobKind, JobNotifier, JobStore, RetryPolicy, StoreConfig};
+use crate::queue::{self, Job, JobError, JobKind, JobNotifier, JobStore, RetryPolicy, StoreConfig};
+use crate::stripe::{CallError, StripeApi};
 
 /// What every job can reach.
 #[derive(Clone)]
 pub struct JobContext {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// Absent when Stripe is not configured.
+    pub stripe: Option<StripeApi>,
+}
+
+impl JobContext {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Result<Self, CallError> {
+        let stripe = match &settings.stripe {
+            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id)?),
+            None => None,
+        };
+        Ok(Self { pool, settings, stripe })
+    }
+
+    pub fn stripe(&self) -> Result<&StripeApi, JobError> {
+        self.stripe.as_ref().ok_or_else(|| JobError::new("billing is not configured (STRIPE_SECRET_KEY is unset)"))
+    }
+}
+
+/// A Stripe failure a job retries later (declines and refusals are handled by each job).
+pub(crate) fn stripe_failure(error: CallError) -> JobError {
+    JobError::new(error.to_string())
 }
 
 /// Every kind this build runs, with its default queue settings.
@@ -34,6 +68,13 @@ pub fn kinds() -> Vec<(&'static str, RetryPolicy)> {
         (ProvisionCustomer::KIND, ProvisionCustomer::RETRY),
         (GrantCredits::KIND, GrantCredits::RETRY),
         (RecordUsage::KIND, RecordUsage::RETRY),
+        (CreateStripeCustomer::KIND, CreateStripeCustomer::RETRY),
+        (AddPaymentMethod::KIND, AddPaymentMethod::RETRY),
+        (SubscribePro::KIND, SubscribePro::RETRY),
+        (CancelSubscription::KIND, CancelSubscription::RETRY),
+        (ProcessStripeEvent::KIND, ProcessStripeEvent::RETRY),
+        (RenewalSweep::KIND, RenewalSweep::RETRY),
+        (RenewSubscription::KIND, RenewSubscription::RETRY),
     ]
 }
 
@@ -49,6 +90,16 @@ pub async fn run_workers(
     let monitor = register::<ProvisionCustomer>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<GrantCredits>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<RecordUsage>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<CreateStripeCustomer>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<AddPaymentMethod>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<SubscribePro>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<CancelSubscription>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<ProcessStripeEvent>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<RenewalSweep>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<RenewSubscription>(monitor, &ctx, &notifier, &instance);
+    let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
+        RenewalSweep { tick }
+    });
     tracing::info!(%instance, kinds = ?kinds().iter().map(|k| k.0).collect::<Vec<_>>(), "workers started");
     monitor
         .shutdown_timeout(ctx.settings.jobs.shutdown_timeout)
@@ -58,16 +109,12 @@ pub async fn run_workers(
             Ok(())
         })
         .await?;
+    renewals.abort();
     tracing::info!("workers stopped");
     Ok(())
 }
 
-fn register<J>(
-    monitor: Monitor,
-    ctx: &JobContext,
-    notifier: &JobNotifier,
-    instance: &str,
-) -> Monitor
+fn register<J>(monitor: Monitor, ctx: &JobContext, notifier: &JobNotifier, instance: &str) -> Monitor
 where
     J: Job<Context = JobContext>,
 {
@@ -99,9 +146,5 @@ where
 /// Unique per process, so that liveness and rescue can tell worker processes apart.
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
 }

@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::JobContext;
+use super::{CreateStripeCustomer, JobContext};
 use crate::db;
 use crate::domain::{ApiKeyHash, CustomerName, Email, LedgerSource};
 use crate::ledger::{self, Posted, Posting};
-use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProvisionCustomer {
@@ -41,33 +41,19 @@ impl Job for ProvisionCustomer {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let mut tx = ctx.pool.begin().await?;
-        let created = db::customers::insert_trial(
-            &mut *tx,
-            self.customer_id,
-            &self.name,
-            &self.email,
-            self.source.as_deref(),
-        )
-        .await?;
+        let created =
+            db::customers::insert_trial(&mut *tx, self.customer_id, &self.name, &self.email, self.source.as_deref())
+                .await?;
         if !created {
             // Either an earlier run committed everything (the same id exists), or
             // another customer owns the email; neither changes with a retry.
-            return Ok(
-                if db::customers::exists(&mut *tx, self.customer_id).await? {
-                    Outcome::done(serde_json::json!({ "already_provisioned": true }))
-                } else {
-                    Outcome::cancel(format!("email {} belongs to another customer", self.email))
-                },
-            );
+            return Ok(if db::customers::exists(&mut *tx, self.customer_id).await? {
+                Outcome::done(serde_json::json!({ "already_provisioned": true }))
+            } else {
+                Outcome::cancel(format!("email {} belongs to another customer", self.email))
+            });
         }
-        db::api_keys::insert(
-            &mut *tx,
-            self.customer_id,
-            "default",
-            &self.api_key_hash,
-            &self.api_key_prefix,
-        )
-        .await?;
+        db::api_keys::insert(&mut *tx, self.customer_id, "default", &self.api_key_hash, &self.api_key_prefix).await?;
         let trial = Posting {
             customer_id: self.customer_id,
             amount: ctx.settings.credits.trial_signup,
@@ -77,22 +63,19 @@ impl Job for ProvisionCustomer {
         };
         let balance = match trial.amount {
             0 => 0,
-            _ => match ledger::post(&mut tx, &trial)
-                .await
-                .map_err(|e| JobError::new(e.to_string()))?
-            {
+            _ => match ledger::post(&mut tx, &trial).await.map_err(|e| JobError::new(e.to_string()))? {
                 Posted::Posted { balance_after, .. } => balance_after,
                 other => {
-                    return Err(JobError::new(format!(
-                        "trial credits not posted: {other:?}"
-                    )));
+                    return Err(JobError::new(format!("trial credits not posted: {other:?}")));
                 }
             },
         };
+        // The next steps, committed with the customer: each its own idempotent job.
+        if ctx.stripe.is_some() {
+            queue::enqueue(&mut *tx, &CreateStripeCustomer { customer_id: self.customer_id }).await?;
+        }
         tx.commit().await?;
         tracing::info!(customer_id = %self.customer_id, balance, "customer provisioned");
-        Ok(Outcome::done(
-            serde_json::json!({ "customer_id": self.customer_id, "credit_balance": balance }),
-        ))
+        Ok(Outcome::done(serde_json::json!({ "customer_id": self.customer_id, "credit_balance": balance })))
     }
 }

@@ -29,10 +29,7 @@ pub struct EnqueueOptions {
 }
 
 /// Enqueues `job` to run now with its kind's default attempts.
-pub async fn enqueue<'e, J: JobKind>(
-    executor: impl PgExecutor<'e>,
-    job: &J,
-) -> Result<Enqueued, sqlx::Error> {
+pub async fn enqueue<'e, J: JobKind>(executor: impl PgExecutor<'e>, job: &J) -> Result<Enqueued, sqlx::Error> {
     enqueue_with(executor, job, EnqueueOptions::default()).await
 }
 

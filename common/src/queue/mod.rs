@@ -32,6 +32,7 @@
 //! `completed`, `cancelled` (its own decision) or `dead` (attempts exhausted, its errors
 //! kept), and a job held by a worker that stopped heartbeating is rescued.
 
+pub mod cron;
 mod enqueue;
 mod notifier;
 mod store;
@@ -85,12 +86,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub const fn new(max_attempts: i32, concurrency: usize) -> Self {
-        Self {
-            max_attempts,
-            concurrency,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(3600),
-        }
+        Self { max_attempts, concurrency, backoff_base: Duration::from_secs(1), backoff_max: Duration::from_secs(3600) }
     }
 }
 
@@ -117,15 +113,11 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn done(detail: impl Serialize) -> Self {
-        Self::Done {
-            detail: serde_json::to_value(detail).unwrap_or(serde_json::Value::Null),
-        }
+        Self::Done { detail: serde_json::to_value(detail).unwrap_or(serde_json::Value::Null) }
     }
 
     pub fn cancel(reason: impl Into<String>) -> Self {
-        Self::Cancel {
-            reason: reason.into(),
-        }
+        Self::Cancel { reason: reason.into() }
     }
 }
 

@@ -55,21 +55,13 @@ impl<J: JobKind> JobStore<J> {
             config: Arc::new(config),
             decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
         };
-        Self {
-            persisted: Persisted::new(persistence),
-            codec: JsonCodec::default(),
-            _kind: PhantomData,
-        }
+        Self { persisted: Persisted::new(persistence), codec: JsonCodec::default(), _kind: PhantomData }
     }
 }
 
 impl<J> Clone for JobStore<J> {
     fn clone(&self) -> Self {
-        Self {
-            persisted: self.persisted.clone(),
-            codec: self.codec.clone(),
-            _kind: PhantomData,
-        }
+        Self { persisted: self.persisted.clone(), codec: self.codec.clone(), _kind: PhantomData }
     }
 }
 
@@ -77,11 +69,7 @@ impl<J> Backend for JobStore<J> {
     type Task = Task<Value>;
     type Error = StoreError;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), StoreError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
         let heartbeat = self.persisted.config.heartbeat_interval;
         self.persisted.poll_ready(cx, worker, heartbeat)
     }
@@ -94,11 +82,7 @@ impl<J> Backend for JobStore<J> {
         self.persisted.poll_next(cx, worker)
     }
 
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Result<(), StoreError>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
         self.persisted.poll_close(cx, worker)
     }
 }
@@ -117,10 +101,7 @@ impl<J> BackendConfig for JobStore<J> {
     fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
         let batch = self.persisted.config.batch_size;
         // Results are our acknowledgements; claiming already marked the rows running.
-        self.persisted
-            .layer(JsonCodec::<Value>::default(), batch)
-            .persist_results(true)
-            .lock_tasks(false)
+        self.persisted.layer(JsonCodec::<Value>::default(), batch).persist_results(true).lock_tasks(false)
     }
 }
 
@@ -194,11 +175,7 @@ impl PgPersistence {
         .await?;
         tx.commit().await?;
         if rescued > 0 {
-            tracing::warn!(
-                kind = self.kind(),
-                rescued,
-                "rescued jobs from a worker that stopped"
-            );
+            tracing::warn!(kind = self.kind(), rescued, "rescued jobs from a worker that stopped");
         }
         Ok(())
     }
@@ -238,11 +215,9 @@ impl Acks {
             match result.result {
                 Ok(value) => match Outcome::deserialize(&value) {
                     Ok(Outcome::Done { detail }) => push(&mut acks.done, id, detail),
-                    Ok(Outcome::Snooze { seconds }) => push(
-                        &mut acks.snoozed,
-                        id,
-                        i64::try_from(seconds).unwrap_or(i64::MAX),
-                    ),
+                    Ok(Outcome::Snooze { seconds }) => {
+                        push(&mut acks.snoozed, id, i64::try_from(seconds).unwrap_or(i64::MAX))
+                    }
                     Ok(Outcome::Cancel { reason }) => push(&mut acks.cancelled, id, reason),
                     // A handler that answered something else still finished.
                     Err(_) => push(&mut acks.done, id, value),
@@ -266,11 +241,7 @@ impl Persistence for PgPersistence {
 
     async fn register(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
         self.beat(worker).await?;
-        tracing::debug!(
-            kind = self.kind(),
-            worker = worker.name(),
-            "worker registered"
-        );
+        tracing::debug!(kind = self.kind(), worker = worker.name(), "worker registered");
         Ok(())
     }
 
@@ -307,11 +278,7 @@ impl Persistence for PgPersistence {
                         .attempt(row.attempts as usize)
                         .build(),
                 ),
-                Err(e) => push(
-                    &mut poison,
-                    row.id,
-                    format!("args do not decode as {}: {e}", self.kind()),
-                ),
+                Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
             }
         }
         if !poison.0.is_empty() {
@@ -336,10 +303,7 @@ impl Persistence for PgPersistence {
         worker: &WorkerContext,
     ) -> Result<u64, StoreError> {
         // Claimed but never started (the worker is shutting down): give the attempt back.
-        let ids: Vec<i64> = tasks
-            .iter()
-            .filter_map(|t| t.task_id().and_then(job_id))
-            .collect();
+        let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
         let released = sqlx::query(
             "UPDATE jobs SET status = 'available', attempts = attempts - 1, locked_by = NULL
              WHERE id = ANY($1) AND status = 'running' AND locked_by = $2",
@@ -349,19 +313,11 @@ impl Persistence for PgPersistence {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        tracing::info!(
-            kind = self.kind(),
-            released,
-            "released claimed jobs on shutdown"
-        );
+        tracing::info!(kind = self.kind(), released, "released claimed jobs on shutdown");
         Ok(released)
     }
 
-    async fn handle_events(
-        &mut self,
-        events: Vec<TaskEvent<Value>>,
-        worker: &WorkerContext,
-    ) -> Result<(), StoreError> {
+    async fn handle_events(&mut self, events: Vec<TaskEvent<Value>>, worker: &WorkerContext) -> Result<(), StoreError> {
         let results: Vec<TaskResult<Value>> = events
             .into_iter()
             .filter_map(|event| match event {

@@ -8,10 +8,7 @@ async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> S
     assert_eq!(response.status().as_u16(), status);
     let body: Value = response.json().await.expect("error bodies are JSON");
     assert_eq!(body["error"]["code"], code, "body: {body}");
-    let message = body["error"]["message"]
-        .as_str()
-        .expect("a message")
-        .to_owned();
+    let message = body["error"]["message"].as_str().expect("a message").to_owned();
     assert!(!message.is_empty());
     message
 }
@@ -51,50 +48,15 @@ async fn malformed_bodies_get_the_error_body() {
     let app = TestApp::api_only().await;
     let url = app.url("/api/v1/customers/onboard");
     let send = |body: Vec<u8>, content_type: &'static str| {
-        app.client
-            .post(&url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
+        app.client.post(&url).header("content-type", content_type).body(body).send()
     };
-    assert_error(
-        send(b"{\"name\": ".to_vec(), "application/json")
-            .await
-            .unwrap(),
-        400,
-        "INVALID_JSON",
-    )
-    .await;
-    assert_error(
-        send(vec![0xff, 0xfe, b'{'], "application/json")
-            .await
-            .unwrap(),
-        400,
-        "INVALID_JSON",
-    )
-    .await;
-    assert_error(
-        send(b"{}".to_vec(), "text/plain").await.unwrap(),
-        415,
-        "UNSUPPORTED_MEDIA_TYPE",
-    )
-    .await;
-    let huge = format!(
-        "{{\"name\": \"{}\", \"email\": \"a@example.com\"}}",
-        "x".repeat(100_000)
-    );
-    assert_error(
-        send(huge.into_bytes(), "application/json").await.unwrap(),
-        413,
-        "PAYLOAD_TOO_LARGE",
-    )
-    .await;
-    let charset = send(
-        br#"{"name":"Ada","email":"ada@example.com"}"#.to_vec(),
-        "application/json; charset=utf-8",
-    )
-    .await
-    .unwrap();
+    assert_error(send(b"{\"name\": ".to_vec(), "application/json").await.unwrap(), 400, "INVALID_JSON").await;
+    assert_error(send(vec![0xff, 0xfe, b'{'], "application/json").await.unwrap(), 400, "INVALID_JSON").await;
+    assert_error(send(b"{}".to_vec(), "text/plain").await.unwrap(), 415, "UNSUPPORTED_MEDIA_TYPE").await;
+    let huge = format!("{{\"name\": \"{}\", \"email\": \"a@example.com\"}}", "x".repeat(100_000));
+    assert_error(send(huge.into_bytes(), "application/json").await.unwrap(), 413, "PAYLOAD_TOO_LARGE").await;
+    let charset =
+        send(br#"{"name":"Ada","email":"ada@example.com"}"#.to_vec(), "application/json; charset=utf-8").await.unwrap();
     assert_eq!(charset.status(), 202, "a charset parameter is fine");
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
 }
@@ -102,71 +64,28 @@ async fn malformed_bodies_get_the_error_body() {
 #[tokio::test]
 async fn unknown_routes_and_methods_get_the_error_body() {
     let app = TestApp::api_only().await;
-    assert_error(
-        app.client.get(app.url("/nope")).send().await.unwrap(),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    assert_error(
-        app.client
-            .get(app.url("/api/v1/customers/onboard"))
-            .send()
-            .await
-            .unwrap(),
-        405,
-        "METHOD_NOT_ALLOWED",
-    )
-    .await;
-    assert_error(
-        app.client.delete(app.url("/health")).send().await.unwrap(),
-        405,
-        "METHOD_NOT_ALLOWED",
-    )
-    .await;
-    assert_error(
-        app.client
-            .get(app.url("/api/v1/onboarding/not-a-uuid"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    assert_error(app.client.get(app.url("/nope")).send().await.unwrap(), 404, "NOT_FOUND").await;
+    assert_error(app.client.get(app.url("/api/v1/customers/onboard")).send().await.unwrap(), 405, "METHOD_NOT_ALLOWED")
+        .await;
+    assert_error(app.client.delete(app.url("/health")).send().await.unwrap(), 405, "METHOD_NOT_ALLOWED").await;
+    assert_error(app.client.get(app.url("/api/v1/onboarding/not-a-uuid")).send().await.unwrap(), 404, "NOT_FOUND")
+        .await;
 }
 
 #[tokio::test]
 async fn authentication_errors_say_what_is_wrong() {
     let app = TestApp::with_worker().await;
     let (_, key) = app.onboarded_customer("auth@example.com").await;
-    let missing = app
-        .client
-        .get(app.url("/api/v1/customers/me"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        assert_error(missing, 401, "UNAUTHORIZED").await,
-        "API key must be provided in x-api-key header"
-    );
+    let missing = app.client.get(app.url("/api/v1/customers/me")).send().await.unwrap();
+    assert_eq!(assert_error(missing, 401, "UNAUTHORIZED").await, "API key must be provided in x-api-key header");
     let forged = format!("rsolv_{}", "A".repeat(43));
     for bad in ["nonsense", forged.as_str(), &key[..key.len() - 1]] {
         let response = app.get_with_key("/api/v1/customers/me", bad).await;
-        assert_eq!(
-            assert_error(response, 401, "UNAUTHORIZED").await,
-            "Invalid or expired API key"
-        );
+        assert_eq!(assert_error(response, 401, "UNAUTHORIZED").await, "Invalid or expired API key");
     }
-    sqlx::query("UPDATE api_keys SET revoked_at = now()")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_at = now()").execute(&app.db.pool).await.unwrap();
     let revoked = app.get_with_key("/api/v1/customers/me", &key).await;
-    assert_eq!(
-        assert_error(revoked, 401, "UNAUTHORIZED").await,
-        "Invalid or expired API key"
-    );
+    assert_eq!(assert_error(revoked, 401, "UNAUTHORIZED").await, "Invalid or expired API key");
 }
 
 #[tokio::test]
@@ -177,16 +96,9 @@ async fn health_and_readiness() {
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // A database missing its latest migration is not ready.
-    sqlx::query(
-        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
-    )
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
-    assert_error(
-        app.client.get(app.url("/ready")).send().await.unwrap(),
-        503,
-        "SERVICE_UNAVAILABLE",
-    )
-    .await;
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations)")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_error(app.client.get(app.url("/ready")).send().await.unwrap(), 503, "SERVICE_UNAVAILABLE").await;
 }

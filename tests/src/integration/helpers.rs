@@ -18,8 +18,7 @@ use uuid::Uuid;
 
 /// The server tests create their databases on (`TEST_DATABASE_URL`, default the local one).
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub struct TestDb {
@@ -31,20 +30,14 @@ impl TestDb {
     pub async fn fresh() -> Self {
         let admin = admin_url();
         let name = format!("rsolv_test_{}", Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect(&admin)
-            .await
-            .expect("test Postgres reachable");
+        let mut conn = PgConnection::connect(&admin).await.expect("test Postgres reachable");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
             .expect("create test database");
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         let url = format!("{base}/{name}");
-        let pool = PgPoolOptions::new()
-            .max_connections(30)
-            .connect(&url)
-            .await
-            .expect("connect test database");
+        let pool = PgPoolOptions::new().max_connections(30).connect(&url).await.expect("connect test database");
         common::db::migrate(&pool).await.expect("migrations apply");
         Self { url, pool }
     }
@@ -94,25 +87,15 @@ impl TestApp {
         let settings = Arc::new(settings(&db.url, overrides));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let pool = common::db::pool(&settings).unwrap();
-        let app =
-            api::startup::Application::build(listener, pool, settings.max_body_bytes).unwrap();
+        let app = api::startup::Application::build(listener, pool, settings.max_body_bytes).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
-        Self {
-            address,
-            db,
-            client: reqwest::Client::new(),
-            settings,
-            worker,
-        }
+        Self { address, db, client: reqwest::Client::new(), settings, worker }
     }
 
     pub fn job_context(&self) -> JobContext {
-        JobContext {
-            pool: self.db.pool.clone(),
-            settings: self.settings.clone(),
-        }
+        JobContext { pool: self.db.pool.clone(), settings: self.settings.clone() }
     }
 
     pub async fn stop_worker(&mut self) {
@@ -126,20 +109,11 @@ impl TestApp {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
     }
 
     pub async fn onboard(&self, name: &str, email: &str) -> reqwest::Response {
-        self.post_json(
-            "/api/v1/customers/onboard",
-            &serde_json::json!({ "name": name, "email": email }),
-        )
-        .await
+        self.post_json("/api/v1/customers/onboard", &serde_json::json!({ "name": name, "email": email })).await
     }
 
     /// Onboards and waits until the customer is provisioned; returns (customer_id, api_key).
@@ -150,42 +124,24 @@ impl TestApp {
         let id: Uuid = body["customer_id"].as_str().unwrap().parse().unwrap();
         let key = body["api_key"].as_str().unwrap().to_owned();
         let pool = self.db.pool.clone();
-        wait_for(
-            "the customer to be provisioned",
-            Duration::from_secs(10),
-            || {
-                let pool = pool.clone();
-                async move { common::db::customers::exists(&pool, id).await.unwrap() }
-            },
-        )
+        wait_for("the customer to be provisioned", Duration::from_secs(10), || {
+            let pool = pool.clone();
+            async move { common::db::customers::exists(&pool, id).await.unwrap() }
+        })
         .await;
         (id, key)
     }
 
     pub async fn get_with_key(&self, path: &str, key: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .header("x-api-key", key)
-            .send()
-            .await
-            .unwrap()
+        self.client.get(self.url(path)).header("x-api-key", key).send().await.unwrap()
     }
 
     pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url(path))
-            .header("x-api-key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        self.client.post(self.url(path)).header("x-api-key", key).json(body).send().await.unwrap()
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
     }
 }
 
@@ -196,10 +152,7 @@ struct InProcessWorker {
 
 impl InProcessWorker {
     fn start(pool: &PgPool, settings: &Arc<Settings>) -> Self {
-        let ctx = JobContext {
-            pool: pool.clone(),
-            settings: settings.clone(),
-        };
+        let ctx = JobContext { pool: pool.clone(), settings: settings.clone() };
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             jobs::run_workers(ctx, async move {
@@ -213,10 +166,7 @@ impl InProcessWorker {
 
     async fn stop(self) {
         let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(20), self.done)
-            .await
-            .expect("workers drain")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.done).await.expect("workers drain").unwrap();
     }
 }
 
@@ -228,21 +178,14 @@ where
 {
     let start = Instant::now();
     while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Job assertions that read like the spec (River's "require inserted").
 pub async fn job_statuses(pool: &PgPool, kind: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id")
-        .bind(kind)
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id").bind(kind).fetch_all(pool).await.unwrap()
 }
 
 pub async fn wait_for_jobs_finished(pool: &PgPool, kind: &str, deadline: Duration) {
@@ -276,24 +219,14 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
     .fetch_all(pool)
     .await
     .unwrap();
-    assert!(
-        broken.is_empty(),
-        "balance differs from the sum of entries: {broken:?}"
-    );
+    assert!(broken.is_empty(), "balance differs from the sum of entries: {broken:?}");
 }
 
 /// A built project binary (the test command builds them before the tests run).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
     path
 }

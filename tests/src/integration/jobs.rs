@@ -45,74 +45,44 @@ async fn a_failing_job_backs_off_between_attempts_then_dies_with_its_errors() {
     let enqueued = queue::enqueue_with(
         &app.db.pool,
         &grant(Uuid::new_v4(), "doomed", 5),
-        EnqueueOptions {
-            max_attempts: Some(3),
-            ..Default::default()
-        },
+        EnqueueOptions { max_attempts: Some(3), ..Default::default() },
     )
     .await
     .unwrap();
-    let Enqueued::Inserted(id) = enqueued else {
-        panic!("inserted")
-    };
+    let Enqueued::Inserted(id) = enqueued else { panic!("inserted") };
 
     // After the first failure the next run is persisted in the future, not now.
     let app_ref = &app;
-    wait_for(
-        "the first failure",
-        Duration::from_secs(10),
-        || async move {
-            job(app_ref, id).await.attempts >= 1 && job(app_ref, id).await.status != "running"
-        },
-    )
+    wait_for("the first failure", Duration::from_secs(10), || async move {
+        job(app_ref, id).await.attempts >= 1 && job(app_ref, id).await.status != "running"
+    })
     .await;
     let after_first = job(&app, id).await;
     assert_eq!(after_first.status, "retryable");
-    let first_failed_at: DateTime<Utc> = after_first.errors[0]["at"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first_failed_at: DateTime<Utc> = after_first.errors[0]["at"].as_str().unwrap().parse().unwrap();
     let delay = after_first.run_at - first_failed_at;
     assert!(
-        delay >= chrono::Duration::milliseconds(300)
-            && delay <= chrono::Duration::milliseconds(400),
+        delay >= chrono::Duration::milliseconds(300) && delay <= chrono::Duration::milliseconds(400),
         "first backoff {delay}"
     );
 
-    wait_for("the job to die", Duration::from_secs(15), || async move {
-        job(app_ref, id).await.status == "dead"
-    })
-    .await;
+    wait_for("the job to die", Duration::from_secs(15), || async move { job(app_ref, id).await.status == "dead" })
+        .await;
     let dead = job(&app, id).await;
     assert_eq!(dead.attempts, 3);
     let errors = dead.errors.as_array().unwrap();
     assert_eq!(errors.len(), 3, "every attempt's error is kept: {errors:?}");
-    let at: Vec<DateTime<Utc>> = errors
-        .iter()
-        .map(|e| e["at"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let at: Vec<DateTime<Utc>> = errors.iter().map(|e| e["at"].as_str().unwrap().parse().unwrap()).collect();
     for (i, error) in errors.iter().enumerate() {
         assert_eq!(error["attempt"], i + 1);
-        assert!(
-            error["error"].as_str().unwrap().contains("does not exist"),
-            "{error}"
-        );
+        assert!(error["error"].as_str().unwrap().contains("does not exist"), "{error}");
     }
     // Exponential: ~400 ms then ~800 ms (75-100% jitter), never at once.
-    assert!(
-        at[1] - at[0] >= chrono::Duration::milliseconds(300),
-        "second attempt came too soon"
-    );
-    assert!(
-        at[2] - at[1] >= chrono::Duration::milliseconds(600),
-        "third attempt came too soon"
-    );
+    assert!(at[1] - at[0] >= chrono::Duration::milliseconds(300), "second attempt came too soon");
+    assert!(at[2] - at[1] >= chrono::Duration::milliseconds(600), "third attempt came too soon");
     // A dead job gives its unique key back: the work can be submitted again.
     assert!(matches!(
-        queue::enqueue(&app.db.pool, &grant(Uuid::new_v4(), "doomed", 5))
-            .await
-            .unwrap(),
+        queue::enqueue(&app.db.pool, &grant(Uuid::new_v4(), "doomed", 5)).await.unwrap(),
         Enqueued::Inserted(_)
     ));
 }
@@ -121,14 +91,8 @@ async fn a_failing_job_backs_off_between_attempts_then_dies_with_its_errors() {
 async fn a_duplicate_enqueue_is_a_detectable_no_op() {
     let app = TestApp::api_only().await;
     let job = grant(Uuid::new_v4(), "once", 1);
-    assert!(matches!(
-        queue::enqueue(&app.db.pool, &job).await.unwrap(),
-        Enqueued::Inserted(_)
-    ));
-    assert_eq!(
-        queue::enqueue(&app.db.pool, &job).await.unwrap(),
-        Enqueued::Duplicate
-    );
+    assert!(matches!(queue::enqueue(&app.db.pool, &job).await.unwrap(), Enqueued::Inserted(_)));
+    assert_eq!(queue::enqueue(&app.db.pool, &job).await.unwrap(), Enqueued::Duplicate);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
 }
 
@@ -136,24 +100,13 @@ async fn a_duplicate_enqueue_is_a_detectable_no_op() {
 async fn enqueue_joins_the_callers_transaction() {
     let app = TestApp::api_only().await;
     let mut tx = app.db.pool.begin().await.unwrap();
-    queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "rolled-back", 1))
-        .await
-        .unwrap();
+    queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "rolled-back", 1)).await.unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(
-        app.count("SELECT count(*) FROM jobs").await,
-        0,
-        "a rolled-back job never existed"
-    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0, "a rolled-back job never existed");
 
     let mut tx = app.db.pool.begin().await.unwrap();
-    queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "committed", 1))
-        .await
-        .unwrap();
-    let outside: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "committed", 1)).await.unwrap();
+    let outside: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(outside, 0, "invisible before commit");
     tx.commit().await.unwrap();
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
@@ -167,9 +120,7 @@ async fn a_poison_job_dies_at_once_and_does_not_block_its_queue() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    queue::enqueue(&app.db.pool, &grant(customer_id, "after-poison", 3))
-        .await
-        .unwrap();
+    queue::enqueue(&app.db.pool, &grant(customer_id, "after-poison", 3)).await.unwrap();
     wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
     let statuses: Vec<(String, Value)> =
         sqlx::query_as("SELECT status, errors FROM jobs WHERE kind = 'grant_credits' ORDER BY id")
@@ -177,17 +128,10 @@ async fn a_poison_job_dies_at_once_and_does_not_block_its_queue() {
             .await
             .unwrap();
     assert_eq!(statuses[0].0, "dead");
-    assert!(
-        statuses[0].1[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("do not decode")
-    );
+    assert!(statuses[0].1[0]["error"].as_str().unwrap().contains("do not decode"));
     assert_eq!(statuses[1].0, "completed");
-    let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let balance: i64 =
+        sqlx::query_scalar("SELECT credit_balance FROM customers").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(balance, 8);
 }
 
@@ -195,9 +139,7 @@ async fn a_poison_job_dies_at_once_and_does_not_block_its_queue() {
 async fn a_job_that_can_never_succeed_is_cancelled_not_retried() {
     let app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("overdraw@example.com").await;
-    queue::enqueue(&app.db.pool, &grant(customer_id, "overdraw", -6))
-        .await
-        .unwrap();
+    queue::enqueue(&app.db.pool, &grant(customer_id, "overdraw", -6)).await.unwrap();
     wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM jobs WHERE kind = 'grant_credits'")
@@ -223,17 +165,9 @@ async fn every_job_kind_is_idempotent_run_twice_or_raced() {
         api_key_hash: key.hash(),
         api_key_prefix: key.display_prefix(),
     };
-    let (a, b) = tokio::join!(
-        provision.clone().run(ctx.clone()),
-        provision.clone().run(ctx.clone())
-    );
-    assert!(
-        matches!(a.unwrap(), Outcome::Done { .. }) && matches!(b.unwrap(), Outcome::Done { .. })
-    );
-    assert!(matches!(
-        provision.clone().run(ctx.clone()).await.unwrap(),
-        Outcome::Done { .. }
-    ));
+    let (a, b) = tokio::join!(provision.clone().run(ctx.clone()), provision.clone().run(ctx.clone()));
+    assert!(matches!(a.unwrap(), Outcome::Done { .. }) && matches!(b.unwrap(), Outcome::Done { .. }));
+    assert!(matches!(provision.clone().run(ctx.clone()).await.unwrap(), Outcome::Done { .. }));
     assert_eq!(app.count("SELECT count(*) FROM customers").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM api_keys").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger").await, 1);
@@ -242,43 +176,19 @@ async fn every_job_kind_is_idempotent_run_twice_or_raced() {
     // Grant: ten racing runs of one grant → one posting.
     let g = grant(customer_id, "bonus-1", 10);
     let runs = futures::future::join_all((0..10).map(|_| g.clone().run(ctx.clone()))).await;
-    assert!(
-        runs.into_iter()
-            .all(|r| matches!(r, Ok(Outcome::Done { .. })))
-    );
-    assert_eq!(
-        app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'bonus-1'")
-            .await,
-        1
-    );
+    assert!(runs.into_iter().all(|r| matches!(r, Ok(Outcome::Done { .. }))));
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'bonus-1'").await, 1);
 
     // Record usage: ten racing runs of one fix → one debit, one record.
-    let fix = RecordUsage {
-        customer_id,
-        fix_id: "fix-1".into(),
-        repo: "org/repo".into(),
-        metadata: Value::Null,
-    };
+    let fix = RecordUsage { customer_id, fix_id: "fix-1".into(), repo: "org/repo".into(), metadata: Value::Null };
     let runs = futures::future::join_all((0..10).map(|_| fix.clone().run(ctx.clone()))).await;
-    assert!(
-        runs.into_iter()
-            .all(|r| matches!(r, Ok(Outcome::Done { .. })))
-    );
-    assert!(matches!(
-        fix.clone().run(ctx.clone()).await.unwrap(),
-        Outcome::Done { .. }
-    ));
-    assert_eq!(
-        app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'")
-            .await,
-        1
-    );
+    assert!(runs.into_iter().all(|r| matches!(r, Ok(Outcome::Done { .. }))));
+    assert!(matches!(fix.clone().run(ctx.clone()).await.unwrap(), Outcome::Done { .. }));
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM usage_fixes").await, 1);
 
-    let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let balance: i64 =
+        sqlx::query_scalar("SELECT credit_balance FROM customers").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(balance, 5 + 10 - 1);
     assert_ledger_consistent(&app.db.pool).await;
 }
@@ -287,15 +197,12 @@ async fn every_job_kind_is_idempotent_run_twice_or_raced() {
 async fn the_ledger_refuses_to_go_negative_even_outside_our_code() {
     let app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("check@example.com").await;
-    let result =
-        sqlx::query("UPDATE customers SET credit_balance = credit_balance - 6 WHERE id = $1")
-            .bind(customer_id)
-            .execute(&app.db.pool)
-            .await;
-    assert!(result.is_err(), "the CHECK constraint holds");
-    let edit = sqlx::query("UPDATE credit_ledger SET amount = 50")
+    let result = sqlx::query("UPDATE customers SET credit_balance = credit_balance - 6 WHERE id = $1")
+        .bind(customer_id)
         .execute(&app.db.pool)
         .await;
+    assert!(result.is_err(), "the CHECK constraint holds");
+    let edit = sqlx::query("UPDATE credit_ledger SET amount = 50").execute(&app.db.pool).await;
     assert!(edit.is_err(), "the ledger is append-only");
 }
 
@@ -310,9 +217,7 @@ async fn shutdown_lets_a_running_job_finish() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    queue::enqueue(&app.db.pool, &grant(customer_id, "in-flight", 2))
-        .await
-        .unwrap();
+    queue::enqueue(&app.db.pool, &grant(customer_id, "in-flight", 2)).await.unwrap();
     let pool = app.db.pool.clone();
     wait_for("the grant to start", Duration::from_secs(10), || {
         let pool = pool.clone();
@@ -335,9 +240,6 @@ async fn shutdown_lets_a_running_job_finish() {
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
-    assert_eq!(
-        status, "completed",
-        "the in-flight job finished and was acknowledged before shutdown ended"
-    );
+    assert_eq!(status, "completed", "the in-flight job finished and was acknowledged before shutdown ended");
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 7);
 }

@@ -14,14 +14,8 @@ async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
     let body: Value = response.json().await.unwrap();
     let customer_id: Uuid = body["customer_id"].as_str().unwrap().parse().unwrap();
     let key = body["api_key"].as_str().unwrap().to_owned();
-    assert!(
-        key.starts_with("rsolv_") && key.len() == 49,
-        "key format: {key}"
-    );
-    assert_eq!(
-        body["status_url"],
-        format!("/api/v1/onboarding/{customer_id}")
-    );
+    assert!(key.starts_with("rsolv_") && key.len() == 49, "key format: {key}");
+    assert_eq!(body["status_url"], format!("/api/v1/onboarding/{customer_id}"));
 
     // The key authenticates as soon as the provision job has run.
     let me = loop_until_ok(&app, &key).await;
@@ -36,25 +30,13 @@ async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
     assert_eq!(entries[0]["source"], "trial_signup");
     assert_eq!(entries[0]["amount"], 5);
 
-    let status: Value = app
-        .client
-        .get(app.url(&body["status_url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value =
+        app.client.get(app.url(&body["status_url"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "provisioned");
 
-    let trial_entries = app
-        .count("SELECT count(*) FROM credit_ledger WHERE source = 'trial_signup'")
-        .await;
+    let trial_entries = app.count("SELECT count(*) FROM credit_ledger WHERE source = 'trial_signup'").await;
     assert_eq!(trial_entries, 1);
-    assert_eq!(
-        job_statuses(&app.db.pool, "provision_customer").await,
-        ["completed"]
-    );
+    assert_eq!(job_statuses(&app.db.pool, "provision_customer").await, ["completed"]);
     assert_ledger_consistent(&app.db.pool).await;
 }
 
@@ -67,11 +49,7 @@ async fn loop_until_ok(app: &TestApp, key: &str) -> Value {
             me = response.json().await.unwrap();
             break;
         }
-        assert_eq!(
-            response.status(),
-            401,
-            "before provisioning the key is unknown"
-        );
+        assert_eq!(response.status(), 401, "before provisioning the key is unknown");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!me.is_null(), "the key never authenticated");
@@ -92,49 +70,21 @@ async fn the_raw_api_key_is_stored_nowhere() {
     .fetch_one(&app.db.pool)
     .await
     .unwrap();
-    assert!(
-        dump.contains("secret-keeper@example.com"),
-        "the dump covers the tables"
-    );
+    assert!(dump.contains("secret-keeper@example.com"), "the dump covers the tables");
     assert!(!dump.contains(&key), "the raw key leaked into the database");
-    assert!(
-        !dump.contains(&key["rsolv_".len()..]),
-        "the raw key's body leaked into the database"
-    );
+    assert!(!dump.contains(&key["rsolv_".len()..]), "the raw key's body leaked into the database");
 }
 
 #[tokio::test]
 async fn status_is_pending_until_a_worker_provisions() {
     let app = TestApp::api_only().await;
-    let body: Value = app
-        .onboard("Grace", "grace@example.com")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.onboard("Grace", "grace@example.com").await.json().await.unwrap();
     let url = app.url(body["status_url"].as_str().unwrap());
-    let status: Value = app
-        .client
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = app.client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "pending");
-    let unknown = app
-        .client
-        .get(app.url(&format!("/api/v1/onboarding/{}", Uuid::new_v4())))
-        .send()
-        .await
-        .unwrap();
+    let unknown = app.client.get(app.url(&format!("/api/v1/onboarding/{}", Uuid::new_v4()))).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(
-        app.count("SELECT count(*) FROM customers").await,
-        0,
-        "nothing provisions without a worker"
-    );
+    assert_eq!(app.count("SELECT count(*) FROM customers").await, 0, "nothing provisions without a worker");
 }
 
 #[tokio::test]
@@ -154,10 +104,7 @@ async fn a_taken_email_is_refused_sequentially_whatever_its_case() {
 async fn an_email_being_provisioned_is_taken_too() {
     // No worker: the first submission is still waiting when the second arrives.
     let app = TestApp::api_only().await;
-    assert_eq!(
-        app.onboard("First", "queued@example.com").await.status(),
-        202
-    );
+    assert_eq!(app.onboard("First", "queued@example.com").await.status(), 202);
     let second = app.onboard("Second", "queued@example.com").await;
     assert_eq!(second.status(), 409);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
@@ -193,12 +140,7 @@ async fn twenty_concurrent_submissions_of_one_email_provision_one_customer() {
         }
     })
     .await;
-    crate::helpers::wait_for_jobs_finished(
-        &app.db.pool,
-        "provision_customer",
-        Duration::from_secs(10),
-    )
-    .await;
+    crate::helpers::wait_for_jobs_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
     assert_eq!(app.count("SELECT count(*) FROM customers").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM api_keys").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger").await, 1);

@@ -12,12 +12,8 @@ async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
     let reports = (0..200).map(|i| {
         let (app, key) = (&app, &key);
         async move {
-            app.post_with_key(
-                "/api/v1/usage/fixes",
-                key,
-                &json!({ "fix_id": format!("fix-{i}"), "repo": "org/repo" }),
-            )
-            .await
+            app.post_with_key("/api/v1/usage/fixes", key, &json!({ "fix_id": format!("fix-{i}"), "repo": "org/repo" }))
+                .await
         }
     });
     let responses = futures::future::join_all(reports).await;
@@ -37,10 +33,10 @@ async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
     assert_eq!(accepted + refused_at_once, 200);
     wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(30)).await;
 
-    let consumed = app
-        .count("SELECT count(*) FROM usage_fixes WHERE outcome = 'consumed'")
+    let consumed = app.count("SELECT count(*) FROM usage_fixes WHERE outcome = 'consumed'").await;
+    let refused_by_job = app
+        .count("SELECT count(*) FROM usage_fixes WHERE outcome = 'refused' AND refusal_code = 'NO_BILLING_INFO'")
         .await;
-    let refused_by_job = app.count("SELECT count(*) FROM usage_fixes WHERE outcome = 'refused' AND refusal_code = 'NO_BILLING_INFO'").await;
     assert_eq!(consumed, 5);
     assert_eq!(refused_by_job + refused_at_once, 195);
     let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
@@ -49,30 +45,16 @@ async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
         .await
         .unwrap();
     assert_eq!(balance, 0);
-    assert_eq!(
-        app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'")
-            .await,
-        5
-    );
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 5);
     assert_ledger_consistent(&app.db.pool).await;
 
     // Blocked now: told at once, and nothing is enqueued.
     let jobs_before = app.count("SELECT count(*) FROM jobs").await;
-    let blocked = app
-        .post_with_key(
-            "/api/v1/usage/fixes",
-            &key,
-            &json!({ "fix_id": "one-more", "repo": "org/repo" }),
-        )
-        .await;
+    let blocked =
+        app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "one-more", "repo": "org/repo" })).await;
     assert_eq!(blocked.status(), 402);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before);
-    let me: Value = app
-        .get_with_key("/api/v1/customers/me", &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
     assert_eq!(me["warnings"], json!(["BLOCKED"]));
 }
 
@@ -82,41 +64,20 @@ async fn one_fix_reported_twice_is_debited_once() {
     let (_, key) = app.onboarded_customer("twice@example.com").await;
     let report = json!({ "fix_id": "fix-42", "repo": "org/repo", "metadata": { "pr": 7 } });
 
-    let first = app
-        .post_with_key("/api/v1/usage/fixes", &key, &report)
-        .await;
+    let first = app.post_with_key("/api/v1/usage/fixes", &key, &report).await;
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["status"], "recorded");
     wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
-    let second: Value = app
-        .post_with_key("/api/v1/usage/fixes", &key, &report)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second: Value = app.post_with_key("/api/v1/usage/fixes", &key, &report).await.json().await.unwrap();
     assert_eq!(second["status"], "recorded");
     assert_eq!(second["duplicate"], true);
     wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
 
-    assert_eq!(
-        app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'")
-            .await,
-        1
-    );
-    let me: Value = app
-        .get_with_key("/api/v1/customers/me", &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
+    let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
     assert_eq!(me["credit_balance"], 4);
-    let status: Value = app
-        .get_with_key(first["status_url"].as_str().unwrap(), &key)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: Value = app.get_with_key(first["status_url"].as_str().unwrap(), &key).await.json().await.unwrap();
     assert_eq!(status["status"], "consumed");
 }
 
@@ -134,33 +95,13 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
         let response = app.post_with_key("/api/v1/usage/fixes", &key, &body).await;
         assert_eq!(response.status(), 422, "for {body}");
     }
-    assert_eq!(
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'")
-            .await,
-        0
-    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'").await, 0);
 
     assert_eq!(
-        app.post_with_key(
-            "/api/v1/usage/fixes",
-            &key,
-            &json!({ "fix_id": "mine", "repo": "r" })
-        )
-        .await
-        .status(),
+        app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "mine", "repo": "r" })).await.status(),
         202
     );
     wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
-    assert_eq!(
-        app.get_with_key("/api/v1/usage/fixes/mine", &key)
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.get_with_key("/api/v1/usage/fixes/mine", &other_key)
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &key).await.status(), 200);
+    assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &other_key).await.status(), 404);
 }

@@ -78,33 +78,22 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
             .flatten()
         }
     };
-    wait_for(
-        "the first worker to take the job",
-        Duration::from_secs(15),
-        || async { holder().await.is_some() },
-    )
-    .await;
+    wait_for("the first worker to take the job", Duration::from_secs(15), || async { holder().await.is_some() }).await;
     let first_holder = holder().await.unwrap();
     first.kill();
     blocker.rollback().await.unwrap();
 
     let _second = WorkerProcess::start(&app.db.url);
-    wait_for(
-        "the rescued job to complete",
-        Duration::from_secs(20),
-        || {
-            let pool = pool.clone();
-            async move {
-                sqlx::query_scalar::<_, String>(
-                    "SELECT status FROM jobs WHERE kind = 'grant_credits'",
-                )
+    wait_for("the rescued job to complete", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE kind = 'grant_credits'")
                 .fetch_one(&pool)
                 .await
                 .unwrap()
-                    == "completed"
-            }
-        },
-    )
+                == "completed"
+        }
+    })
     .await;
 
     let (attempts, errors): (i32, serde_json::Value) =
@@ -113,15 +102,8 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
             .await
             .unwrap();
     assert_eq!(attempts, 2, "the killed attempt counts");
-    assert!(
-        errors[0]["error"].as_str().unwrap().contains(&first_holder),
-        "the rescue names the lost worker: {errors}"
-    );
-    assert_eq!(
-        app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'survives-a-crash'")
-            .await,
-        1
-    );
+    assert!(errors[0]["error"].as_str().unwrap().contains(&first_holder), "the rescue names the lost worker: {errors}");
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'survives-a-crash'").await, 1);
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 8);
     assert_ledger_consistent(&app.db.pool).await;
 }

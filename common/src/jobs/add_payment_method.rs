@@ -1,0 +1,80 @@
+//! Attach a payment method as the Stripe customer's default for invoices, record the
+//! consent, make a trial pay-as-you-go, and grant the billing-added credits once per
+//! customer (the ledger key is per customer, so a second card grants nothing).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{JobContext, stripe_failure};
+use crate::db;
+use crate::domain::LedgerSource;
+use crate::ledger::{self, Posted, Posting};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::stripe::CallError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddPaymentMethod {
+    pub customer_id: Uuid,
+    pub payment_method_id: String,
+    /// Names this request at Stripe (idempotency) and for its status URL.
+    pub operation_id: Uuid,
+    pub consent_at: DateTime<Utc>,
+}
+
+impl JobKind for AddPaymentMethod {
+    const KIND: &'static str = "add_payment_method";
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.operation_id.to_string())
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+impl Job for AddPaymentMethod {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let stripe = ctx.stripe()?;
+        let customer = db::customers::find(&ctx.pool, self.customer_id)
+            .await?
+            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let Some(stripe_customer) = customer.stripe_customer_id else {
+            return Err(JobError::new("the Stripe customer is not created yet"));
+        };
+        let attached = match stripe
+            .attach_default_payment_method(&stripe_customer, &self.payment_method_id, self.operation_id)
+            .await
+        {
+            Ok(id) => id,
+            Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
+                return Ok(Outcome::cancel(format!("payment method not attached: {error}")));
+            }
+            Err(error) => return Err(stripe_failure(error)),
+        };
+        let mut tx = ctx.pool.begin().await?;
+        db::customers::set_payment_method(&mut *tx, customer.id, &attached, self.consent_at).await?;
+        let granted = if ctx.settings.credits.billing_added > 0 {
+            let posting = Posting {
+                customer_id: customer.id,
+                amount: ctx.settings.credits.billing_added,
+                source: LedgerSource::TrialBillingAdded,
+                metadata: serde_json::json!({ "payment_method_id": attached }),
+                idempotency_key: format!("trial_billing_added:{}", customer.id),
+            };
+            matches!(
+                ledger::post(&mut tx, &posting).await.map_err(|e| JobError::new(e.to_string()))?,
+                Posted::Posted { .. }
+            )
+        } else {
+            false
+        };
+        tx.commit().await?;
+        tracing::info!(customer_id = %customer.id, granted, "payment method added");
+        Ok(Outcome::done(serde_json::json!({ "payment_method_id": attached, "credits_granted": granted })))
+    }
+}

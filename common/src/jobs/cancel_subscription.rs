@@ -1,0 +1,77 @@
+//! Cancel Pro, now (then as `customer.subscription.deleted`: pay-as-you-go, credits
+//! kept) or at the period's end (Pro stays until Stripe deletes the subscription).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{JobContext, stripe_failure};
+use crate::db::{self, customers::Observed};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::stripe::CallError;
+use crate::stripe::events::Handled;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelSubscription {
+    pub customer_id: Uuid,
+    pub operation_id: Uuid,
+    pub at_period_end: bool,
+}
+
+impl JobKind for CancelSubscription {
+    const KIND: &'static str = "cancel_subscription";
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.operation_id.to_string())
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+impl Job for CancelSubscription {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let stripe = ctx.stripe()?;
+        let customer = db::customers::find(&ctx.pool, self.customer_id)
+            .await?
+            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let Some(subscription_id) = customer.stripe_subscription_id else {
+            return Ok(Outcome::cancel("NO_ACTIVE_SUBSCRIPTION"));
+        };
+        let result = if self.at_period_end {
+            stripe.cancel_at_period_end(&subscription_id, self.operation_id).await
+        } else {
+            stripe.cancel_now(&subscription_id, self.operation_id).await
+        };
+        let subscription = match result {
+            Ok(subscription) => subscription,
+            Err(error @ CallError::Rejected { .. }) => {
+                return Ok(Outcome::cancel(format!("cancellation refused: {error}")));
+            }
+            Err(error) => return Err(stripe_failure(error)),
+        };
+        if super::subscribe_pro::has_ended(&subscription.status) {
+            let observed = Observed::now(Handled::SubscriptionDeleted.rank());
+            db::customers::apply_subscription_ended(&ctx.pool, customer.id, &subscription.id, observed).await?;
+        } else {
+            let observed = Observed::now(Handled::SubscriptionUpdated.rank());
+            db::customers::apply_subscription(
+                &ctx.pool,
+                customer.id,
+                &subscription.id,
+                &subscription.status,
+                subscription.cancel_at_period_end,
+                subscription.period_end(),
+                observed,
+            )
+            .await?;
+        }
+        Ok(Outcome::done(serde_json::json!({
+            "subscription_id": subscription.id, "status": subscription.status,
+            "cancel_at_period_end": subscription.cancel_at_period_end,
+        })))
+    }
+}

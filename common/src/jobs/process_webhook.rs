@@ -1,0 +1,147 @@
+//! Process one Stripe event: record it once by its id, then apply the five event types
+//! of the domain spec; every other type is recorded and ignored.
+//!
+//! Stripe retries for days, may deliver twice and out of order; the result is that of
+//! one in-order delivery because: the event row and the job's unique key make a
+//! redelivery a no-op; Pro credits post under the invoice id's ledger key; and a
+//! subscription state is only applied if it is newer (event `created`, then stage
+//! rank) than the last one applied.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::JobContext;
+use crate::db::{self, customers::Observed};
+use crate::domain::LedgerSource;
+use crate::ledger::{self, Posted, Posting};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::stripe::events::{Envelope, Handled};
+use crate::stripe::objects::{Invoice, Subscription};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStripeEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub created: i64,
+    /// The event as Stripe sent it (verified by the API before enqueueing).
+    pub payload: serde_json::Value,
+}
+
+impl ProcessStripeEvent {
+    pub fn from_envelope(envelope: &Envelope, payload: serde_json::Value) -> Self {
+        Self { event_id: envelope.id.clone(), event_type: envelope.kind.clone(), created: envelope.created, payload }
+    }
+}
+
+impl JobKind for ProcessStripeEvent {
+    const KIND: &'static str = "process_stripe_event";
+    const RETRY: RetryPolicy = RetryPolicy::new(20, 10);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.event_id.clone())
+    }
+}
+
+/// Posts a paid Pro invoice's credits, once per invoice (the webhook and the renewal
+/// sweep share the key, so they never grant twice).
+pub(crate) async fn grant_invoice_credits(
+    tx: &mut PgConnection,
+    ctx: &JobContext,
+    customer_id: Uuid,
+    invoice: &Invoice,
+) -> Result<Option<Posted>, JobError> {
+    if !invoice.bills_price(&ctx.settings.prices.pro_price_id) || ctx.settings.credits.pro_invoice == 0 {
+        return Ok(None);
+    }
+    let posting = Posting {
+        customer_id,
+        amount: ctx.settings.credits.pro_invoice,
+        source: LedgerSource::ProSubscriptionPayment,
+        metadata: serde_json::json!({ "invoice_id": invoice.id, "amount_paid": invoice.amount_paid }),
+        idempotency_key: format!("pro_invoice:{}", invoice.id),
+    };
+    let posted = ledger::post(tx, &posting).await.map_err(|e| JobError::new(e.to_string()))?;
+    Ok(Some(posted))
+}
+
+fn object<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(payload["data"]["object"].clone()).map_err(|e| format!("event object does not decode: {e}"))
+}
+
+impl Job for ProcessStripeEvent {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        // Recorded first and on its own, so that even an event we cannot apply yet is on file.
+        db::billing_events::record(&ctx.pool, &self.event_id, &self.event_type, self.created, &self.payload).await?;
+
+        let mut tx = ctx.pool.begin().await?;
+        match db::billing_events::lock(&mut *tx, &self.event_id).await? {
+            Some(Some(_processed)) => return Ok(Outcome::done(serde_json::json!({ "duplicate": true }))),
+            Some(None) => {}
+            None => return Err(JobError::new("event row vanished")),
+        }
+        let Some(kind) = Handled::parse(&self.event_type) else {
+            db::billing_events::mark_processed(&mut *tx, &self.event_id, None, "ignored").await?;
+            tx.commit().await?;
+            return Ok(Outcome::done(serde_json::json!({ "outcome": "ignored" })));
+        };
+        let observed = Observed { created: self.created, rank: kind.rank() };
+        let stripe_customer = self.payload["data"]["object"]["customer"].as_str().map(str::to_owned);
+        let customer = match &stripe_customer {
+            Some(id) => db::customers::find_by_stripe_customer(&mut *tx, id).await?,
+            None => None,
+        };
+        let Some(customer) = customer else {
+            // Perhaps its Stripe customer is being recorded right now: retry with backoff,
+            // then dead with this reason; never dropped silently.
+            return Err(JobError::new(format!(
+                "no customer with Stripe customer {}",
+                stripe_customer.as_deref().unwrap_or("(none in event)")
+            )));
+        };
+
+        let outcome = match kind {
+            Handled::InvoicePaymentSucceeded => {
+                let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
+                    Some(Posted::Posted { .. }) => "applied",
+                    Some(Posted::AlreadyPosted { .. }) => "already_applied",
+                    Some(Posted::InsufficientCredits { .. }) | None => "ignored",
+                }
+            }
+            Handled::InvoicePaymentFailed => {
+                if db::customers::apply_past_due(&mut *tx, customer.id, observed).await? {
+                    "applied"
+                } else {
+                    "stale"
+                }
+            }
+            Handled::SubscriptionCreated | Handled::SubscriptionUpdated | Handled::SubscriptionDeleted => {
+                let subscription: Subscription = object(&self.payload).map_err(JobError::new)?;
+                let applied = if kind == Handled::SubscriptionDeleted
+                    || super::subscribe_pro::has_ended(&subscription.status)
+                {
+                    db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed).await?
+                } else {
+                    db::customers::apply_subscription(
+                        &mut *tx,
+                        customer.id,
+                        &subscription.id,
+                        &subscription.status,
+                        subscription.cancel_at_period_end,
+                        subscription.period_end(),
+                        observed,
+                    )
+                    .await?
+                };
+                if applied { "applied" } else { "stale" }
+            }
+        };
+        db::billing_events::mark_processed(&mut *tx, &self.event_id, Some(customer.id), outcome).await?;
+        tx.commit().await?;
+        tracing::info!(event_id = %self.event_id, kind = kind.as_str(), customer_id = %customer.id, outcome, "Stripe event processed");
+        Ok(Outcome::done(serde_json::json!({ "outcome": outcome })))
+    }
+}

@@ -1,0 +1,80 @@
+//! Subscribe to Pro: a Stripe subscription on the configured price, no trial. No
+//! credits here: they come with the paid invoice (`invoice.payment_succeeded`, or the
+//! renewal sweep when that webhook is missing).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{JobContext, stripe_failure};
+use crate::db::{self, customers::Observed};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::stripe::CallError;
+use crate::stripe::events::Handled;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscribePro {
+    pub customer_id: Uuid,
+    pub operation_id: Uuid,
+}
+
+impl JobKind for SubscribePro {
+    const KIND: &'static str = "subscribe_pro";
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.operation_id.to_string())
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+/// Stripe statuses of a subscription that no longer bills.
+pub(crate) fn has_ended(status: &str) -> bool {
+    matches!(status, "canceled" | "incomplete_expired")
+}
+
+impl Job for SubscribePro {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let stripe = ctx.stripe()?;
+        let customer = db::customers::find(&ctx.pool, self.customer_id)
+            .await?
+            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        if customer.stripe_payment_method_id.is_none() {
+            return Ok(Outcome::cancel("NO_PAYMENT_METHOD: add a payment method first"));
+        }
+        let Some(stripe_customer) = customer.stripe_customer_id else {
+            return Err(JobError::new("the Stripe customer is not created yet"));
+        };
+        if let Some(existing) = &customer.stripe_subscription_id {
+            return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));
+        }
+        let subscription = match stripe.create_pro_subscription(&stripe_customer, self.operation_id).await {
+            Ok(subscription) => subscription,
+            Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
+                return Ok(Outcome::cancel(format!("subscription refused: {error}")));
+            }
+            Err(error) => return Err(stripe_failure(error)),
+        };
+        let observed = Observed::now(Handled::SubscriptionCreated.rank());
+        if has_ended(&subscription.status) {
+            db::customers::apply_subscription_ended(&ctx.pool, customer.id, &subscription.id, observed).await?;
+        } else {
+            db::customers::apply_subscription(
+                &ctx.pool,
+                customer.id,
+                &subscription.id,
+                &subscription.status,
+                subscription.cancel_at_period_end,
+                subscription.period_end(),
+                observed,
+            )
+            .await?;
+        }
+        tracing::info!(customer_id = %customer.id, subscription_id = %subscription.id, status = %subscription.status, "Pro subscription created");
+        Ok(Outcome::done(serde_json::json!({ "subscription_id": subscription.id, "status": subscription.status })))
+    }
+}

@@ -1,0 +1,182 @@
+//! The one Stripe client, and the minimal shapes of what we read from Stripe.
+//!
+//! # Guide
+//!
+//! Requests are async-stripe's typed builders, sent by its client with a Stripe
+//! `Idempotency-Key` derived from our own ids on every mutating call, so a retried job
+//! never creates a second customer, subscription or charge at Stripe.
+//!
+//! Responses are read into our own minimal types (`objects`): async-stripe's full types
+//! follow today's API shapes and fail on older ones, such as localstripe's (the Stripe
+//! emulator the tests and demo use), which lack newer fields. So each request is sent
+//! with `.customize::<miniserde::json::Value>()` and the JSON is decoded into the few
+//! fields we use, accepting both the older and the newer field locations. Against real
+//! Stripe this reads the same fields.
+//!
+//! Webhook events are verified and decoded here too (`signature`, `events`), in our
+//! own code: async-stripe-webhook refuses events that lack newer fields.
+
+pub mod events;
+pub mod objects;
+pub mod signature;
+
+use std::collections::HashMap;
+
+use serde::de::DeserializeOwned;
+use stripe::{Client, ClientBuilder, StripeError};
+use stripe_billing::invoice::ListInvoice;
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription, UpdateSubscription,
+};
+use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy, StripeRequest};
+use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_payment::payment_method::AttachPaymentMethod;
+use uuid::Uuid;
+
+use crate::config::StripeSettings;
+pub use objects::{Invoice, InvoiceList, PaymentIntent, StripeObject, Subscription};
+
+/// How a Stripe call failed, as far as a job needs to know.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The card was declined (402): a business outcome, not worth a retry.
+    #[error("card declined: {message}")]
+    Declined { code: String, message: String },
+    /// Stripe refused the request (4xx): retrying the same request will not help.
+    #[error("stripe refused the request ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// Network, timeout, 5xx, 409 or 429: try again later.
+    #[error("stripe unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StripeError> for CallError {
+    fn from(error: StripeError) -> Self {
+        match error {
+            StripeError::Stripe(api, 402) => Self::Declined {
+                code: api.code.map(|c| c.to_string()).unwrap_or_else(|| "card_declined".into()),
+                message: api.message.unwrap_or_default(),
+            },
+            StripeError::Stripe(api, status) if (400..500).contains(&status) && ![409, 429].contains(&status) => {
+                Self::Rejected { status, message: api.message.unwrap_or_default() }
+            }
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct StripeApi {
+    client: Client,
+    pro_price_id: String,
+}
+
+impl StripeApi {
+    pub fn new(settings: &StripeSettings, pro_price_id: &str) -> Result<Self, CallError> {
+        let client = ClientBuilder::new(settings.secret_key.expose())
+            .url(settings.api_base.clone())
+            .build()
+            .map_err(|e| CallError::Unavailable(format!("client configuration: {e}")))?;
+        Ok(Self { client, pro_price_id: pro_price_id.to_owned() })
+    }
+
+    pub fn pro_price_id(&self) -> &str {
+        &self.pro_price_id
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder, key: Option<&str>) -> Result<T, CallError> {
+        let mut request = request.customize::<miniserde::json::Value>();
+        if let Some(key) = key {
+            let key =
+                IdempotencyKey::new(key).map_err(|e| CallError::Rejected { status: 0, message: e.to_string() })?;
+            request = request.request_strategy(RequestStrategy::Idempotent(key));
+        }
+        let json = request.send(&self.client).await?;
+        serde_json::from_str(&miniserde::json::to_string(&json))
+            .map_err(|e| CallError::Unavailable(format!("unexpected response shape: {e}")))
+    }
+
+    /// The Stripe customer of one of ours, tagged with `rsolv_customer_id`.
+    pub async fn create_customer(&self, customer_id: Uuid, email: &str, name: &str) -> Result<StripeObject, CallError> {
+        let metadata = HashMap::from([("rsolv_customer_id".to_owned(), customer_id.to_string())]);
+        let request = CreateCustomer::new().email(email).name(name).metadata(metadata).build();
+        self.send(request, Some(&format!("rsolv-customer-{customer_id}"))).await
+    }
+
+    /// Attaches a payment method and makes it the default for invoices; returns the
+    /// attached method's id (attaching a token such as `pm_card_visa` yields a new id).
+    pub async fn attach_default_payment_method(
+        &self,
+        stripe_customer: &str,
+        payment_method: &str,
+        operation: Uuid,
+    ) -> Result<String, CallError> {
+        let attach = AttachPaymentMethod::new(payment_method).customer(stripe_customer).build();
+        let attached: StripeObject = self.send(attach, Some(&format!("rsolv-attach-{operation}"))).await?;
+        let mut invoice_settings = UpdateCustomerInvoiceSettings::new();
+        invoice_settings.default_payment_method = Some(attached.id.clone());
+        let update = UpdateCustomer::new(stripe_customer).invoice_settings(invoice_settings).build();
+        let _: StripeObject = self.send(update, Some(&format!("rsolv-default-pm-{operation}"))).await?;
+        Ok(attached.id)
+    }
+
+    /// Pro on the configured price, sent as the item's `plan` (Stripe accepts a recurring
+    /// price id there; localstripe knows only plans), no trial.
+    pub async fn create_pro_subscription(
+        &self,
+        stripe_customer: &str,
+        operation: Uuid,
+    ) -> Result<Subscription, CallError> {
+        let mut item = CreateSubscriptionItems::new();
+        item.plan = Some(self.pro_price_id.clone());
+        let request = CreateSubscription::new().customer(stripe_customer).items(vec![item]).build();
+        self.send(request, Some(&format!("rsolv-subscribe-{operation}"))).await
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<Subscription, CallError> {
+        self.send(RetrieveSubscription::new(id).build(), None).await
+    }
+
+    pub async fn cancel_at_period_end(&self, id: &str, operation: Uuid) -> Result<Subscription, CallError> {
+        let request = UpdateSubscription::new(id).cancel_at_period_end(true).build();
+        self.send(request, Some(&format!("rsolv-cancel-later-{operation}"))).await
+    }
+
+    pub async fn cancel_now(&self, id: &str, operation: Uuid) -> Result<Subscription, CallError> {
+        self.send(CancelSubscription::new(id).build(), Some(&format!("rsolv-cancel-now-{operation}"))).await
+    }
+
+    /// The newest invoices of a customer, optionally of one subscription.
+    pub async fn invoices(&self, stripe_customer: &str, subscription: Option<&str>) -> Result<Vec<Invoice>, CallError> {
+        let mut request = ListInvoice::new().customer(stripe_customer).limit(24);
+        if let Some(subscription) = subscription {
+            request = request.subscription(subscription);
+        }
+        let list: InvoiceList = self.send(request.build(), None).await?;
+        Ok(list.data)
+    }
+
+    /// Charges a saved card off-session and confirms at once.
+    pub async fn charge(
+        &self,
+        stripe_customer: &str,
+        payment_method: &str,
+        amount_cents: i64,
+        currency: &str,
+        idempotency_key: &str,
+        metadata: HashMap<String, String>,
+    ) -> Result<PaymentIntent, CallError> {
+        let currency: stripe_types::Currency = currency
+            .parse()
+            .map_err(|_| CallError::Rejected { status: 0, message: format!("unknown currency {currency}") })?;
+        let request = CreatePaymentIntent::new(amount_cents, currency)
+            .customer(stripe_customer)
+            .payment_method(payment_method)
+            .confirm(true)
+            .off_session(CreatePaymentIntentOffSession::Bool(true))
+            .metadata(metadata)
+            .build();
+        self.send(request, Some(idempotency_key)).await
+    }
+}
