@@ -1,6 +1,7 @@
 //! `rsolv-api`: applies migrations, then serves the HTTP API on `BIND_ADDR`.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use api::startup::Application;
 use common::config::Settings;
@@ -13,8 +14,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
     let listener = TcpListener::bind(settings.bind_addr)?;
-    let app = Application::build(listener, pool, settings.max_body_bytes)?;
-    tracing::info!(addr = %settings.bind_addr, "rsolv-api listening");
+    let addr = settings.bind_addr;
+    let app = Application::build(listener, pool, Arc::new(settings))?;
+    tracing::info!(%addr, "rsolv-api listening");
     app.server().await?;
     Ok(())
 }

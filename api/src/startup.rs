@@ -2,14 +2,17 @@
 //! and returns a server ready to be awaited.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
+use common::config::Settings;
+use common::stripe::StripeApi;
 use sqlx::PgPool;
 
-use crate::errors::{method_not_allowed, not_found};
+use crate::errors::{ApiError, method_not_allowed, not_found};
 use crate::extract::BodyLimit;
-use crate::routes::{customers, health, onboarding, usage};
+use crate::routes::{billing, customers, health, onboarding, usage, webhooks};
 
 pub struct Application {
     server: Server,
@@ -18,17 +21,24 @@ pub struct Application {
 
 impl Application {
     /// Binds `listener` (use port 0 for a random one) and builds the server.
-    pub fn build(listener: TcpListener, pool: PgPool, max_body_bytes: usize) -> std::io::Result<Self> {
+    pub fn build(listener: TcpListener, pool: PgPool, settings: Arc<Settings>) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
+        let stripe = match &settings.stripe {
+            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let pool = web::Data::new(pool);
-        let limit = web::Data::new(BodyLimit(max_body_bytes));
+        let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
+        let stripe = web::Data::new(stripe);
+        let settings = web::Data::from(settings);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(pool.clone())
                 .app_data(limit.clone())
+                .app_data(stripe.clone())
+                .app_data(settings.clone())
                 .app_data(
-                    web::PathConfig::default()
-                        .error_handler(|_, _| crate::errors::ApiError::not_found("no such resource").into()),
+                    web::PathConfig::default().error_handler(|_, _| ApiError::not_found("no such resource").into()),
                 )
                 .configure(routes)
                 .default_service(web::to(not_found))
@@ -58,5 +68,14 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/onboarding/{customer_id}").route(web::get().to(onboarding::status)))
         .service(resource("/api/v1/customers/me").route(web::get().to(customers::me)))
         .service(resource("/api/v1/usage/fixes").route(web::post().to(usage::report_fix)))
-        .service(resource("/api/v1/usage/fixes/{fix_id}").route(web::get().to(usage::fix_status)));
+        .service(resource("/api/v1/usage/fixes/{fix_id}").route(web::get().to(usage::fix_status)))
+        .service(resource("/api/v1/billing/payment-methods").route(web::post().to(billing::add_payment_method)))
+        .service(
+            resource("/api/v1/billing/subscription")
+                .route(web::post().to(billing::subscribe))
+                .route(web::delete().to(billing::cancel)),
+        )
+        .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
+        .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
+        .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)));
 }

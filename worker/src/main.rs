@@ -1,20 +1,60 @@
-//! `rsolv-worker`: applies migrations, runs every job kind's worker, and drains on
-//! SIGTERM or SIGINT.
+//! `rsolv-worker`: runs every job kind's worker and the cron schedules, and drains on
+//! SIGTERM or SIGINT. A few subcommands serve people and tests:
+//!
+//! ```text
+//! rsolv-worker                      run the workers (applies migrations first)
+//! rsolv-worker migrate              apply migrations and exit
+//! rsolv-worker seed                 create one demo customer per domain state, print their keys
+//! rsolv-worker simulate-webhook TYPE --customer EMAIL|ID [--url URL] [--status S]
+//!                                   [--cancel-at-period-end] [--invoice ID] [--event-id ID]
+//!                                   sign and post a realistic Stripe event, like `stripe trigger`
+//! ```
+
+mod simulate;
 
 use std::sync::Arc;
 
 use common::config::Settings;
+use common::domain::Email;
+use common::factories::{self, CustomerState};
 use common::jobs::{self, JobContext};
 use common::{db, telemetry};
 
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
-    let ctx = JobContext { pool, settings: Arc::new(settings) };
-    jobs::run_workers(ctx, shutdown_signal()).await
+    match args.first().map(String::as_str) {
+        None | Some("run") => {
+            let ctx = JobContext::new(pool, Arc::new(settings))?;
+            jobs::run_workers(ctx, shutdown_signal()).await
+        }
+        Some("migrate") => {
+            println!("migrations applied");
+            Ok(())
+        }
+        Some("seed") => seed(&pool, &settings).await,
+        Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
+        Some(other) => {
+            Err(format!("unknown command {other:?}: expected run, migrate, seed or simulate-webhook").into())
+        }
+    }
+}
+
+async fn seed(pool: &sqlx::PgPool, settings: &Settings) -> Result<(), Error> {
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    println!("{:<28} {:<46} api key", "state", "email");
+    for state in CustomerState::ALL {
+        let email = Email::parse(&format!("{}-{run}@example.com", state.name()))?;
+        let seeded = factories::create(pool, settings, state, email).await?;
+        println!("{:<28} {:<46} {}", state.name(), seeded.email, seeded.api_key.expose());
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

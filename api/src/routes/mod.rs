@@ -1,6 +1,8 @@
 //! One file per resource.
 
+pub mod billing;
 pub mod customers;
 pub mod health;
 pub mod onboarding;
 pub mod usage;
+pub mod webhooks;

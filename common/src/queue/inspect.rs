@@ -44,3 +44,21 @@ pub async fn by_unique_key<'e>(
     .fetch_optional(db)
     .await
 }
+
+/// A job by id, only if it is about `customer_id` (callers see their own jobs only).
+pub async fn for_customer<'e>(
+    db: impl PgExecutor<'e>,
+    id: i64,
+    customer_id: Uuid,
+) -> Result<Option<(String, JobState)>, sqlx::Error> {
+    let row: Option<(String, i64, String, i32, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT kind, id, status, attempts, errors -> -1 ->> 'error', result FROM jobs WHERE id = $1 AND customer_id = $2",
+    )
+    .bind(id)
+    .bind(customer_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(kind, id, status, attempts, last_error, result)| {
+        (kind, JobState { id, status, attempts, last_error, result })
+    }))
+}

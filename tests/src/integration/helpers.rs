@@ -87,7 +87,7 @@ impl TestApp {
         let settings = Arc::new(settings(&db.url, overrides));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let pool = common::db::pool(&settings).unwrap();
-        let app = api::startup::Application::build(listener, pool, settings.max_body_bytes).unwrap();
+        let app = api::startup::Application::build(listener, pool, settings.clone()).unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
@@ -95,7 +95,7 @@ impl TestApp {
     }
 
     pub fn job_context(&self) -> JobContext {
-        JobContext { pool: self.db.pool.clone(), settings: self.settings.clone() }
+        JobContext::new(self.db.pool.clone(), self.settings.clone()).unwrap()
     }
 
     pub async fn stop_worker(&mut self) {
@@ -152,7 +152,7 @@ struct InProcessWorker {
 
 impl InProcessWorker {
     fn start(pool: &PgPool, settings: &Arc<Settings>) -> Self {
-        let ctx = JobContext { pool: pool.clone(), settings: settings.clone() };
+        let ctx = JobContext::new(pool.clone(), settings.clone()).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             jobs::run_workers(ctx, async move {
@@ -229,4 +229,103 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
     path
+}
+
+/// localstripe, started by `scripts/test` (`TEST_STRIPE_API_BASE`).
+pub fn stripe_base() -> String {
+    std::env::var("TEST_STRIPE_API_BASE")
+        .expect("TEST_STRIPE_API_BASE is unset: run the tests with scripts/test, which starts localstripe")
+}
+
+pub const STRIPE_KEY: &str = "sk_test_rsolv_local";
+pub const WEBHOOK_SECRET: &str = "whsec_test_current";
+pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_previous";
+pub const PRO_PRICE: &str = "price_rsolv_pro_monthly";
+
+impl TestApp {
+    /// The API and a worker, billing through localstripe.
+    pub async fn with_billing() -> Self {
+        Self::spawn_billing(&[], true).await
+    }
+
+    pub async fn spawn_billing(extra: &[(&str, &str)], worker: bool) -> Self {
+        let base = stripe_base();
+        let secrets = format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}");
+        let mut overrides = vec![
+            ("STRIPE_SECRET_KEY", STRIPE_KEY),
+            ("STRIPE_API_BASE", base.as_str()),
+            ("STRIPE_WEBHOOK_SECRET", secrets.as_str()),
+            ("STRIPE_PRO_PRICE_ID", PRO_PRICE),
+        ];
+        overrides.extend_from_slice(extra);
+        Self::spawn(&overrides, worker).await
+    }
+
+    /// Onboarded, with its Stripe customer created: (customer_id, api_key, stripe_customer_id).
+    pub async fn stripe_customer(&self, email: &str) -> (Uuid, String, String) {
+        let (id, key) = self.onboarded_customer(email).await;
+        let pool = self.db.pool.clone();
+        wait_for("the Stripe customer", Duration::from_secs(15), || {
+            let pool = pool.clone();
+            async move { common::db::customers::find(&pool, id).await.unwrap().unwrap().stripe_customer_id.is_some() }
+        })
+        .await;
+        let stripe_id =
+            common::db::customers::find(&self.db.pool, id).await.unwrap().unwrap().stripe_customer_id.unwrap();
+        (id, key, stripe_id)
+    }
+
+    /// Follows an operation's status URL until it is no longer pending.
+    pub async fn finished_operation(&self, key: &str, accepted: reqwest::Response) -> Value {
+        assert_eq!(accepted.status(), 202, "operation accepted");
+        let body: Value = accepted.json().await.unwrap();
+        let url = body["status_url"].as_str().expect("a status URL").to_owned();
+        let start = Instant::now();
+        loop {
+            let status: Value = self.get_with_key(&url, key).await.json().await.unwrap();
+            if status["status"] != "pending" {
+                return status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "operation {url} still pending");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Adds a card with consent and waits for it.
+    pub async fn add_card(&self, key: &str, payment_method: &str) -> Value {
+        let body = serde_json::json!({ "payment_method_id": payment_method, "consent": true });
+        let accepted = self.post_with_key("/api/v1/billing/payment-methods", key, &body).await;
+        self.finished_operation(key, accepted).await
+    }
+
+    /// Posts an event signed as Stripe signs it.
+    pub async fn deliver(&self, event: &Value, secret: &str) -> reqwest::Response {
+        let body = serde_json::to_vec(event).unwrap();
+        let header = common::stripe::signature::sign(&body, secret, chrono::Utc::now().timestamp());
+        self.deliver_raw(body, Some(&header)).await
+    }
+
+    pub async fn deliver_raw(&self, body: Vec<u8>, signature: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.post(self.url("/api/webhooks/stripe")).header("content-type", "application/json");
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        request.body(body).send().await.unwrap()
+    }
+
+    pub async fn customer(&self, id: Uuid) -> common::db::customers::Customer {
+        common::db::customers::find(&self.db.pool, id).await.unwrap().expect("customer exists")
+    }
+
+    pub async fn balance(&self, id: Uuid) -> i64 {
+        self.customer(id).await.credit_balance
+    }
+}
+
+impl TestApp {
+    /// Webhooks verified and processed, with no Stripe API behind them (events only).
+    pub async fn with_worker_and_webhooks() -> Self {
+        let secrets = format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}");
+        Self::spawn(&[("STRIPE_WEBHOOK_SECRET", secrets.as_str()), ("STRIPE_PRO_PRICE_ID", PRO_PRICE)], true).await
+    }
 }

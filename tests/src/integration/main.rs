@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod billing;
 mod errors;
 mod jobs;
 mod onboarding;

@@ -13,7 +13,12 @@ struct WorkerProcess(Child);
 
 impl WorkerProcess {
     fn start(db_url: &str) -> Self {
+        Self::start_with(db_url, &[])
+    }
+
+    fn start_with(db_url: &str, env: &[(&str, &str)]) -> Self {
         let child = Command::new(binary("rsolv-worker"))
+            .envs(env.iter().copied())
             .env("DATABASE_URL", db_url)
             .env("JOB_POLL_INTERVAL_MS", "100")
             .env("JOB_HEARTBEAT_MS", "300")
@@ -106,4 +111,96 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'survives-a-crash'").await, 1);
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 8);
     assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn three_worker_processes_fire_one_renewal_sweep_per_tick_even_when_one_dies() {
+    let app = TestApp::api_only().await;
+    let every_second = [("RENEWAL_CRON", "* * * * * *")];
+    let mut workers: Vec<WorkerProcess> =
+        (0..3).map(|_| WorkerProcess::start_with(&app.db.url, &every_second)).collect();
+    let pool = app.db.pool.clone();
+    let ticks = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT (args->>'tick')::bigint, count(*) FROM jobs WHERE kind = 'renewal_sweep' GROUP BY 1 ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    wait_for("three ticks", Duration::from_secs(20), || async { ticks().await.len() >= 3 }).await;
+    let before_kill = ticks().await.last().unwrap().0;
+    workers[0].kill();
+    wait_for("three more ticks after a worker died", Duration::from_secs(20), || async {
+        ticks().await.iter().filter(|(tick, _)| *tick > before_kill).count() >= 3
+    })
+    .await;
+    drop(workers);
+
+    let ticks = ticks().await;
+    assert!(ticks.iter().all(|(_, jobs)| *jobs == 1), "one sweep per tick: {ticks:?}");
+    let seconds: Vec<i64> = ticks.iter().map(|(tick, _)| *tick).collect();
+    let (first, last) = (seconds[0], *seconds.last().unwrap());
+    // Every second from the first tick to the last fired (the processes start a little
+    // apart, so the very first may belong to one process alone; none is missing after).
+    assert_eq!(seconds, (first..=last).collect::<Vec<_>>(), "no tick was skipped");
+    let completed = app.count("SELECT count(*) FROM jobs WHERE kind = 'renewal_sweep' AND status = 'completed'").await;
+    assert!(completed >= 5, "the sweeps ran: {completed}");
+}
+
+#[tokio::test]
+async fn the_seed_command_creates_the_nine_states_with_working_keys() {
+    let app = TestApp::api_only().await;
+    let output = Command::new(binary("rsolv-worker"))
+        .arg("seed")
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM customers").await, 9);
+    let pro_key =
+        stdout.lines().find(|l| l.starts_with("pro-partly-used")).and_then(|l| l.split_whitespace().last()).unwrap();
+    let me: serde_json::Value = app.get_with_key("/api/v1/customers/me", pro_key).await.json().await.unwrap();
+    assert_eq!(me["credit_balance"], 45);
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn the_webhook_simulator_signs_and_posts_a_realistic_event() {
+    let app = TestApp::with_worker_and_webhooks().await;
+    let email = "simulated@example.com";
+    let seeded = common::factories::create(
+        &app.db.pool,
+        &app.settings,
+        common::factories::CustomerState::Pro,
+        common::domain::Email::parse(email).unwrap(),
+    )
+    .await
+    .unwrap();
+    let output = Command::new(binary("rsolv-worker"))
+        .args(["simulate-webhook", "invoice.payment_succeeded", "--customer", email, "--url", &app.address])
+        .env("DATABASE_URL", &app.db.url)
+        .env("STRIPE_WEBHOOK_SECRET", crate::helpers::WEBHOOK_SECRET)
+        .env("STRIPE_PRO_PRICE_ID", crate::helpers::PRO_PRICE)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    crate::helpers::wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
+        .bind(seeded.customer_id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(balance, 120, "the simulated paid invoice granted 60 more");
 }

@@ -1,0 +1,194 @@
+//! Billing under `/api/v1/billing`: payment methods, the Pro subscription, invoices,
+//! and the status of each billing operation. Each write is a job: 202 with a status URL.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+
+use common::db;
+use common::domain::ErrorCode;
+use common::jobs::{AddPaymentMethod, CancelSubscription, SubscribePro};
+use common::queue::{self, Enqueued, JobKind, status};
+use common::stripe::StripeApi;
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::Authenticated;
+use crate::errors::ApiError;
+use crate::extract::JsonBody;
+
+fn billing_disabled() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable, "billing is not configured")
+}
+
+fn require_billing(stripe: &Option<StripeApi>) -> Result<&StripeApi, ApiError> {
+    stripe.as_ref().ok_or_else(billing_disabled)
+}
+
+async fn customer(pool: &PgPool, auth: Authenticated) -> Result<db::customers::Customer, ApiError> {
+    db::customers::find(pool, auth.customer_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))
+}
+
+/// 202 with where to follow the operation.
+fn accepted<J: JobKind>(enqueued: Enqueued) -> HttpResponse {
+    match enqueued {
+        Enqueued::Inserted(id) => HttpResponse::Accepted().json(serde_json::json!({
+            "status": "pending",
+            "operation": J::KIND,
+            "operation_id": id,
+            "status_url": format!("/api/v1/billing/operations/{id}"),
+        })),
+        Enqueued::Duplicate => {
+            HttpResponse::Accepted().json(serde_json::json!({ "status": "pending", "operation": J::KIND }))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PaymentMethodRequest {
+    payment_method_id: String,
+    #[serde(default)]
+    consent: Option<bool>,
+}
+
+fn valid_payment_method_id(id: &str) -> bool {
+    id.strip_prefix("pm_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 100 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+pub async fn add_payment_method(
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    auth: Authenticated,
+    JsonBody(body): JsonBody<PaymentMethodRequest>,
+) -> Result<HttpResponse, ApiError> {
+    require_billing(&stripe)?;
+    if body.consent != Some(true) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::BillingConsentRequired,
+            "adding a payment method needs the customer's consent to be billed: send \"consent\": true",
+        ));
+    }
+    if !valid_payment_method_id(&body.payment_method_id) {
+        return Err(ApiError::validation("payment_method_id must be a Stripe payment method id (pm_…)"));
+    }
+    let job = AddPaymentMethod {
+        customer_id: auth.customer_id,
+        payment_method_id: body.payment_method_id,
+        operation_id: Uuid::new_v4(),
+        consent_at: Utc::now(),
+    };
+    Ok(accepted::<AddPaymentMethod>(queue::enqueue(pool.get_ref(), &job).await?))
+}
+
+pub async fn subscribe(
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    require_billing(&stripe)?;
+    let customer = customer(&pool, auth).await?;
+    if !customer.has_payment_method() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::NoPaymentMethod,
+            "subscribing to Pro needs a payment method: add one first",
+        ));
+    }
+    if customer.stripe_subscription_id.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::AlreadySubscribed, "already subscribed to Pro"));
+    }
+    let job = SubscribePro { customer_id: customer.id, operation_id: Uuid::new_v4() };
+    Ok(accepted::<SubscribePro>(queue::enqueue(pool.get_ref(), &job).await?))
+}
+
+#[derive(Deserialize)]
+pub struct CancelQuery {
+    at_period_end: Option<bool>,
+}
+
+pub async fn cancel(
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    require_billing(&stripe)?;
+    let query = web::Query::<CancelQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::validation("at_period_end must be true or false"))?;
+    let customer = customer(&pool, auth).await?;
+    if customer.stripe_subscription_id.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoActiveSubscription, "no active subscription"));
+    }
+    let job = CancelSubscription {
+        customer_id: customer.id,
+        operation_id: Uuid::new_v4(),
+        // The default keeps what the customer has paid for until the period ends.
+        at_period_end: query.at_period_end.unwrap_or(true),
+    };
+    Ok(accepted::<CancelSubscription>(queue::enqueue(pool.get_ref(), &job).await?))
+}
+
+pub async fn invoices(
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let stripe = require_billing(&stripe)?;
+    let customer = customer(&pool, auth).await?;
+    let Some(stripe_customer) = customer.stripe_customer_id else {
+        return Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": [] })));
+    };
+    let invoices = stripe.invoices(&stripe_customer, None).await.map_err(|error| {
+        tracing::warn!(customer_id = %customer.id, %error, "listing invoices failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            "invoices are unavailable, retry shortly",
+        )
+    })?;
+    let invoices: Vec<_> = invoices
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "id": i.id,
+                "status": i.status,
+                "amount_due": i.amount_due,
+                "amount_paid": i.amount_paid,
+                "currency": i.currency,
+                "period_start": i.period_start,
+                "period_end": i.period_end,
+                "hosted_invoice_url": i.hosted_invoice_url,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": invoices })))
+}
+
+pub async fn operation(
+    pool: web::Data<PgPool>,
+    auth: Authenticated,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((kind, job)) = queue::for_customer(pool.get_ref(), path.into_inner(), auth.customer_id).await? else {
+        return Err(ApiError::not_found("no such operation"));
+    };
+    let state = match job.status.as_str() {
+        status::COMPLETED => "succeeded",
+        status::DEAD | status::CANCELLED => "failed",
+        _ => "pending",
+    };
+    let error = (state == "failed").then_some(job.last_error);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "operation_id": job.id,
+        "operation": kind,
+        "status": state,
+        "result": job.result.and_then(|r| if state == "succeeded" { Some(r) } else { None }),
+        "error": error,
+    })))
+}
