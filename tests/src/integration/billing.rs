@@ -41,6 +41,8 @@ async fn onboarding_creates_the_stripe_customer_tagged_with_our_id() {
     let at_stripe = localstripe(&format!("customers/{stripe_id}")).await;
     assert_eq!(at_stripe["metadata"]["rsolv_customer_id"], id.to_string());
     assert_eq!(at_stripe["email"], "tagged@example.com");
+    // The job's acknowledgement is written just after its effect commits.
+    wait_for_jobs_finished(&app.db.pool, "create_stripe_customer", Duration::from_secs(10)).await;
     assert_eq!(
         app.count("SELECT count(*) FROM jobs WHERE kind = 'create_stripe_customer' AND status = 'completed'").await,
         1

@@ -36,6 +36,8 @@ async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
 
     let trial_entries = app.count("SELECT count(*) FROM credit_ledger WHERE source = 'trial_signup'").await;
     assert_eq!(trial_entries, 1);
+    // The job's acknowledgement is written just after its effect commits.
+    crate::helpers::wait_for_jobs_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
     assert_eq!(job_statuses(&app.db.pool, "provision_customer").await, ["completed"]);
     assert_ledger_consistent(&app.db.pool).await;
 }
