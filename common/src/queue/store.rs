@@ -4,6 +4,7 @@
 //! batch, acknowledge a batch of results and give back tasks it claimed but never
 //! started; the SQL for each is here and nowhere else.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
-use apalis_core::backend::persistence::{Persisted, Persistence, TaskEvent, TaskPersistLayer};
+use apalis_core::backend::persistence::{Persisted, Persistence, State, TaskEvent, TaskPersistLayer};
 use apalis_core::backend::{Backend, BackendConfig, TaskResult, WireFormatBackend};
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
@@ -83,6 +84,20 @@ impl<J> Backend for JobStore<J> {
     }
 
     fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+        // apalis's `Persisted::poll_close` drops a fetch that is still in flight, but its
+        // UPDATE may have claimed rows already, which would then stay `running` until
+        // orphan rescue. Finish the fetch first, so its tasks count as claimed but not
+        // started, and are released with the rest of the buffer.
+        if let State::Fetch(fetch) = self.persisted.state_mut() {
+            match fetch.poll_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(tasks)) => *self.persisted.state_mut() = State::Buffered(VecDeque::from(tasks)),
+                Poll::Ready(Err(error)) => {
+                    tracing::warn!(%error, "fetch failed during shutdown; its claims fall to orphan rescue");
+                    *self.persisted.state_mut() = State::Ready;
+                }
+            }
+        }
         self.persisted.poll_close(cx, worker)
     }
 }

@@ -83,6 +83,8 @@ impl TestApp {
     }
 
     pub async fn spawn(overrides: &[(&str, &str)], worker: bool) -> Self {
+        // Logs go to the test's captured output (shown when it fails); RUST_LOG filters.
+        common::telemetry::init(common::config::LogFormat::Pretty);
         let db = TestDb::fresh().await;
         let settings = Arc::new(settings(&db.url, overrides));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -218,15 +218,18 @@ async fn shutdown_lets_a_running_job_finish() {
         .await
         .unwrap();
     queue::enqueue(&app.db.pool, &grant(customer_id, "in-flight", 2)).await.unwrap();
+    // Wait until the job is really executing: its transaction waits for our lock.
     let pool = app.db.pool.clone();
-    wait_for("the grant to start", Duration::from_secs(10), || {
+    wait_for("the grant to block on the customer's row", Duration::from_secs(10), || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE kind = 'grant_credits'")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                == "running"
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
         }
     })
     .await;
