@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::errors::{ApiError, method_not_allowed, not_found};
 use crate::extract::BodyLimit;
-use crate::routes::{billing, customers, health, onboarding, usage, webhooks};
+use crate::routes::{billing, customers, email, health, onboarding, usage, webhooks};
 
 pub struct Application {
     server: Server,
@@ -77,5 +77,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
         .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
-        .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)));
+        .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)))
+        .service(
+            resource("/email/unsubscribe")
+                .route(web::get().to(email::unsubscribe_page))
+                .route(web::post().to(email::unsubscribe_one_click)),
+        );
 }

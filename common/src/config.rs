@@ -41,6 +41,14 @@ pub struct Settings {
     pub webhook_secrets: Vec<Secret>,
     /// When the renewal sweep runs (`cron` syntax with seconds).
     pub renewal_schedule: cron::Schedule,
+    /// Absent when `SMTP_URL` is unset: no email is scheduled or sent.
+    pub email: Option<EmailSettings>,
+    /// Where this API is reachable from a customer's mail client (unsubscribe links).
+    pub public_base_url: String,
+    /// The product's site, linked from emails.
+    pub product_url: String,
+    /// Signs unsubscribe tokens (`EMAIL_UNSUBSCRIBE_SECRET`).
+    pub unsubscribe_secret: Secret,
     pub jobs: JobSettings,
 }
 
@@ -70,6 +78,19 @@ pub struct StripeSettings {
     /// `https://api.stripe.com/` in production, localstripe's URL in tests and the demo.
     pub api_base: String,
 }
+
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// lettre's URL form: `smtp://host:port` (no TLS), `smtp://…?tls=required`
+    /// (STARTTLS), `smtps://…` (TLS), with `user:password@` for credentials.
+    pub smtp_url: Secret,
+    pub from: String,
+    /// Pooled SMTP connections per worker process.
+    pub pool_max: u32,
+}
+
+/// The development fallback for `EMAIL_UNSUBSCRIBE_SECRET`; production must set its own.
+pub const DEV_UNSUBSCRIBE_SECRET: &str = "rsolv-development-unsubscribe-secret";
 
 /// Prices in integer cents; the Pro price itself lives in Stripe.
 #[derive(Debug, Clone)]
@@ -205,6 +226,25 @@ impl Settings {
                 .string("STRIPE_WEBHOOK_SECRET")
                 .map(|list| list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
                 .unwrap_or_default(),
+            email: match r.string("SMTP_URL") {
+                None => None,
+                Some(url) => Some(EmailSettings {
+                    smtp_url: Secret::new(url),
+                    from: r.string("EMAIL_FROM").unwrap_or_else(|| "RSOLV <hello@rsolv.dev>".into()),
+                    pool_max: r.parse("SMTP_POOL_MAX", 4)?,
+                }),
+            },
+            public_base_url: r.string("PUBLIC_BASE_URL").map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_else(
+                || format!("http://{}", r.string("BIND_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into())),
+            ),
+            product_url: r
+                .string("PRODUCT_URL")
+                .unwrap_or_else(|| "https://rsolv.dev".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            unsubscribe_secret: Secret::new(
+                r.string("EMAIL_UNSUBSCRIBE_SECRET").unwrap_or_else(|| DEV_UNSUBSCRIBE_SECRET.into()),
+            ),
             renewal_schedule: r
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             jobs: JobSettings {
@@ -231,6 +271,14 @@ impl Settings {
         }
         if self.jobs.backoff_base.is_zero() || self.jobs.backoff_max < self.jobs.backoff_base {
             return fail("JOB_BACKOFF_BASE_MS", "must be positive and not above JOB_BACKOFF_MAX_MS");
+        }
+        if let Some(email) = &self.email {
+            if email.from.parse::<lettre::message::Mailbox>().is_err() {
+                return fail("EMAIL_FROM", "must be an address such as `RSOLV <hello@rsolv.dev>`");
+            }
+            if email.pool_max == 0 {
+                return fail("SMTP_POOL_MAX", "must be at least 1");
+            }
         }
         for (name, value) in [
             ("CREDITS_TRIAL_SIGNUP", self.credits.trial_signup),

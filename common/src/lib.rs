@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod email;
 pub mod factories;
 pub mod jobs;
 pub mod ledger;

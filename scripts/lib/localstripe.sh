@@ -4,14 +4,19 @@
 LOCALSTRIPE_VERSION=1.15.10
 LOCALSTRIPE_KEY=sk_test_rsolv_local
 
-install_localstripe() {
+# Installs a PyPI package into the project's .venv unless its module imports already.
+venv_install() { # module requirement
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv >&2
     fi
-    if ! .venv/bin/python -c "import localstripe" 2>/dev/null; then
-        echo "==> installing localstripe $LOCALSTRIPE_VERSION into .venv" >&2
-        .venv/bin/pip install -q --disable-pip-version-check "localstripe==$LOCALSTRIPE_VERSION" >&2
+    if ! .venv/bin/python -c "import $1" 2>/dev/null; then
+        echo "==> installing $2 into .venv" >&2
+        .venv/bin/pip install -q --disable-pip-version-check "$2" >&2
     fi
+}
+
+install_localstripe() {
+    venv_install localstripe "localstripe==$LOCALSTRIPE_VERSION"
 }
 
 free_port() {

@@ -8,6 +8,8 @@
 //! rsolv-worker simulate-webhook TYPE --customer EMAIL|ID [--url URL] [--status S]
 //!                                   [--cancel-at-period-end] [--invoice ID] [--event-id ID]
 //!                                   sign and post a realistic Stripe event, like `stripe trigger`
+//! rsolv-worker start-sequence NAME --customer EMAIL|ID
+//!                                   schedule an email sequence (expiring_trial, re_engagement, …)
 //! ```
 
 mod simulate;
@@ -40,8 +42,10 @@ async fn main() -> Result<(), Error> {
         }
         Some("seed") => seed(&pool, &settings).await,
         Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
+        Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
         Some(other) => {
-            Err(format!("unknown command {other:?}: expected run, migrate, seed or simulate-webhook").into())
+            Err(format!("unknown command {other:?}: expected run, migrate, seed, simulate-webhook or start-sequence")
+                .into())
         }
     }
 }
@@ -55,6 +59,26 @@ async fn seed(pool: &sqlx::PgPool, settings: &Settings) -> Result<(), Error> {
         println!("{:<28} {:<46} {}", state.name(), seeded.email, seeded.api_key.expose());
     }
     Ok(())
+}
+
+async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
+    let names: Vec<_> = common::email::sequences::ALL.iter().map(|s| s.name).collect();
+    let usage = format!("usage: start-sequence NAME --customer EMAIL|ID (NAME: {})", names.join(", "));
+    let sequence = args.first().and_then(|n| common::email::sequences::find(n)).ok_or(usage.clone())?;
+    let who = simulate::flag(args, "--customer").ok_or(usage)?;
+    let customer = simulate::find_customer(pool, who).await?;
+    let mut tx = pool.begin().await?;
+    let occurrence = new_occurrence();
+    common::email::schedule(&mut tx, customer.id, sequence, chrono::Utc::now(), &occurrence, serde_json::json!({}))
+        .await?;
+    tx.commit().await?;
+    println!("{} scheduled for {} ({} steps)", sequence.name, customer.email, sequence.steps.len());
+    Ok(())
+}
+
+/// Each start of a sequence is its own occurrence, so a sequence can run again later.
+fn new_occurrence() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 async fn shutdown_signal() {

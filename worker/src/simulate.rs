@@ -9,8 +9,18 @@ use common::stripe::signature;
 
 use crate::Error;
 
-fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+/// The value after `--flag`.
+pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// A customer by id or email.
+pub async fn find_customer(pool: &sqlx::PgPool, who: &str) -> Result<db::customers::Customer, Error> {
+    match who.parse::<uuid::Uuid>() {
+        Ok(id) => db::customers::find(pool, id).await?,
+        Err(_) => db::customers::find_by_email(pool, &Email::parse(who)?).await?,
+    }
+    .ok_or_else(|| format!("no customer {who}").into())
 }
 
 pub async fn run(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> Result<(), Error> {
@@ -19,12 +29,8 @@ pub async fn run(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> R
         let types: Vec<_> = Handled::ALL.iter().map(|h| h.as_str()).collect();
         format!("{usage}\nTYPE is one of {}", types.join(", "))
     })?;
-    let who = value(args, "--customer").ok_or(usage)?;
-    let customer = match who.parse::<uuid::Uuid>() {
-        Ok(id) => db::customers::find(pool, id).await?,
-        Err(_) => db::customers::find_by_email(pool, &Email::parse(who)?).await?,
-    }
-    .ok_or_else(|| format!("no customer {who}"))?;
+    let who = flag(args, "--customer").ok_or(usage)?;
+    let customer = find_customer(pool, who).await?;
     let stripe_customer = customer.stripe_customer_id.clone().ok_or("the customer has no Stripe customer yet")?;
     let subscription = customer
         .stripe_subscription_id
@@ -37,20 +43,20 @@ pub async fn run(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> R
         settings.prices.pro_monthly_cents,
     );
     event.currency = settings.prices.currency.clone();
-    if let Some(status) = value(args, "--status") {
+    if let Some(status) = flag(args, "--status") {
         event.status = status.to_owned();
     }
     event.cancel_at_period_end = args.iter().any(|a| a == "--cancel-at-period-end");
-    if let Some(invoice) = value(args, "--invoice") {
+    if let Some(invoice) = flag(args, "--invoice") {
         event.invoice_id = invoice.to_owned();
     }
-    if let Some(id) = value(args, "--event-id") {
+    if let Some(id) = flag(args, "--event-id") {
         event.event_id = id.to_owned();
     }
     let secret = settings.webhook_secrets.first().ok_or("STRIPE_WEBHOOK_SECRET is not set")?;
     let body = serde_json::to_vec(&event.event(kind))?;
     let header = signature::sign(&body, secret.expose(), chrono_now());
-    let url = value(args, "--url").map(str::to_owned).unwrap_or_else(|| format!("http://{}", settings.bind_addr));
+    let url = flag(args, "--url").map(str::to_owned).unwrap_or_else(|| format!("http://{}", settings.bind_addr));
     let response = reqwest::Client::new()
         .post(format!("{}/api/webhooks/stripe", url.trim_end_matches('/')))
         .header("content-type", "application/json")

@@ -2,6 +2,7 @@
 
 pub mod billing;
 pub mod customers;
+pub mod email;
 pub mod health;
 pub mod onboarding;
 pub mod usage;

@@ -251,3 +251,23 @@ pub async fn recent_ledger<'e>(
     .fetch_all(db)
     .await
 }
+
+/// Stops sequence email for a customer; `false` if already unsubscribed.
+pub async fn unsubscribe<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE customers SET unsubscribed_at = now(), updated_at = now() WHERE id = $1 AND unsubscribed_at IS NULL",
+    )
+    .bind(id)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Whether the customer exists and has unsubscribed; `None` if there is no such customer.
+pub async fn unsubscribed<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}

@@ -11,6 +11,7 @@ mod process_webhook;
 mod provision;
 mod record_usage;
 mod renewal;
+mod send_email_step;
 mod subscribe_pro;
 
 use std::future::Future;
@@ -28,9 +29,11 @@ pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
 pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
+pub use send_email_step::SendEmailStep;
 pub use subscribe_pro::SubscribePro;
 
 use crate::config::Settings;
+use crate::email::Mailer;
 use crate::queue::{self, Job, JobError, JobKind, JobNotifier, JobStore, RetryPolicy, StoreConfig};
 use crate::stripe::{CallError, StripeApi};
 
@@ -41,15 +44,21 @@ pub struct JobContext {
     pub settings: Arc<Settings>,
     /// Absent when Stripe is not configured.
     pub stripe: Option<StripeApi>,
+    /// Absent when email is not configured.
+    pub mailer: Option<Mailer>,
 }
 
 impl JobContext {
-    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Result<Self, CallError> {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Result<Self, String> {
         let stripe = match &settings.stripe {
-            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id)?),
+            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(|e| e.to_string())?),
             None => None,
         };
-        Ok(Self { pool, settings, stripe })
+        let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;
+        if mailer.is_some() && settings.unsubscribe_secret.expose() == crate::config::DEV_UNSUBSCRIBE_SECRET {
+            tracing::warn!("EMAIL_UNSUBSCRIBE_SECRET is unset: unsubscribe links use the development secret");
+        }
+        Ok(Self { pool, settings, stripe, mailer })
     }
 
     pub fn stripe(&self) -> Result<&StripeApi, JobError> {
@@ -75,6 +84,7 @@ pub fn kinds() -> Vec<(&'static str, RetryPolicy)> {
         (ProcessStripeEvent::KIND, ProcessStripeEvent::RETRY),
         (RenewalSweep::KIND, RenewalSweep::RETRY),
         (RenewSubscription::KIND, RenewSubscription::RETRY),
+        (SendEmailStep::KIND, SendEmailStep::RETRY),
     ]
 }
 
@@ -97,6 +107,7 @@ pub async fn run_workers(
     let monitor = register::<ProcessStripeEvent>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<RenewalSweep>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<RenewSubscription>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<SendEmailStep>(monitor, &ctx, &notifier, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
     });

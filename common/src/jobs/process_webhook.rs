@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::JobContext;
 use crate::db::{self, customers::Observed};
 use crate::domain::LedgerSource;
+use crate::email::{self, sequences};
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 use crate::stripe::events::{Envelope, Handled};
@@ -112,11 +113,21 @@ impl Job for ProcessStripeEvent {
                 }
             }
             Handled::InvoicePaymentFailed => {
-                if db::customers::apply_past_due(&mut *tx, customer.id, observed).await? {
-                    "applied"
-                } else {
-                    "stale"
+                let applied = db::customers::apply_past_due(&mut *tx, customer.id, observed).await?;
+                // The dunning email, once per failed invoice, committed with the state.
+                if ctx.mailer.is_some() {
+                    let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                    let vars = serde_json::json!({
+                        "amount": format_amount(invoice.amount_due, invoice.currency.as_deref().unwrap_or("usd")),
+                        "next_attempt": invoice.next_payment_attempt
+                            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                            .map(|d| d.format("%B %-d, %Y").to_string()),
+                        "invoice_id": invoice.id,
+                    });
+                    email::schedule(&mut tx, customer.id, &sequences::DUNNING, chrono::Utc::now(), &invoice.id, vars)
+                        .await?;
                 }
+                if applied { "applied" } else { "stale" }
             }
             Handled::SubscriptionCreated | Handled::SubscriptionUpdated | Handled::SubscriptionDeleted => {
                 let subscription: Subscription = object(&self.payload).map_err(JobError::new)?;
@@ -143,5 +154,23 @@ impl Job for ProcessStripeEvent {
         tx.commit().await?;
         tracing::info!(event_id = %self.event_id, kind = kind.as_str(), customer_id = %customer.id, outcome, "Stripe event processed");
         Ok(Outcome::done(serde_json::json!({ "outcome": outcome })))
+    }
+}
+
+/// `59900, "usd"` → `$599.00`; other currencies as `599.00 EUR`.
+fn format_amount(cents: i64, currency: &str) -> String {
+    let amount = format!("{}.{:02}", cents / 100, (cents % 100).abs());
+    match currency.to_ascii_lowercase().as_str() {
+        "usd" => format!("${amount}"),
+        other => format!("{amount} {}", other.to_uppercase()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn amounts_read_as_money() {
+        assert_eq!(super::format_amount(59_900, "usd"), "$599.00");
+        assert_eq!(super::format_amount(2_905, "eur"), "29.05 EUR");
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{CreateStripeCustomer, JobContext};
 use crate::db;
 use crate::domain::{ApiKeyHash, CustomerName, Email, LedgerSource};
+use crate::email::{self, sequences};
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
@@ -73,6 +74,10 @@ impl Job for ProvisionCustomer {
         // The next steps, committed with the customer: each its own idempotent job.
         if ctx.stripe.is_some() {
             queue::enqueue(&mut *tx, &CreateStripeCustomer { customer_id: self.customer_id }).await?;
+        }
+        if ctx.mailer.is_some() {
+            let now = chrono::Utc::now();
+            email::schedule(&mut tx, self.customer_id, &sequences::ONBOARDING, now, "", serde_json::json!({})).await?;
         }
         tx.commit().await?;
         tracing::info!(customer_id = %self.customer_id, balance, "customer provisioned");

@@ -86,11 +86,13 @@ impl TestApp {
         // Logs go to the test's captured output (shown when it fails); RUST_LOG filters.
         common::telemetry::init(common::config::LogFormat::Pretty);
         let db = TestDb::fresh().await;
-        let settings = Arc::new(settings(&db.url, overrides));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let mut overrides = overrides.to_vec();
+        overrides.push(("PUBLIC_BASE_URL", address.as_str()));
+        let settings = Arc::new(settings(&db.url, &overrides));
         let pool = common::db::pool(&settings).unwrap();
         let app = api::startup::Application::build(listener, pool, settings.clone()).unwrap();
-        let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
         Self { address, db, client: reqwest::Client::new(), settings, worker }
@@ -329,5 +331,111 @@ impl TestApp {
     pub async fn with_worker_and_webhooks() -> Self {
         let secrets = format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}");
         Self::spawn(&[("STRIPE_WEBHOOK_SECRET", secrets.as_str()), ("STRIPE_PRO_PRICE_ID", PRO_PRICE)], true).await
+    }
+}
+
+/// A real SMTP server (aiosmtpd) keeping each accepted message as a file.
+pub struct MailSink {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MailSink {
+    pub async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("rsolv-mail-{}", Uuid::new_v4().simple()));
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let mut sink = Self { port, dir, child: None };
+        sink.up().await;
+        sink
+    }
+
+    pub fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on its port.
+    pub async fn up(&mut self) {
+        let python = std::env::var("TEST_PYTHON")
+            .expect("TEST_PYTHON is unset: run the tests with scripts/test, which installs aiosmtpd");
+        let child = std::process::Command::new(python)
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("aiosmtpd starts");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("the SMTP server to listen", Duration::from_secs(15), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dir.join("new")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| Mail::parse(&std::fs::read(f).unwrap())).collect()
+    }
+
+    /// Waits until `n` messages arrived, and checks no more come for a moment.
+    pub async fn wait_for(&self, n: usize) -> Vec<Mail> {
+        wait_for(&format!("{n} emails"), Duration::from_secs(20), || async { self.messages().len() >= n }).await;
+        self.messages()
+    }
+}
+
+impl Drop for MailSink {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub list_unsubscribe: Option<String>,
+    pub list_unsubscribe_post: Option<String>,
+}
+
+impl Mail {
+    fn parse(raw: &[u8]) -> Self {
+        use mailparse::MailHeaderMap;
+        let mail = mailparse::parse_mail(raw).expect("a parsable email");
+        let header = |name: &str| mail.headers.get_first_value(name);
+        let part = |mime: &str| {
+            mail.subparts.iter().find(|p| p.ctype.mimetype == mime).map(|p| p.get_body().unwrap()).unwrap_or_default()
+        };
+        Self {
+            to: header("To").unwrap_or_default(),
+            subject: header("Subject").unwrap_or_default(),
+            text: part("text/plain"),
+            html: part("text/html"),
+            list_unsubscribe: header("List-Unsubscribe"),
+            list_unsubscribe_post: header("List-Unsubscribe-Post"),
+        }
     }
 }

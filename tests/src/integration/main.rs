@@ -4,6 +4,7 @@
 mod helpers;
 
 mod billing;
+mod email;
 mod errors;
 mod jobs;
 mod onboarding;

@@ -1,0 +1,185 @@
+//! Email: sequences as data, templates, unsubscribe tokens and the SMTP transport.
+//!
+//! # Guide
+//!
+//! A sequence starts with [`schedule`], which enqueues one `send_email_step` job per
+//! step at its time, in the caller's transaction (provisioning starts onboarding; a
+//! failed invoice starts dunning). The step job re-checks the stop condition when it
+//! runs, renders the step and sends it through [`Mailer`].
+//!
+//! # Delivery guarantee
+//!
+//! At most once per customer, sequence and step (and occurrence, for dunning): the
+//! `email_deliveries` row moves `pending → sending → sent`, and only the run that moves
+//! it to `sending` talks to SMTP. Before that, the SMTP server is reached with a probe;
+//! if it cannot be, the step is `failed` and retried with backoff (so an SMTP outage
+//! delays email, it does not lose or double it). A server's refusal (4xx) is retried,
+//! a permanent refusal (5xx) is `rejected`. If the worker dies during the SMTP
+//! conversation, or the connection breaks in it, we cannot know whether the server
+//! accepted the message: the step is marked `uncertain` and is not sent again.
+
+pub mod sequences;
+pub mod unsubscribe;
+
+use chrono::{DateTime, Duration, Utc};
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use minijinja::Environment;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::config::{EmailSettings, Settings};
+use crate::jobs::SendEmailStep;
+use crate::queue::{self, EnqueueOptions};
+use sequences::{Sequence, Step};
+
+/// Enqueues every step of `sequence` for a customer, at trigger + each step's delay.
+/// `occurrence` tells apart repeats of one sequence (e.g. the invoice of a dunning
+/// email); `vars` are the trigger's template variables.
+pub async fn schedule(
+    tx: &mut PgConnection,
+    customer_id: Uuid,
+    sequence: &Sequence,
+    trigger_at: DateTime<Utc>,
+    occurrence: &str,
+    vars: Value,
+) -> Result<(), sqlx::Error> {
+    for step in sequence.steps {
+        let job = SendEmailStep {
+            customer_id,
+            sequence: sequence.name.to_owned(),
+            step: step.key.to_owned(),
+            occurrence: occurrence.to_owned(),
+            vars: vars.clone(),
+        };
+        let run_at = trigger_at + Duration::days(step.delay_days);
+        queue::enqueue_with(&mut *tx, &job, EnqueueOptions { run_at: Some(run_at), ..Default::default() }).await?;
+    }
+    Ok(())
+}
+
+/// A rendered email.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+    pub unsubscribe_url: String,
+}
+
+/// Renders a step for a customer.
+pub fn render(
+    settings: &Settings,
+    step: &Step,
+    customer_id: Uuid,
+    name: &str,
+    vars: &Value,
+) -> Result<Rendered, String> {
+    static TEMPLATES: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    let env = TEMPLATES.get_or_init(|| {
+        let mut env = Environment::new();
+        env.add_template("email.html", include_str!("templates/email.html")).expect("the HTML template parses");
+        env.add_template("email.txt", include_str!("templates/email.txt")).expect("the text template parses");
+        env
+    });
+    let mut context = match vars {
+        Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    context.insert("name".into(), Value::from(name));
+    let context = minijinja::Value::from(minijinja::value::Serde(Value::Object(context)));
+    let fill = |template: &str| env.render_str(template, &context).map_err(|e| format!("template: {e}"));
+    let paragraphs = step.paragraphs.iter().map(|p| fill(p)).collect::<Result<Vec<_>, _>>()?;
+    let token = unsubscribe::token(&settings.unsubscribe_secret, customer_id);
+    let unsubscribe_url = format!("{}/email/unsubscribe?token={token}", settings.public_base_url);
+    let page = minijinja::context! {
+        subject => step.subject,
+        heading => fill(step.heading)?,
+        name => name,
+        paragraphs => paragraphs,
+        action_label => step.action.0,
+        action_url => format!("{}{}", settings.product_url, step.action.1),
+        product_url => &settings.product_url,
+        unsubscribe_url => &unsubscribe_url,
+    };
+    let render =
+        |name: &str| env.get_template(name).and_then(|t| t.render(&page)).map_err(|e| format!("template {name}: {e}"));
+    Ok(Rendered {
+        subject: step.subject.to_owned(),
+        html: render("email.html")?,
+        text: render("email.txt")?,
+        unsubscribe_url,
+    })
+}
+
+/// Why a message was not (known to be) delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The server was not reached or refused for now: nothing was accepted, retry.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The server refused the message for good.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The conversation broke after it began: the server may have accepted it.
+    #[error("delivery uncertain: {0}")]
+    Uncertain(String),
+}
+
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+}
+
+impl Mailer {
+    pub fn new(settings: &EmailSettings) -> Result<Self, String> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose())
+            .map_err(|e| format!("SMTP_URL is invalid: {e}"))?
+            .pool_config(PoolConfig::new().max_size(settings.pool_max))
+            .timeout(Some(std::time::Duration::from_secs(20)))
+            .build();
+        let from = settings.from.parse().map_err(|e| format!("EMAIL_FROM is invalid: {e}"))?;
+        Ok(Self { transport, from })
+    }
+
+    /// Whether the SMTP server answers now (a connection and NOOP, no message).
+    pub async fn reachable(&self) -> Result<(), SendError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SendError::NotSent("the SMTP server did not answer NOOP".into())),
+            Err(e) => Err(SendError::NotSent(e.to_string())),
+        }
+    }
+
+    /// Sends; returns the Message-ID. Call [`reachable`](Self::reachable) first: an
+    /// error here that is not the server's reply is [`SendError::Uncertain`].
+    pub async fn send(&self, to: &str, email: &Rendered, message_id: &str) -> Result<(), SendError> {
+        let to: Mailbox = to.parse().map_err(|e| SendError::Rejected(format!("recipient {to}: {e}")))?;
+        let mut message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(&email.subject)
+            .message_id(Some(message_id.to_owned()))
+            .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
+            .map_err(|e| SendError::Rejected(format!("message: {e}")))?;
+        let headers = message.headers_mut();
+        headers.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe"),
+            format!("<{}>", email.unsubscribe_url),
+        ));
+        headers.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+            "List-Unsubscribe=One-Click".to_owned(),
+        ));
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(SendError::Rejected(e.to_string())),
+            Err(e) if e.is_transient() || e.is_tls() => Err(SendError::NotSent(e.to_string())),
+            Err(e) => Err(SendError::Uncertain(e.to_string())),
+        }
+    }
+}

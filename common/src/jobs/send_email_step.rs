@@ -1,0 +1,134 @@
+//! Send one step of an email sequence, at most once (see `email` for the guarantee),
+//! after re-checking the sequence's stop condition.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::JobContext;
+use crate::db::{self, email_deliveries::DeliveryKey};
+use crate::email::sequences::{self, StopCondition};
+use crate::email::{self, SendError};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendEmailStep {
+    pub customer_id: Uuid,
+    pub sequence: String,
+    pub step: String,
+    /// Empty, or what tells repeats of a sequence apart (a dunning email's invoice).
+    #[serde(default)]
+    pub occurrence: String,
+    /// The trigger's template variables.
+    #[serde(default)]
+    pub vars: serde_json::Value,
+}
+
+impl JobKind for SendEmailStep {
+    const KIND: &'static str = "send_email_step";
+    const RETRY: RetryPolicy = RetryPolicy::new(12, 5);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("{}:{}:{}:{}", self.customer_id, self.sequence, self.step, self.occurrence))
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+impl Job for SendEmailStep {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
+        let Some(sequence) = sequences::find(&self.sequence) else {
+            return Ok(Outcome::cancel(format!("no sequence {:?}", self.sequence)));
+        };
+        let Some(step) = sequence.step(&self.step) else {
+            return Ok(Outcome::cancel(format!("no step {:?} in {}", self.step, sequence.name)));
+        };
+        let customer = db::customers::find(&ctx.pool, self.customer_id)
+            .await?
+            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let key = DeliveryKey {
+            customer_id: customer.id,
+            sequence: sequence.name,
+            step: step.key,
+            occurrence: &self.occurrence,
+        };
+        let status = db::email_deliveries::open(&ctx.pool, key, &customer.email).await?;
+        let done = |what: &str| Ok(Outcome::done(serde_json::json!({ "delivery": what })));
+        match status.as_str() {
+            "pending" | "failed" => {}
+            // The worker stopped during an earlier SMTP conversation: perhaps delivered.
+            "sending" => {
+                db::email_deliveries::transition(
+                    &ctx.pool,
+                    key,
+                    &["sending"],
+                    "uncertain",
+                    None,
+                    Some("interrupted mid-send"),
+                )
+                .await?;
+                return done("uncertain");
+            }
+            settled => return done(settled),
+        }
+
+        let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true);
+        let stop = match sequence.stop {
+            None => false,
+            Some(StopCondition::Unsubscribed) => unsubscribed,
+            Some(StopCondition::UnsubscribedOrUpgraded) => {
+                unsubscribed || customer.has_payment_method() || customer.subscription_type == "pro"
+            }
+        };
+        if stop {
+            db::email_deliveries::transition(&ctx.pool, key, &["pending", "failed"], "skipped", None, None).await?;
+            return done("skipped");
+        }
+
+        let rendered =
+            email::render(&ctx.settings, step, customer.id, &customer.name, &self.vars).map_err(JobError::new)?;
+        if let Err(error) = mailer.reachable().await {
+            db::email_deliveries::transition(
+                &ctx.pool,
+                key,
+                &["pending", "failed"],
+                "failed",
+                None,
+                Some(&error.to_string()),
+            )
+            .await?;
+            return Err(JobError::new(error.to_string()));
+        }
+        let message_id = format!("<{}.{}.{}@rsolv>", sequence.name, step.key, Uuid::new_v4().simple());
+        // Only the run that moves the record to `sending` may talk to SMTP.
+        if !db::email_deliveries::transition(&ctx.pool, key, &["pending", "failed"], "sending", Some(&message_id), None)
+            .await?
+        {
+            return done("taken by another run");
+        }
+        match mailer.send(&customer.email, &rendered, &message_id).await {
+            Ok(()) => {
+                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "sent", None, None).await?;
+                tracing::info!(customer_id = %customer.id, sequence = sequence.name, step = step.key, "email sent");
+                done("sent")
+            }
+            Err(SendError::NotSent(error)) => {
+                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "failed", None, Some(&error)).await?;
+                Err(JobError::new(format!("email not sent: {error}")))
+            }
+            Err(SendError::Rejected(error)) => {
+                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "rejected", None, Some(&error)).await?;
+                Ok(Outcome::cancel(format!("email rejected: {error}")))
+            }
+            Err(SendError::Uncertain(error)) => {
+                tracing::error!(customer_id = %customer.id, sequence = sequence.name, step = step.key, %error, "email delivery uncertain; not resent");
+                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "uncertain", None, Some(&error)).await?;
+                Ok(Outcome::cancel(format!("email delivery uncertain: {error}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Email sequences over a real SMTP server (aiosmtpd), read back from its Maildir.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::domain::Email;
+use common::factories::{self, CustomerState};
+use common::jobs::SendEmailStep;
+use common::queue::Job;
+use common::stripe::events::{Handled, Simulated};
+use uuid::Uuid;
+
+use crate::helpers::{MailSink, PRO_PRICE, TestApp, WEBHOOK_SECRET, wait_for_jobs_finished};
+
+async fn app_with_email(sink: &MailSink) -> TestApp {
+    let url = sink.smtp_url();
+    let secrets = WEBHOOK_SECRET.to_owned();
+    TestApp::spawn(
+        &[
+            ("SMTP_URL", url.as_str()),
+            ("EMAIL_FROM", "RSOLV <hello@rsolv.dev>"),
+            ("EMAIL_UNSUBSCRIBE_SECRET", "test-unsubscribe-secret"),
+            ("STRIPE_WEBHOOK_SECRET", secrets.as_str()),
+            ("STRIPE_PRO_PRICE_ID", PRO_PRICE),
+        ],
+        true,
+    )
+    .await
+}
+
+async fn delivery_status(app: &TestApp, customer: Uuid, step: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM email_deliveries WHERE customer_id = $1 AND step = $2")
+        .bind(customer)
+        .bind(step)
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
+    let sink = MailSink::start().await;
+    let app = app_with_email(&sink).await;
+    let response = app
+        .post_json(
+            "/api/v1/customers/onboard",
+            &serde_json::json!({ "name": "Ada Lovelace", "email": "ada@example.com" }),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let customer: Uuid = body["customer_id"].as_str().unwrap().parse().unwrap();
+
+    let mails = sink.wait_for(1).await;
+    let welcome = &mails[0];
+    assert_eq!(welcome.to, "ada@example.com");
+    assert_eq!(welcome.subject, "Welcome to RSOLV");
+    assert!(welcome.text.contains("Hi Ada Lovelace,") && welcome.html.contains("Ada Lovelace"), "{}", welcome.text);
+    assert!(welcome.text.contains("https://rsolv.dev/dashboard"), "product links");
+    let link = welcome.list_unsubscribe.as_deref().unwrap().trim_matches(|c| c == '<' || c == '>').to_owned();
+    assert!(welcome.text.contains(&link), "the text carries the unsubscribe link: {}", welcome.text);
+    assert!(welcome.html.contains(&link.replace('/', "&#x2f;")), "the HTML carries it: {}", welcome.html);
+    assert_eq!(welcome.list_unsubscribe_post.as_deref(), Some("List-Unsubscribe=One-Click"));
+
+    // The other steps wait in the queue at their days after signup.
+    let scheduled: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT args->>'step', run_at FROM jobs WHERE kind = 'send_email_step' AND customer_id = $1 ORDER BY run_at",
+    )
+    .bind(customer)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    let start = scheduled[0].1;
+    let plan: Vec<(&str, i64)> =
+        scheduled.iter().map(|(step, at)| (step.as_str(), (*at - start).num_seconds())).collect();
+    let day = 86_400;
+    assert_eq!(
+        plan,
+        vec![
+            ("welcome", 0),
+            ("getting_started", day),
+            ("setup_verification", 3 * day),
+            ("feature_deep_dive", 5 * day),
+            ("feedback_request", 7 * day),
+            ("success_checkin", 14 * day),
+        ]
+    );
+
+    // The link works, and stops the remaining steps when they come due.
+    let bad = app.client.get(app.url("/email/unsubscribe?token=nonsense")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let page = app.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(app.customer(customer).await.credit_balance == 5);
+    let unsubscribed: bool = sqlx::query_scalar("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
+        .bind(customer)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(unsubscribed);
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE kind = 'send_email_step' AND args->>'step' = 'getting_started'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let pool = app.db.pool.clone();
+    crate::helpers::wait_for("the next step to run", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'getting_started'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == "completed"
+        }
+    })
+    .await;
+    assert_eq!(delivery_status(&app, customer, "getting_started").await.as_deref(), Some("skipped"));
+    assert_eq!(sink.messages().len(), 1, "nothing sent after unsubscribing");
+}
+
+#[tokio::test]
+async fn a_step_run_twice_or_raced_sends_one_email() {
+    let sink = MailSink::start().await;
+    let app = app_with_email(&sink).await;
+    let (customer, _) = app.onboarded_customer("twice@example.com").await;
+    sink.wait_for(1).await;
+    let step = |name: &str| SendEmailStep {
+        customer_id: customer,
+        sequence: "onboarding".into(),
+        step: name.into(),
+        occurrence: String::new(),
+        vars: serde_json::Value::Null,
+    };
+    step("welcome").run(app.job_context()).await.unwrap();
+    let raced = futures::future::join_all((0..5).map(|_| step("getting_started").run(app.job_context()))).await;
+    assert!(raced.iter().all(Result::is_ok), "{raced:?}");
+    step("getting_started").run(app.job_context()).await.unwrap();
+    // Every run above has returned, so whatever they sent is in the sink already.
+    let mut subjects: Vec<String> = sink.messages().into_iter().map(|m| m.subject).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["Getting started with RSOLV", "Welcome to RSOLV"]);
+    assert_eq!(delivery_status(&app, customer, "getting_started").await.as_deref(), Some("sent"));
+}
+
+#[tokio::test]
+async fn while_smtp_is_down_the_step_retries_and_arrives_once_when_it_is_back() {
+    let mut sink = MailSink::start().await;
+    let app = app_with_email(&sink).await;
+    sink.down();
+    let (customer, _) = app.onboarded_customer("outage@example.com").await;
+    let pool = app.db.pool.clone();
+    crate::helpers::wait_for("a failed attempt", Duration::from_secs(15), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT attempts FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                >= 2
+        }
+    })
+    .await;
+    assert_eq!(delivery_status(&app, customer, "welcome").await.as_deref(), Some("failed"));
+    let (status, run_at): (String, DateTime<Utc>) =
+        sqlx::query_as("SELECT status, run_at FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(status == "retryable" || status == "running", "{status}");
+    assert!(run_at > Utc::now() - chrono::Duration::seconds(5));
+
+    sink.up().await;
+    let mails = sink.wait_for(1).await;
+    assert_eq!(mails[0].subject, "Welcome to RSOLV");
+    crate::helpers::wait_for("the delivery to be recorded", Duration::from_secs(10), || async {
+        delivery_status(&app, customer, "welcome").await.as_deref() == Some("sent")
+    })
+    .await;
+    crate::helpers::wait_for("the welcome job to complete", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap()
+            == "completed"
+    })
+    .await;
+    assert_eq!(sink.messages().len(), 1, "exactly once");
+}
+
+#[tokio::test]
+async fn the_dunning_email_carries_the_amount_and_the_next_attempt_even_after_unsubscribing() {
+    let sink = MailSink::start().await;
+    let app = app_with_email(&sink).await;
+    let email = Email::parse("dunning@example.com").unwrap();
+    let seeded = factories::create(&app.db.pool, &app.settings, CustomerState::Pro, email).await.unwrap();
+    sqlx::query("UPDATE customers SET unsubscribed_at = now() WHERE id = $1")
+        .bind(seeded.customer_id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let customer = app.customer(seeded.customer_id).await;
+    let mut failed = Simulated::new(
+        customer.stripe_customer_id.as_deref().unwrap(),
+        customer.stripe_subscription_id.as_deref().unwrap(),
+        PRO_PRICE,
+        59_900,
+    );
+    failed.created = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z").unwrap().timestamp();
+    let event = failed.event(Handled::InvoicePaymentFailed);
+    assert_eq!(app.deliver(&event, WEBHOOK_SECRET).await.status(), 200);
+
+    let mails = sink.wait_for(1).await;
+    let dunning = &mails[0];
+    assert_eq!(dunning.subject, "Payment Failed - Action Required");
+    assert_eq!(dunning.to, "dunning@example.com");
+    assert!(dunning.text.contains("Your payment of $599.00 for RSOLV Pro failed."), "{}", dunning.text);
+    assert!(dunning.text.contains("We will try again on March 4, 2026."), "{}", dunning.text);
+    assert!(dunning.html.contains("$599.00"));
+
+    // Redelivered: the same failed invoice sends no second dunning email.
+    wait_for_jobs_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
+    let mut again = event.clone();
+    again["id"] = serde_json::json!("evt_redelivered_as_new");
+    assert_eq!(app.deliver(&again, WEBHOOK_SECRET).await.status(), 200);
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_jobs_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_by_post() {
+    let sink = MailSink::start().await;
+    let app = app_with_email(&sink).await;
+    let (customer, _) = app.onboarded_customer("oneclick@example.com").await;
+    let mails = sink.wait_for(1).await;
+    let link = mails[0].list_unsubscribe.as_deref().unwrap().trim_matches(|c| c == '<' || c == '>').to_owned();
+    let response = app
+        .client
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let unsubscribed: bool = sqlx::query_scalar("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
+        .bind(customer)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(unsubscribed);
+    let tampered = link.replace(&customer.simple().to_string(), &Uuid::new_v4().simple().to_string());
+    assert_eq!(app.client.post(&tampered).send().await.unwrap().status(), 400);
+}
