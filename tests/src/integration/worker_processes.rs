@@ -206,3 +206,36 @@ async fn the_webhook_simulator_signs_and_posts_a_realistic_event() {
         .unwrap();
     assert_eq!(balance, 120, "the simulated paid invoice granted 60 more");
 }
+
+#[tokio::test]
+async fn start_sequence_schedules_every_step_of_a_named_sequence() {
+    let app = TestApp::api_only().await;
+    let email = "nudge@example.com";
+    common::factories::create(
+        &app.db.pool,
+        &app.settings,
+        common::factories::CustomerState::Trial,
+        common::domain::Email::parse(email).unwrap(),
+    )
+    .await
+    .unwrap();
+    let output = Command::new(binary("rsolv-worker"))
+        .args(["start-sequence", "expiring_trial", "--customer", email])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let steps: Vec<String> =
+        sqlx::query_scalar("SELECT args->>'step' FROM jobs WHERE kind = 'send_email_step' ORDER BY run_at")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(steps, ["credits_running_low", "trial_reminder", "last_call"]);
+    let unknown = Command::new(binary("rsolv-worker"))
+        .args(["start-sequence", "nonsense", "--customer", email])
+        .env("DATABASE_URL", &app.db.url)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success(), "an unknown sequence is an error");
+}
