@@ -1,8 +1,11 @@
 //! The RSOLV HTTP API: parses, authenticates, enqueues, answers. No business rule
 //! lives here; those are in `common`.
 
+pub mod admin_auth;
 pub mod auth;
 pub mod errors;
 pub mod extract;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
+pub mod url;

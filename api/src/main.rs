@@ -13,6 +13,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
+    let kinds = common::jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
+    common::telemetry::metrics::spawn_queue_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
     let listener = TcpListener::bind(settings.bind_addr)?;
     let addr = settings.bind_addr;
     let app = Application::build(listener, pool, Arc::new(settings))?;

@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 use common::config::Settings;
 use common::stripe::StripeApi;
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::errors::{ApiError, method_not_allowed, not_found};
 use crate::extract::BodyLimit;
-use crate::routes::{billing, customers, email, health, onboarding, usage, webhooks};
+use crate::routes::{admin, admin_page, billing, customers, email, health, metrics, onboarding, usage, webhooks};
 
 pub struct Application {
     server: Server,
@@ -23,6 +24,7 @@ impl Application {
     /// Binds `listener` (use port 0 for a random one) and builds the server.
     pub fn build(listener: TcpListener, pool: PgPool, settings: Arc<Settings>) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
+        common::telemetry::metrics::handle();
         let stripe = match &settings.stripe {
             Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(std::io::Error::other)?),
             None => None,
@@ -33,6 +35,20 @@ impl Application {
         let settings = web::Data::from(settings);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap_fn(|req, srv| {
+                    // Latency by route pattern (not raw path: ids would explode the labels).
+                    let started = std::time::Instant::now();
+                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                    let method = req.method().to_string();
+                    let response = srv.call(req);
+                    async move {
+                        let response = response.await?;
+                        let status = response.status().as_u16().to_string();
+                        ::metrics::histogram!("rsolv_http_request_duration_seconds", "route" => route, "method" => method, "status" => status)
+                            .record(started.elapsed().as_secs_f64());
+                        Ok(response)
+                    }
+                })
                 .app_data(pool.clone())
                 .app_data(limit.clone())
                 .app_data(stripe.clone())
@@ -78,6 +94,30 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
         .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
         .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)))
+        .service(resource("/metrics").route(web::get().to(metrics::metrics)))
+        .service(resource("/api/openapi.json").route(web::get().to(crate::openapi::document)))
+        .service(resource("/api/docs").route(web::get().to(crate::openapi::docs_page)))
+        .service(resource("/admin/api/queues").route(web::get().to(admin::queues)))
+        .service(resource("/admin/api/queues/{queue}/redrive").route(web::post().to(admin::redrive_queue)))
+        .service(resource("/admin/api/jobs").route(web::get().to(admin::list)))
+        .service(
+            resource("/admin/api/jobs/{id}")
+                .route(web::get().to(admin::detail))
+                .route(web::delete().to(admin::discard)),
+        )
+        .service(resource("/admin/api/jobs/{id}/redrive").route(web::post().to(admin::redrive)))
+        .service(resource("/admin/api/jobs/{id}/discard").route(web::post().to(admin::discard)))
+        .service(resource("/admin/api/jobs/{id}/cancel").route(web::post().to(admin::cancel)))
+        .service(resource("/admin").route(web::get().to(admin_page::overview)))
+        .service(
+            resource("/admin/login")
+                .route(web::get().to(admin_page::login_form))
+                .route(web::post().to(admin_page::login)),
+        )
+        .service(resource("/admin/logout").route(web::post().to(admin_page::logout)))
+        .service(resource("/admin/jobs/{id}").route(web::get().to(admin_page::job)))
+        .service(resource("/admin/jobs/{id}/{action}").route(web::post().to(admin_page::act)))
+        .service(resource("/admin/queues/{queue}/redrive").route(web::post().to(admin_page::redrive_queue)))
         .service(
             resource("/email/unsubscribe")
                 .route(web::get().to(email::unsubscribe_page))

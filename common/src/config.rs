@@ -49,6 +49,10 @@ pub struct Settings {
     pub product_url: String,
     /// Signs unsubscribe tokens (`EMAIL_UNSUBSCRIBE_SECRET`).
     pub unsubscribe_secret: Secret,
+    /// Bearer token of the admin API and page; `None` disables them (404).
+    pub admin_token: Option<Secret>,
+    /// Where the worker serves `/metrics`; `None` (`METRICS_ADDR=off`) serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
     pub jobs: JobSettings,
 }
 
@@ -128,6 +132,14 @@ pub struct JobSettings {
     /// First retry delay; each further attempt doubles it, up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Completed and cancelled jobs are deleted this long after they finished.
+    pub retention_completed_hours: u32,
+    /// Dead jobs are deleted this long after they died.
+    pub retention_dead_hours: u32,
+    /// Rows deleted per pruning statement.
+    pub prune_batch: u32,
+    /// When pruning runs (`cron` syntax with seconds).
+    pub prune_schedule: cron::Schedule,
     kinds: HashMap<String, KindSettings>,
 }
 
@@ -245,6 +257,11 @@ impl Settings {
             unsubscribe_secret: Secret::new(
                 r.string("EMAIL_UNSUBSCRIBE_SECRET").unwrap_or_else(|| DEV_UNSUBSCRIBE_SECRET.into()),
             ),
+            admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
+            metrics_addr: match r.string("METRICS_ADDR").as_deref() {
+                Some("off") => None,
+                _ => Some(r.parse("METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?),
+            },
             renewal_schedule: r
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             jobs: JobSettings {
@@ -254,6 +271,11 @@ impl Settings {
                 shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
                 backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
                 backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
+                retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
+                retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
+                prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
+                prune_schedule: r
+                    .parse("PRUNE_CRON", cron::Schedule::from_str("0 */10 * * * *").expect("valid default"))?,
                 kinds,
             },
         };
@@ -268,6 +290,12 @@ impl Settings {
         }
         if self.jobs.orphan_after <= self.jobs.heartbeat_interval * 2 {
             return fail("JOB_ORPHAN_AFTER_MS", "must exceed two heartbeats (JOB_HEARTBEAT_MS)");
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return fail("ADMIN_TOKEN", "must be at least 16 characters");
+        }
+        if self.jobs.prune_batch == 0 {
+            return fail("JOB_PRUNE_BATCH", "must be at least 1");
         }
         if self.jobs.backoff_base.is_zero() || self.jobs.backoff_max < self.jobs.backoff_base {
             return fail("JOB_BACKOFF_BASE_MS", "must be positive and not above JOB_BACKOFF_MAX_MS");

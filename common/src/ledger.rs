@@ -77,7 +77,10 @@ pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, Le
     .fetch_one(&mut *tx)
     .await?;
     Ok(match (posted_id, balance_after, existing_id) {
-        (Some(entry_id), Some(balance_after), _) => Posted::Posted { entry_id, balance_after },
+        (Some(entry_id), Some(balance_after), _) => {
+            metrics::counter!("rsolv_ledger_postings_total", "source" => posting.source.as_str()).increment(1);
+            Posted::Posted { entry_id, balance_after }
+        }
         (_, _, Some(entry_id)) => Posted::AlreadyPosted { entry_id },
         // The row is locked by us, so the balance read under the lock is still current.
         _ => Posted::InsufficientCredits { balance: balance_under_lock },

@@ -8,10 +8,13 @@
 //! rsolv-worker simulate-webhook TYPE --customer EMAIL|ID [--url URL] [--status S]
 //!                                   [--cancel-at-period-end] [--invoice ID] [--event-id ID]
 //!                                   sign and post a realistic Stripe event, like `stripe trigger`
+//! rsolv-worker jobs queues | dead [QUEUE] | show ID | redrive ID | redrive-all QUEUE | discard ID | cancel ID
+//!                                   inspect and steer the queues (as the admin API does)
 //! rsolv-worker start-sequence NAME --customer EMAIL|ID
 //!                                   schedule an email sequence (expiring_trial, re_engagement, …)
 //! ```
 
+mod ops;
 mod simulate;
 
 use std::sync::Arc;
@@ -33,6 +36,14 @@ async fn main() -> Result<(), Error> {
     db::migrate(&pool).await?;
     match args.first().map(String::as_str) {
         None | Some("run") => {
+            if let Some(addr) = settings.metrics_addr {
+                match common::telemetry::metrics::serve(addr) {
+                    Ok(()) => tracing::info!(%addr, "metrics at /metrics"),
+                    Err(error) => tracing::warn!(%error, "metrics are not served"),
+                }
+            }
+            let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
+            common::telemetry::metrics::spawn_queue_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
             let ctx = JobContext::new(pool, Arc::new(settings))?;
             jobs::run_workers(ctx, shutdown_signal()).await
         }
@@ -43,10 +54,11 @@ async fn main() -> Result<(), Error> {
         Some("seed") => seed(&pool, &settings).await,
         Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
         Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
-        Some(other) => {
-            Err(format!("unknown command {other:?}: expected run, migrate, seed, simulate-webhook or start-sequence")
-                .into())
-        }
+        Some("jobs") => ops::run(&pool, &args[1..]).await,
+        Some(other) => Err(format!(
+            "unknown command {other:?}: expected run, migrate, seed, simulate-webhook, start-sequence or jobs"
+        )
+        .into()),
     }
 }
 

@@ -47,7 +47,7 @@ fn accepted<J: JobKind>(enqueued: Enqueued) -> HttpResponse {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct PaymentMethodRequest {
     payment_method_id: String,
     #[serde(default)]
@@ -60,6 +60,7 @@ fn valid_payment_method_id(id: &str) -> bool {
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/billing/payment-methods", tag = "billing", security(("api_key" = [])), request_body = PaymentMethodRequest, responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "BILLING_CONSENT_REQUIRED or VALIDATION_FAILED", body = crate::openapi::ErrorBody), (status = 503, description = "Billing not configured", body = crate::openapi::ErrorBody)))]
 pub async fn add_payment_method(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -86,6 +87,7 @@ pub async fn add_payment_method(
     Ok(accepted::<AddPaymentMethod>(queue::enqueue(pool.get_ref(), &job).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = crate::openapi::ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = crate::openapi::ErrorBody)))]
 pub async fn subscribe(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -112,6 +114,7 @@ pub struct CancelQuery {
     at_period_end: Option<bool>,
 }
 
+#[utoipa::path(delete, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), params(("at_period_end" = Option<bool>, Query, description = "Default true")), responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     req: HttpRequest,
     pool: web::Data<PgPool>,
@@ -134,6 +137,7 @@ pub async fn cancel(
     Ok(accepted::<CancelSubscription>(queue::enqueue(pool.get_ref(), &job).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/invoices", tag = "billing", security(("api_key" = [])), responses((status = 200, description = "`{invoices: [{id, status, amount_due, amount_paid, currency, period_start, period_end, hosted_invoice_url}]}`"), (status = 503, description = "Stripe unavailable", body = crate::openapi::ErrorBody)))]
 pub async fn invoices(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -170,6 +174,7 @@ pub async fn invoices(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": invoices })))
 }
 
+#[utoipa::path(get, path = "/api/v1/billing/operations/{operation_id}", tag = "billing", security(("api_key" = [])), params(("operation_id" = i64, Path)), responses((status = 200, description = "`{status: pending | succeeded | failed, result, error}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn operation(
     pool: web::Data<PgPool>,
     auth: Authenticated,

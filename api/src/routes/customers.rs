@@ -10,6 +10,7 @@ use crate::errors::ApiError;
 
 const RECENT_ENTRIES: i64 = 10;
 
+#[utoipa::path(get, path = "/api/v1/customers/me", tag = "customers", security(("api_key" = [])), responses((status = 200, description = "Usage summary: balance, plan, payment method, last 10 ledger entries, warnings"), (status = 401, description = "UNAUTHORIZED", body = crate::openapi::ErrorBody)))]
 pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResponse, ApiError> {
     let customer = db::customers::find(pool.get_ref(), auth.customer_id)
         .await?

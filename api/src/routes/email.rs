@@ -34,6 +34,7 @@ async fn unsubscribe_from(req: &HttpRequest, pool: &PgPool, settings: &Settings)
     Ok(customer_id)
 }
 
+#[utoipa::path(get, path = "/email/unsubscribe", tag = "email", params(("token" = String, Query)), responses((status = 200, description = "HTML confirmation"), (status = 400, description = "Invalid token", body = crate::openapi::ErrorBody)))]
 pub async fn unsubscribe_page(
     req: HttpRequest,
     pool: web::Data<PgPool>,
@@ -48,6 +49,7 @@ pub async fn unsubscribe_page(
     ))
 }
 
+#[utoipa::path(post, path = "/email/unsubscribe", tag = "email", params(("token" = String, Query)), responses((status = 200, description = "One-click unsubscribe (RFC 8058)"), (status = 400, description = "Invalid token", body = crate::openapi::ErrorBody)))]
 pub async fn unsubscribe_one_click(
     req: HttpRequest,
     pool: web::Data<PgPool>,

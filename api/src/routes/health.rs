@@ -7,11 +7,13 @@ use sqlx::PgPool;
 use crate::errors::ApiError;
 
 /// `GET /health`: the process is alive.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The process is alive")))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /ready`: the database answers and every migration is applied.
+#[utoipa::path(get, path = "/ready", tag = "health", responses((status = 200, description = "Database reachable, migrations applied"), (status = 503, description = "Not ready", body = crate::openapi::ErrorBody)))]
 pub async fn ready(pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
     let unavailable =
         |message: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable, message);

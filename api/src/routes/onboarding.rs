@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::errors::ApiError;
 use crate::extract::JsonBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct OnboardRequest {
     name: String,
     email: String,
@@ -26,6 +26,7 @@ fn email_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, ErrorCode::EmailTaken, "a customer with this email already exists")
 }
 
+#[utoipa::path(post, path = "/api/v1/customers/onboard", tag = "onboarding", request_body = OnboardRequest, responses((status = 202, description = "Accepted: `{customer_id, api_key, status_url}`; the API key is shown only here"), (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody), (status = 409, description = "EMAIL_TAKEN", body = crate::openapi::ErrorBody)))]
 pub async fn onboard(
     pool: web::Data<PgPool>,
     JsonBody(body): JsonBody<OnboardRequest>,
@@ -62,6 +63,7 @@ pub async fn onboard(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/onboarding/{customer_id}", tag = "onboarding", params(("customer_id" = String, Path, description = "From the onboarding response")), responses((status = 200, description = "`{status: pending | provisioned | failed}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn status(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let customer_id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("no onboarding with this id"))?;
     let answer = |status: &str, error: Option<String>| {

@@ -13,7 +13,7 @@ use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::extract::JsonBody;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct FixReport {
     fix_id: String,
     repo: String,
@@ -32,18 +32,10 @@ fn bounded(field: &str, value: &str) -> Result<String, ApiError> {
 }
 
 fn status_url(fix_id: &str) -> String {
-    format!("/api/v1/usage/fixes/{}", urlencode(fix_id))
+    format!("/api/v1/usage/fixes/{}", crate::url::encode_component(fix_id))
 }
 
-fn urlencode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
+#[utoipa::path(post, path = "/api/v1/usage/fixes", tag = "usage", security(("api_key" = [])), request_body = FixReport, responses((status = 202, description = "`{status: recorded, fix_id, duplicate, status_url}`"), (status = 402, description = "NO_BILLING_INFO", body = crate::openapi::ErrorBody), (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody)))]
 pub async fn report_fix(
     pool: web::Data<PgPool>,
     auth: Authenticated,
@@ -80,6 +72,7 @@ pub async fn report_fix(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/usage/fixes/{fix_id}", tag = "usage", security(("api_key" = [])), params(("fix_id" = String, Path)), responses((status = 200, description = "`{status: pending | consumed | refused | failed, refusal_code}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn fix_status(
     pool: web::Data<PgPool>,
     auth: Authenticated,

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use crate::errors::ApiError;
 use crate::extract::RawJsonBody;
 
+#[utoipa::path(post, path = "/api/webhooks/stripe", tag = "webhooks", params(("Stripe-Signature" = String, Header)), request_body(content = String, content_type = "application/json", description = "A Stripe event, verbatim"), responses((status = 200, description = "`{received: true, duplicate}` once the event is durably enqueued"), (status = 400, description = "INVALID_SIGNATURE or INVALID_PAYLOAD", body = crate::openapi::ErrorBody)))]
 pub async fn stripe(
     req: HttpRequest,
     pool: web::Data<PgPool>,

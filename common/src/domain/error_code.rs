@@ -22,4 +22,5 @@ pub enum ErrorCode {
     RateLimited,
     ServiceUnavailable,
     InternalError,
+    Conflict,
 }

@@ -9,6 +9,7 @@ mod create_stripe_customer;
 mod grant_credits;
 mod process_webhook;
 mod provision;
+mod prune;
 mod record_usage;
 mod renewal;
 mod send_email_step;
@@ -27,6 +28,7 @@ pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;
 pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
+pub use prune::PruneJobs;
 pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
 pub use send_email_step::SendEmailStep;
@@ -85,6 +87,7 @@ pub fn kinds() -> Vec<(&'static str, RetryPolicy)> {
         (RenewalSweep::KIND, RenewalSweep::RETRY),
         (RenewSubscription::KIND, RenewSubscription::RETRY),
         (SendEmailStep::KIND, SendEmailStep::RETRY),
+        (PruneJobs::KIND, PruneJobs::RETRY),
     ]
 }
 
@@ -108,8 +111,12 @@ pub async fn run_workers(
     let monitor = register::<RenewalSweep>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<RenewSubscription>(monitor, &ctx, &notifier, &instance);
     let monitor = register::<SendEmailStep>(monitor, &ctx, &notifier, &instance);
+    let monitor = register::<PruneJobs>(monitor, &ctx, &notifier, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
+    });
+    let pruning = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.jobs.prune_schedule.clone(), |tick| {
+        PruneJobs { tick }
     });
     tracing::info!(%instance, kinds = ?kinds().iter().map(|k| k.0).collect::<Vec<_>>(), "workers started");
     monitor
@@ -121,6 +128,7 @@ pub async fn run_workers(
         })
         .await?;
     renewals.abort();
+    pruning.abort();
     tracing::info!("workers stopped");
     Ok(())
 }
@@ -150,7 +158,7 @@ where
             .backend(PollWith::new(store, wake_ups))
             .catch_panic()
             .concurrency(policy.concurrency)
-            .build(move |job: J| job.run(ctx.clone()))
+            .build(move |job: J| observed(job, ctx.clone()))
     })
 }
 
@@ -158,4 +166,19 @@ where
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// Runs a job, recording its start, duration and outcome.
+async fn observed<J: Job<Context = JobContext>>(job: J, ctx: JobContext) -> Result<queue::Outcome, JobError> {
+    let started = std::time::Instant::now();
+    metrics::counter!("rsolv_jobs_started_total", "kind" => J::KIND).increment(1);
+    let result = job.run(ctx).await;
+    metrics::histogram!("rsolv_job_duration_seconds", "kind" => J::KIND).record(started.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok(queue::Outcome::Done { .. } | queue::Outcome::Snooze { .. }) => "rsolv_jobs_succeeded_total",
+        Ok(queue::Outcome::Cancel { .. }) => "rsolv_jobs_cancelled_total",
+        Err(_) => "rsolv_jobs_failed_total",
+    };
+    metrics::counter!(outcome, "kind" => J::KIND).increment(1);
+    result
 }

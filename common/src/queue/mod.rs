@@ -32,6 +32,7 @@
 //! `completed`, `cancelled` (its own decision) or `dead` (attempts exhausted, its errors
 //! kept), and a job held by a worker that stopped heartbeating is rescued.
 
+pub mod admin;
 pub mod cron;
 mod enqueue;
 mod notifier;

@@ -20,7 +20,7 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 
 use super::{JobKind, Outcome, RetryPolicy};
 
@@ -390,7 +390,7 @@ impl Persistence for PgPersistence {
             let policy = &self.config.policy;
             // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
             // capped, then scaled by a random 75-100% so retries of a burst spread out.
-            sqlx::query(
+            let dead = sqlx::query(
                 "UPDATE jobs j SET
                      status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN 'dead' ELSE 'retryable' END,
                      finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN now() END,
@@ -401,7 +401,8 @@ impl Persistence for PgPersistence {
                          'attempt', j.attempts, 'at', now(), 'error', u.error)),
                      locked_by = NULL
                  FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
+                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3
+                 RETURNING j.status",
             )
             .bind(&acks.failed.0)
             .bind(&acks.failed.1)
@@ -409,8 +410,12 @@ impl Persistence for PgPersistence {
             .bind(policy.max_attempts)
             .bind(policy.backoff_base.as_millis() as f64)
             .bind(policy.backoff_max.as_millis() as f64)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            let died = dead.iter().filter(|row| row.get::<&str, _>(0) == "dead").count();
+            if died > 0 {
+                metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
+            }
             for (id, error) in acks.failed.0.iter().zip(&acks.failed.1) {
                 tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
             }

@@ -4,9 +4,11 @@
 mod helpers;
 
 mod billing;
+mod browser;
 mod email;
 mod errors;
 mod jobs;
 mod onboarding;
+mod ops;
 mod usage;
 mod worker_processes;

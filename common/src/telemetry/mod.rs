@@ -12,3 +12,5 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => builder.try_init(),
     };
 }
+
+pub mod metrics;

@@ -1,0 +1,111 @@
+//! The admin API under `/admin/api` (bearer `ADMIN_TOKEN`): queues, jobs, and
+//! redrive, discard and cancel.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use common::domain::ErrorCode;
+use common::jobs;
+use common::queue::admin::{self, AdminError, JobFilter};
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::admin_auth::AdminApi;
+use crate::errors::ApiError;
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::NotFound(_) => ApiError::not_found(error.to_string()),
+            AdminError::WrongState { .. } | AdminError::KeyTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, error.to_string())
+            }
+            AdminError::Database(_) => {
+                tracing::error!(%error, "admin operation failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError, "internal error")
+            }
+        }
+    }
+}
+
+pub fn kinds() -> Vec<&'static str> {
+    jobs::kinds().into_iter().map(|(kind, _)| kind).collect()
+}
+
+pub async fn queues(_: AdminApi, pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "queues": admin::overview(pool.get_ref(), &kinds()).await? })))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    queue: Option<String>,
+    state: Option<String>,
+    customer_id: Option<Uuid>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+const STATES: [&str; 6] = ["available", "running", "retryable", "completed", "cancelled", "dead"];
+
+pub async fn list(_: AdminApi, req: HttpRequest, pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::validation(format!("query: {e}")))?
+        .into_inner();
+    if let Some(state) = &query.state
+        && !STATES.contains(&state.as_str())
+    {
+        return Err(ApiError::validation(format!("state must be one of {}", STATES.join(", "))));
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let filter = JobFilter {
+        queue: query.queue,
+        status: query.state,
+        customer_id: query.customer_id,
+        before_id: query.before,
+        limit,
+    };
+    let jobs = admin::list(pool.get_ref(), &filter).await?;
+    let next = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.id)).flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next_before": next })))
+}
+
+pub async fn detail(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let job = admin::detail(pool.get_ref(), id).await?.ok_or(AdminError::NotFound(id))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+pub async fn redrive(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    admin::redrive(pool.get_ref(), id).await?;
+    tracing::info!(job_id = id, "job redriven by an operator");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "available" })))
+}
+
+pub async fn redrive_queue(
+    _: AdminApi,
+    pool: web::Data<PgPool>,
+    queue: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let queue = queue.into_inner();
+    if !kinds().contains(&queue.as_str()) {
+        return Err(ApiError::not_found(format!("no queue {queue}")));
+    }
+    let redriven = admin::redrive_all(pool.get_ref(), &queue).await?;
+    tracing::info!(%queue, redriven, "dead jobs redriven by an operator");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "queue": queue, "redriven": redriven })))
+}
+
+pub async fn discard(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    admin::discard(pool.get_ref(), id).await?;
+    tracing::info!(job_id = id, "job discarded by an operator");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "discarded": true })))
+}
+
+pub async fn cancel(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    admin::cancel(pool.get_ref(), id).await?;
+    tracing::info!(job_id = id, "job cancelled by an operator");
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "cancelled" })))
+}

@@ -1,0 +1,335 @@
+//! What ops see and steer: per-queue counts, job lists and details, and redrive,
+//! discard and cancel. Used by the admin API, the admin page and the CLI.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::notifier::CHANNEL;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueStats {
+    pub queue: String,
+    /// Due now and waiting for a worker.
+    pub available: i64,
+    /// Waiting for their time (scheduled, or a retry's backoff).
+    pub scheduled: i64,
+    pub running: i64,
+    pub retryable: i64,
+    pub completed: i64,
+    pub cancelled: i64,
+    pub dead: i64,
+    /// Seconds the oldest due job has waited (0 when none waits).
+    pub oldest_waiting_seconds: f64,
+    pub completed_last_minute: i64,
+    pub failed_last_minute: i64,
+}
+
+/// One row per job kind this build runs, including empty queues.
+pub async fn overview<'e>(db: impl PgExecutor<'e>, kinds: &[&str]) -> Result<Vec<QueueStats>, sqlx::Error> {
+    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    sqlx::query_as(
+        "SELECT k.kind AS queue,
+                count(*) FILTER (WHERE j.status = 'available' AND j.run_at <= now()) AS available,
+                count(*) FILTER (WHERE j.status IN ('available', 'retryable') AND j.run_at > now()) AS scheduled,
+                count(*) FILTER (WHERE j.status = 'running') AS running,
+                count(*) FILTER (WHERE j.status = 'retryable') AS retryable,
+                count(*) FILTER (WHERE j.status = 'completed') AS completed,
+                count(*) FILTER (WHERE j.status = 'cancelled') AS cancelled,
+                count(*) FILTER (WHERE j.status = 'dead') AS dead,
+                coalesce(extract(epoch FROM now() - min(j.run_at)
+                    FILTER (WHERE j.status IN ('available', 'retryable') AND j.run_at <= now())), 0)::float8
+                    AS oldest_waiting_seconds,
+                count(*) FILTER (WHERE j.status = 'completed' AND j.finished_at > now() - interval '1 minute')
+                    AS completed_last_minute,
+                count(*) FILTER (WHERE j.status = 'dead' AND j.finished_at > now() - interval '1 minute')
+                    AS failed_last_minute
+         FROM unnest($1::text[]) AS k(kind) LEFT JOIN jobs j ON j.kind = k.kind
+         GROUP BY k.kind ORDER BY k.kind",
+    )
+    .bind(&kinds)
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobSummary {
+    pub id: i64,
+    pub queue: String,
+    pub status: String,
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub customer_id: Option<Uuid>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub status: Option<String>,
+    pub customer_id: Option<Uuid>,
+    /// Keyset paging: jobs with a smaller id than this.
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// Newest first.
+pub async fn list<'e>(db: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec<JobSummary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind AS queue, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
+                errors -> -1 ->> 'error' AS last_error
+         FROM jobs
+         WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::bigint IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5",
+    )
+    .bind(&filter.queue)
+    .bind(&filter.status)
+    .bind(filter.customer_id)
+    .bind(filter.before_id)
+    .bind(filter.limit.clamp(1, 500))
+    .fetch_all(db)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub summary: JobSummary,
+    /// With secrets (key hashes, tokens, passwords) replaced by `[redacted]`.
+    pub args: Value,
+    pub result: Option<Value>,
+    /// Every failed attempt: `[{attempt, at, error}]`.
+    pub errors: Value,
+    pub unique_key: Option<String>,
+    pub locked_by: Option<String>,
+    pub locked_at: Option<DateTime<Utc>>,
+}
+
+pub async fn detail<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<JobDetail>, sqlx::Error> {
+    let row: Option<(
+        i64,
+        String,
+        String,
+        i32,
+        Option<i32>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<Uuid>,
+        Value,
+        Option<Value>,
+        Value,
+        Option<String>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    )> = sqlx::query_as(
+        "SELECT id, kind, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
+                    args, result, errors, unique_key, locked_by, locked_at
+             FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(
+        |(
+            id,
+            queue,
+            status,
+            attempts,
+            max_attempts,
+            run_at,
+            created_at,
+            finished_at,
+            customer_id,
+            args,
+            result,
+            errors,
+            unique_key,
+            locked_by,
+            locked_at,
+        )| {
+            let last_error =
+                errors.as_array().and_then(|e| e.last()).and_then(|e| e["error"].as_str()).map(str::to_owned);
+            JobDetail {
+                summary: JobSummary {
+                    id,
+                    queue,
+                    status,
+                    attempts,
+                    max_attempts,
+                    run_at,
+                    created_at,
+                    finished_at,
+                    customer_id,
+                    last_error,
+                },
+                args: redact(args),
+                result,
+                errors,
+                unique_key,
+                locked_by,
+                locked_at,
+            }
+        },
+    ))
+}
+
+/// Replaces the values of secret-looking keys, at any depth.
+pub fn redact(value: Value) -> Value {
+    const SECRET_WORDS: [&str; 6] = ["hash", "secret", "token", "password", "api_key", "signature"];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let lower = k.to_lowercase();
+                    if SECRET_WORDS.iter().any(|w| lower.contains(w)) && !lower.ends_with("_prefix") {
+                        (k, Value::String("[redacted]".into()))
+                    } else {
+                        (k, redact(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact).collect()),
+        other => other,
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminError {
+    #[error("no job {0}")]
+    NotFound(i64),
+    #[error("job {id} is {status}; {action} needs a job that is {wanted}")]
+    WrongState { id: i64, status: String, action: &'static str, wanted: &'static str },
+    #[error("job {0} holds a unique key that a newer job has taken; discard one of them")]
+    KeyTaken(i64),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for AdminError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+async fn status_of(pool: &PgPool, id: i64) -> Result<String, AdminError> {
+    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(AdminError::NotFound(id))
+}
+
+/// Puts a dead job back: due now, with a fresh set of attempts; its error history stays.
+pub async fn redrive(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+    let result = sqlx::query(
+        "UPDATE jobs SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
+             errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'redriven by an operator'))
+         WHERE id = $1 AND status = 'dead'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await;
+    match result {
+        Ok(done) if done.rows_affected() == 1 => {
+            notify(pool, id).await?;
+            Ok(())
+        }
+        Ok(_) => {
+            Err(AdminError::WrongState { id, status: status_of(pool, id).await?, action: "redrive", wanted: "dead" })
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AdminError::KeyTaken(id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Redrives every dead job of a queue whose unique key is free; returns how many.
+pub async fn redrive_all(pool: &PgPool, queue: &str) -> Result<u64, AdminError> {
+    let moved = sqlx::query(
+        "UPDATE jobs d SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
+             errors = d.errors || jsonb_build_array(jsonb_build_object('attempt', d.attempts, 'at', now(), 'error', 'redriven by an operator'))
+         WHERE d.kind = $1 AND d.status = 'dead'
+           AND (d.unique_key IS NULL OR NOT EXISTS (
+               SELECT 1 FROM jobs l WHERE l.kind = d.kind AND l.unique_key = d.unique_key
+                 AND l.status NOT IN ('dead', 'cancelled')))",
+    )
+    .bind(queue)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(pool).await?;
+    }
+    Ok(moved)
+}
+
+/// Deletes a dead or cancelled job.
+pub async fn discard(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+    let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status IN ('dead', 'cancelled')")
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    if deleted == 1 {
+        return Ok(());
+    }
+    Err(AdminError::WrongState {
+        id,
+        status: status_of(pool, id).await?,
+        action: "discard",
+        wanted: "dead or cancelled",
+    })
+}
+
+/// Stops a job that has not started: it will never run.
+pub async fn cancel(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+    let cancelled = sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(),
+             errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'cancelled by an operator'))
+         WHERE id = $1 AND status IN ('available', 'retryable')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if cancelled == 1 {
+        return Ok(());
+    }
+    Err(AdminError::WrongState {
+        id,
+        status: status_of(pool, id).await?,
+        action: "cancel",
+        wanted: "waiting (available or retryable)",
+    })
+}
+
+async fn notify(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2").bind(CHANNEL).bind(id).execute(pool).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let args = serde_json::json!({
+            "api_key_hash": "abc", "api_key_prefix": "rsolv_Ab…", "email": "a@example.com",
+            "nested": [{"webhook_secret": "whsec", "amount": 5}]
+        });
+        let redacted = redact(args);
+        assert_eq!(redacted["api_key_hash"], "[redacted]");
+        assert_eq!(redacted["api_key_prefix"], "rsolv_Ab…");
+        assert_eq!(redacted["email"], "a@example.com");
+        assert_eq!(redacted["nested"][0]["webhook_secret"], "[redacted]");
+        assert_eq!(redacted["nested"][0]["amount"], 5);
+    }
+}

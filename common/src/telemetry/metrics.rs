@@ -1,0 +1,57 @@
+//! Prometheus metrics. Code records through the `metrics` facade; each process exposes
+//! them at `/metrics` (the API on its own port, the worker on `METRICS_ADDR`).
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `rsolv_http_request_duration_seconds` (histogram) | `route`, `method`, `status` |
+//! | `rsolv_jobs_started_total`, `rsolv_jobs_succeeded_total`, `rsolv_jobs_failed_total`, `rsolv_jobs_cancelled_total`, `rsolv_jobs_dead_total` | `kind` |
+//! | `rsolv_job_duration_seconds` (histogram) | `kind` |
+//! | `rsolv_queue_depth`, `rsolv_queue_oldest_waiting_seconds`, `rsolv_queue_dead` (gauges) | `queue` |
+//! | `rsolv_ledger_postings_total` | `source` |
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+
+const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), &DURATION_BUCKETS)
+        .expect("buckets are non-empty")
+}
+
+/// Installs the process's recorder (once) and returns the handle that renders it.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| builder().install_recorder().expect("no other metrics recorder is installed"))
+}
+
+/// Installs the recorder with its own HTTP listener serving `/metrics` (the worker).
+pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    builder().with_http_listener(addr).install().map_err(|e| format!("metrics listener on {addr}: {e}"))
+}
+
+/// Keeps the per-queue gauges current from the jobs table.
+pub fn spawn_queue_gauges(pool: PgPool, kinds: Vec<&'static str>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match crate::queue::admin::overview(&pool, &kinds).await {
+                Ok(queues) => {
+                    for q in queues {
+                        let label = [("queue", q.queue.clone())];
+                        metrics::gauge!("rsolv_queue_depth", &label).set((q.available + q.retryable) as f64);
+                        metrics::gauge!("rsolv_queue_oldest_waiting_seconds", &label).set(q.oldest_waiting_seconds);
+                        metrics::gauge!("rsolv_queue_dead", &label).set(q.dead as f64);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}

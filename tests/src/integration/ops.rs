@@ -1,0 +1,343 @@
+//! Operating it: admin API and page, CLI, metrics, pruning, OpenAPI.
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::domain::{CustomerName, Email, LedgerSource};
+use common::jobs::{GrantCredits, PruneJobs};
+use common::queue::{self, EnqueueOptions, Enqueued, Job};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, binary, wait_for, wait_for_jobs_finished};
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+pub async fn app_with_admin() -> TestApp {
+    TestApp::spawn(&[("ADMIN_TOKEN", ADMIN_TOKEN)], true).await
+}
+
+/// A grant to a customer that does not exist yet, with one attempt: dead at once.
+pub async fn dead_grant(app: &TestApp) -> (i64, Uuid) {
+    let customer_id = Uuid::new_v4();
+    let job = GrantCredits {
+        customer_id,
+        amount: 7,
+        source: LedgerSource::Adjustment,
+        idempotency_key: format!("ops-{customer_id}"),
+        metadata: Value::Null,
+    };
+    let Enqueued::Inserted(id) =
+        queue::enqueue_with(&app.db.pool, &job, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
+            .await
+            .unwrap()
+    else {
+        panic!("inserted")
+    };
+    let pool = app.db.pool.clone();
+    wait_for("the grant to die", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == "dead"
+        }
+    })
+    .await;
+    (id, customer_id)
+}
+
+/// Makes the dead grant's customer exist, so a redrive can succeed.
+pub async fn create_customer(app: &TestApp, id: Uuid) {
+    let email = Email::parse(&format!("{}@example.com", id.simple())).unwrap();
+    common::db::customers::insert_trial(&app.db.pool, id, &CustomerName::parse("Late").unwrap(), &email, None)
+        .await
+        .unwrap();
+}
+
+async fn job_status(app: &TestApp, id: i64) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(&app.db.pool).await.unwrap()
+}
+
+fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    app.client.request(method, app.url(path)).bearer_auth(ADMIN_TOKEN)
+}
+
+#[tokio::test]
+async fn admin_needs_its_token_and_does_not_exist_without_one() {
+    let without = TestApp::api_only().await;
+    assert_eq!(without.client.get(without.url("/admin/api/queues")).send().await.unwrap().status(), 404);
+    assert_eq!(without.client.get(without.url("/admin")).send().await.unwrap().status(), 404);
+
+    let app = TestApp::spawn(&[("ADMIN_TOKEN", ADMIN_TOKEN)], false).await;
+    assert_eq!(app.client.get(app.url("/admin/api/queues")).send().await.unwrap().status(), 401);
+    let wrong = app
+        .client
+        .get(app.url("/admin/api/queues"))
+        .bearer_auth("admin-token-for-tests-0123456788")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    let right = admin(&app, reqwest::Method::GET, "/admin/api/queues").send().await.unwrap();
+    assert_eq!(right.status(), 200);
+    let body: Value = right.json().await.unwrap();
+    let queues: Vec<&str> = body["queues"].as_array().unwrap().iter().map(|q| q["queue"].as_str().unwrap()).collect();
+    assert!(queues.contains(&"provision_customer") && queues.contains(&"send_email_step"), "{queues:?}");
+    // The page sends a signed-out browser to sign in.
+    let page = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response = page.get(app.url("/admin")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/admin/login");
+}
+
+#[tokio::test]
+async fn a_redriven_dead_job_runs_again_and_completes() {
+    let app = app_with_admin().await;
+    let (id, customer) = dead_grant(&app).await;
+    let detail: Value =
+        admin(&app, reqwest::Method::GET, &format!("/admin/api/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(detail["status"], "dead");
+    assert!(
+        detail["errors"][0]["error"].as_str().unwrap().contains("does not exist"),
+        "the full error history: {detail}"
+    );
+    let listed: Value = admin(&app, reqwest::Method::GET, "/admin/api/jobs?state=dead&queue=grant_credits")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["jobs"][0]["id"], id);
+    let by_customer: Value = admin(&app, reqwest::Method::GET, &format!("/admin/api/jobs?customer_id={customer}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_customer["jobs"].as_array().unwrap().len(), 1);
+    let overview: Value =
+        admin(&app, reqwest::Method::GET, "/admin/api/queues").send().await.unwrap().json().await.unwrap();
+    let grants = overview["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "grant_credits").unwrap().clone();
+    assert_eq!(grants["dead"], 1);
+
+    create_customer(&app, customer).await;
+    let redriven = admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{id}/redrive")).send().await.unwrap();
+    assert_eq!(redriven.status(), 200);
+    wait_for("the redriven job to complete", Duration::from_secs(10), || async {
+        job_status(&app, id).await.as_deref() == Some("completed")
+    })
+    .await;
+    assert_eq!(app.balance(customer).await, 7);
+    let again = admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{id}/redrive")).send().await.unwrap();
+    assert_eq!(again.status(), 409, "only dead jobs are redriven");
+}
+
+#[tokio::test]
+async fn discard_removes_a_dead_job_and_cancel_stops_a_waiting_one() {
+    let app = app_with_admin().await;
+    let (dead, _) = dead_grant(&app).await;
+    assert_eq!(
+        admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{dead}/discard")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(job_status(&app, dead).await, None);
+    assert_eq!(
+        admin(&app, reqwest::Method::GET, &format!("/admin/api/jobs/{dead}")).send().await.unwrap().status(),
+        404
+    );
+
+    let (customer, _) = app.onboarded_customer("cancel-me@example.com").await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let grant = |key: &str| GrantCredits {
+        customer_id: customer,
+        amount: 3,
+        source: LedgerSource::Adjustment,
+        idempotency_key: key.into(),
+        metadata: Value::Null,
+    };
+    let Enqueued::Inserted(waiting) = queue::enqueue_with(
+        &app.db.pool,
+        &grant("never"),
+        EnqueueOptions { run_at: Some(later), ..Default::default() },
+    )
+    .await
+    .unwrap() else {
+        panic!()
+    };
+    let running_now =
+        admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{waiting}/cancel")).send().await.unwrap();
+    assert_eq!(running_now.status(), 200);
+    // Were it still waiting, it would now be first in line; the grant after it runs, it never does.
+    sqlx::query("UPDATE jobs SET run_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(waiting)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    queue::enqueue(&app.db.pool, &grant("after")).await.unwrap();
+    wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
+    assert_eq!(job_status(&app, waiting).await.as_deref(), Some("cancelled"));
+    assert_eq!(app.balance(customer).await, 5 + 3, "only the second grant took effect");
+    let twice = admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{waiting}/cancel")).send().await.unwrap();
+    assert_eq!(twice.status(), 409);
+}
+
+#[tokio::test]
+async fn job_details_redact_secrets() {
+    let app = app_with_admin().await;
+    app.onboarded_customer("redact@example.com").await;
+    let listed: Value = admin(&app, reqwest::Method::GET, "/admin/api/jobs?queue=provision_customer")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = listed["jobs"][0]["id"].as_i64().unwrap();
+    let detail: Value =
+        admin(&app, reqwest::Method::GET, &format!("/admin/api/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(detail["args"]["api_key_hash"], "[redacted]");
+    assert_eq!(detail["args"]["email"], "redact@example.com");
+}
+
+fn counter(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_move_as_jobs_run_and_requests_are_served() {
+    let app = TestApp::with_worker().await;
+    let before = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    app.onboarded_customer("metrics@example.com").await;
+    wait_for_jobs_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
+    let after = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let kind = "kind=\"provision_customer\"";
+    assert_eq!(
+        counter(&after, "rsolv_jobs_started_total", kind) - counter(&before, "rsolv_jobs_started_total", kind),
+        1.0
+    );
+    assert_eq!(
+        counter(&after, "rsolv_jobs_succeeded_total", kind) - counter(&before, "rsolv_jobs_succeeded_total", kind),
+        1.0
+    );
+    assert!(counter(&after, "rsolv_job_duration_seconds_count", kind) >= 1.0);
+    assert!(counter(&after, "rsolv_ledger_postings_total", "source=\"trial_signup\"") >= 1.0);
+    assert!(
+        after.contains("rsolv_http_request_duration_seconds_bucket{route=\"/api/v1/customers/onboard\",method=\"POST\",status=\"202\""),
+        "HTTP latency by route and status:\n{after}"
+    );
+}
+
+#[tokio::test]
+async fn pruning_deletes_only_what_is_past_retention() {
+    let app = TestApp::api_only().await;
+    for (status, age_hours) in [
+        ("completed", 24 * 8),
+        ("completed", 24 * 6),
+        ("cancelled", 24 * 8),
+        ("dead", 24 * 31),
+        ("dead", 24 * 29),
+        ("available", 24 * 40),
+    ] {
+        sqlx::query(
+            "INSERT INTO jobs (kind, args, status, finished_at, created_at)
+             VALUES ('grant_credits', $1, $2, CASE WHEN $2 = 'available' THEN NULL ELSE now() - $3 * interval '1 hour' END,
+                     now() - $3 * interval '1 hour')",
+        )
+        .bind(serde_json::json!({ "status": status, "age": age_hours }))
+        .bind(status)
+        .bind(age_hours as f64)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+    PruneJobs { tick: 1 }.run(app.job_context()).await.unwrap();
+    let left: Vec<(String, i64)> = sqlx::query_as("SELECT status, (args->>'age')::bigint FROM jobs ORDER BY status, 2")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![("available".into(), 960), ("completed".into(), 144), ("dead".into(), 696)]);
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_lists_every_public_route() {
+    let app = TestApp::api_only().await;
+    let raw = app.client.get(app.url("/api/openapi.json")).send().await.unwrap().text().await.unwrap();
+    // Validated against the OpenAPI JSON Schema by openapi-spec-validator (PyPI).
+    let file = std::env::temp_dir().join(format!("rsolv-openapi-{}.json", Uuid::new_v4().simple()));
+    std::fs::write(&file, &raw).unwrap();
+    let python = std::env::var("TEST_PYTHON").expect("TEST_PYTHON is unset: run the tests with scripts/test");
+    let check = Command::new(python).args(["-m", "openapi_spec_validator"]).arg(&file).output().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        check.status.success(),
+        "invalid OpenAPI document: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let doc: Value = serde_json::from_str(&raw).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let public = [
+        ("get", "/health"),
+        ("get", "/ready"),
+        ("post", "/api/v1/customers/onboard"),
+        ("get", "/api/v1/onboarding/{customer_id}"),
+        ("get", "/api/v1/customers/me"),
+        ("post", "/api/v1/usage/fixes"),
+        ("get", "/api/v1/usage/fixes/{fix_id}"),
+        ("post", "/api/v1/billing/payment-methods"),
+        ("post", "/api/v1/billing/subscription"),
+        ("delete", "/api/v1/billing/subscription"),
+        ("get", "/api/v1/billing/invoices"),
+        ("get", "/api/v1/billing/operations/{operation_id}"),
+        ("post", "/api/webhooks/stripe"),
+        ("get", "/email/unsubscribe"),
+        ("post", "/email/unsubscribe"),
+    ];
+    for (method, path) in public {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is documented");
+    }
+    let documented = doc["paths"].as_object().unwrap().len();
+    assert_eq!(documented, public.iter().map(|(_, p)| p).collect::<std::collections::BTreeSet<_>>().len());
+    let docs = app.client.get(app.url("/api/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+}
+
+#[tokio::test]
+async fn the_cli_lists_shows_and_redrives_dead_jobs() {
+    let app = app_with_admin().await;
+    let (id, customer) = dead_grant(&app).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary("rsolv-worker"))
+            .arg("jobs")
+            .args(args)
+            .env("DATABASE_URL", &app.db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        cli(&["queues"]).lines().any(|l| l.starts_with("grant_credits") && l.split_whitespace().nth(6) == Some("1"))
+    );
+    assert!(cli(&["dead"]).contains(&id.to_string()));
+    assert!(cli(&["show", &id.to_string()]).contains("does not exist"));
+    create_customer(&app, customer).await;
+    cli(&["redrive", &id.to_string()]);
+    wait_for("the redriven job to complete", Duration::from_secs(10), || async {
+        job_status(&app, id).await.as_deref() == Some("completed")
+    })
+    .await;
+}
