@@ -11,13 +11,14 @@ pub struct DeliveryKey<'a> {
     pub occurrence: &'a str,
 }
 
-/// Creates the step's record as `pending` if there is none; returns its status.
-pub async fn open(db: &sqlx::PgPool, key: DeliveryKey<'_>, recipient: &str) -> Result<String, sqlx::Error> {
-    let created: Option<String> = sqlx::query_scalar(
+/// Creates the step's record as `pending` if there is none; returns its status and
+/// how many seconds ago it last changed.
+pub async fn open(db: &sqlx::PgPool, key: DeliveryKey<'_>, recipient: &str) -> Result<(String, f64), sqlx::Error> {
+    let created: Option<(String, f64)> = sqlx::query_as(
         "INSERT INTO email_deliveries (customer_id, sequence, step, occurrence, status, recipient)
          VALUES ($1, $2, $3, $4, 'pending', $5)
          ON CONFLICT DO NOTHING
-         RETURNING status",
+         RETURNING status, 0::float8",
     )
     .bind(key.customer_id)
     .bind(key.sequence)
@@ -31,8 +32,9 @@ pub async fn open(db: &sqlx::PgPool, key: DeliveryKey<'_>, recipient: &str) -> R
     }
     // A separate statement: one racing insert's row is invisible to the snapshot of
     // the statement that conflicted with it.
-    sqlx::query_scalar(
-        "SELECT status FROM email_deliveries WHERE customer_id = $1 AND sequence = $2 AND step = $3 AND occurrence = $4",
+    sqlx::query_as(
+        "SELECT status, extract(epoch FROM now() - updated_at)::float8 FROM email_deliveries
+         WHERE customer_id = $1 AND sequence = $2 AND step = $3 AND occurrence = $4",
     )
     .bind(key.customer_id)
     .bind(key.sequence)

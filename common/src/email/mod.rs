@@ -16,7 +16,9 @@
 //! delays email, it does not lose or double it). A server's refusal (4xx) is retried,
 //! a permanent refusal (5xx) is `rejected`. If the worker dies during the SMTP
 //! conversation, or the connection breaks in it, we cannot know whether the server
-//! accepted the message: the step is marked `uncertain` and is not sent again.
+//! accepted the message: the step is marked `uncertain` and is not sent again. A run
+//! that finds a step `sending` snoozes until the conversation must have ended
+//! ([`SENDING_DEADLINE`]); only a step still `sending` after that is `uncertain`.
 
 pub mod sequences;
 pub mod unsubscribe;
@@ -35,6 +37,11 @@ use crate::config::{EmailSettings, Settings};
 use crate::jobs::SendEmailStep;
 use crate::queue::{self, EnqueueOptions};
 use sequences::{Sequence, Step};
+
+/// The longest an SMTP conversation can last (the transport's timeout, with room):
+/// a step `sending` for longer belongs to a run that stopped.
+pub const SENDING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Enqueues every step of `sequence` for a customer, at trigger + each step's delay.
 /// `occurrence` tells apart repeats of one sequence (e.g. the invoice of a dunning
@@ -140,7 +147,7 @@ impl Mailer {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose())
             .map_err(|e| format!("SMTP_URL is invalid: {e}"))?
             .pool_config(PoolConfig::new().max_size(settings.pool_max))
-            .timeout(Some(std::time::Duration::from_secs(20)))
+            .timeout(Some(SMTP_TIMEOUT))
             .build();
         let from = settings.from.parse().map_err(|e| format!("EMAIL_FROM is invalid: {e}"))?;
         Ok(Self { transport, from })

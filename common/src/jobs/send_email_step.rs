@@ -56,11 +56,16 @@ impl Job for SendEmailStep {
             step: step.key,
             occurrence: &self.occurrence,
         };
-        let status = db::email_deliveries::open(&ctx.pool, key, &customer.email).await?;
+        let (status, idle_seconds) = db::email_deliveries::open(&ctx.pool, key, &customer.email).await?;
         let done = |what: &str| Ok(Outcome::done(serde_json::json!({ "delivery": what })));
         match status.as_str() {
             "pending" | "failed" => {}
-            // The worker stopped during an earlier SMTP conversation: perhaps delivered.
+            // Another run is in its SMTP conversation now: look again once it has ended.
+            "sending" if idle_seconds < email::SENDING_DEADLINE.as_secs_f64() => {
+                return Ok(Outcome::Snooze { seconds: email::SENDING_DEADLINE.as_secs() });
+            }
+            // Longer than any SMTP conversation lasts: its run stopped mid-send, and the
+            // server may have accepted the message.
             "sending" => {
                 db::email_deliveries::transition(
                     &ctx.pool,

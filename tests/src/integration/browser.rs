@@ -118,12 +118,21 @@ async fn an_operator_signs_in_sees_a_dead_job_and_redrives_it_to_completion() {
     assert!(browser.url().await.ends_with("/admin/login"), "signed-out browsers are sent to sign in");
     browser.type_into("input[name=token]", ADMIN_TOKEN).await;
     browser.click("#sign-in").await;
+    let row = format!("id=\"job-{id}\"");
+    wait_for("the overview after signing in", Duration::from_secs(10), || async {
+        browser.page().await.contains(&row)
+    })
+    .await;
     let overview = browser.page().await;
     assert!(overview.contains(&format!("id=\"job-{id}\"")), "the dead job is listed");
     assert!(overview.contains("does not exist"), "with its error");
 
     browser.click(&format!("#job-{id} button.redrive")).await;
-    assert!(browser.page().await.contains(&format!("Job {id}: redrive done")));
+    let flash = format!("Job {id}: redrive done");
+    wait_for("the page to confirm the redrive", Duration::from_secs(10), || async {
+        browser.page().await.contains(&flash)
+    })
+    .await;
 
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

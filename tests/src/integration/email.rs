@@ -135,7 +135,13 @@ async fn a_step_run_twice_or_raced_sends_one_email() {
     };
     step("welcome").run(app.job_context()).await.unwrap();
     let raced = futures::future::join_all((0..5).map(|_| step("getting_started").run(app.job_context()))).await;
-    assert!(raced.iter().all(Result::is_ok), "{raced:?}");
+    // A run that finds another one mid-send snoozes instead of sending or giving up.
+    for outcome in &raced {
+        match outcome {
+            Ok(common::queue::Outcome::Done { .. } | common::queue::Outcome::Snooze { .. }) => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
     step("getting_started").run(app.job_context()).await.unwrap();
     // Every run above has returned, so whatever they sent is in the sink already.
     let mut subjects: Vec<String> = sink.messages().into_iter().map(|m| m.subject).collect();
