@@ -239,3 +239,25 @@ async fn start_sequence_schedules_every_step_of_a_named_sequence() {
         .unwrap();
     assert!(!unknown.status.success(), "an unknown sequence is an error");
 }
+
+#[tokio::test]
+async fn the_worker_process_serves_its_metrics() {
+    let app = TestApp::api_only().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let _worker = WorkerProcess::start_with(&app.db.url, &[("METRICS_ADDR", addr.as_str())]);
+    let (customer, _) = app.onboarded_customer("worker-metrics@example.com").await;
+    assert!(common::db::customers::exists(&app.db.pool, customer).await.unwrap());
+    let url = format!("http://{addr}/metrics");
+    let client = reqwest::Client::new();
+    wait_for("the worker's metrics to show the job and the queues", Duration::from_secs(20), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let Ok(response) = client.get(&url).send().await else { return false };
+            let text = response.text().await.unwrap_or_default();
+            text.contains("rsolv_jobs_succeeded_total{kind=\"provision_customer\"} 1")
+                && text.contains("rsolv_queue_depth{queue=\"grant_credits\"}")
+        }
+    })
+    .await;
+}
