@@ -6,6 +6,7 @@ pub mod auth;
 pub mod errors;
 pub mod extract;
 pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod startup;
 pub mod url;

@@ -49,6 +49,11 @@ pub struct Settings {
     pub product_url: String,
     /// Signs unsubscribe tokens (`EMAIL_UNSUBSCRIBE_SECRET`).
     pub unsubscribe_secret: Secret,
+    /// Requests per minute; 0 turns a limit off.
+    pub rate_limits: RateLimits,
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a
+    /// trusted proxy only: otherwise clients choose their own address).
+    pub trust_forwarded_for: bool,
     /// Bearer token of the admin API and page; `None` disables them (404).
     pub admin_token: Option<Secret>,
     /// Where the worker serves `/metrics`; `None` (`METRICS_ADDR=off`) serves nothing.
@@ -91,6 +96,16 @@ pub struct EmailSettings {
     pub from: String,
     /// Pooled SMTP connections per worker process.
     pub pool_max: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Onboarding, per client address.
+    pub onboard: u32,
+    /// Usage reports, per API key.
+    pub usage: u32,
+    /// Any other authenticated request, per API key.
+    pub api: u32,
 }
 
 /// The development fallback for `EMAIL_UNSUBSCRIBE_SECRET`; production must set its own.
@@ -257,6 +272,12 @@ impl Settings {
             unsubscribe_secret: Secret::new(
                 r.string("EMAIL_UNSUBSCRIBE_SECRET").unwrap_or_else(|| DEV_UNSUBSCRIBE_SECRET.into()),
             ),
+            rate_limits: RateLimits {
+                onboard: r.parse("RATE_LIMIT_ONBOARD_PER_MINUTE", 10)?,
+                usage: r.parse("RATE_LIMIT_USAGE_PER_MINUTE", 100)?,
+                api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
+            },
+            trust_forwarded_for: r.parse("TRUST_FORWARDED_FOR", false)?,
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
                 Some("off") => None,

@@ -54,6 +54,11 @@ impl Job for PruneJobs {
                 }
             }
         }
+        // Ended rate-limit windows and idempotency records past their 24 hours.
+        crate::db::rate_limits::prune(&ctx.pool).await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+            .execute(&ctx.pool)
+            .await?;
         if deleted.iter().any(|&n| n > 0) {
             tracing::info!(finished = deleted[0], dead = deleted[1], "pruned jobs");
         }

@@ -53,6 +53,10 @@ pub fn settings(db_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("JOB_BACKOFF_BASE_MS", "200"),
         ("JOB_SHUTDOWN_TIMEOUT_MS", "10000"),
         ("DATABASE_MAX_CONNECTIONS", "30"),
+        // Limits are off unless a test turns them on: most tests make many requests.
+        ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
+        ("RATE_LIMIT_USAGE_PER_MINUTE", "0"),
+        ("RATE_LIMIT_API_PER_MINUTE", "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -96,6 +100,16 @@ impl TestApp {
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
         Self { address, db, client: reqwest::Client::new(), settings, worker }
+    }
+
+    /// A second API process on the same database and settings; returns its address.
+    pub fn second_api(&self) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool = common::db::pool(&self.settings).unwrap();
+        let app = api::startup::Application::build(listener, pool, self.settings.clone()).unwrap();
+        let address = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.server());
+        address
     }
 
     pub fn job_context(&self) -> JobContext {

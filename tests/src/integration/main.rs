@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod abuse;
 mod billing;
 mod browser;
 mod email;

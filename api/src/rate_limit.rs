@@ -1,0 +1,101 @@
+//! The domain's rate limits, per minute: onboarding per client address, usage reports
+//! and every other authenticated request per API key. Counted in Postgres, so two API
+//! processes share one budget. Limited routes carry `x-ratelimit-limit`,
+//! `x-ratelimit-remaining` and `x-ratelimit-reset` (unix seconds); over the limit is 429
+//! with `Retry-After`.
+//!
+//! If the counter cannot be reached the request is let through (fail open) and a
+//! warning is logged: the limiter lives in the same database the request needs, so such
+//! a request fails with 503 on its own, and a limiter hiccup never refuses traffic the
+//! database could serve.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::middleware::Next;
+use actix_web::{Error, ResponseError, web};
+use chrono::Utc;
+use common::config::Settings;
+use common::db::rate_limits::{self, Quota};
+use common::domain::{ApiKey, ErrorCode};
+use sqlx::PgPool;
+
+use crate::errors::ApiError;
+
+/// The client's address: the first `X-Forwarded-For` entry behind a trusted proxy,
+/// else the peer.
+pub fn client_address(req: &actix_web::HttpRequest, trust_forwarded_for: bool) -> String {
+    let forwarded = trust_forwarded_for
+        .then(|| req.headers().get("x-forwarded-for")?.to_str().ok()?.split(',').next().map(|s| s.trim().to_owned()))
+        .flatten()
+        .filter(|s| !s.is_empty());
+    forwarded.unwrap_or_else(|| req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()))
+}
+
+/// The bucket and limit of a request, if it is limited.
+fn bucket(req: &ServiceRequest, settings: &Settings) -> Option<(String, u32)> {
+    let path = req.path();
+    let limits = settings.rate_limits;
+    if path == "/api/v1/customers/onboard" {
+        let address = client_address(req.request(), settings.trust_forwarded_for);
+        return Some((format!("onboard:{address}"), limits.onboard));
+    }
+    if !path.starts_with("/api/v1/") {
+        return None;
+    }
+    // Keyed by the key presented (its hash); an unknown key is refused by auth anyway.
+    let key = ApiKey::parse(req.headers().get("x-api-key")?.to_str().ok()?.trim()).ok()?;
+    let hash = key.hash();
+    if path == "/api/v1/usage/fixes" && req.method() == actix_web::http::Method::POST {
+        Some((format!("usage:{}", hash.as_str()), limits.usage))
+    } else {
+        Some((format!("api:{}", hash.as_str()), limits.api))
+    }
+}
+
+fn headers(quota: &Quota) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(quota.limit)),
+        (HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(quota.remaining())),
+        (HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(quota.resets_at.timestamp())),
+    ]
+}
+
+pub async fn enforce(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse, Error> {
+    let settings = req.app_data::<web::Data<Settings>>().cloned();
+    let pool = req.app_data::<web::Data<PgPool>>().cloned();
+    let limited = match (&settings, &pool) {
+        (Some(settings), Some(_)) => bucket(&req, settings).filter(|(_, limit)| *limit > 0),
+        _ => None,
+    };
+    let Some((bucket, limit)) = limited else {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
+    let quota = match rate_limits::hit(pool.expect("checked above").get_ref(), &bucket, limit).await {
+        Ok(quota) => quota,
+        Err(error) => {
+            tracing::warn!(%error, "rate limiter unavailable; request let through");
+            return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+        }
+    };
+    if !quota.allowed() {
+        let retry_after = (quota.resets_at - Utc::now()).num_seconds().max(1);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("rate limit of {limit} requests per minute exceeded; retry in {retry_after} s"),
+        )
+        .error_response();
+        for (name, value) in headers(&quota) {
+            response.headers_mut().insert(name, value);
+        }
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        return Ok(req.into_response(response));
+    }
+    let mut response = next.call(req).await?.map_into_boxed_body();
+    for (name, value) in headers(&quota) {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,119 @@
+//! Rate limits (the domain spec's defaults), shared across API processes.
+
+use serde_json::Value;
+
+use crate::helpers::TestApp;
+
+/// Starts counting in a window with time to spare, so a minute boundary cannot split
+/// a test's burst.
+async fn fresh_window() {
+    use chrono::Timelike;
+    let second = chrono::Utc::now().second();
+    if second >= 50 {
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(61 - second))).await;
+    }
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn assert_limited(response: reqwest::Response, limit: &str) {
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "x-ratelimit-limit").as_deref(), Some(limit));
+    assert_eq!(header(&response, "x-ratelimit-remaining").as_deref(), Some("0"));
+    let reset: i64 = header(&response, "x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset > chrono::Utc::now().timestamp() - 1);
+    let retry: i64 = header(&response, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
+    let app = TestApp::spawn(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "10"), ("TRUST_FORWARDED_FOR", "true")], false).await;
+    fresh_window().await;
+    for i in 0..10 {
+        let response = app.onboard("Limited", &format!("limited{i}@example.com")).await;
+        assert_eq!(response.status(), 202);
+        assert_eq!(header(&response, "x-ratelimit-remaining"), Some((9 - i).to_string()));
+    }
+    assert_limited(app.onboard("Limited", "limited10@example.com").await, "10").await;
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 10, "the refused request enqueued nothing");
+    // Behind a trusted proxy, the first X-Forwarded-For entry is the client.
+    let other = app
+        .client
+        .post(app.url("/api/v1/customers/onboard"))
+        .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+        .json(&serde_json::json!({ "name": "Elsewhere", "email": "elsewhere@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 202);
+}
+
+#[tokio::test]
+async fn a_forwarded_for_header_is_ignored_unless_the_proxy_is_trusted() {
+    let app = TestApp::spawn(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
+    fresh_window().await;
+    assert_eq!(app.onboard("One", "one@example.com").await.status(), 202);
+    let spoofed = app
+        .client
+        .post(app.url("/api/v1/customers/onboard"))
+        .header("x-forwarded-for", "198.51.100.9")
+        .json(&serde_json::json!({ "name": "Two", "email": "two@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_limited(spoofed, "1").await;
+}
+
+#[tokio::test]
+async fn the_501st_authenticated_request_and_the_101st_fix_are_refused() {
+    let app =
+        TestApp::spawn(&[("RATE_LIMIT_API_PER_MINUTE", "500"), ("RATE_LIMIT_USAGE_PER_MINUTE", "100")], true).await;
+    let (_, key) = app.onboarded_customer("busy-client@example.com").await;
+    fresh_window().await;
+    for chunk in 0..10 {
+        let responses =
+            futures::future::join_all((0..50).map(|_| app.get_with_key("/api/v1/customers/me", &key))).await;
+        assert!(responses.iter().all(|r| r.status() == 200), "chunk {chunk}");
+    }
+    assert_limited(app.get_with_key("/api/v1/customers/me", &key).await, "500").await;
+
+    // Usage reports have their own budget.
+    for i in 0..100 {
+        let response = app
+            .post_with_key("/api/v1/usage/fixes", &key, &serde_json::json!({ "fix_id": format!("f{i}"), "repo": "r" }))
+            .await;
+        assert_ne!(response.status(), 429, "report {i}");
+    }
+    let refused =
+        app.post_with_key("/api/v1/usage/fixes", &key, &serde_json::json!({ "fix_id": "f100", "repo": "r" })).await;
+    assert_limited(refused, "100").await;
+}
+
+#[tokio::test]
+async fn two_api_processes_share_one_budget() {
+    let app = TestApp::spawn(&[("RATE_LIMIT_API_PER_MINUTE", "20")], true).await;
+    let second = app.second_api();
+    let (_, key) = app.onboarded_customer("shared@example.com").await;
+    fresh_window().await;
+    for i in 0..20 {
+        let base = if i % 2 == 0 { app.address.clone() } else { second.clone() };
+        let response =
+            app.client.get(format!("{base}/api/v1/customers/me")).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+    }
+    let over = app.client.get(format!("{second}/api/v1/customers/me")).header("x-api-key", &key).send().await.unwrap();
+    assert_limited(over, "20").await;
+}
+
+#[tokio::test]
+async fn a_limit_of_zero_is_off() {
+    let app = TestApp::api_only().await;
+    let response = app.onboard("Unlimited", "unlimited@example.com").await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(header(&response, "x-ratelimit-limit"), None);
+}
