@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes::{billing, customers, email, health, onboarding, usage, webhooks};
+use crate::routes::{api_keys, billing, customers, email, health, onboarding, usage, webhooks};
 
 /// The error body of every error response.
 #[derive(ToSchema)]
@@ -55,6 +55,9 @@ impl Modify for ApiKeyAuth {
         customers::me,
         usage::report_fix,
         usage::fix_status,
+        api_keys::create,
+        api_keys::list,
+        api_keys::revoke,
         billing::add_payment_method,
         billing::subscribe,
         billing::cancel,
@@ -64,7 +67,7 @@ impl Modify for ApiKeyAuth {
         email::unsubscribe_page,
         email::unsubscribe_one_click,
     ),
-    components(schemas(ErrorBody, ErrorDetail, OperationAccepted, onboarding::OnboardRequest, usage::FixReport, billing::PaymentMethodRequest)),
+    components(schemas(ErrorBody, ErrorDetail, OperationAccepted, onboarding::OnboardRequest, usage::FixReport, billing::PaymentMethodRequest, api_keys::NewKey)),
     modifiers(&ApiKeyAuth)
 )]
 pub struct ApiDoc;

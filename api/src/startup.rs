@@ -13,7 +13,9 @@ use sqlx::PgPool;
 
 use crate::errors::{ApiError, method_not_allowed, not_found};
 use crate::extract::BodyLimit;
-use crate::routes::{admin, admin_page, billing, customers, email, health, metrics, onboarding, usage, webhooks};
+use crate::routes::{
+    admin, admin_page, api_keys, billing, customers, email, health, metrics, onboarding, usage, webhooks,
+};
 
 pub struct Application {
     server: Server,
@@ -86,6 +88,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/customers/me").route(web::get().to(customers::me)))
         .service(resource("/api/v1/usage/fixes").route(web::post().to(usage::report_fix)))
         .service(resource("/api/v1/usage/fixes/{fix_id}").route(web::get().to(usage::fix_status)))
+        .service(
+            resource("/api/v1/api-keys").route(web::post().to(api_keys::create)).route(web::get().to(api_keys::list)),
+        )
+        .service(resource("/api/v1/api-keys/{key_id}").route(web::delete().to(api_keys::revoke)))
         .service(resource("/api/v1/billing/payment-methods").route(web::post().to(billing::add_payment_method)))
         .service(
             resource("/api/v1/billing/subscription")

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_page;
+pub mod api_keys;
 pub mod billing;
 pub mod customers;
 pub mod email;

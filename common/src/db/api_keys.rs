@@ -31,3 +31,59 @@ pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Res
         .fetch_optional(db)
         .await
 }
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A customer's keys, newest first; never the key itself.
+pub async fn list<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<KeyInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 ORDER BY created_at DESC, id",
+    )
+    .bind(customer_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Adds a named key unless the customer already has `max_live` live keys.
+pub async fn create<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    name: &str,
+    hash: &ApiKeyHash,
+    prefix: &str,
+    max_live: i64,
+) -> Result<Option<KeyInfo>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix)
+         SELECT $1, $2, $3, $4, $5
+         WHERE (SELECT count(*) FROM api_keys WHERE customer_id = $2 AND revoked_at IS NULL) < $6
+         RETURNING id, name, prefix, created_at, revoked_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(customer_id)
+    .bind(name)
+    .bind(hash.as_str())
+    .bind(prefix)
+    .bind(max_live)
+    .fetch_optional(db)
+    .await
+}
+
+/// Revokes one of the customer's keys; `false` if there is no such live key.
+pub async fn revoke<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
+    let revoked =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND customer_id = $2 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(customer_id)
+            .execute(db)
+            .await?
+            .rows_affected();
+    Ok(revoked == 1)
+}

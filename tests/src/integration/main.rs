@@ -4,6 +4,7 @@
 mod helpers;
 
 mod abuse;
+mod api_keys;
 mod billing;
 mod browser;
 mod email;

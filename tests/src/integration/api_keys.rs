@@ -1,0 +1,76 @@
+//! API key management, and no route showing one customer another's data.
+
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn keys_are_created_listed_without_the_secret_and_revoked_at_once() {
+    let app = TestApp::with_worker().await;
+    let (_, first) = app.onboarded_customer("keys@example.com").await;
+
+    let created = app.post_with_key("/api/v1/api-keys", &first, &json!({ "name": "ci" })).await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let second = created["api_key"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("rsolv_") && second != first);
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &second).await.status(), 200, "usable at once");
+
+    let listed = app.get_with_key("/api/v1/api-keys", &second).await.text().await.unwrap();
+    assert!(!listed.contains(&second) && !listed.contains(&first), "listings never show a key");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let names: Vec<&str> = listed["api_keys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ci", "default"]);
+
+    let id = created["id"].as_str().unwrap();
+    let revoked =
+        app.client.delete(app.url(&format!("/api/v1/api-keys/{id}"))).header("x-api-key", &first).send().await.unwrap();
+    assert_eq!(revoked.status(), 200);
+    let refused = app.get_with_key("/api/v1/customers/me", &second).await;
+    assert_eq!(refused.status(), 401, "a revoked key is refused at once");
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &first).await.status(), 200);
+
+    let blank = app.post_with_key("/api/v1/api-keys", &first, &json!({ "name": " " })).await;
+    assert_eq!(blank.status(), 422);
+}
+
+#[tokio::test]
+async fn no_route_shows_or_changes_another_customers_data() {
+    let app = TestApp::with_worker().await;
+    let (alice, alice_key) = app.onboarded_customer("alice@example.com").await;
+    let (_, bob_key) = app.onboarded_customer("bob@example.com").await;
+    // Alice's own things.
+    let alice_keys: Value = app.get_with_key("/api/v1/api-keys", &alice_key).await.json().await.unwrap();
+    let alice_key_id = alice_keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.post_with_key("/api/v1/usage/fixes", &alice_key, &json!({ "fix_id": "alice-fix", "repo": "r" }))
+            .await
+            .status(),
+        202
+    );
+    crate::helpers::wait_for_jobs_finished(&app.db.pool, "record_usage", std::time::Duration::from_secs(10)).await;
+
+    let me: Value = app.get_with_key("/api/v1/customers/me", &bob_key).await.json().await.unwrap();
+    assert_eq!(me["email"], "bob@example.com");
+    assert_eq!(app.get_with_key("/api/v1/usage/fixes/alice-fix", &bob_key).await.status(), 404);
+    let bobs: Value = app.get_with_key("/api/v1/api-keys", &bob_key).await.json().await.unwrap();
+    assert!(!bobs.to_string().contains(&alice_key_id));
+    let revoke = app
+        .client
+        .delete(app.url(&format!("/api/v1/api-keys/{alice_key_id}")))
+        .header("x-api-key", &bob_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 404, "Bob cannot revoke Alice's key");
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &alice_key).await.status(), 200);
+    let jobs: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE customer_id = $1")
+        .bind(alice)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    for id in jobs {
+        // Billing operation status URLs are per customer too (see billing tests); any job id of Alice's is 404 to Bob.
+        assert_eq!(app.get_with_key(&format!("/api/v1/billing/operations/{id}"), &bob_key).await.status(), 404);
+    }
+}
