@@ -5,6 +5,7 @@ pub mod admin_auth;
 pub mod auth;
 pub mod errors;
 pub mod extract;
+pub mod idempotency;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;

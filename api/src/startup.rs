@@ -37,6 +37,7 @@ impl Application {
         let settings = web::Data::from(settings);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(crate::idempotency::guard))
                 .wrap(actix_web::middleware::from_fn(crate::rate_limit::enforce))
                 .wrap_fn(|req, srv| {
                     // Latency by route pattern (not raw path: ids would explode the labels).

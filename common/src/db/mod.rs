@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod billing_events;
 pub mod customers;
 pub mod email_deliveries;
+pub mod idempotency;
 pub mod rate_limits;
 pub mod usage;
 

@@ -13,6 +13,7 @@ pub enum ErrorCode {
     MethodNotAllowed,
     EmailTaken,
     NoBillingInfo,
+    IdempotencyKeyReused,
     BillingConsentRequired,
     NoPaymentMethod,
     NoActiveSubscription,

@@ -9,6 +9,7 @@ mod billing;
 mod browser;
 mod email;
 mod errors;
+mod idempotency;
 mod jobs;
 mod onboarding;
 mod ops;

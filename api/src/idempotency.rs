@@ -1,0 +1,131 @@
+//! `Idempotency-Key` on every POST of the public API, as Stripe's API does: the same key
+//! with the same request within 24 hours replays the first response (with
+//! `Idempotent-Replayed: true`) and has no second effect; the same key with another
+//! request is 422 `IDEMPOTENCY_KEY_REUSED`; while the first is still running, another
+//! request with the key is 409. Keys are scoped to the API key (or, without one, the
+//! client address) and stored in Postgres, so they hold across API processes.
+//!
+//! Responses that carry a secret shown once (a new API key) are stored without it: a
+//! replay returns everything but the key.
+
+use actix_web::body::{self, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
+use common::config::Settings;
+use common::db::idempotency::{self, Claim};
+use common::domain::{ApiKey, ErrorCode};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::errors::ApiError;
+use crate::extract::BodyLimit;
+
+const HEADER: &str = "idempotency-key";
+
+fn reject(req: ServiceRequest, error: ApiError) -> Result<ServiceResponse, Error> {
+    Ok(req.into_response(error.error_response()))
+}
+
+/// A stored copy of a response body, without secrets shown once.
+fn storable(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) if map.contains_key("api_key") => {
+            map.remove("api_key");
+            serde_json::to_vec(&map).unwrap_or_default()
+        }
+        _ => body.to_vec(),
+    }
+}
+
+pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse, Error> {
+    let applies = req.method() == Method::POST && req.path().starts_with("/api/v1/");
+    let key = req.headers().get(HEADER).map(|v| v.to_str().map(str::to_owned));
+    let (Some(key), true) = (key, applies) else {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
+    let key = match key {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k,
+        _ => return reject(req, ApiError::validation("Idempotency-Key must be 1 to 255 printable ASCII characters")),
+    };
+    let (Some(pool), Some(settings)) =
+        (req.app_data::<web::Data<PgPool>>().cloned(), req.app_data::<web::Data<Settings>>().cloned())
+    else {
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
+    let scope =
+        match req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).and_then(|k| ApiKey::parse(k.trim()).ok()) {
+            Some(api_key) => format!("key:{}", api_key.hash().as_str()),
+            None => format!("addr:{}", crate::rate_limit::client_address(req.request(), settings.trust_forwarded_for)),
+        };
+
+    // Read the body to fingerprint the request, then hand it on unchanged.
+    let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |l| l.0);
+    let mut payload = req.take_payload();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk: web::Bytes = chunk?;
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            break; // the body extractor answers 413; no fingerprint needed
+        }
+    }
+    let body = body.freeze();
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(req.method().as_str());
+    fingerprint.update(b" ");
+    fingerprint.update(req.uri().to_string());
+    fingerprint.update(b"\n");
+    fingerprint.update(&body);
+    let request_hash = hex::encode(fingerprint.finalize());
+    let replay_body = body.clone();
+    req.set_payload(Payload::from(futures::stream::once(async move { Ok(replay_body) }).boxed_local()));
+
+    let claim = match idempotency::claim(&pool, &scope, &key, &request_hash).await {
+        Ok(claim) => claim,
+        Err(error) => return reject(req, ApiError::from(error)),
+    };
+    match claim {
+        Claim::Mismatch => reject(
+            req,
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used with another request",
+            ),
+        ),
+        Claim::InFlight => reject(
+            req,
+            ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "a request with this Idempotency-Key is in progress; retry shortly",
+            ),
+        ),
+        Claim::Replay { status, body } => {
+            let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+            response.insert_header((CONTENT_TYPE, "application/json"));
+            response.insert_header((HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")));
+            Ok(req.into_response(response.body(body)))
+        }
+        Claim::Claimed => {
+            let response = next.call(req).await?;
+            let status = response.status();
+            let (request, response) = response.into_parts();
+            let (head, body) = response.into_parts();
+            let bytes = body::to_bytes(body).await.map_err(|e| actix_web::error::ErrorInternalServerError(e.into()))?;
+            let stored = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                idempotency::release(&pool, &scope, &key).await
+            } else {
+                idempotency::complete(&pool, &scope, &key, status.as_u16(), &storable(&bytes)).await
+            };
+            if let Err(error) = stored {
+                tracing::error!(%error, "idempotency record not saved");
+            }
+            Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()))
+        }
+    }
+}
