@@ -234,3 +234,37 @@ mod tests {
         assert_eq!(Handled::parse("charge.refunded"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::stripe::objects::{Invoice, Subscription};
+
+    proptest! {
+        /// Any bytes decode or fail cleanly, as envelopes and as the objects we read.
+        #[test]
+        fn any_bytes_decode_or_fail_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = Envelope::decode(&bytes);
+            let _ = serde_json::from_slice::<Invoice>(&bytes);
+            let _ = serde_json::from_slice::<Subscription>(&bytes);
+        }
+
+        /// Realistic events with random field values still decode or fail cleanly.
+        #[test]
+        fn mutated_events_decode_or_fail_cleanly(id in ".{0,40}", created in any::<i64>(), amount in any::<i64>(), status in ".{0,20}") {
+            let mut sim = Simulated::new("cus_1", "sub_1", "price_1", amount);
+            sim.event_id = id;
+            sim.created = created;
+            sim.status = status;
+            for kind in Handled::ALL {
+                let body = serde_json::to_vec(&sim.event(kind)).unwrap();
+                let envelope = Envelope::decode(&body).unwrap();
+                prop_assert_eq!(envelope.created, created);
+                let _ = serde_json::from_value::<Invoice>(envelope.data.object.clone());
+                let _ = serde_json::from_value::<Subscription>(envelope.data.object);
+            }
+        }
+    }
+}

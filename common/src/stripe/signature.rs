@@ -62,7 +62,9 @@ fn mac(secret: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256> {
 /// Verifies a header against the raw body; `now` is unix seconds.
 pub fn verify(payload: &[u8], header: Option<&str>, secrets: &[Secret], now: i64) -> Result<(), SignatureError> {
     let header = parse(header.ok_or(SignatureError::Missing)?)?;
-    if (now - header.timestamp).abs() > TOLERANCE_SECONDS {
+    // Checked: a hostile `t=` must not overflow its way past the tolerance.
+    let age = now.checked_sub(header.timestamp).map(i64::unsigned_abs);
+    if age.is_none_or(|age| age > TOLERANCE_SECONDS as u64) {
         return Err(SignatureError::Expired);
     }
     let matches = secrets.iter().any(|secret| {
@@ -129,9 +131,43 @@ mod tests {
         assert_eq!(verify(body, Some(&sign(body, "whsec_b", NOW)), &s, NOW), Err(SignatureError::Mismatch));
         assert_eq!(verify(body, Some(&good), &s, NOW + 301), Err(SignatureError::Expired));
         assert_eq!(verify(body, Some(&good), &s, NOW - 301), Err(SignatureError::Expired));
+        let extreme = format!("t={},v1=00", i64::MIN);
+        assert_eq!(verify(body, Some(&extreme), &s, NOW), Err(SignatureError::Expired));
         for bad in ["", "t=abc,v1=00", "v1=00", "t=1800000000", "garbage", "t=1800000000,v1=zz"] {
             assert!(verify(body, Some(bad), &s, NOW).is_err(), "{bad:?}");
         }
         assert_eq!(verify(body, Some(&good), &[], NOW), Err(SignatureError::Mismatch));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever arrives in the header or the body, verification answers; it never panics.
+        #[test]
+        fn any_header_and_body_get_an_answer(header in ".{0,300}", body in proptest::collection::vec(any::<u8>(), 0..512), now in any::<i64>()) {
+            let _ = verify(&body, Some(&header), &[Secret::new("whsec_x")], now);
+        }
+
+        /// Headers shaped like Stripe's, with hostile numbers and hex.
+        #[test]
+        fn stripe_shaped_headers_get_an_answer(t in any::<i64>(), sigs in proptest::collection::vec("[0-9a-fA-Fz]{0,70}", 0..4), now in any::<i64>()) {
+            let header = std::iter::once(format!("t={t}")).chain(sigs.iter().map(|s| format!("v1={s}"))).collect::<Vec<_>>().join(",");
+            let _ = verify(b"{}", Some(&header), &[Secret::new("whsec_x")], now);
+        }
+
+        /// A body signed with a configured secret verifies, any other body does not.
+        #[test]
+        fn signatures_bind_the_exact_body(body in proptest::collection::vec(any::<u8>(), 0..256), other in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let header = sign(&body, "whsec_x", 1_800_000_000);
+            prop_assert_eq!(verify(&body, Some(&header), &[Secret::new("whsec_x")], 1_800_000_000), Ok(()));
+            if other != body {
+                prop_assert_eq!(verify(&other, Some(&header), &[Secret::new("whsec_x")], 1_800_000_000), Err(SignatureError::Mismatch));
+            }
+        }
     }
 }

@@ -102,3 +102,40 @@ async fn health_and_readiness() {
         .unwrap();
     assert_error(app.client.get(app.url("/ready")).send().await.unwrap(), 503, "SERVICE_UNAVAILABLE").await;
 }
+
+#[tokio::test]
+async fn hostile_bodies_and_headers_get_an_answer_and_store_nothing() {
+    let app = TestApp::with_worker_and_webhooks().await;
+    let (_, key) = app.onboarded_customer("hostile@example.com").await;
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let posts = ["/api/v1/customers/onboard", "/api/v1/usage/fixes", "/api/v1/api-keys", "/api/webhooks/stripe"];
+    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    for path in posts {
+        let send = |body: Vec<u8>, content_type: &'static str| {
+            app.client
+                .post(app.url(path))
+                .header("x-api-key", &key)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+        };
+        let nested = send(deep.clone().into_bytes(), "application/json").await.unwrap();
+        assert!([400, 413, 422].contains(&nested.status().as_u16()), "{path}: deep JSON got {}", nested.status());
+        let body: Value = nested.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{path}: the error body");
+        let xml = send(b"<a/>".to_vec(), "application/xml").await.unwrap();
+        assert_eq!(xml.status(), 415, "{path}");
+        let binary = send(vec![0xc3, 0x28, 0xa0, 0xa1], "application/json").await.unwrap();
+        assert_eq!(binary.status(), 400, "{path}: invalid UTF-8");
+        let huge = send(vec![b' '; 200_000], "application/json").await.unwrap();
+        assert_eq!(huge.status(), 413, "{path}");
+    }
+    // Huge headers: refused or served, never a server error, and the server keeps serving.
+    for size in [100_000, 1_000_000] {
+        let huge_header = app.client.get(app.url("/health")).header("x-padding", "x".repeat(size)).send().await;
+        assert!(huge_header.map(|r| !r.status().is_server_error()).unwrap_or(true), "{size} bytes of header");
+    }
+    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before, "nothing enqueued");
+    assert_eq!(app.count("SELECT count(*) FROM billing_events").await, 0);
+}

@@ -261,3 +261,142 @@ async fn the_worker_process_serves_its_metrics() {
     })
     .await;
 }
+
+/// Runs a binary with `RUST_LOG=trace`, keeping everything it prints.
+fn spawn_logged(name: &str, env: &[(&str, &str)], log: &std::path::Path) -> WorkerProcess {
+    let file = std::fs::File::create(log).unwrap();
+    let child = Command::new(binary(name))
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "trace")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    WorkerProcess(child)
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_at_any_level() {
+    let app = TestApp::api_only().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let bind = format!("127.0.0.1:{port}");
+    let stripe_key = "sk_test_LogSecretStripeKey0123456789";
+    let webhook_secret = "whsec_LogSecretWebhook0123456789";
+    let smtp_password = "LogSecretSmtpPassword0123";
+    let admin_token = "LogSecretAdminToken0123456789";
+    let smtp_url = format!("smtp://rsolv:{smtp_password}@127.0.0.1:1");
+    let dir = std::env::temp_dir().join(format!("rsolv-logs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [
+        ("DATABASE_URL", app.db.url.as_str()),
+        ("BIND_ADDR", bind.as_str()),
+        ("STRIPE_SECRET_KEY", stripe_key),
+        ("STRIPE_API_BASE", "http://127.0.0.1:1/"),
+        ("STRIPE_WEBHOOK_SECRET", webhook_secret),
+        ("SMTP_URL", smtp_url.as_str()),
+        ("ADMIN_TOKEN", admin_token),
+        ("METRICS_ADDR", "off"),
+        ("JOB_POLL_INTERVAL_MS", "100"),
+        ("JOB_BACKOFF_BASE_MS", "100"),
+    ];
+    let api = spawn_logged("rsolv-api", &env, &dir.join("api.log"));
+    let worker = spawn_logged("rsolv-worker", &env, &dir.join("worker.log"));
+    let client = reqwest::Client::new();
+    wait_for("the API", Duration::from_secs(20), || {
+        let (client, base) = (client.clone(), base.clone());
+        async move { client.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+
+    // A full flow: onboard, use the key, report a fix, a webhook, an admin call, and
+    // jobs that fail against the unreachable Stripe and SMTP (their errors are logged).
+    let onboarded: serde_json::Value = client
+        .post(format!("{base}/api/v1/customers/onboard"))
+        .json(&serde_json::json!({ "name": "Quiet", "email": "quiet@example.com" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let raw_key = onboarded["api_key"].as_str().unwrap().to_owned();
+    let pool = app.db.pool.clone();
+    wait_for("provisioning", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM customers").fetch_one(&pool).await.unwrap() == 1 }
+    })
+    .await;
+    for path in ["/api/v1/customers/me", "/api/v1/api-keys"] {
+        assert_eq!(
+            client.get(format!("{base}{path}")).header("x-api-key", &raw_key).send().await.unwrap().status(),
+            200
+        );
+    }
+    let fix = client
+        .post(format!("{base}/api/v1/usage/fixes"))
+        .header("x-api-key", &raw_key)
+        .json(&serde_json::json!({ "fix_id": "quiet-fix", "repo": "r" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fix.status(), 202);
+    let event = common::stripe::events::Simulated::new("cus_quiet", "sub_quiet", "price_x", 100)
+        .event(common::stripe::events::Handled::InvoicePaymentSucceeded);
+    let body = serde_json::to_vec(&event).unwrap();
+    let signature = common::stripe::signature::sign(&body, webhook_secret, chrono::Utc::now().timestamp());
+    let webhook = client
+        .post(format!("{base}/api/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), 200);
+    assert_eq!(
+        client.get(format!("{base}/admin/api/queues")).bearer_auth(admin_token).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/admin/api/queues"))
+            .bearer_auth("wrong-token-xxxxxxxxxx")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    wait_for("Stripe and SMTP jobs to fail an attempt", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(DISTINCT kind) FROM jobs WHERE kind IN ('create_stripe_customer', 'send_email_step', 'process_stripe_event')
+                   AND jsonb_array_length(errors) > 0",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 3
+        }
+    })
+    .await;
+    drop(api);
+    drop(worker);
+
+    let logs = std::fs::read_to_string(dir.join("api.log")).unwrap()
+        + &std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were captured at every level");
+    for (what, secret) in [
+        ("the raw API key", raw_key.as_str()),
+        ("the raw API key's body", &raw_key["rsolv_".len()..]),
+        ("the Stripe secret key", stripe_key),
+        ("the webhook secret", webhook_secret),
+        ("the SMTP password", smtp_password),
+        ("the admin token", admin_token),
+    ] {
+        assert!(!logs.contains(secret), "{what} appears in the logs");
+    }
+}
