@@ -7,6 +7,7 @@ mod abuse;
 mod api_keys;
 mod billing;
 mod browser;
+mod chaos;
 mod email;
 mod errors;
 mod idempotency;
