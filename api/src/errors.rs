@@ -45,15 +45,14 @@ impl ResponseError for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            // No connection in time: the database is down or saturated. Say so quickly
-            // rather than hang; clients retry.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(%error, "database unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::ServiceUnavailable,
-                    "the service is temporarily unavailable, retry shortly",
-                )
+            // No connection in time, or it broke: the database is down or saturated. Say
+            // so quickly rather than hang; clients retry.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => {
+                unavailable(&error)
+            }
+            // Connection exceptions (08) and operator intervention (57: shutdown, restart).
+            sqlx::Error::Database(ref e) if e.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")) => {
+                unavailable(&error)
             }
             error => {
                 tracing::error!(%error, "database error");
@@ -61,6 +60,15 @@ impl From<sqlx::Error> for ApiError {
             }
         }
     }
+}
+
+fn unavailable(error: &sqlx::Error) -> ApiError {
+    tracing::warn!(%error, "database unavailable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::ServiceUnavailable,
+        "the service is temporarily unavailable, retry shortly",
+    )
 }
 
 /// For unknown paths.

@@ -249,22 +249,100 @@ fn push<T>(columns: &mut (Vec<i64>, Vec<T>), id: i64, value: T) {
     columns.1.push(value);
 }
 
+/// How often, and how far apart, a batch of acknowledgements is retried while the
+/// database is unreachable, before its jobs are left to orphan rescue.
+const ACK_RETRIES: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+/// apalis stops a worker for good when its backend returns an error (there is no
+/// restart policy by default), so a database outage must not surface as one: a failed
+/// fetch is an empty fetch (the polling tick tries again), a failed heartbeat a missed
+/// beat, and a failed acknowledgement is retried, then left to orphan rescue (those jobs
+/// run again: at least once). Each is logged.
 impl Persistence for PgPersistence {
     type Compact = Value;
     type Response = Value;
     type Error = StoreError;
 
     async fn register(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
-        self.beat(worker).await?;
+        if let Err(error) = self.beat(worker).await {
+            tracing::warn!(kind = self.kind(), %error, "worker registration failed; the next heartbeat retries");
+        }
         tracing::debug!(kind = self.kind(), worker = worker.name(), "worker registered");
         Ok(())
     }
 
     async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
-        self.beat(worker).await
+        if let Err(error) = self.beat(worker).await {
+            tracing::warn!(kind = self.kind(), %error, "heartbeat failed");
+        }
+        Ok(())
     }
 
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<Task<Value>>, StoreError> {
+        self.claim(worker).await.or_else(|error| {
+            tracing::warn!(kind = self.kind(), %error, "claiming jobs failed; the next tick retries");
+            Ok(Vec::new())
+        })
+    }
+
+    async fn reenqueue_abandoned(
+        &mut self,
+        tasks: Vec<Task<Value>>,
+        worker: &WorkerContext,
+    ) -> Result<u64, StoreError> {
+        self.release(tasks, worker).await.or_else(|error| {
+            tracing::warn!(kind = self.kind(), %error, "releasing claimed jobs failed; orphan rescue will");
+            Ok(0)
+        })
+    }
+
+    async fn handle_events(&mut self, events: Vec<TaskEvent<Value>>, worker: &WorkerContext) -> Result<(), StoreError> {
+        let results: Vec<TaskResult<Value>> = events
+            .into_iter()
+            .filter_map(|event| match event {
+                TaskEvent::Complete(result) => Some(result),
+                _ => None,
+            })
+            .collect();
+        if results.is_empty() {
+            return Ok(());
+        }
+        let acks = Acks::sort(results);
+        for pause in ACK_RETRIES {
+            match self.acknowledge(&acks, worker).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::warn!(kind = self.kind(), %error, ?pause, "acknowledging jobs failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        if let Err(error) = self.acknowledge(&acks, worker).await {
+            tracing::error!(kind = self.kind(), %error, "acknowledgements lost; orphan rescue will run these jobs again");
+        }
+        Ok(())
+    }
+
+    async fn push_tasks(&mut self, tasks: Vec<Task<Value>>) -> Result<(), StoreError> {
+        // apalis's own `push` path: plain inserts of this kind, due now.
+        let args: Vec<Value> = tasks.into_iter().map(|t| t.args).collect();
+        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+            .bind(self.kind())
+            .bind(&args)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl PgPersistence {
+    async fn claim(&self, worker: &WorkerContext) -> Result<Vec<Task<Value>>, StoreError> {
         let rows: Vec<ClaimedRow> = sqlx::query_as(
             "WITH next AS (
                  SELECT id FROM jobs
@@ -312,11 +390,7 @@ impl Persistence for PgPersistence {
         Ok(tasks)
     }
 
-    async fn reenqueue_abandoned(
-        &mut self,
-        tasks: Vec<Task<Value>>,
-        worker: &WorkerContext,
-    ) -> Result<u64, StoreError> {
+    async fn release(&self, tasks: Vec<Task<Value>>, worker: &WorkerContext) -> Result<u64, StoreError> {
         // Claimed but never started (the worker is shutting down): give the attempt back.
         let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
         let released = sqlx::query(
@@ -332,18 +406,7 @@ impl Persistence for PgPersistence {
         Ok(released)
     }
 
-    async fn handle_events(&mut self, events: Vec<TaskEvent<Value>>, worker: &WorkerContext) -> Result<(), StoreError> {
-        let results: Vec<TaskResult<Value>> = events
-            .into_iter()
-            .filter_map(|event| match event {
-                TaskEvent::Complete(result) => Some(result),
-                _ => None,
-            })
-            .collect();
-        if results.is_empty() {
-            return Ok(());
-        }
-        let acks = Acks::sort(results);
+    async fn acknowledge(&self, acks: &Acks, worker: &WorkerContext) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // Each update only touches rows this worker still holds: if the job was rescued
         // from us meanwhile, its new owner decides its fate.
@@ -421,17 +484,6 @@ impl Persistence for PgPersistence {
             }
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn push_tasks(&mut self, tasks: Vec<Task<Value>>) -> Result<(), StoreError> {
-        // apalis's own `push` path: plain inserts of this kind, due now.
-        let args: Vec<Value> = tasks.into_iter().map(|t| t.args).collect();
-        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
-            .bind(self.kind())
-            .bind(&args)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }

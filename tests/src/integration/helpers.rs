@@ -28,7 +28,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn fresh() -> Self {
-        let admin = admin_url();
+        Self::fresh_on(&admin_url()).await
+    }
+
+    pub async fn fresh_on(admin: &str) -> Self {
+        let admin = admin.to_owned();
         let name = format!("rsolv_test_{}", Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin).await.expect("test Postgres reachable");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
@@ -87,9 +91,12 @@ impl TestApp {
     }
 
     pub async fn spawn(overrides: &[(&str, &str)], worker: bool) -> Self {
+        Self::spawn_on(TestDb::fresh().await, overrides, worker).await
+    }
+
+    pub async fn spawn_on(db: TestDb, overrides: &[(&str, &str)], worker: bool) -> Self {
         // Logs go to the test's captured output (shown when it fails); RUST_LOG filters.
         common::telemetry::init(common::config::LogFormat::Pretty);
-        let db = TestDb::fresh().await;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let mut overrides = overrides.to_vec();
