@@ -73,6 +73,17 @@ impl FromRequest for RawJsonBody {
     }
 }
 
+/// Whether a JSON value holds a NUL character in any string or key: Postgres stores
+/// neither in `text` nor in `jsonb`, so such input is refused up front.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
@@ -81,14 +92,18 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let raw = RawJsonBody::from_request(req, payload);
         Box::pin(async move {
             let RawJsonBody(body) = raw.await?;
-            serde_json::from_slice(&body).map(JsonBody).map_err(|e| match e.classify() {
+            let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => ApiError::validation(e.to_string()),
                 _ => ApiError::new(
                     StatusCode::BAD_REQUEST,
                     ErrorCode::InvalidJson,
                     format!("body is not valid JSON: {e}"),
                 ),
-            })
+            })?;
+            if holds_nul(&value) {
+                return Err(ApiError::validation("strings must not contain NUL characters"));
+            }
+            T::deserialize(value).map(JsonBody).map_err(|e| ApiError::validation(e.to_string()))
         })
     }
 }

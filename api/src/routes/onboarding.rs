@@ -34,8 +34,8 @@ pub async fn onboard(
     let email = Email::parse(&body.email).map_err(|e| ApiError::validation(e.0))?;
     let name = CustomerName::parse(&body.name).map_err(|e| ApiError::validation(e.0))?;
     let source = body.source.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    if source.as_ref().is_some_and(|s| s.chars().count() > SOURCE_MAX_CHARS) {
-        return Err(ApiError::validation(format!("source must be at most {SOURCE_MAX_CHARS} characters")));
+    if source.as_ref().is_some_and(|s| s.chars().count() > SOURCE_MAX_CHARS || s.chars().any(char::is_control)) {
+        return Err(ApiError::validation(format!("source must be at most {SOURCE_MAX_CHARS} printable characters")));
     }
     if db::customers::email_taken(pool.get_ref(), &email).await? {
         return Err(email_taken());

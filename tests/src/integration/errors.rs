@@ -140,3 +140,30 @@ async fn hostile_bodies_and_headers_get_an_answer_and_store_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before, "nothing enqueued");
     assert_eq!(app.count("SELECT count(*) FROM billing_events").await, 0);
 }
+
+#[tokio::test]
+async fn nul_characters_are_refused_not_a_server_error() {
+    let app = TestApp::with_worker().await;
+    let (_, key) = app.onboarded_customer("nul@example.com").await;
+    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let fix = app
+        .post_with_key(
+            "/api/v1/usage/fixes",
+            &key,
+            &json!({ "fix_id": "f", "repo": "r", "metadata": { "note": "a\u{0}b" } }),
+        )
+        .await;
+    assert_error(fix, 422, "VALIDATION_FAILED").await;
+    let key_in_name = app
+        .post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "f", "repo": "r", "metadata": { "k\u{0}": 1 } }))
+        .await;
+    assert_error(key_in_name, 422, "VALIDATION_FAILED").await;
+    let source = app
+        .post_json(
+            "/api/v1/customers/onboard",
+            &json!({ "name": "Nul", "email": "nul2@example.com", "source": "ads\u{0}" }),
+        )
+        .await;
+    assert_error(source, 422, "VALIDATION_FAILED").await;
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before);
+}

@@ -14,5 +14,6 @@ mod idempotency;
 mod jobs;
 mod onboarding;
 mod ops;
+mod schema_fuzz;
 mod usage;
 mod worker_processes;
