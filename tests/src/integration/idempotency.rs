@@ -88,3 +88,25 @@ async fn a_key_holds_across_api_processes_and_onboarding_is_idempotent_too() {
     assert_eq!(again["customer_id"], first["customer_id"]);
     assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'provision_customer'").await, 1);
 }
+
+#[tokio::test]
+async fn a_billing_write_sent_twice_with_one_key_takes_effect_once() {
+    let app = TestApp::with_billing().await;
+    let (customer, key, _) = app.stripe_customer("twice-card@example.com").await;
+    let send = || {
+        app.client
+            .post(app.url("/api/v1/billing/payment-methods"))
+            .header("x-api-key", &key)
+            .header("idempotency-key", "add-card-7")
+            .json(&json!({ "payment_method_id": "pm_card_visa", "consent": true }))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), 202);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["operation_id"], first["operation_id"], "the same operation, replayed");
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'add_payment_method'").await, 1);
+    app.finished_operation(&key, send().await.unwrap()).await;
+    assert_eq!(app.balance(customer).await, 10);
+}
