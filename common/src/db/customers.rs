@@ -271,3 +271,29 @@ pub async fn unsubscribed<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Optio
         .fetch_optional(db)
         .await
 }
+
+/// Applies a subscription as Stripe reports it: ended (canceled, incomplete_expired)
+/// ends Pro; anything else is Pro with Stripe's status. `false` if a newer observation
+/// was applied already.
+pub async fn apply_stripe_subscription<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    subscription: &crate::stripe::Subscription,
+    observed: Observed,
+) -> Result<bool, sqlx::Error> {
+    if matches!(subscription.status.as_str(), "canceled" | "incomplete_expired") {
+        apply_subscription_ended(db, id, &subscription.id, observed).await
+    } else {
+        let end = subscription.period_end();
+        apply_subscription(
+            db,
+            id,
+            &subscription.id,
+            &subscription.status,
+            subscription.cancel_at_period_end,
+            end,
+            observed,
+        )
+        .await
+    }
+}

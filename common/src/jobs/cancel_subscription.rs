@@ -53,22 +53,10 @@ impl Job for CancelSubscription {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
-        if super::subscribe_pro::has_ended(&subscription.status) {
-            let observed = Observed::now(Handled::SubscriptionDeleted.rank());
-            db::customers::apply_subscription_ended(&ctx.pool, customer.id, &subscription.id, observed).await?;
-        } else {
-            let observed = Observed::now(Handled::SubscriptionUpdated.rank());
-            db::customers::apply_subscription(
-                &ctx.pool,
-                customer.id,
-                &subscription.id,
-                &subscription.status,
-                subscription.cancel_at_period_end,
-                subscription.period_end(),
-                observed,
-            )
+        // Cancelled now, Stripe reports it ended; at period end, still live with the flag.
+        let stage = if self.at_period_end { Handled::SubscriptionUpdated } else { Handled::SubscriptionDeleted };
+        db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, Observed::now(stage.rank()))
             .await?;
-        }
         Ok(Outcome::done(serde_json::json!({
             "subscription_id": subscription.id, "status": subscription.status,
             "cancel_at_period_end": subscription.cancel_at_period_end,

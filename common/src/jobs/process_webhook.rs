@@ -131,21 +131,10 @@ impl Job for ProcessStripeEvent {
             }
             Handled::SubscriptionCreated | Handled::SubscriptionUpdated | Handled::SubscriptionDeleted => {
                 let subscription: Subscription = object(&self.payload).map_err(JobError::new)?;
-                let applied = if kind == Handled::SubscriptionDeleted
-                    || super::subscribe_pro::has_ended(&subscription.status)
-                {
+                let applied = if kind == Handled::SubscriptionDeleted {
                     db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed).await?
                 } else {
-                    db::customers::apply_subscription(
-                        &mut *tx,
-                        customer.id,
-                        &subscription.id,
-                        &subscription.status,
-                        subscription.cancel_at_period_end,
-                        subscription.period_end(),
-                        observed,
-                    )
-                    .await?
+                    db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, observed).await?
                 };
                 if applied { "applied" } else { "stale" }
             }

@@ -85,22 +85,8 @@ impl Job for RenewSubscription {
         let invoices = stripe.invoices(&stripe_customer, Some(&subscription_id)).await.map_err(stripe_failure)?;
 
         let mut tx = ctx.pool.begin().await?;
-        if super::subscribe_pro::has_ended(&subscription.status) {
-            let observed = Observed::now(Handled::SubscriptionDeleted.rank());
-            db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed).await?;
-        } else {
-            let observed = Observed::now(Handled::SubscriptionUpdated.rank());
-            db::customers::apply_subscription(
-                &mut *tx,
-                customer.id,
-                &subscription.id,
-                &subscription.status,
-                subscription.cancel_at_period_end,
-                subscription.period_end(),
-                observed,
-            )
-            .await?;
-        }
+        let observed = Observed::now(Handled::SubscriptionUpdated.rank());
+        db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, observed).await?;
         let mut healed = Vec::new();
         for invoice in invoices.iter().filter(|i| i.is_paid()) {
             if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, &ctx, customer.id, invoice).await? {

@@ -30,11 +30,6 @@ impl JobKind for SubscribePro {
     }
 }
 
-/// Stripe statuses of a subscription that no longer bills.
-pub(crate) fn has_ended(status: &str) -> bool {
-    matches!(status, "canceled" | "incomplete_expired")
-}
-
 impl Job for SubscribePro {
     type Context = JobContext;
 
@@ -60,20 +55,7 @@ impl Job for SubscribePro {
             Err(error) => return Err(stripe_failure(error)),
         };
         let observed = Observed::now(Handled::SubscriptionCreated.rank());
-        if has_ended(&subscription.status) {
-            db::customers::apply_subscription_ended(&ctx.pool, customer.id, &subscription.id, observed).await?;
-        } else {
-            db::customers::apply_subscription(
-                &ctx.pool,
-                customer.id,
-                &subscription.id,
-                &subscription.status,
-                subscription.cancel_at_period_end,
-                subscription.period_end(),
-                observed,
-            )
-            .await?;
-        }
+        db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, observed).await?;
         tracing::info!(customer_id = %customer.id, subscription_id = %subscription.id, status = %subscription.status, "Pro subscription created");
         Ok(Outcome::done(serde_json::json!({ "subscription_id": subscription.id, "status": subscription.status })))
     }
