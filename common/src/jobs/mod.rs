@@ -18,8 +18,7 @@ mod subscribe_pro;
 use std::future::Future;
 use std::sync::Arc;
 
-use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
-use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
+use apalis::prelude::Monitor;
 use sqlx::PgPool;
 
 pub use add_payment_method::AddPaymentMethod;
@@ -36,7 +35,7 @@ pub use subscribe_pro::SubscribePro;
 
 use crate::config::Settings;
 use crate::email::Mailer;
-use crate::queue::{self, Job, JobError, JobKind, JobNotifier, JobStore, RetryPolicy, StoreConfig};
+use crate::queue::{self, JobError, JobKind, JobNotifier, RetryPolicy};
 use crate::stripe::{CallError, StripeApi};
 
 /// What every job can reach.
@@ -100,18 +99,24 @@ pub async fn run_workers(
     let notifier = JobNotifier::listen(&ctx.pool).await?;
     let instance = instance_name();
     let monitor = Monitor::new();
-    let monitor = register::<ProvisionCustomer>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<GrantCredits>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<RecordUsage>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<CreateStripeCustomer>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<AddPaymentMethod>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<SubscribePro>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<CancelSubscription>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<ProcessStripeEvent>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<RenewalSweep>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<RenewSubscription>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<SendEmailStep>(monitor, &ctx, &notifier, &instance);
-    let monitor = register::<PruneJobs>(monitor, &ctx, &notifier, &instance);
+    let monitor =
+        queue::register::<ProvisionCustomer>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<GrantCredits>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<RecordUsage>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor =
+        queue::register::<CreateStripeCustomer>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor =
+        queue::register::<AddPaymentMethod>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<SubscribePro>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor =
+        queue::register::<CancelSubscription>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor =
+        queue::register::<ProcessStripeEvent>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<RenewalSweep>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor =
+        queue::register::<RenewSubscription>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<SendEmailStep>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = queue::register::<PruneJobs>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
     });
@@ -133,52 +138,8 @@ pub async fn run_workers(
     Ok(())
 }
 
-fn register<J>(monitor: Monitor, ctx: &JobContext, notifier: &JobNotifier, instance: &str) -> Monitor
-where
-    J: Job<Context = JobContext>,
-{
-    let jobs = &ctx.settings.jobs;
-    let policy = jobs.retry_policy(J::KIND, &J::RETRY);
-    let config = StoreConfig {
-        kind: J::KIND,
-        batch_size: policy.concurrency,
-        policy,
-        heartbeat_interval: jobs.heartbeat_interval,
-        orphan_after: jobs.orphan_after,
-    };
-    let poll_interval = jobs.poll_interval;
-    let ctx = ctx.clone();
-    let notifier = notifier.clone();
-    let name = format!("{}@{instance}", J::KIND);
-    monitor.register(move |restarts| {
-        let store = JobStore::<J>::new(ctx.pool.clone(), config.clone());
-        let wake_ups = StreamStrategy::new(notifier.wake_ups(J::KIND, poll_interval));
-        let ctx = ctx.clone();
-        WorkerBuilder::new(format!("{name}#{restarts}"))
-            .backend(PollWith::new(store, wake_ups))
-            .catch_panic()
-            .concurrency(policy.concurrency)
-            .build(move |job: J| observed(job, ctx.clone()))
-    })
-}
-
 /// Unique per process, so that liveness and rescue can tell worker processes apart.
-fn instance_name() -> String {
+pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
-}
-
-/// Runs a job, recording its start, duration and outcome.
-async fn observed<J: Job<Context = JobContext>>(job: J, ctx: JobContext) -> Result<queue::Outcome, JobError> {
-    let started = std::time::Instant::now();
-    metrics::counter!("rsolv_jobs_started_total", "kind" => J::KIND).increment(1);
-    let result = job.run(ctx).await;
-    metrics::histogram!("rsolv_job_duration_seconds", "kind" => J::KIND).record(started.elapsed().as_secs_f64());
-    let outcome = match &result {
-        Ok(queue::Outcome::Done { .. } | queue::Outcome::Snooze { .. }) => "rsolv_jobs_succeeded_total",
-        Ok(queue::Outcome::Cancel { .. }) => "rsolv_jobs_cancelled_total",
-        Err(_) => "rsolv_jobs_failed_total",
-    };
-    metrics::counter!(outcome, "kind" => J::KIND).increment(1);
-    result
 }

@@ -37,6 +37,7 @@ pub mod cron;
 mod enqueue;
 mod notifier;
 mod store;
+mod worker;
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,6 +48,7 @@ use uuid::Uuid;
 pub use enqueue::{EnqueueOptions, Enqueued, enqueue, enqueue_with};
 pub use notifier::JobNotifier;
 pub use store::{JobStore, StoreConfig};
+pub use worker::{register, register_with};
 
 /// A job kind: typed args with a stable name and its queue settings beside them.
 pub trait JobKind: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {

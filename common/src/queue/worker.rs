@@ -1,0 +1,70 @@
+//! Registering a job kind with an apalis `Monitor`: its store, its wake-ups, its
+//! concurrency, panic catching, and metrics around every run.
+
+use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
+use sqlx::PgPool;
+
+use super::{Job, JobError, JobNotifier, JobStore, Outcome, StoreConfig};
+use crate::config::JobSettings;
+
+/// Adds one worker for kind `J` to `monitor`, with the kind's configured policy;
+/// `instance` names this process.
+pub fn register<J: Job>(
+    monitor: Monitor,
+    pool: &PgPool,
+    ctx: &J::Context,
+    notifier: &JobNotifier,
+    jobs: &JobSettings,
+    instance: &str,
+) -> Monitor {
+    let policy = jobs.retry_policy(J::KIND, &J::RETRY);
+    register_with::<J>(monitor, pool, ctx, notifier, jobs, policy, instance)
+}
+
+/// As [`register`], with an explicit policy (concurrency, attempts, backoff).
+pub fn register_with<J: Job>(
+    monitor: Monitor,
+    pool: &PgPool,
+    ctx: &J::Context,
+    notifier: &JobNotifier,
+    jobs: &JobSettings,
+    policy: super::RetryPolicy,
+    instance: &str,
+) -> Monitor {
+    let config = StoreConfig {
+        kind: J::KIND,
+        batch_size: policy.concurrency,
+        policy,
+        heartbeat_interval: jobs.heartbeat_interval,
+        orphan_after: jobs.orphan_after,
+    };
+    let poll_interval = jobs.poll_interval;
+    let (pool, ctx, notifier) = (pool.clone(), ctx.clone(), notifier.clone());
+    let name = format!("{}@{instance}", J::KIND);
+    monitor.register(move |restarts| {
+        let store = JobStore::<J>::new(pool.clone(), config.clone());
+        let wake_ups = StreamStrategy::new(notifier.wake_ups(J::KIND, poll_interval));
+        let ctx = ctx.clone();
+        WorkerBuilder::new(format!("{name}#{restarts}"))
+            .backend(PollWith::new(store, wake_ups))
+            .catch_panic()
+            .concurrency(policy.concurrency)
+            .build(move |job: J| observed(job, ctx.clone()))
+    })
+}
+
+/// Runs a job, recording its start, duration and outcome.
+async fn observed<J: Job>(job: J, ctx: J::Context) -> Result<Outcome, JobError> {
+    let started = std::time::Instant::now();
+    metrics::counter!("rsolv_jobs_started_total", "kind" => J::KIND).increment(1);
+    let result = job.run(ctx).await;
+    metrics::histogram!("rsolv_job_duration_seconds", "kind" => J::KIND).record(started.elapsed().as_secs_f64());
+    let outcome = match &result {
+        Ok(Outcome::Done { .. } | Outcome::Snooze { .. }) => "rsolv_jobs_succeeded_total",
+        Ok(Outcome::Cancel { .. }) => "rsolv_jobs_cancelled_total",
+        Err(_) => "rsolv_jobs_failed_total",
+    };
+    metrics::counter!(outcome, "kind" => J::KIND).increment(1);
+    result
+}

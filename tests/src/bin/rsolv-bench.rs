@@ -1,0 +1,443 @@
+//! `rsolv-bench`: the platform's figures on this machine (see BENCHMARKS.md).
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! target/release/rsolv-bench [--jobs N] [--concurrency 10,50] [--processes 1,2] [--runs 3] [--json]
+//! ```
+//!
+//! Each figure is measured `--runs` times and reported as median, min and max. It uses a
+//! database of its own (`rsolv_bench`, recreated) on `BENCH_DATABASE_URL`'s server
+//! (default: the local Postgres), and starts worker processes (this binary in
+//! `serve-noop` mode, and `rsolv-worker` / `rsolv-api` from the same directory).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::config::Settings;
+use common::db;
+use common::domain::{Email, LedgerSource};
+use common::factories::{self, CustomerState};
+use common::jobs::GrantCredits;
+use common::queue::{self, Job, JobError, JobKind, JobNotifier, Outcome, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A job that does nothing but note when it started: the engine's own cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Noop {
+    seq: i64,
+}
+
+impl JobKind for Noop {
+    const KIND: &'static str = "bench_noop";
+    const RETRY: RetryPolicy = RetryPolicy::new(3, 10);
+}
+
+impl Job for Noop {
+    type Context = ();
+
+    async fn run(self, _: ()) -> Result<Outcome, JobError> {
+        Ok(Outcome::Done { detail: json!(now_micros()) })
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+struct Options {
+    jobs: i64,
+    concurrency: Vec<usize>,
+    processes: Vec<usize>,
+    runs: usize,
+    json: bool,
+}
+
+fn options(args: &[String]) -> Result<Options, Error> {
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let list = |flag: &str, default: &str| -> Result<Vec<usize>, Error> {
+        Ok(value(flag)
+            .unwrap_or_else(|| default.into())
+            .split(',')
+            .map(|v| v.trim().parse())
+            .collect::<Result<_, _>>()?)
+    };
+    Ok(Options {
+        jobs: value("--jobs").map(|v| v.parse()).transpose()?.unwrap_or(100_000),
+        concurrency: list("--concurrency", "10,50")?,
+        processes: list("--processes", "1,2")?,
+        runs: value("--runs").map(|v| v.parse()).transpose()?.unwrap_or(3).max(1),
+        json: args.iter().any(|a| a == "--json"),
+    })
+}
+
+/// One measured figure over its runs.
+struct Figure {
+    name: String,
+    unit: &'static str,
+    values: Vec<f64>,
+}
+
+impl Figure {
+    fn stats(&self) -> (f64, f64, f64) {
+        let mut v = self.values.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    }
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().unwrap().with_file_name(name)
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Process {
+    Process(
+        Command::new(&program)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .env("METRICS_ADDR", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display())),
+    )
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap_or(0)
+}
+
+async fn wait_until(pool: &PgPool, sql: &'static str, target: i64, limit: Duration) -> Result<(), Error> {
+    let start = Instant::now();
+    while count(pool, sql).await < target {
+        if start.elapsed() > limit {
+            return Err(format!("timed out waiting for {sql} to reach {target}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn bulk_noops(pool: &PgPool, n: i64) -> Result<Duration, Error> {
+    let args: Vec<Value> = (0..n).map(|seq| json!({ "seq": seq })).collect();
+    let started = Instant::now();
+    for chunk in args.chunks(50_000) {
+        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+            .bind(Noop::KIND)
+            .bind(chunk)
+            .execute(pool)
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn clear(pool: &PgPool) -> Result<(), Error> {
+    sqlx::query("TRUNCATE jobs").execute(pool).await?;
+    sqlx::query("DELETE FROM job_workers").execute(pool).await?;
+    Ok(())
+}
+
+async fn fresh_database() -> Result<(String, PgPool), Error> {
+    let admin =
+        std::env::var("BENCH_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = PgConnection::connect(&admin).await?;
+    sqlx::query("DROP DATABASE IF EXISTS rsolv_bench WITH (FORCE)").execute(&mut conn).await?;
+    sqlx::query("CREATE DATABASE rsolv_bench").execute(&mut conn).await?;
+    let url = format!("{}/rsolv_bench", admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin));
+    let pool = PgPoolOptions::new().max_connections(16).connect(&url).await?;
+    db::migrate(&pool).await?;
+    Ok((url, pool))
+}
+
+/// `serve-noop URL CONCURRENCY`: a worker process running only no-op jobs.
+async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
+    let settings = Settings::from_lookup(|k| match k {
+        "DATABASE_URL" => Some(url.to_owned()),
+        "JOB_POLL_INTERVAL_MS" => Some("100".into()),
+        _ => None,
+    })?;
+    let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
+    let notifier = JobNotifier::listen(&pool).await?;
+    let mut policy = Noop::RETRY;
+    policy.concurrency = concurrency;
+    let instance = common::jobs::instance_name();
+    let monitor = queue::register_with::<Noop>(
+        apalis::prelude::Monitor::new(),
+        &pool,
+        &(),
+        &notifier,
+        &settings.jobs,
+        policy,
+        &instance,
+    );
+    monitor.run().await?;
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn peak_rss_mb(process: &Process) -> f64 {
+    std::fs::read_to_string(format!("/proc/{}/status", process.0.id()))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-noop") {
+        return serve_noop(&args[1], args[2].parse()?).await;
+    }
+    let opts = options(&args)?;
+    let (url, pool) = fresh_database().await?;
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut figure = |name: String, unit: &'static str| {
+        figures.push(Figure { name, unit, values: Vec::new() });
+        figures.len() - 1
+    };
+    let bulk = figure("enqueue, bulk (one statement per 50k)".into(), "jobs/s");
+    let single = figure("enqueue, one at a time".into(), "jobs/s");
+    let mut throughput = Vec::new();
+    for p in &opts.processes {
+        for c in &opts.concurrency {
+            throughput.push((*p, *c, figure(format!("no-op jobs, {p} process(es), concurrency {c}"), "jobs/s")));
+        }
+    }
+    let ceiling = figure("Postgres alone: 8 connections claim 100 + delete".into(), "jobs/s");
+    let p50 = figure("pickup latency p50 (idle, listening worker)".into(), "ms");
+    let p95 = figure("pickup latency p95".into(), "ms");
+    let p99 = figure("pickup latency p99".into(), "ms");
+    let ledger = figure("ledger postings (grant_credits jobs)".into(), "postings/s");
+    let api_rss = figure("API peak RSS under load".into(), "MB");
+    let worker_rss = figure("worker peak RSS under load".into(), "MB");
+    let onboard_rate = figure("onboarding requests (50 concurrent, bench client)".into(), "req/s");
+
+    for run in 0..opts.runs {
+        eprintln!("run {}/{}", run + 1, opts.runs);
+        // Enqueue.
+        clear(&pool).await?;
+        let took = bulk_noops(&pool, opts.jobs).await?;
+        figures[bulk].values.push(opts.jobs as f64 / took.as_secs_f64());
+        clear(&pool).await?;
+        let n = 2_000;
+        let started = Instant::now();
+        for seq in 0..n {
+            queue::enqueue(&pool, &Noop { seq }).await?;
+        }
+        figures[single].values.push(n as f64 / started.elapsed().as_secs_f64());
+
+        // No-op throughput.
+        for (processes, concurrency, slot) in &throughput {
+            clear(&pool).await?;
+            let workers: Vec<Process> = (0..*processes)
+                .map(|_| spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, &concurrency.to_string()], &[]))
+                .collect();
+            wait_until(&pool, "SELECT count(*) FROM job_workers", *processes as i64, Duration::from_secs(30)).await?;
+            let started = Instant::now();
+            bulk_noops(&pool, opts.jobs).await?;
+            wait_until(
+                &pool,
+                "SELECT count(*) FROM jobs WHERE status = 'completed'",
+                opts.jobs,
+                Duration::from_secs(900),
+            )
+            .await?;
+            figures[*slot].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
+            drop(workers);
+        }
+
+        // Pickup latency: one job at a time to an idle worker.
+        clear(&pool).await?;
+        let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "10"], &[]);
+        wait_until(&pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
+        let samples = 300;
+        let mut enqueued_at = Vec::with_capacity(samples);
+        for seq in 0..samples as i64 {
+            enqueued_at.push((seq, now_micros()));
+            queue::enqueue(&pool, &Noop { seq }).await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wait_until(
+            &pool,
+            "SELECT count(*) FROM jobs WHERE status = 'completed'",
+            samples as i64,
+            Duration::from_secs(60),
+        )
+        .await?;
+        drop(worker);
+        let started: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
+                .fetch_all(&pool)
+                .await?;
+        let mut latencies: Vec<f64> = started
+            .iter()
+            .filter_map(|(seq, at)| enqueued_at.iter().find(|(s, _)| s == seq).map(|(_, t)| (*at - *t) as f64 / 1000.0))
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        figures[p50].values.push(percentile(&latencies, 0.50));
+        figures[p95].values.push(percentile(&latencies, 0.95));
+        figures[p99].values.push(percentile(&latencies, 0.99));
+
+        // Postgres alone, on a table like ours.
+        sqlx::query("DROP TABLE IF EXISTS bench_claim").execute(&pool).await?;
+        sqlx::query("CREATE TABLE bench_claim (LIKE jobs INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING IDENTITY)")
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO bench_claim (kind, args) SELECT 'bench_noop', jsonb_build_object('seq', g) FROM generate_series(1, $1) g")
+            .bind(opts.jobs)
+            .execute(&pool)
+            .await?;
+        let started = Instant::now();
+        let claimers: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut conn = PgConnection::connect(&url).await.unwrap();
+                    loop {
+                        let mut tx = conn.begin().await.unwrap();
+                        let ids: Vec<i64> = sqlx::query_scalar(
+                            "SELECT id FROM bench_claim WHERE kind = 'bench_noop' AND status IN ('available', 'retryable')
+                               AND run_at <= now() ORDER BY run_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+                        )
+                        .fetch_all(&mut *tx)
+                        .await
+                        .unwrap();
+                        if ids.is_empty() {
+                            break;
+                        }
+                        sqlx::query("DELETE FROM bench_claim WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for claimer in claimers {
+            claimer.await?;
+        }
+        figures[ceiling].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
+
+        // Ledger postings through the real worker.
+        clear(&pool).await?;
+        let settings = Arc::new(Settings::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))?);
+        let mut customers = Vec::new();
+        for n in 0..50 {
+            let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
+            customers.push(factories::create(&pool, &settings, CustomerState::Trial, email).await?.customer_id);
+        }
+        let grants: Vec<Value> = (0..20_000)
+            .map(|i| {
+                serde_json::to_value(GrantCredits {
+                    customer_id: customers[i % customers.len()],
+                    amount: 1,
+                    source: LedgerSource::Adjustment,
+                    idempotency_key: format!("bench-{run}-{i}"),
+                    metadata: Value::Null,
+                })
+                .unwrap()
+            })
+            .collect();
+        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+            .bind(GrantCredits::KIND)
+            .bind(&grants)
+            .execute(&pool)
+            .await?;
+        let started = Instant::now();
+        let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &url)]);
+        wait_until(
+            &pool,
+            "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
+            grants.len() as i64,
+            Duration::from_secs(600),
+        )
+        .await?;
+        figures[ledger].values.push(grants.len() as f64 / started.elapsed().as_secs_f64());
+        drop(worker);
+
+        // Peak memory of the API and the worker while onboarding traffic flows.
+        clear(&pool).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let env =
+            [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0")];
+        let api = spawn(sibling("rsolv-api"), &[], &env);
+        let worker = spawn(sibling("rsolv-worker"), &[], &env);
+        let client = reqwest::Client::new();
+        let base = format!("http://{bind}");
+        let ready = Instant::now();
+        while !client.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+            if ready.elapsed() > Duration::from_secs(30) {
+                return Err("the API did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let total = 5_000;
+        let started = Instant::now();
+        let mut next = 0;
+        while next < total {
+            let batch = (next..(next + 50).min(total)).map(|i| {
+                client
+                    .post(format!("{base}/api/v1/customers/onboard"))
+                    .json(&json!({ "name": "Bench", "email": format!("load-{run}-{i}@example.com") }))
+                    .send()
+            });
+            for response in futures::future::join_all(batch).await {
+                if !response.is_ok_and(|r| r.status() == 202) {
+                    return Err("an onboarding request failed during the load".into());
+                }
+            }
+            next += 50;
+        }
+        figures[onboard_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
+        wait_until(
+            &pool,
+            "SELECT count(*) FROM customers WHERE email LIKE 'load-%'",
+            total as i64,
+            Duration::from_secs(120),
+        )
+        .await?;
+        figures[api_rss].values.push(peak_rss_mb(&api));
+        figures[worker_rss].values.push(peak_rss_mb(&worker));
+        drop((api, worker));
+    }
+
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    if opts.json {
+        let rows: Vec<Value> = figures
+            .iter()
+            .map(|f| {
+                let (median, min, max) = f.stats();
+                json!({ "name": f.name, "unit": f.unit, "median": median, "min": min, "max": max, "runs": f.values.len() })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "jobs": opts.jobs, "cpus": cpus, "figures": rows }))?);
+    } else {
+        println!("{} jobs per throughput run, {} runs, {cpus} CPUs", opts.jobs, opts.runs);
+        println!("{:<58} {:>12} {:>12} {:>12}  unit", "figure", "median", "min", "max");
+        for f in &figures {
+            let (median, min, max) = f.stats();
+            println!("{:<58} {:>12.1} {:>12.1} {:>12.1}  {}", f.name, median, min, max, f.unit);
+        }
+    }
+    Ok(())
+}
