@@ -34,7 +34,7 @@ pub fn register_with<J: Job>(
 ) -> Monitor {
     let config = StoreConfig {
         kind: J::KIND,
-        batch_size: policy.concurrency,
+        batch_size: policy.concurrency.max(jobs.fetch_batch),
         policy,
         heartbeat_interval: jobs.heartbeat_interval,
         orphan_after: jobs.orphan_after,

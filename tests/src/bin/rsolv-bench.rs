@@ -170,6 +170,7 @@ async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
     let settings = Settings::from_lookup(|k| match k {
         "DATABASE_URL" => Some(url.to_owned()),
         "JOB_POLL_INTERVAL_MS" => Some("100".into()),
+        "JOB_FETCH_BATCH" => std::env::var("JOB_FETCH_BATCH").ok(),
         _ => None,
     })?;
     let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
