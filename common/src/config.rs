@@ -147,9 +147,9 @@ pub struct JobSettings {
     /// First retry delay; each further attempt doubles it, up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Jobs claimed per query; 0 means as many as the kind's concurrency. Larger batches
-    /// mean fewer round trips; the extra jobs wait in the worker's buffer (released on
-    /// shutdown, rescued if the process dies).
+    /// Jobs claimed per query (at least the kind's concurrency). Larger batches mean
+    /// fewer round trips (see BENCHMARKS.md); the extra jobs wait in the worker's buffer
+    /// (released on shutdown, rescued if the process dies).
     pub fetch_batch: usize,
     /// Completed and cancelled jobs are deleted this long after they finished.
     pub retention_completed_hours: u32,
@@ -296,7 +296,7 @@ impl Settings {
                 shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
                 backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
                 backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
-                fetch_batch: r.parse("JOB_FETCH_BATCH", 0)?,
+                fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
                 retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
                 retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
                 prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
