@@ -9,11 +9,18 @@ const SECRET = __ENV.WEBHOOK_SECRET;
 const CUSTOMER = __ENV.STRIPE_CUSTOMER;
 const PRICE = __ENV.PRO_PRICE_ID || 'price_rsolv_pro_monthly';
 
+const PEAK = Number(__ENV.PEAK_RATE || 0);
+const scenarios = {
+  sustained: { executor: 'constant-arrival-rate', rate: 1000, timeUnit: '1m', duration: __ENV.DURATION || '30s', preAllocatedVUs: 20 },
+  burst: { executor: 'constant-arrival-rate', rate: 50, timeUnit: '1s', duration: '10s', startTime: '10s', preAllocatedVUs: 50 },
+};
+// PEAK_RATE=n adds 10 s at n events/s after the others: the ingest target, not the floor.
+if (PEAK > 0) {
+  scenarios.peak = { executor: 'constant-arrival-rate', rate: PEAK, timeUnit: '1s', duration: '10s', startTime: __ENV.DURATION || '30s', preAllocatedVUs: 200, maxVUs: 1000 };
+}
+
 export const options = {
-  scenarios: {
-    sustained: { executor: 'constant-arrival-rate', rate: 1000, timeUnit: '1m', duration: __ENV.DURATION || '30s', preAllocatedVUs: 20 },
-    burst: { executor: 'constant-arrival-rate', rate: 50, timeUnit: '1s', duration: '10s', startTime: '10s', preAllocatedVUs: 50 },
-  },
+  scenarios,
   thresholds: {
     // The original plans' floor: p99 < 200 ms and < 0.1 % failures.
     http_req_duration: ['p(99)<200'],
