@@ -72,23 +72,36 @@ pub(crate) fn stripe_failure(error: CallError) -> JobError {
     JobError::new(error.to_string())
 }
 
-/// Every kind this build runs, with its default queue settings.
-pub fn kinds() -> Vec<(&'static str, RetryPolicy)> {
-    vec![
-        (ProvisionCustomer::KIND, ProvisionCustomer::RETRY),
-        (GrantCredits::KIND, GrantCredits::RETRY),
-        (RecordUsage::KIND, RecordUsage::RETRY),
-        (CreateStripeCustomer::KIND, CreateStripeCustomer::RETRY),
-        (AddPaymentMethod::KIND, AddPaymentMethod::RETRY),
-        (SubscribePro::KIND, SubscribePro::RETRY),
-        (CancelSubscription::KIND, CancelSubscription::RETRY),
-        (ProcessStripeEvent::KIND, ProcessStripeEvent::RETRY),
-        (RenewalSweep::KIND, RenewalSweep::RETRY),
-        (RenewSubscription::KIND, RenewSubscription::RETRY),
-        (SendEmailStep::KIND, SendEmailStep::RETRY),
-        (PruneJobs::KIND, PruneJobs::RETRY),
-    ]
+/// The one list of the kinds this build runs: `kinds()` and the worker are made from it,
+/// so a kind cannot be configured and not run, or run and not configured.
+macro_rules! job_kinds {
+    ($($kind:ty),* $(,)?) => {
+        /// Every kind this build runs, with its default queue settings.
+        pub fn kinds() -> Vec<(&'static str, RetryPolicy)> {
+            vec![$((<$kind>::KIND, <$kind>::RETRY)),*]
+        }
+
+        fn register_all(monitor: Monitor, ctx: &JobContext, notifier: &JobNotifier, instance: &str) -> Monitor {
+            $(let monitor = queue::register::<$kind>(monitor, &ctx.pool, ctx, notifier, &ctx.settings.jobs, instance);)*
+            monitor
+        }
+    };
 }
+
+job_kinds!(
+    ProvisionCustomer,
+    GrantCredits,
+    RecordUsage,
+    CreateStripeCustomer,
+    AddPaymentMethod,
+    SubscribePro,
+    CancelSubscription,
+    ProcessStripeEvent,
+    RenewalSweep,
+    RenewSubscription,
+    SendEmailStep,
+    PruneJobs,
+);
 
 /// Runs one apalis worker per job kind until `shutdown` resolves, then drains: running
 /// jobs finish (up to `JOB_SHUTDOWN_TIMEOUT_MS`), claimed but unstarted ones are released.
@@ -98,25 +111,7 @@ pub async fn run_workers(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let notifier = JobNotifier::listen(&ctx.pool).await?;
     let instance = instance_name();
-    let monitor = Monitor::new();
-    let monitor =
-        queue::register::<ProvisionCustomer>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<GrantCredits>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<RecordUsage>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor =
-        queue::register::<CreateStripeCustomer>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor =
-        queue::register::<AddPaymentMethod>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<SubscribePro>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor =
-        queue::register::<CancelSubscription>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor =
-        queue::register::<ProcessStripeEvent>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<RenewalSweep>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor =
-        queue::register::<RenewSubscription>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<SendEmailStep>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
-    let monitor = queue::register::<PruneJobs>(monitor, &ctx.pool, &ctx, &notifier, &ctx.settings.jobs, &instance);
+    let monitor = register_all(Monitor::new(), &ctx, &notifier, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
     });
