@@ -282,7 +282,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     let base = format!("http://127.0.0.1:{port}");
     let bind = format!("127.0.0.1:{port}");
     let stripe_key = "sk_test_LogSecretStripeKey0123456789";
-    let webhook_secret = "whsec_LogSecretWebhook0123456789";
+    let webhook_secret = "whsec_log_secret_webhook_0123";
     let smtp_password = "LogSecretSmtpPassword0123";
     let admin_token = "LogSecretAdminToken0123456789";
     let smtp_url = format!("smtp://rsolv:{smtp_password}@127.0.0.1:1");
