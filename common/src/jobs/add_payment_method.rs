@@ -40,9 +40,7 @@ impl Job for AddPaymentMethod {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx.stripe()?;
-        let customer = db::customers::find(&ctx.pool, self.customer_id)
-            .await?
-            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let customer = ctx.customer(self.customer_id).await?;
         let Some(stripe_customer) = customer.stripe_customer_id else {
             return Err(JobError::new("the Stripe customer is not created yet"));
         };

@@ -35,9 +35,7 @@ impl Job for CancelSubscription {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx.stripe()?;
-        let customer = db::customers::find(&ctx.pool, self.customer_id)
-            .await?
-            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let customer = ctx.customer(self.customer_id).await?;
         let Some(subscription_id) = customer.stripe_subscription_id else {
             return Ok(Outcome::cancel("NO_ACTIVE_SUBSCRIPTION"));
         };

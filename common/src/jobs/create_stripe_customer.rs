@@ -32,9 +32,7 @@ impl Job for CreateStripeCustomer {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx.stripe()?;
-        let Some(customer) = db::customers::find(&ctx.pool, self.customer_id).await? else {
-            return Err(JobError::new(format!("customer {} does not exist (yet)", self.customer_id)));
-        };
+        let customer = ctx.customer(self.customer_id).await?;
         if let Some(existing) = customer.stripe_customer_id {
             return Ok(Outcome::done(serde_json::json!({ "stripe_customer_id": existing, "already": true })));
         }

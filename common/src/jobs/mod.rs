@@ -62,6 +62,14 @@ impl JobContext {
         Ok(Self { pool, settings, stripe, mailer })
     }
 
+    /// The customer a job is about; missing is a failed attempt (it may still be being
+    /// provisioned), retried with backoff.
+    pub async fn customer(&self, id: uuid::Uuid) -> Result<crate::db::customers::Customer, JobError> {
+        crate::db::customers::find(&self.pool, id)
+            .await?
+            .ok_or_else(|| JobError::new(format!("customer {id} does not exist (yet)")))
+    }
+
     pub fn stripe(&self) -> Result<&StripeApi, JobError> {
         self.stripe.as_ref().ok_or_else(|| JobError::new("billing is not configured (STRIPE_SECRET_KEY is unset)"))
     }

@@ -73,9 +73,7 @@ impl Job for RenewSubscription {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx.stripe()?;
-        let customer = db::customers::find(&ctx.pool, self.customer_id)
-            .await?
-            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let customer = ctx.customer(self.customer_id).await?;
         let (Some(subscription_id), Some(stripe_customer)) =
             (customer.stripe_subscription_id, customer.stripe_customer_id)
         else {

@@ -47,9 +47,7 @@ impl Job for SendEmailStep {
         let Some(step) = sequence.step(&self.step) else {
             return Ok(Outcome::cancel(format!("no step {:?} in {}", self.step, sequence.name)));
         };
-        let customer = db::customers::find(&ctx.pool, self.customer_id)
-            .await?
-            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let customer = ctx.customer(self.customer_id).await?;
         let key = DeliveryKey {
             customer_id: customer.id,
             sequence: sequence.name,

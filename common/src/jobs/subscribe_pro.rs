@@ -35,9 +35,7 @@ impl Job for SubscribePro {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let stripe = ctx.stripe()?;
-        let customer = db::customers::find(&ctx.pool, self.customer_id)
-            .await?
-            .ok_or_else(|| JobError::new(format!("customer {} does not exist", self.customer_id)))?;
+        let customer = ctx.customer(self.customer_id).await?;
         if customer.stripe_payment_method_id.is_none() {
             return Ok(Outcome::cancel("NO_PAYMENT_METHOD: add a payment method first"));
         }
