@@ -20,6 +20,13 @@ pub struct Authenticated {
     pub customer_id: Uuid,
 }
 
+impl Authenticated {
+    /// The key's customer; gone since the key was checked is as good as a bad key.
+    pub async fn customer(&self, pool: &PgPool) -> Result<db::customers::Customer, ApiError> {
+        db::customers::find(pool, self.customer_id).await?.ok_or_else(|| ApiError::unauthorized(INVALID))
+    }
+}
+
 impl FromRequest for Authenticated {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;

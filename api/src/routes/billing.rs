@@ -5,7 +5,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 
-use common::db;
 use common::domain::ErrorCode;
 use common::jobs::{AddPaymentMethod, CancelSubscription, SubscribePro};
 use common::queue::{self, Enqueued, JobKind, status};
@@ -24,12 +23,6 @@ fn billing_disabled() -> ApiError {
 
 fn require_billing(stripe: &Option<StripeApi>) -> Result<&StripeApi, ApiError> {
     stripe.as_ref().ok_or_else(billing_disabled)
-}
-
-async fn customer(pool: &PgPool, auth: Authenticated) -> Result<db::customers::Customer, ApiError> {
-    db::customers::find(pool, auth.customer_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))
 }
 
 /// 202 with where to follow the operation.
@@ -94,7 +87,7 @@ pub async fn subscribe(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    let customer = customer(&pool, auth).await?;
+    let customer = auth.customer(&pool).await?;
     if !customer.has_payment_method() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -124,7 +117,7 @@ pub async fn cancel(
     require_billing(&stripe)?;
     let query = web::Query::<CancelQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::validation("at_period_end must be true or false"))?;
-    let customer = customer(&pool, auth).await?;
+    let customer = auth.customer(&pool).await?;
     if customer.stripe_subscription_id.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoActiveSubscription, "no active subscription"));
     }
@@ -144,7 +137,7 @@ pub async fn invoices(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     let stripe = require_billing(&stripe)?;
-    let customer = customer(&pool, auth).await?;
+    let customer = auth.customer(&pool).await?;
     let Some(stripe_customer) = customer.stripe_customer_id else {
         return Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": [] })));
     };

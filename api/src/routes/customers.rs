@@ -12,9 +12,7 @@ const RECENT_ENTRIES: i64 = 10;
 
 #[utoipa::path(get, path = "/api/v1/customers/me", tag = "customers", security(("api_key" = [])), responses((status = 200, description = "Usage summary: balance, plan, payment method, last 10 ledger entries, warnings"), (status = 401, description = "UNAUTHORIZED", body = crate::openapi::ErrorBody)))]
 pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResponse, ApiError> {
-    let customer = db::customers::find(pool.get_ref(), auth.customer_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
+    let customer = auth.customer(pool.get_ref()).await?;
     let entries = db::customers::recent_ledger(pool.get_ref(), customer.id, RECENT_ENTRIES).await?;
     let state = customer.subscription_state.as_deref().and_then(|s| SubscriptionState::parse(s).ok());
     let warnings =

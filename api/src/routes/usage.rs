@@ -43,9 +43,7 @@ pub async fn report_fix(
 ) -> Result<HttpResponse, ApiError> {
     let fix_id = bounded("fix_id", &report.fix_id)?;
     let repo = bounded("repo", &report.repo)?;
-    let customer = db::customers::find(pool.get_ref(), auth.customer_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("Invalid or expired API key"))?;
+    let customer = auth.customer(pool.get_ref()).await?;
     // A blocked customer is told at once; the job decides every other case under the
     // customer's lock.
     let blocked = Warning::derive(customer.credit_balance, customer.has_payment_method(), None, false)
