@@ -151,6 +151,9 @@ pub struct JobSettings {
     /// fewer round trips (see BENCHMARKS.md); the extra jobs wait in the worker's buffer
     /// (released on shutdown, rescued if the process dies).
     pub fetch_batch: usize,
+    /// Whether claims, acknowledgements and heartbeats wait for their commit to reach
+    /// disk. Off by default: see `queue::bookkeeping_pool` for why that loses no job.
+    pub bookkeeping_sync_commit: bool,
     /// Completed and cancelled jobs are deleted this long after they finished.
     pub retention_completed_hours: u32,
     /// Dead jobs are deleted this long after they died.
@@ -297,6 +300,7 @@ impl Settings {
                 backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
                 backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
                 fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
+                bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
                 retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
                 retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
                 prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,

@@ -89,8 +89,14 @@ macro_rules! job_kinds {
             vec![$((<$kind>::KIND, <$kind>::RETRY)),*]
         }
 
-        fn register_all(monitor: Monitor, ctx: &JobContext, notifier: &JobNotifier, instance: &str) -> Monitor {
-            $(let monitor = queue::register::<$kind>(monitor, &ctx.pool, ctx, notifier, &ctx.settings.jobs, instance);)*
+        fn register_all(
+            monitor: Monitor,
+            bookkeeping: &PgPool,
+            ctx: &JobContext,
+            notifier: &JobNotifier,
+            instance: &str,
+        ) -> Monitor {
+            $(let monitor = queue::register::<$kind>(monitor, bookkeeping, ctx, notifier, &ctx.settings.jobs, instance);)*
             monitor
         }
     };
@@ -119,7 +125,8 @@ pub async fn run_workers(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let notifier = JobNotifier::listen(&ctx.pool).await?;
     let instance = instance_name();
-    let monitor = register_all(Monitor::new(), &ctx, &notifier, &instance);
+    let bookkeeping = queue::bookkeeping_pool(&ctx.pool, ctx.settings.jobs.bookkeeping_sync_commit);
+    let monitor = register_all(Monitor::new(), &bookkeeping, &ctx, &notifier, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
     });

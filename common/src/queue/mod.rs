@@ -14,7 +14,8 @@
 //! as [`Enqueued::Duplicate`].
 //!
 //! Workers are plain apalis workers (`WorkerBuilder` + `Monitor`) over [`JobStore`], our
-//! implementation of apalis's `Persistence`/`Backend` traits on our own `jobs` table.
+//! implementation of apalis's `Backend` trait on our own `jobs` table, which claims and
+//! acknowledges in a pipeline (see `store.rs`).
 //!
 //! # Why our own storage rather than apalis-postgres's
 //!
@@ -22,8 +23,8 @@
 //! finished rows in the claim path, inserts without `ON CONFLICT` (a duplicate fails
 //! its batch), cannot enqueue inside a caller's transaction and notifies once per row.
 //! Our table keeps only waiting rows in the claim index, stores the backoff in `run_at`,
-//! treats duplicates as no-ops, and notifies once per statement. apalis still drives
-//! everything else: polling, concurrency, batched acknowledgement, graceful shutdown.
+//! treats duplicates as no-ops, and notifies once per statement. apalis still runs the
+//! jobs: concurrency, panic catching, middleware, the monitor and graceful shutdown.
 //!
 //! # Delivery
 //!
@@ -32,11 +33,13 @@
 //! `completed`, `cancelled` (its own decision) or `dead` (attempts exhausted, its errors
 //! kept), and a job held by a worker that stopped heartbeating is rescued.
 
+mod ack;
 pub mod admin;
 pub mod cron;
 mod enqueue;
 mod notifier;
 mod store;
+mod table;
 mod worker;
 
 use std::future::Future;
@@ -48,7 +51,11 @@ use uuid::Uuid;
 pub use enqueue::{EnqueueOptions, Enqueued, enqueue, enqueue_with};
 pub use notifier::JobNotifier;
 pub use store::{JobStore, StoreConfig};
-pub use worker::{register, register_with};
+/// The claim and completion statements, for measuring what Postgres alone does with them.
+pub mod statements {
+    pub use super::table::{CLAIM, COMPLETE};
+}
+pub use worker::{bookkeeping_pool, register, register_with};
 
 /// A job kind: typed args with a stable name and its queue settings beside them.
 pub trait JobKind: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {

@@ -1,34 +1,61 @@
-//! [`JobStore`]: apalis's `Persistence` and `Backend` over our `jobs` table.
+//! [`JobStore`]: apalis's `Backend` over our `jobs` table, as a pipeline.
 //!
-//! apalis's `Persisted` driver calls us to register the worker, heartbeat, fetch a
-//! batch, acknowledge a batch of results and give back tasks it claimed but never
-//! started; the SQL for each is here and nowhere else.
+//! apalis's own `Persisted` driver claims, runs and acknowledges one after the other in
+//! one state machine: while a batch of results is written nothing is claimed, and while
+//! a batch is claimed nothing is acknowledged. Here each of those has its own task and
+//! its own connection, so they overlap:
+//!
+//! - the **claimer** keeps up to two batches of claimed jobs ready for the worker,
+//!   claiming the next batch while the worker still runs the last one, and waits for a
+//!   wake-up (a notification or the polling tick) once the queue gives less than a batch;
+//! - the **acknowledger** writes finished runs as they arrive, everything waiting in one
+//!   transaction (so under load its batches grow by themselves);
+//! - the **heartbeat** registers the worker before anything is claimed and keeps it
+//!   alive, rescuing the jobs of workers that are not.
+//!
+//! apalis still runs the jobs: it pulls them from [`Backend::poll_next`], bounds their
+//! concurrency, catches panics and reports each result through [`AckLayer`].
+//!
+//! Durability is unchanged: a claimed job is `running` under this worker's name until
+//! acknowledged. On shutdown the claimer stops after its claim in flight, the jobs it
+//! had claimed but the worker never started are given back (their attempt returned),
+//! and every acknowledgement is written before the worker reports itself stopped. A
+//! process that dies leaves its jobs to orphan rescue.
+//!
+//! A database outage never stops a worker (apalis has no restart policy by default and
+//! would stop it for good on a backend error): a failed claim is an empty one (the next
+//! tick tries again), a failed heartbeat a missed beat, and a failed acknowledgement is
+//! retried, then left to orphan rescue (those jobs run again: at least once).
 
-use std::collections::VecDeque;
+use std::collections::HashSet;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
-use apalis_core::backend::persistence::{Persisted, Persistence, State, TaskEvent, TaskPersistLayer};
-use apalis_core::backend::{Backend, BackendConfig, TaskResult, WireFormatBackend};
+use apalis_core::backend::{Backend, BackendConfig, WireFormatBackend};
 use apalis_core::task::Task;
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
-use serde::Deserialize;
+use futures::channel::{mpsc as ack_channel, oneshot};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use super::{JobKind, Outcome, RetryPolicy};
+use super::ack::{AckLayer, AckMessage};
+use super::table::{Acks, JobTable, job_id};
+use super::{JobKind, RetryPolicy};
 
 /// The settings one kind's worker runs with.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub kind: &'static str,
-    /// Jobs claimed per fetch; claimed jobs wait in the worker's buffer until a slot frees.
+    /// Jobs claimed per query; up to two batches wait in the worker's buffer.
     pub batch_size: usize,
     pub policy: RetryPolicy,
     pub heartbeat_interval: Duration,
@@ -41,214 +68,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
-/// The apalis backend of one job kind `J`.
-pub struct JobStore<J> {
-    persisted: Persisted<PgPersistence>,
-    codec: JsonCodec<Value>,
-    _kind: PhantomData<fn() -> J>,
-}
-
-impl<J: JobKind> JobStore<J> {
-    pub fn new(pool: PgPool, config: StoreConfig) -> Self {
-        assert_eq!(config.kind, J::KIND, "a store serves exactly its own kind");
-        let persistence = PgPersistence {
-            pool,
-            config: Arc::new(config),
-            decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
-        };
-        Self { persisted: Persisted::new(persistence), codec: JsonCodec::default(), _kind: PhantomData }
-    }
-}
-
-impl<J> Clone for JobStore<J> {
-    fn clone(&self) -> Self {
-        Self { persisted: self.persisted.clone(), codec: self.codec.clone(), _kind: PhantomData }
-    }
-}
-
-impl<J> Backend for JobStore<J> {
-    type Task = Task<Value>;
-    type Error = StoreError;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
-        let heartbeat = self.persisted.config.heartbeat_interval;
-        self.persisted.poll_ready(cx, worker, heartbeat)
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        worker: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Value>, StoreError>>> {
-        self.persisted.poll_next(cx, worker)
-    }
-
-    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
-        // apalis's `Persisted::poll_close` drops a fetch that is still in flight, but its
-        // UPDATE may have claimed rows already, which would then stay `running` until
-        // orphan rescue. Finish the fetch first, so its tasks count as claimed but not
-        // started, and are released with the rest of the buffer.
-        if let State::Fetch(fetch) = self.persisted.state_mut() {
-            match fetch.poll_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(tasks)) => *self.persisted.state_mut() = State::Buffered(VecDeque::from(tasks)),
-                Poll::Ready(Err(error)) => {
-                    tracing::warn!(%error, "fetch failed during shutdown; its claims fall to orphan rescue");
-                    *self.persisted.state_mut() = State::Ready;
-                }
-            }
-        }
-        self.persisted.poll_close(cx, worker)
-    }
-}
-
-impl<J> BackendConfig for JobStore<J> {
-    type Args = J;
-    type Id = i64;
-    type Kind = Durable;
-    type Config = StoreConfig;
-    type Layer = TaskPersistLayer<JsonCodec<Value>, Value>;
-
-    fn config(&self) -> &StoreConfig {
-        &self.persisted.config
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
-        let batch = self.persisted.config.batch_size;
-        // Results are our acknowledgements; claiming already marked the rows running.
-        self.persisted.layer(JsonCodec::<Value>::default(), batch).persist_results(true).lock_tasks(false)
-    }
-}
-
-impl<J> WireFormatBackend for JobStore<J> {
-    type Codec = JsonCodec<Value>;
-    type Compact = Value;
-
-    fn codec(&self) -> &Self::Codec {
-        &self.codec
-    }
-}
-
-#[derive(Clone)]
-struct PgPersistence {
-    pool: PgPool,
-    config: Arc<StoreConfig>,
-    /// Whether stored args decode as the kind's type; a row that does not is poison.
-    decodes: fn(&Value) -> Result<(), String>,
-}
-
-impl PgPersistence {
-    fn kind(&self) -> &'static str {
-        self.config.kind
-    }
-
-    /// Marks the worker alive and rescues this kind's jobs held by workers that are not.
-    async fn beat(&self, worker: &WorkerContext) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO job_workers (name, kind) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET last_seen = now()",
-        )
-        .bind(worker.name())
-        .bind(self.kind())
-        .execute(&mut *tx)
-        .await?;
-        let orphan_ms = self.config.orphan_after.as_millis() as i64;
-        let rescued = sqlx::query(
-            "WITH lost AS (
-                 SELECT j.id FROM jobs j
-                 WHERE j.kind = $1 AND j.status = 'running'
-                   AND NOT EXISTS (
-                       SELECT 1 FROM job_workers w
-                       WHERE w.name = j.locked_by
-                         AND w.last_seen > now() - $2 * interval '1 millisecond')
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs j SET
-                 status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $3) THEN 'dead' ELSE 'retryable' END,
-                 finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $3) THEN now() END,
-                 errors = j.errors || jsonb_build_array(jsonb_build_object(
-                     'attempt', j.attempts, 'at', now(),
-                     'error', 'worker ' || coalesce(j.locked_by, '?') || ' stopped while running the job')),
-                 locked_by = NULL
-             FROM lost WHERE j.id = lost.id",
-        )
-        .bind(self.kind())
-        .bind(orphan_ms)
-        .bind(self.config.policy.max_attempts)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Forget workers long gone that hold nothing any more.
-        sqlx::query(
-            "DELETE FROM job_workers w
-             WHERE w.kind = $1 AND w.last_seen < now() - $2 * interval '4 millisecond'
-               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'running' AND j.locked_by = w.name)",
-        )
-        .bind(self.kind())
-        .bind(orphan_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if rescued > 0 {
-            tracing::warn!(kind = self.kind(), rescued, "rescued jobs from a worker that stopped");
-        }
-        Ok(())
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ClaimedRow {
-    id: i64,
-    args: Value,
-    attempts: i32,
-}
-
-fn job_id(task_id: &TaskId) -> Option<i64> {
-    match task_id {
-        TaskId::Int(id) => i64::try_from(*id).ok(),
-        other => other.to_string().parse().ok(),
-    }
-}
-
-/// Acknowledgements sorted by what they do to the row.
-#[derive(Default)]
-struct Acks {
-    done: (Vec<i64>, Vec<Value>),
-    snoozed: (Vec<i64>, Vec<i64>),
-    cancelled: (Vec<i64>, Vec<String>),
-    failed: (Vec<i64>, Vec<String>),
-}
-
-impl Acks {
-    fn sort(results: Vec<TaskResult<Value>>) -> Self {
-        let mut acks = Self::default();
-        for result in results {
-            let Some(id) = job_id(&result.task_id) else {
-                tracing::error!(task_id = %result.task_id, "acknowledgement for a task id that is not ours");
-                continue;
-            };
-            match result.result {
-                Ok(value) => match Outcome::deserialize(&value) {
-                    Ok(Outcome::Done { detail }) => push(&mut acks.done, id, detail),
-                    Ok(Outcome::Snooze { seconds }) => {
-                        push(&mut acks.snoozed, id, i64::try_from(seconds).unwrap_or(i64::MAX))
-                    }
-                    Ok(Outcome::Cancel { reason }) => push(&mut acks.cancelled, id, reason),
-                    // A handler that answered something else still finished.
-                    Err(_) => push(&mut acks.done, id, value),
-                },
-                Err(error) => push(&mut acks.failed, id, error),
-            }
-        }
-        acks
-    }
-}
-
-fn push<T>(columns: &mut (Vec<i64>, Vec<T>), id: i64, value: T) {
-    columns.0.push(id);
-    columns.1.push(value);
-}
-
 /// How often, and how far apart, a batch of acknowledgements is retried while the
 /// database is unreachable, before its jobs are left to orphan rescue.
 const ACK_RETRIES: [Duration; 5] = [
@@ -259,231 +78,304 @@ const ACK_RETRIES: [Duration; 5] = [
     Duration::from_secs(5),
 ];
 
-/// apalis stops a worker for good when its backend returns an error (there is no
-/// restart policy by default), so a database outage must not surface as one: a failed
-/// fetch is an empty fetch (the polling tick tries again), a failed heartbeat a missed
-/// beat, and a failed acknowledgement is retried, then left to orphan rescue (those jobs
-/// run again: at least once). Each is logged.
-impl Persistence for PgPersistence {
-    type Compact = Value;
-    type Response = Value;
-    type Error = StoreError;
+/// Most results written in one acknowledgement transaction.
+const MAX_ACK_BATCH: usize = 2_000;
 
-    async fn register(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
-        if let Err(error) = self.beat(worker).await {
-            tracing::warn!(kind = self.kind(), %error, "worker registration failed; the next heartbeat retries");
-        }
-        tracing::debug!(kind = self.kind(), worker = worker.name(), "worker registered");
-        Ok(())
+/// The ids of the jobs this worker holds: claimed and not yet acknowledged (buffered,
+/// running, or waiting to be written). What is `running` under its name but not here
+/// was lost, and the heartbeat gives it back.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<HashSet<i64>>>);
+
+impl Held {
+    fn add(&self, ids: impl IntoIterator<Item = i64>) {
+        self.0.lock().expect("held jobs lock").extend(ids);
     }
 
-    async fn heartbeat(&mut self, worker: &WorkerContext) -> Result<(), StoreError> {
-        if let Err(error) = self.beat(worker).await {
-            tracing::warn!(kind = self.kind(), %error, "heartbeat failed");
+    fn remove(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.0.lock().expect("held jobs lock");
+        for id in ids {
+            held.remove(&id);
         }
-        Ok(())
     }
 
-    async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<Task<Value>>, StoreError> {
-        self.claim(worker).await.or_else(|error| {
-            tracing::warn!(kind = self.kind(), %error, "claiming jobs failed; the next tick retries");
-            Ok(Vec::new())
-        })
-    }
-
-    async fn reenqueue_abandoned(
-        &mut self,
-        tasks: Vec<Task<Value>>,
-        worker: &WorkerContext,
-    ) -> Result<u64, StoreError> {
-        self.release(tasks, worker).await.or_else(|error| {
-            tracing::warn!(kind = self.kind(), %error, "releasing claimed jobs failed; orphan rescue will");
-            Ok(0)
-        })
-    }
-
-    async fn handle_events(&mut self, events: Vec<TaskEvent<Value>>, worker: &WorkerContext) -> Result<(), StoreError> {
-        let results: Vec<TaskResult<Value>> = events
-            .into_iter()
-            .filter_map(|event| match event {
-                TaskEvent::Complete(result) => Some(result),
-                _ => None,
-            })
-            .collect();
-        if results.is_empty() {
-            return Ok(());
-        }
-        let acks = Acks::sort(results);
-        for pause in ACK_RETRIES {
-            match self.acknowledge(&acks, worker).await {
-                Ok(()) => return Ok(()),
-                Err(error) => {
-                    tracing::warn!(kind = self.kind(), %error, ?pause, "acknowledging jobs failed; retrying");
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-        if let Err(error) = self.acknowledge(&acks, worker).await {
-            tracing::error!(kind = self.kind(), %error, "acknowledgements lost; orphan rescue will run these jobs again");
-        }
-        Ok(())
-    }
-
-    async fn push_tasks(&mut self, tasks: Vec<Task<Value>>) -> Result<(), StoreError> {
-        // apalis's own `push` path: plain inserts of this kind, due now.
-        let args: Vec<Value> = tasks.into_iter().map(|t| t.args).collect();
-        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
-            .bind(self.kind())
-            .bind(&args)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    fn snapshot(&self) -> Vec<i64> {
+        self.0.lock().expect("held jobs lock").iter().copied().collect()
     }
 }
 
-impl PgPersistence {
-    async fn claim(&self, worker: &WorkerContext) -> Result<Vec<Task<Value>>, StoreError> {
-        let rows: Vec<ClaimedRow> = sqlx::query_as(
-            "WITH next AS (
-                 SELECT id FROM jobs
-                 WHERE kind = $1 AND status IN ('available', 'retryable') AND run_at <= now()
-                 ORDER BY run_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs j SET status = 'running', attempts = j.attempts + 1,
-                               locked_by = $3, locked_at = now()
-             FROM next WHERE j.id = next.id
-             RETURNING j.id, j.args, j.attempts",
-        )
-        .bind(self.kind())
-        .bind(self.config.batch_size as i64)
-        .bind(worker.name())
-        .fetch_all(&self.pool)
-        .await?;
+/// The apalis backend of one job kind `J`.
+pub struct JobStore<J> {
+    table: JobTable,
+    held: Held,
+    codec: JsonCodec<Value>,
+    wake_ups: Option<BoxStream<'static, ()>>,
+    acks: ack_channel::Sender<AckMessage>,
+    /// Taken by the acknowledger when the worker starts.
+    ack_receiver: Option<ack_channel::Receiver<AckMessage>>,
+    running: Option<Running>,
+    closing: Option<BoxFuture<'static, ()>>,
+    _kind: PhantomData<fn() -> J>,
+}
 
-        let mut tasks = Vec::with_capacity(rows.len());
-        let mut poison = (Vec::new(), Vec::new());
-        for row in rows {
-            match (self.decodes)(&row.args) {
-                Ok(()) => tasks.push(
-                    TaskBuilder::new(row.args)
-                        .task_id(TaskId::Int(row.id as u64))
-                        .attempt(row.attempts as usize)
-                        .build(),
-                ),
-                Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
+/// The tasks of a started worker; aborted if the store is dropped without closing.
+struct Running {
+    claimed: mpsc::Receiver<Task<Value>>,
+    tasks: [JoinHandle<()>; 3],
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl<J: JobKind> JobStore<J> {
+    /// `wake_ups` yields whenever jobs of this kind may be waiting (see `JobNotifier`).
+    pub fn new(pool: PgPool, config: StoreConfig, wake_ups: BoxStream<'static, ()>) -> Self {
+        assert_eq!(config.kind, J::KIND, "a store serves exactly its own kind");
+        let table = JobTable {
+            pool,
+            config: Arc::new(config),
+            decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
+        };
+        // Room for every run that can finish while one batch of acknowledgements is written.
+        let (acks, ack_receiver) = ack_channel::channel(table.config.batch_size * 4);
+        Self {
+            table,
+            held: Held::default(),
+            codec: JsonCodec::default(),
+            wake_ups: Some(wake_ups),
+            acks,
+            ack_receiver: Some(ack_receiver),
+            running: None,
+            closing: None,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<J> JobStore<J> {
+    fn start(&mut self, worker: &WorkerContext) {
+        let name: Arc<str> = worker.name().into();
+        let batch = self.table.config.batch_size;
+        let (claimed_tx, claimed) = mpsc::channel(batch * 2);
+        let (registered_tx, registered) = oneshot::channel();
+        let wake_ups = self.wake_ups.take().expect("a store starts once");
+        let ack_receiver = self.ack_receiver.take().expect("a store starts once");
+        let (table, held) = (&self.table, &self.held);
+        let heartbeat = tokio::spawn(heartbeat(table.clone(), name.clone(), held.clone(), registered_tx));
+        let claimer =
+            tokio::spawn(claim_loop(table.clone(), name.clone(), held.clone(), claimed_tx, wake_ups, registered));
+        let acknowledger = tokio::spawn(acknowledge_loop(table.clone(), name, held.clone(), ack_receiver));
+        self.running = Some(Running { claimed, tasks: [heartbeat, claimer, acknowledger] });
+    }
+}
+
+async fn heartbeat(table: JobTable, worker: Arc<str>, held: Held, registered: oneshot::Sender<()>) {
+    let mut registered = Some(registered);
+    let mut ticks = tokio::time::interval(table.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match table.beat(&worker).await {
+            Ok(()) if registered.is_some() => tracing::debug!(kind = table.kind(), %worker, "worker registered"),
+            Ok(()) => {}
+            Err(error) => tracing::warn!(kind = table.kind(), %error, "heartbeat failed"),
+        }
+        if registered.is_none()
+            && let Err(error) = table.give_back_untracked(&worker, &held.snapshot()).await
+        {
+            tracing::warn!(kind = table.kind(), %error, "checking for lost jobs failed; the next beat retries");
+        }
+        // Claiming waits for the first beat, successful or not: a failed one is retried
+        // long before another process could take this worker for dead.
+        if let Some(registered) = registered.take() {
+            let _ = registered.send(());
+        }
+    }
+}
+
+async fn claim_loop(
+    table: JobTable,
+    worker: Arc<str>,
+    held: Held,
+    claimed: mpsc::Sender<Task<Value>>,
+    mut wake_ups: BoxStream<'static, ()>,
+    registered: oneshot::Receiver<()>,
+) {
+    let batch = table.config.batch_size;
+    if registered.await.is_err() {
+        return;
+    }
+    loop {
+        // Claim only when a whole batch fits: claimed jobs wait here, so the buffer is
+        // at most two batches and each claim overlaps the worker running the last one.
+        let Ok(permits) = claimed.reserve_many(batch).await else { return };
+        let tasks = match table.claim(&worker).await {
+            Ok(tasks) => tasks,
+            Err(error) => {
+                tracing::warn!(kind = table.kind(), %error, "claiming jobs failed; the next tick retries");
+                Vec::new()
+            }
+        };
+        let full = tasks.len() == batch;
+        held.add(tasks.iter().filter_map(|task| task.task_id().and_then(job_id)));
+        for (permit, task) in permits.zip(tasks) {
+            permit.send(task);
+        }
+        if !full {
+            tokio::select! {
+                _ = wake_ups.next() => {}
+                _ = claimed.closed() => return,
             }
         }
-        if !poison.0.is_empty() {
-            tracing::error!(kind = self.kind(), ids = ?poison.0, "undecodable jobs marked dead");
-            sqlx::query(
-                "UPDATE jobs j SET status = 'dead', finished_at = now(), locked_by = NULL,
-                     errors = j.errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', j.attempts, 'at', now(), 'error', u.error))
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE j.id = u.id",
-            )
-            .bind(&poison.0)
-            .bind(&poison.1)
-            .execute(&self.pool)
-            .await?;
+    }
+}
+
+async fn acknowledge_loop(
+    table: JobTable,
+    worker: Arc<str>,
+    held: Held,
+    mut messages: ack_channel::Receiver<AckMessage>,
+) {
+    let mut finished = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = messages.next().await {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                AckMessage::Finished(run) => finished.push(run),
+                AckMessage::Flush(done) => flushes.push(done),
+            }
+            next = if finished.len() < MAX_ACK_BATCH { messages.try_recv().ok() } else { None };
         }
-        Ok(tasks)
+        if !finished.is_empty() {
+            let acks = Acks::sort(finished.drain(..));
+            write_acks(&table, &worker, &acks).await;
+            // Written or given up on: either way no longer ours to track. An unwritten
+            // one stays `running` under our name, and the heartbeat gives it back.
+            held.remove(acks.ids());
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write_acks(table: &JobTable, worker: &str, acks: &Acks) {
+    for pause in ACK_RETRIES {
+        match table.acknowledge(acks, worker).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(kind = table.kind(), %error, ?pause, "acknowledging jobs failed; retrying");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    if let Err(error) = table.acknowledge(acks, worker).await {
+        tracing::error!(
+            kind = table.kind(),
+            jobs = acks.len(),
+            %error,
+            "acknowledgements lost; orphan rescue will run these jobs again"
+        );
+    }
+}
+
+/// Stops claiming, gives back what was claimed but never started, and writes every
+/// acknowledgement sent so far.
+async fn close(
+    table: JobTable,
+    worker: Arc<str>,
+    mut claimed: mpsc::Receiver<Task<Value>>,
+    mut acks: ack_channel::Sender<AckMessage>,
+) {
+    // Closing the buffer stops the claimer after its claim in flight, whose jobs still
+    // arrive here: the channel ends when the claimer has returned.
+    claimed.close();
+    let mut unstarted = Vec::new();
+    while let Some(task) = claimed.recv().await {
+        unstarted.push(task);
+    }
+    if !unstarted.is_empty() {
+        match table.release(&unstarted, &worker).await {
+            Ok(released) => tracing::info!(kind = table.kind(), released, "released claimed jobs on shutdown"),
+            Err(error) => {
+                tracing::warn!(kind = table.kind(), %error, "releasing claimed jobs failed; orphan rescue will")
+            }
+        }
+    }
+    let (flushed, done) = oneshot::channel();
+    if acks.send(AckMessage::Flush(flushed)).await.is_ok() {
+        let _ = done.await;
+    }
+}
+
+impl<J> Backend for JobStore<J> {
+    type Task = Task<Value>;
+    type Error = StoreError;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+        if self.running.is_none() && self.closing.is_none() {
+            self.start(worker);
+            worker.heartbeat(cx);
+        }
+        Poll::Ready(Ok(()))
     }
 
-    async fn release(&self, tasks: Vec<Task<Value>>, worker: &WorkerContext) -> Result<u64, StoreError> {
-        // Claimed but never started (the worker is shutting down): give the attempt back.
-        let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
-        let released = sqlx::query(
-            "UPDATE jobs SET status = 'available', attempts = attempts - 1, locked_by = NULL
-             WHERE id = ANY($1) AND status = 'running' AND locked_by = $2",
-        )
-        .bind(&ids)
-        .bind(worker.name())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        tracing::info!(kind = self.kind(), released, "released claimed jobs on shutdown");
-        Ok(released)
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Task<Value>, StoreError>>> {
+        match self.running.as_mut() {
+            // The claimer only ends when closed, or if it panicked: either way, no more.
+            Some(running) => running.claimed.poll_recv(cx).map(|task| task.map(Ok)),
+            None => Poll::Ready(None),
+        }
     }
 
-    async fn acknowledge(&self, acks: &Acks, worker: &WorkerContext) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Each update only touches rows this worker still holds: if the job was rescued
-        // from us meanwhile, its new owner decides its fate.
-        if !acks.done.0.is_empty() {
-            sqlx::query(
-                "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
-                 FROM UNNEST($1::bigint[], $2::jsonb[]) AS u(id, result)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
-            )
-            .bind(&acks.done.0)
-            .bind(&acks.done.1)
-            .bind(worker.name())
-            .execute(&mut *tx)
-            .await?;
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+        if self.closing.is_none() {
+            let Some(running) = self.running.as_mut() else { return Poll::Ready(Ok(())) };
+            let (_, claimed) = mpsc::channel(1);
+            let claimed = std::mem::replace(&mut running.claimed, claimed);
+            let name: Arc<str> = worker.name().into();
+            self.closing = Some(close(self.table.clone(), name, claimed, self.acks.clone()).boxed());
         }
-        if !acks.snoozed.0.is_empty() {
-            sqlx::query(
-                "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
-                     run_at = now() + u.seconds * interval '1 second'
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, seconds)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
-            )
-            .bind(&acks.snoozed.0)
-            .bind(&acks.snoozed.1)
-            .bind(worker.name())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !acks.cancelled.0.is_empty() {
-            sqlx::query(
-                "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
-                     errors = j.errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', j.attempts, 'at', now(), 'error', u.reason))
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, reason)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
-            )
-            .bind(&acks.cancelled.0)
-            .bind(&acks.cancelled.1)
-            .bind(worker.name())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !acks.failed.0.is_empty() {
-            let policy = &self.config.policy;
-            // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
-            // capped, then scaled by a random 75-100% so retries of a burst spread out.
-            let dead = sqlx::query(
-                "UPDATE jobs j SET
-                     status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN 'dead' ELSE 'retryable' END,
-                     finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN now() END,
-                     run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN j.run_at
-                              ELSE now() + least($5::float8 * power(2, j.attempts - 1), $6::float8)
-                                         * (0.75 + random() * 0.25) * interval '1 millisecond' END,
-                     errors = j.errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', j.attempts, 'at', now(), 'error', u.error)),
-                     locked_by = NULL
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3
-                 RETURNING j.status",
-            )
-            .bind(&acks.failed.0)
-            .bind(&acks.failed.1)
-            .bind(worker.name())
-            .bind(policy.max_attempts)
-            .bind(policy.backoff_base.as_millis() as f64)
-            .bind(policy.backoff_max.as_millis() as f64)
-            .fetch_all(&mut *tx)
-            .await?;
-            let died = dead.iter().filter(|row| row.get::<&str, _>(0) == "dead").count();
-            if died > 0 {
-                metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
-            }
-            for (id, error) in acks.failed.0.iter().zip(&acks.failed.1) {
-                tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let closing = self.closing.as_mut().expect("set above");
+        closing.poll_unpin(cx).map(|()| {
+            // Heartbeat and acknowledger end with the store.
+            self.running = None;
+            Ok(())
+        })
+    }
+}
+
+impl<J> BackendConfig for JobStore<J> {
+    type Args = J;
+    type Id = i64;
+    type Kind = Durable;
+    type Config = StoreConfig;
+    type Layer = AckLayer;
+
+    fn config(&self) -> &StoreConfig {
+        &self.table.config
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
+        AckLayer::new(self.acks.clone())
+    }
+}
+
+impl<J> WireFormatBackend for JobStore<J> {
+    type Codec = JsonCodec<Value>;
+    type Compact = Value;
+
+    fn codec(&self) -> &Self::Codec {
+        &self.codec
     }
 }

@@ -2,14 +2,36 @@
 //! concurrency, panic catching, and metrics around every run.
 
 use apalis::prelude::{Monitor, WorkerBuilder, WorkerBuilderExt};
-use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 use super::{Job, JobError, JobNotifier, JobStore, Outcome, StoreConfig};
 use crate::config::JobSettings;
 
+/// The pool a process's workers claim, acknowledge and heartbeat with: `pool`'s database,
+/// and unless `sync_commit`, with `synchronous_commit = off`, which makes those commits
+/// cheaper (no wait for the disk) and was the largest gain measured (BENCHMARKS.md).
+///
+/// It loses no job and corrupts nothing: Postgres may lose only the last few commits,
+/// and only in a crash of its own (not in a clean restart). A lost claim puts the job
+/// back to waiting, and it runs again (at least once, as always). A lost acknowledgement
+/// leaves the job `running` under a worker that no longer holds it, which that worker's
+/// heartbeat gives back (`JobStore`). A job's own writes still commit synchronously, and
+/// such a commit makes everything before it in the log durable, its claim included.
+pub fn bookkeeping_pool(pool: &PgPool, sync_commit: bool) -> PgPool {
+    let options = pool.connect_options().as_ref().clone();
+    let options = match sync_commit {
+        true => options,
+        false => options.options([("synchronous_commit", "off")]),
+    };
+    PgPoolOptions::new()
+        .max_connections(pool.options().get_max_connections())
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
 /// Adds one worker for kind `J` to `monitor`, with the kind's configured policy;
-/// `instance` names this process.
+/// `pool` is the process's [`bookkeeping_pool`]; `instance` names this process.
 pub fn register<J: Job>(
     monitor: Monitor,
     pool: &PgPool,
@@ -43,11 +65,10 @@ pub fn register_with<J: Job>(
     let (pool, ctx, notifier) = (pool.clone(), ctx.clone(), notifier.clone());
     let name = format!("{}@{instance}", J::KIND);
     monitor.register(move |restarts| {
-        let store = JobStore::<J>::new(pool.clone(), config.clone());
-        let wake_ups = StreamStrategy::new(notifier.wake_ups(J::KIND, poll_interval));
+        let store = JobStore::<J>::new(pool.clone(), config.clone(), notifier.wake_ups(J::KIND, poll_interval));
         let ctx = ctx.clone();
         WorkerBuilder::new(format!("{name}#{restarts}"))
-            .backend(PollWith::new(store, wake_ups))
+            .backend(store)
             .catch_panic()
             .concurrency(policy.concurrency)
             .build(move |job: J| observed(job, ctx.clone()))

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/rsolv-bench [--jobs N] [--concurrency 10,50] [--processes 1,2] [--runs 3]
-//!                             [--finished 1000000] [--json]
+//!                             [--finished 1000000] [--only throughput,ceiling,...] [--json]
 //! ```
 //!
 //! Each figure is measured `--runs` times and reported as median, min and max. It uses a
@@ -60,7 +60,17 @@ struct Options {
     json: bool,
     /// Finished jobs left in the table for the "with finished rows" figure.
     finished: i64,
+    /// The sections to run (`--only enqueue,throughput`); all when empty.
+    only: Vec<String>,
 }
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+const SECTIONS: [&str; 8] = ["enqueue", "throughput", "finished", "latency", "ceiling", "ledger", "api", "webhooks"];
 
 fn options(args: &[String]) -> Result<Options, Error> {
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
@@ -78,6 +88,16 @@ fn options(args: &[String]) -> Result<Options, Error> {
         runs: value("--runs").map(|v| v.parse()).transpose()?.unwrap_or(3).max(1),
         json: args.iter().any(|a| a == "--json"),
         finished: value("--finished").map(|v| v.parse()).transpose()?.unwrap_or(1_000_000),
+        only: match value("--only") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|s| match SECTIONS.contains(&s.trim()) {
+                    true => Ok(s.trim().to_owned()),
+                    false => Err(format!("unknown section {s:?}; sections: {}", SECTIONS.join(", "))),
+                })
+                .collect::<Result<_, _>>()?,
+        },
     })
 }
 
@@ -138,25 +158,42 @@ async fn wait_until(pool: &PgPool, sql: &'static str, target: i64, limit: Durati
     Ok(())
 }
 
-/// Waits until no job waits or runs. Two counts, each matching a partial index (waiting,
-/// running): one count over the three statuses would scan the whole table.
+/// Waits until no job waits or runs. It asks only whether one exists, which stops at
+/// the first row of a partial index: counting them instead (a scan of every waiting row,
+/// with a heap visit each while the rows churn) every 10 ms took a large share of the
+/// CPU the workers were being measured on.
 async fn wait_drained(pool: &PgPool, limit: Duration) -> Result<(), Error> {
     let start = Instant::now();
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM jobs WHERE status IN ('available', 'retryable'))
-                      + (SELECT count(*) FROM jobs WHERE status = 'running')",
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('available', 'retryable'))
+                 OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running')",
         )
         .fetch_one(pool)
         .await?;
-        if left == 0 {
+        if !busy {
             return Ok(());
         }
         if start.elapsed() > limit {
+            let left =
+                count(pool, "SELECT count(*) FROM jobs WHERE status IN ('available', 'retryable', 'running')").await;
             return Err(format!("{left} jobs still waiting after {limit:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Jobs per second from the first claim to the last acknowledgement, by the database's
+/// clock: the jobs were all waiting before the workers started, so neither inserting
+/// them nor starting processes is measured, as for the Postgres-alone ceiling.
+async fn sustained_rate(pool: &PgPool) -> Result<f64, Error> {
+    let (jobs, seconds): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM max(finished_at) - min(locked_at))::float8
+         FROM jobs WHERE status = 'completed' AND kind = 'bench_noop' AND locked_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(jobs as f64 / seconds)
 }
 
 async fn bulk_noops(pool: &PgPool, n: i64) -> Result<Duration, Error> {
@@ -195,17 +232,18 @@ async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
     let settings = Settings::from_lookup(|k| match k {
         "DATABASE_URL" => Some(url.to_owned()),
         "JOB_POLL_INTERVAL_MS" => Some("100".into()),
-        "JOB_FETCH_BATCH" => std::env::var("JOB_FETCH_BATCH").ok(),
+        "JOB_FETCH_BATCH" | "JOB_BOOKKEEPING_SYNC_COMMIT" => std::env::var(k).ok(),
         _ => None,
     })?;
     let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
     let notifier = JobNotifier::listen(&pool).await?;
+    let bookkeeping = queue::bookkeeping_pool(&pool, settings.jobs.bookkeeping_sync_commit);
     let mut policy = Noop::RETRY;
     policy.concurrency = concurrency;
     let instance = common::jobs::instance_name();
     let monitor = queue::register_with::<Noop>(
         apalis::prelude::Monitor::new(),
-        &pool,
+        &bookkeeping,
         &(),
         &notifier,
         &settings.jobs,
@@ -213,6 +251,17 @@ async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
         &instance,
     );
     monitor.run().await?;
+    Ok(())
+}
+
+async fn wait_for_api(client: &reqwest::Client, base: &str) -> Result<(), Error> {
+    let ready = Instant::now();
+    while !client.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        if ready.elapsed() > Duration::from_secs(30) {
+            return Err("the API did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
@@ -253,6 +302,7 @@ async fn main() -> Result<(), Error> {
     let with_finished =
         figure(format!("no-op jobs, 1 process, concurrency 50, {} finished rows present", opts.finished), "jobs/s");
     let ceiling = figure("Postgres alone: 8 connections claim 100 + delete".into(), "jobs/s");
+    let ours_alone = figure("Postgres alone, our statements: 8 connections claim 100 + complete".into(), "jobs/s");
     let p50 = figure("pickup latency p50 (idle, listening worker)".into(), "ms");
     let p95 = figure("pickup latency p95".into(), "ms");
     let p99 = figure("pickup latency p99".into(), "ms");
@@ -260,215 +310,342 @@ async fn main() -> Result<(), Error> {
     let api_rss = figure("API peak RSS under load".into(), "MB");
     let worker_rss = figure("worker peak RSS under load".into(), "MB");
     let onboard_rate = figure("onboarding requests (50 concurrent, bench client)".into(), "req/s");
+    let webhook_rate = figure("webhook ingest, API alone (64 concurrent, bench client)".into(), "req/s");
+    let webhook_p50 = figure("webhook ingest latency p50".into(), "ms");
+    let webhook_p99 = figure("webhook ingest latency p99".into(), "ms");
 
     for run in 0..opts.runs {
         eprintln!("run {}/{}", run + 1, opts.runs);
-        // Enqueue.
-        clear(&pool).await?;
-        let took = bulk_noops(&pool, opts.jobs).await?;
-        figures[bulk].values.push(opts.jobs as f64 / took.as_secs_f64());
-        clear(&pool).await?;
-        let n = 2_000;
-        let started = Instant::now();
-        for seq in 0..n {
-            queue::enqueue(&pool, &Noop { seq }).await?;
-        }
-        figures[single].values.push(n as f64 / started.elapsed().as_secs_f64());
-
-        // No-op throughput.
-        for (processes, concurrency, slot) in &throughput {
+        if opts.runs("enqueue") {
+            // Enqueue.
             clear(&pool).await?;
-            let workers: Vec<Process> = (0..*processes)
-                .map(|_| spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, &concurrency.to_string()], &[]))
-                .collect();
-            wait_until(&pool, "SELECT count(*) FROM job_workers", *processes as i64, Duration::from_secs(30)).await?;
+            let took = bulk_noops(&pool, opts.jobs).await?;
+            figures[bulk].values.push(opts.jobs as f64 / took.as_secs_f64());
+            clear(&pool).await?;
+            let n = 2_000;
             let started = Instant::now();
+            for seq in 0..n {
+                queue::enqueue(&pool, &Noop { seq }).await?;
+            }
+            figures[single].values.push(n as f64 / started.elapsed().as_secs_f64());
+        }
+
+        if opts.runs("throughput") {
+            // No-op throughput.
+            for (processes, concurrency, slot) in &throughput {
+                clear(&pool).await?;
+                bulk_noops(&pool, opts.jobs).await?;
+                let workers: Vec<Process> = (0..*processes)
+                    .map(|_| {
+                        spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, &concurrency.to_string()], &[])
+                    })
+                    .collect();
+                wait_drained(&pool, Duration::from_secs(900)).await?;
+                figures[*slot].values.push(sustained_rate(&pool).await?);
+                drop(workers);
+            }
+        }
+
+        if opts.runs("finished") {
+            // The same with a large history of finished jobs in the table.
+            clear(&pool).await?;
+            sqlx::query(
+                "INSERT INTO jobs (kind, args, status, finished_at)
+                 SELECT $1, jsonb_build_object('seq', g), 'completed', now() FROM generate_series(1, $2) g",
+            )
+            .bind(Noop::KIND)
+            .bind(opts.finished)
+            .execute(&pool)
+            .await?;
+            // A table that has lived with this history: vacuumed and checkpointed, so the
+            // fill's own aftermath (insert-triggered autovacuum, a checkpoint) is not measured.
+            sqlx::query("VACUUM (ANALYZE) jobs").execute(&pool).await?;
+            sqlx::query("CHECKPOINT").execute(&pool).await?;
             bulk_noops(&pool, opts.jobs).await?;
+            let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "50"], &[]);
             wait_drained(&pool, Duration::from_secs(900)).await?;
-            figures[*slot].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
-            drop(workers);
+            figures[with_finished].values.push(sustained_rate(&pool).await?);
+            drop(worker);
         }
 
-        // The same with a large history of finished jobs in the table.
-        clear(&pool).await?;
-        sqlx::query(
-            "INSERT INTO jobs (kind, args, status, finished_at)
-             SELECT $1, jsonb_build_object('seq', g), 'completed', now() FROM generate_series(1, $2) g",
-        )
-        .bind(Noop::KIND)
-        .bind(opts.finished)
-        .execute(&pool)
-        .await?;
-        // A table that has lived with this history: vacuumed and checkpointed, so the
-        // fill's own aftermath (insert-triggered autovacuum, a checkpoint) is not measured.
-        sqlx::query("VACUUM (ANALYZE) jobs").execute(&pool).await?;
-        sqlx::query("CHECKPOINT").execute(&pool).await?;
-        let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "50"], &[]);
-        wait_until(&pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
-        let started = Instant::now();
-        bulk_noops(&pool, opts.jobs).await?;
-        wait_drained(&pool, Duration::from_secs(900)).await?;
-        figures[with_finished].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
-        drop(worker);
-
-        // Pickup latency: one job at a time to an idle worker.
-        clear(&pool).await?;
-        let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "10"], &[]);
-        wait_until(&pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
-        let samples = 300;
-        let mut enqueued_at = Vec::with_capacity(samples);
-        for seq in 0..samples as i64 {
-            enqueued_at.push((seq, now_micros()));
-            queue::enqueue(&pool, &Noop { seq }).await?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if opts.runs("latency") {
+            // Pickup latency: one job at a time to an idle worker.
+            clear(&pool).await?;
+            let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "10"], &[]);
+            wait_until(&pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
+            let samples = 300;
+            let mut enqueued_at = Vec::with_capacity(samples);
+            for seq in 0..samples as i64 {
+                enqueued_at.push((seq, now_micros()));
+                queue::enqueue(&pool, &Noop { seq }).await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            wait_until(
+                &pool,
+                "SELECT count(*) FROM jobs WHERE status = 'completed'",
+                samples as i64,
+                Duration::from_secs(60),
+            )
+            .await?;
+            drop(worker);
+            let started: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
+                    .fetch_all(&pool)
+                    .await?;
+            let mut latencies: Vec<f64> = started
+                .iter()
+                .filter_map(|(seq, at)| {
+                    enqueued_at.iter().find(|(s, _)| s == seq).map(|(_, t)| (*at - *t) as f64 / 1000.0)
+                })
+                .collect();
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            figures[p50].values.push(percentile(&latencies, 0.50));
+            figures[p95].values.push(percentile(&latencies, 0.95));
+            figures[p99].values.push(percentile(&latencies, 0.99));
         }
-        wait_until(
-            &pool,
-            "SELECT count(*) FROM jobs WHERE status = 'completed'",
-            samples as i64,
-            Duration::from_secs(60),
-        )
-        .await?;
-        drop(worker);
-        let started: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
-                .fetch_all(&pool)
+
+        if opts.runs("ceiling") {
+            // Postgres alone, on a table like ours.
+            sqlx::query("DROP TABLE IF EXISTS bench_claim").execute(&pool).await?;
+            sqlx::query("CREATE TABLE bench_claim (LIKE jobs INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING IDENTITY)")
+                .execute(&pool)
                 .await?;
-        let mut latencies: Vec<f64> = started
-            .iter()
-            .filter_map(|(seq, at)| enqueued_at.iter().find(|(s, _)| s == seq).map(|(_, t)| (*at - *t) as f64 / 1000.0))
-            .collect();
-        latencies.sort_by(|a, b| a.total_cmp(b));
-        figures[p50].values.push(percentile(&latencies, 0.50));
-        figures[p95].values.push(percentile(&latencies, 0.95));
-        figures[p99].values.push(percentile(&latencies, 0.99));
-
-        // Postgres alone, on a table like ours.
-        sqlx::query("DROP TABLE IF EXISTS bench_claim").execute(&pool).await?;
-        sqlx::query("CREATE TABLE bench_claim (LIKE jobs INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING IDENTITY)")
-            .execute(&pool)
-            .await?;
-        sqlx::query("INSERT INTO bench_claim (kind, args) SELECT 'bench_noop', jsonb_build_object('seq', g) FROM generate_series(1, $1) g")
-            .bind(opts.jobs)
-            .execute(&pool)
-            .await?;
-        let started = Instant::now();
-        let claimers: Vec<_> = (0..8)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let mut conn = PgConnection::connect(&url).await.unwrap();
-                    loop {
-                        let mut tx = conn.begin().await.unwrap();
-                        let ids: Vec<i64> = sqlx::query_scalar(
-                            "SELECT id FROM bench_claim WHERE kind = 'bench_noop' AND status IN ('available', 'retryable')
-                               AND run_at <= now() ORDER BY run_at LIMIT 100 FOR UPDATE SKIP LOCKED",
-                        )
-                        .fetch_all(&mut *tx)
-                        .await
-                        .unwrap();
-                        if ids.is_empty() {
-                            break;
+            sqlx::query("INSERT INTO bench_claim (kind, args) SELECT 'bench_noop', jsonb_build_object('seq', g) FROM generate_series(1, $1) g")
+                .bind(opts.jobs)
+                .execute(&pool)
+                .await?;
+            let started = Instant::now();
+            let claimers: Vec<_> = (0..8)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let mut conn = PgConnection::connect(&url).await.unwrap();
+                        loop {
+                            let mut tx = conn.begin().await.unwrap();
+                            let ids: Vec<i64> = sqlx::query_scalar(
+                                "SELECT id FROM bench_claim WHERE kind = 'bench_noop' AND status IN ('available', 'retryable')
+                                   AND run_at <= now() ORDER BY run_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+                            )
+                            .fetch_all(&mut *tx)
+                            .await
+                            .unwrap();
+                            if ids.is_empty() {
+                                break;
+                            }
+                            sqlx::query("DELETE FROM bench_claim WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await.unwrap();
+                            tx.commit().await.unwrap();
                         }
-                        sqlx::query("DELETE FROM bench_claim WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await.unwrap();
-                        tx.commit().await.unwrap();
-                    }
+                    })
                 })
-            })
-            .collect();
-        for claimer in claimers {
-            claimer.await?;
-        }
-        figures[ceiling].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
+                .collect();
+            for claimer in claimers {
+                claimer.await?;
+            }
+            figures[ceiling].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
 
-        // Ledger postings through the real worker.
-        clear(&pool).await?;
-        let settings = Arc::new(Settings::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))?);
-        let mut customers = Vec::new();
-        for n in 0..50 {
-            let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
-            customers.push(factories::create(&pool, &settings, CustomerState::Trial, email).await?.customer_id);
-        }
-        let grants: Vec<Value> = (0..20_000)
-            .map(|i| {
-                serde_json::to_value(GrantCredits {
-                    customer_id: customers[i % customers.len()],
-                    amount: 1,
-                    source: LedgerSource::Adjustment,
-                    idempotency_key: format!("bench-{run}-{i}"),
-                    metadata: Value::Null,
+            // The same with the worker's own claim and completion statements on `jobs`:
+            // what our SQL costs Postgres, without the worker's own work.
+            clear(&pool).await?;
+            bulk_noops(&pool, opts.jobs).await?;
+            let claimers: Vec<_> = (0..8)
+                .map(|n| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let mut conn = PgConnection::connect(&url).await.unwrap();
+                        // As the workers' bookkeeping pool has it.
+                        if std::env::var("JOB_BOOKKEEPING_SYNC_COMMIT").as_deref() != Ok("true") {
+                            sqlx::query("SET synchronous_commit = off").execute(&mut conn).await.unwrap();
+                        }
+                        let worker = format!("alone-{n}");
+                        loop {
+                            let claimed: Vec<(i64, Value, i32)> = sqlx::query_as(queue::statements::CLAIM)
+                                .bind(Noop::KIND)
+                                .bind(100_i64)
+                                .bind(&worker)
+                                .fetch_all(&mut conn)
+                                .await
+                                .unwrap();
+                            if claimed.is_empty() {
+                                break;
+                            }
+                            let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+                            let results = vec![json!({"outcome": "done", "detail": null}); ids.len()];
+                            sqlx::query(queue::statements::COMPLETE)
+                                .bind(&ids)
+                                .bind(&results)
+                                .bind(&worker)
+                                .execute(&mut conn)
+                                .await
+                                .unwrap();
+                        }
+                    })
                 })
-                .unwrap()
-            })
-            .collect();
-        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
-            .bind(GrantCredits::KIND)
-            .bind(&grants)
-            .execute(&pool)
+                .collect();
+            for claimer in claimers {
+                claimer.await?;
+            }
+            figures[ours_alone].values.push(sustained_rate(&pool).await?);
+        }
+
+        if opts.runs("ledger") {
+            // Ledger postings through the real worker.
+            clear(&pool).await?;
+            let settings = Arc::new(Settings::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))?);
+            let mut customers = Vec::new();
+            for n in 0..50 {
+                let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
+                customers.push(factories::create(&pool, &settings, CustomerState::Trial, email).await?.customer_id);
+            }
+            let grants: Vec<Value> = (0..20_000)
+                .map(|i| {
+                    serde_json::to_value(GrantCredits {
+                        customer_id: customers[i % customers.len()],
+                        amount: 1,
+                        source: LedgerSource::Adjustment,
+                        idempotency_key: format!("bench-{run}-{i}"),
+                        metadata: Value::Null,
+                    })
+                    .unwrap()
+                })
+                .collect();
+            sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+                .bind(GrantCredits::KIND)
+                .bind(&grants)
+                .execute(&pool)
+                .await?;
+            let started = Instant::now();
+            let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &url)]);
+            wait_until(
+                &pool,
+                "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
+                grants.len() as i64,
+                Duration::from_secs(600),
+            )
             .await?;
-        let started = Instant::now();
-        let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &url)]);
-        wait_until(
-            &pool,
-            "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
-            grants.len() as i64,
-            Duration::from_secs(600),
-        )
-        .await?;
-        figures[ledger].values.push(grants.len() as f64 / started.elapsed().as_secs_f64());
-        drop(worker);
+            figures[ledger].values.push(grants.len() as f64 / started.elapsed().as_secs_f64());
+            drop(worker);
+        }
 
-        // Peak memory of the API and the worker while onboarding traffic flows.
-        clear(&pool).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let bind = format!("127.0.0.1:{port}");
-        let env =
-            [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0")];
-        let api = spawn(sibling("rsolv-api"), &[], &env);
-        let worker = spawn(sibling("rsolv-worker"), &[], &env);
-        let client = reqwest::Client::new();
-        let base = format!("http://{bind}");
-        let ready = Instant::now();
-        while !client.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
-            if ready.elapsed() > Duration::from_secs(30) {
-                return Err("the API did not start".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let total = 5_000;
-        let started = Instant::now();
-        let mut next = 0;
-        while next < total {
-            let batch = (next..(next + 50).min(total)).map(|i| {
-                client
-                    .post(format!("{base}/api/v1/customers/onboard"))
-                    .json(&json!({ "name": "Bench", "email": format!("load-{run}-{i}@example.com") }))
-                    .send()
-            });
-            for response in futures::future::join_all(batch).await {
-                if !response.is_ok_and(|r| r.status() == 202) {
-                    return Err("an onboarding request failed during the load".into());
+        if opts.runs("api") {
+            // Peak memory of the API and the worker while onboarding traffic flows.
+            clear(&pool).await?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let bind = format!("127.0.0.1:{port}");
+            let env =
+                [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0")];
+            let api = spawn(sibling("rsolv-api"), &[], &env);
+            let worker = spawn(sibling("rsolv-worker"), &[], &env);
+            let client = reqwest::Client::new();
+            let base = format!("http://{bind}");
+            wait_for_api(&client, &base).await?;
+            let total = 5_000;
+            let started = Instant::now();
+            let mut next = 0;
+            while next < total {
+                let batch = (next..(next + 50).min(total)).map(|i| {
+                    client
+                        .post(format!("{base}/api/v1/customers/onboard"))
+                        .json(&json!({ "name": "Bench", "email": format!("load-{run}-{i}@example.com") }))
+                        .send()
+                });
+                for response in futures::future::join_all(batch).await {
+                    if !response.is_ok_and(|r| r.status() == 202) {
+                        return Err("an onboarding request failed during the load".into());
+                    }
                 }
+                next += 50;
             }
-            next += 50;
+            figures[onboard_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
+            wait_until(
+                &pool,
+                "SELECT count(*) FROM customers WHERE email LIKE 'load-%'",
+                total as i64,
+                Duration::from_secs(120),
+            )
+            .await?;
+            figures[api_rss].values.push(peak_rss_mb(&api));
+            figures[worker_rss].values.push(peak_rss_mb(&worker));
+            drop((api, worker));
         }
-        figures[onboard_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
-        wait_until(
-            &pool,
-            "SELECT count(*) FROM customers WHERE email LIKE 'load-%'",
-            total as i64,
-            Duration::from_secs(120),
-        )
-        .await?;
-        figures[api_rss].values.push(peak_rss_mb(&api));
-        figures[worker_rss].values.push(peak_rss_mb(&worker));
-        drop((api, worker));
+
+    if opts.runs("webhooks") {
+            // Signed webhook ingest (verify + durable enqueue) against the API alone: no
+            // worker runs, so the figure is the API's and Postgres's, not the processing.
+            clear(&pool).await?;
+            let secret = "whsec_bench";
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let bind = format!("127.0.0.1:{port}");
+            let env = [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("STRIPE_WEBHOOK_SECRET", secret)];
+            let api = spawn(sibling("rsolv-api"), &[], &env);
+            let client = reqwest::Client::new();
+            let base = format!("http://{bind}");
+            wait_for_api(&client, &base).await?;
+            let total = 20_000;
+            let now = chrono::Utc::now().timestamp();
+            let events: Vec<(Vec<u8>, String)> = (0..total)
+                .map(|i| {
+                    let body = serde_json::to_vec(&json!({
+                        "id": format!("evt_bench_{run}_{i}"), "object": "event", "type": "invoice.payment_succeeded",
+                        "created": now, "livemode": false, "api_version": "2024-06-20",
+                        "data": { "object": {
+                            "id": format!("in_bench_{run}_{i}"), "object": "invoice", "customer": "cus_bench",
+                            "subscription": "sub_bench", "status": "paid", "amount_paid": 59900, "currency": "usd"
+                        } }
+                    }))
+                    .unwrap();
+                    let signature = common::stripe::signature::sign(&body, secret, now);
+                    (body, signature)
+                })
+                .collect();
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let events = Arc::new(events);
+            let started = Instant::now();
+            let senders: Vec<_> = (0..64)
+                .map(|_| {
+                    let (client, next, events, url) =
+                        (client.clone(), next.clone(), events.clone(), format!("{base}/api/webhooks/stripe"));
+                    tokio::spawn(async move {
+                        let mut latencies = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((body, signature)) = events.get(i) else { return Ok(latencies) };
+                            let sent = Instant::now();
+                            let response = client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .header("stripe-signature", signature)
+                                .body(body.clone())
+                                .send()
+                                .await;
+                            if !response.is_ok_and(|r| r.status() == 200) {
+                                return Err("a webhook was refused during the load");
+                            }
+                            latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    })
+                })
+                .collect();
+            let mut latencies = Vec::with_capacity(total);
+            for sender in senders {
+                latencies.extend(sender.await??);
+            }
+            figures[webhook_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
+            latencies.sort_by(|a, b| a.total_cmp(b));
+            figures[webhook_p50].values.push(percentile(&latencies, 0.50));
+            figures[webhook_p99].values.push(percentile(&latencies, 0.99));
+            let stored = count(&pool, "SELECT count(*) FROM jobs WHERE kind = 'process_stripe_event'").await;
+            if stored != total as i64 {
+                return Err(format!("{stored} of {total} accepted webhooks were enqueued").into());
+            }
+            drop(api);
+        }
     }
 
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     if opts.json {
         let rows: Vec<Value> = figures
             .iter()
+            .filter(|f| !f.values.is_empty())
             .map(|f| {
                 let (median, min, max) = f.stats();
                 json!({ "name": f.name, "unit": f.unit, "median": median, "min": min, "max": max, "runs": f.values.len() })
@@ -478,7 +655,7 @@ async fn main() -> Result<(), Error> {
     } else {
         println!("{} jobs per throughput run, {} runs, {cpus} CPUs", opts.jobs, opts.runs);
         println!("{:<58} {:>12} {:>12} {:>12}  unit", "figure", "median", "min", "max");
-        for f in &figures {
+        for f in figures.iter().filter(|f| !f.values.is_empty()) {
             let (median, min, max) = f.stats();
             println!("{:<58} {:>12.1} {:>12.1} {:>12.1}  {}", f.name, median, min, max, f.unit);
         }

@@ -246,3 +246,47 @@ async fn shutdown_lets_a_running_job_finish() {
     assert_eq!(status, "completed", "the in-flight job finished and was acknowledged before shutdown ended");
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 7);
 }
+
+#[tokio::test]
+async fn a_running_job_its_live_worker_no_longer_holds_is_given_back() {
+    let app = TestApp::with_worker().await;
+    let (customer_id, _) = app.onboarded_customer("lost-ack@example.com").await;
+    let pool = app.db.pool.clone();
+    let worker_of_kind = || async {
+        sqlx::query_scalar::<_, String>("SELECT name FROM job_workers WHERE kind = 'grant_credits'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    wait_for("the grant worker to register", Duration::from_secs(10), || async { worker_of_kind().await.is_some() })
+        .await;
+    let worker = worker_of_kind().await.unwrap();
+    let balance_before = app.count("SELECT credit_balance FROM customers").await;
+    // A grant the live worker claimed a minute ago whose acknowledgement never reached
+    // the table (given up on, or lost with a Postgres crash): `running` under a worker
+    // that heartbeats, so orphan rescue would never look at it.
+    let args = serde_json::to_value(grant(customer_id, "lost-ack", 5)).unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, args, status, attempts, locked_by, locked_at)
+         VALUES ('grant_credits', $1, 'running', 1, $2, now() - interval '1 minute') RETURNING id",
+    )
+    .bind(&args)
+    .bind(&worker)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+
+    let app_ref = &app;
+    wait_for("the lost job to be given back and run", Duration::from_secs(15), || async move {
+        job(app_ref, id).await.status == "completed"
+    })
+    .await;
+    let row = job(&app, id).await;
+    assert!(
+        row.errors.to_string().contains("lost track of the job"),
+        "the give-back is in its history: {}",
+        row.errors
+    );
+    assert_eq!(row.attempts, 2);
+    assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 5);
+}

@@ -1,0 +1,94 @@
+//! The middleware that reports each finished run to its store's acknowledger.
+//!
+//! It sits outermost in a worker's service stack (apalis puts a backend's middleware
+//! there), so it sees the handler's final answer after panics were caught. The channel
+//! is bounded: when acknowledgements fall behind, new runs wait instead of piling up
+//! finished-but-unrecorded jobs in memory.
+
+use std::task::{Context, Poll};
+
+use apalis_core::error::BoxDynError;
+use apalis_core::layers::{Layer, Service};
+use apalis_core::task::Task;
+use futures::channel::mpsc::Sender;
+use futures::channel::oneshot;
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt};
+use serde::Serialize;
+
+use super::table::{Finished, job_id};
+
+/// What the acknowledger receives, in the order it was sent.
+pub(super) enum AckMessage {
+    Finished(Finished),
+    /// Answered once everything sent before it is written (or given up on).
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct AckLayer {
+    sender: Sender<AckMessage>,
+}
+
+impl AckLayer {
+    pub(super) fn new(sender: Sender<AckMessage>) -> Self {
+        Self { sender }
+    }
+}
+
+impl<S> Layer<S> for AckLayer {
+    type Service = AckService<S>;
+
+    fn layer(&self, inner: S) -> AckService<S> {
+        AckService { inner, sender: self.sender.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AckService<S> {
+    inner: S,
+    sender: Sender<AckMessage>,
+}
+
+impl<S, Args> Service<Task<Args>> for AckService<S>
+where
+    S: Service<Task<Args>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxDynError>,
+    S::Response: Serialize + Send,
+    Args: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        match self.sender.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.inner.poll_ready(cx).map_err(Into::into),
+            Poll::Ready(Err(closed)) => Poll::Ready(Err(closed.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, task: Task<Args>) -> Self::Future {
+        let id = task.ctx().task_id().and_then(job_id);
+        let mut sender = self.sender.clone();
+        let run = self.inner.call(task);
+        async move {
+            let result = run.await.map_err(Into::into);
+            match id {
+                Some(id) => {
+                    let report = match &result {
+                        Ok(response) => serde_json::to_value(response).map_err(|e| e.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    // Only fails once the store is gone; the job then falls to orphan rescue.
+                    let _ = sender.send(AckMessage::Finished(Finished { id, result: report })).await;
+                }
+                None => tracing::error!("a finished task without a job id cannot be acknowledged"),
+            }
+            result
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,329 @@
+//! The SQL of a worker's life, and nowhere else: registering and heartbeating (with
+//! orphan rescue), claiming a batch, acknowledging a batch of results, and giving back
+//! jobs claimed but never started.
+
+use std::sync::{Arc, LazyLock};
+
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use super::{Outcome, StoreConfig};
+
+/// One kind's rows in the `jobs` table, as its worker sees them.
+#[derive(Clone)]
+pub(super) struct JobTable {
+    pub(super) pool: PgPool,
+    pub(super) config: Arc<StoreConfig>,
+    /// Whether stored args decode as the kind's type; a row that does not is poison.
+    pub(super) decodes: fn(&Value) -> Result<(), String>,
+}
+
+impl JobTable {
+    pub(super) fn kind(&self) -> &'static str {
+        self.config.kind
+    }
+
+    /// Marks the worker alive and rescues this kind's jobs held by workers that are not.
+    pub(super) async fn beat(&self, worker: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_workers (name, kind) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET last_seen = now()",
+        )
+        .bind(worker)
+        .bind(self.kind())
+        .execute(&mut *tx)
+        .await?;
+        let orphan_ms = self.config.orphan_after.as_millis() as i64;
+        let rescued = sqlx::query(RESCUE_ORPHANS.as_str())
+            .bind(self.kind())
+            .bind(orphan_ms)
+            .bind(self.config.policy.max_attempts)
+            .bind("stopped while running the job")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        // Forget workers long gone that hold nothing any more.
+        sqlx::query(
+            "DELETE FROM job_workers w
+             WHERE w.kind = $1 AND w.last_seen < now() - $2 * interval '4 millisecond'
+               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'running' AND j.locked_by = w.name)",
+        )
+        .bind(self.kind())
+        .bind(orphan_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if rescued > 0 {
+            tracing::warn!(kind = self.kind(), rescued, "rescued jobs from a worker that stopped");
+        }
+        Ok(())
+    }
+
+    /// Gives back this worker's `running` jobs that it does not hold: their claim or their
+    /// acknowledgement was not recorded (acknowledging failed past its retries, or a
+    /// Postgres crash lost the last commits, which `synchronous_commit = off` allows).
+    /// Orphan rescue cannot see them, since this worker is alive. Only claims older than
+    /// `orphan_after` count, so rows of a claim still on their way to us are left alone.
+    pub(super) async fn give_back_untracked(&self, worker: &str, held: &[i64]) -> Result<u64, sqlx::Error> {
+        let given_back = sqlx::query(GIVE_BACK_UNTRACKED.as_str())
+            .bind(self.kind())
+            .bind(self.config.orphan_after.as_millis() as i64)
+            .bind(self.config.policy.max_attempts)
+            .bind("lost track of the job: its claim or acknowledgement was not recorded")
+            .bind(worker)
+            .bind(held)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if given_back > 0 {
+            tracing::warn!(kind = self.kind(), given_back, "gave back running jobs this worker no longer held");
+        }
+        Ok(given_back)
+    }
+}
+
+/// What a job given back from a worker that lost it becomes: retried, or dead when that
+/// was its last attempt; `$3` is the kind's attempts, `$4` why.
+const GIVE_BACK: &str = "
+    status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $3) THEN 'dead' ELSE 'retryable' END,
+    finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $3) THEN now() END,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempts, 'at', now(), 'error', 'worker ' || coalesce(j.locked_by, '?') || ' ' || $4)),
+    locked_by = NULL";
+
+/// Jobs of kind `$1` running under workers not seen for `$2` ms.
+static RESCUE_ORPHANS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH lost AS (
+         SELECT j.id FROM jobs j
+         WHERE j.kind = $1 AND j.status = 'running'
+           AND NOT EXISTS (
+               SELECT 1 FROM job_workers w
+               WHERE w.name = j.locked_by
+                 AND w.last_seen > now() - $2 * interval '1 millisecond')
+         FOR UPDATE SKIP LOCKED)
+     UPDATE jobs j SET {GIVE_BACK}
+     FROM lost WHERE j.id = lost.id"
+    )
+});
+
+/// Jobs of kind `$1` running under worker `$5` for over `$2` ms that it does not hold (`$6`).
+static GIVE_BACK_UNTRACKED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs j SET {GIVE_BACK}
+     WHERE j.kind = $1 AND j.status = 'running' AND j.locked_by = $5
+       AND j.locked_at < now() - $2 * interval '1 millisecond'
+       AND NOT (j.id = ANY($6))"
+    )
+});
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    args: Value,
+    attempts: i32,
+}
+
+pub(super) fn job_id(task_id: &TaskId) -> Option<i64> {
+    match task_id {
+        TaskId::Int(id) => i64::try_from(*id).ok(),
+        other => other.to_string().parse().ok(),
+    }
+}
+
+/// A finished run as the worker reports it: the handler's answer, or its error.
+pub(super) struct Finished {
+    pub(super) id: i64,
+    pub(super) result: Result<Value, String>,
+}
+
+/// Acknowledgements sorted by what they do to the row.
+#[derive(Default)]
+pub(super) struct Acks {
+    done: (Vec<i64>, Vec<Value>),
+    snoozed: (Vec<i64>, Vec<i64>),
+    cancelled: (Vec<i64>, Vec<String>),
+    failed: (Vec<i64>, Vec<String>),
+}
+
+impl Acks {
+    pub(super) fn sort(results: impl IntoIterator<Item = Finished>) -> Self {
+        let mut acks = Self::default();
+        for Finished { id, result } in results {
+            match result {
+                Ok(value) => match Outcome::deserialize(&value) {
+                    Ok(Outcome::Done { detail }) => push(&mut acks.done, id, detail),
+                    Ok(Outcome::Snooze { seconds }) => {
+                        push(&mut acks.snoozed, id, i64::try_from(seconds).unwrap_or(i64::MAX))
+                    }
+                    Ok(Outcome::Cancel { reason }) => push(&mut acks.cancelled, id, reason),
+                    // A handler that answered something else still finished.
+                    Err(_) => push(&mut acks.done, id, value),
+                },
+                Err(error) => push(&mut acks.failed, id, error),
+            }
+        }
+        acks
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        [&self.done.0, &self.snoozed.0, &self.cancelled.0, &self.failed.0].into_iter().flatten().copied()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.done.0.len() + self.snoozed.0.len() + self.cancelled.0.len() + self.failed.0.len()
+    }
+}
+
+fn push<T>(columns: &mut (Vec<i64>, Vec<T>), id: i64, value: T) {
+    columns.0.push(id);
+    columns.1.push(value);
+}
+
+/// Claims up to `$2` due jobs of kind `$1` for worker `$3`.
+pub const CLAIM: &str = "WITH next AS (
+         SELECT id FROM jobs
+         WHERE kind = $1 AND status IN ('available', 'retryable') AND run_at <= now()
+         ORDER BY run_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED)
+     UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, locked_by = $3, locked_at = now()
+     FROM next WHERE j.id = next.id
+     RETURNING j.id, j.args, j.attempts";
+
+/// Completes jobs `$1` with results `$2`, where worker `$3` still holds them.
+pub const COMPLETE: &str =
+    "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
+     FROM UNNEST($1::bigint[], $2::jsonb[]) AS u(id, result)
+     WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3";
+
+impl JobTable {
+    pub(super) async fn claim(&self, worker: &str) -> Result<Vec<Task<Value>>, sqlx::Error> {
+        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
+            .bind(self.kind())
+            .bind(self.config.batch_size as i64)
+            .bind(worker)
+            .fetch_all(&self.pool)
+            .await?;
+
+        let mut tasks = Vec::with_capacity(rows.len());
+        let mut poison = (Vec::new(), Vec::new());
+        for row in rows {
+            match (self.decodes)(&row.args) {
+                Ok(()) => tasks.push(
+                    TaskBuilder::new(row.args)
+                        .task_id(TaskId::Int(row.id as u64))
+                        .attempt(row.attempts as usize)
+                        .build(),
+                ),
+                Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
+            }
+        }
+        if !poison.0.is_empty() {
+            tracing::error!(kind = self.kind(), ids = ?poison.0, "undecodable jobs marked dead");
+            sqlx::query(
+                "UPDATE jobs j SET status = 'dead', finished_at = now(), locked_by = NULL,
+                     errors = j.errors || jsonb_build_array(jsonb_build_object(
+                         'attempt', j.attempts, 'at', now(), 'error', u.error))
+                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE j.id = u.id",
+            )
+            .bind(&poison.0)
+            .bind(&poison.1)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(tasks)
+    }
+
+    pub(super) async fn release(&self, tasks: &[Task<Value>], worker: &str) -> Result<u64, sqlx::Error> {
+        // Claimed but never started (the worker is shutting down): give the attempt back.
+        let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
+        let released = sqlx::query(
+            "UPDATE jobs SET status = 'available', attempts = attempts - 1, locked_by = NULL
+             WHERE id = ANY($1) AND status = 'running' AND locked_by = $2",
+        )
+        .bind(&ids)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(released)
+    }
+
+    pub(super) async fn acknowledge(&self, acks: &Acks, worker: &str) -> Result<(), sqlx::Error> {
+        // Each update only touches rows this worker still holds: if the job was rescued
+        // from us meanwhile, its new owner decides its fate. That also makes each one safe
+        // to repeat, so they commit on their own: a batch is usually all one outcome, and
+        // one statement is one round trip.
+        if !acks.done.0.is_empty() {
+            sqlx::query(COMPLETE).bind(&acks.done.0).bind(&acks.done.1).bind(worker).execute(&self.pool).await?;
+        }
+        if !acks.snoozed.0.is_empty() {
+            sqlx::query(
+                "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
+                     run_at = now() + u.seconds * interval '1 second'
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, seconds)
+                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
+            )
+            .bind(&acks.snoozed.0)
+            .bind(&acks.snoozed.1)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        }
+        if !acks.cancelled.0.is_empty() {
+            sqlx::query(
+                "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
+                     errors = j.errors || jsonb_build_array(jsonb_build_object(
+                         'attempt', j.attempts, 'at', now(), 'error', u.reason))
+                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, reason)
+                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
+            )
+            .bind(&acks.cancelled.0)
+            .bind(&acks.cancelled.1)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        }
+        if !acks.failed.0.is_empty() {
+            let policy = &self.config.policy;
+            // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
+            // capped, then scaled by a random 75-100% so retries of a burst spread out.
+            let dead = sqlx::query(
+                "UPDATE jobs j SET
+                     status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN 'dead' ELSE 'retryable' END,
+                     finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN now() END,
+                     run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN j.run_at
+                              ELSE now() + least($5::float8 * power(2, j.attempts - 1), $6::float8)
+                                         * (0.75 + random() * 0.25) * interval '1 millisecond' END,
+                     errors = j.errors || jsonb_build_array(jsonb_build_object(
+                         'attempt', j.attempts, 'at', now(), 'error', u.error)),
+                     locked_by = NULL
+                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error)
+                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3
+                 RETURNING j.status",
+            )
+            .bind(&acks.failed.0)
+            .bind(&acks.failed.1)
+            .bind(worker)
+            .bind(policy.max_attempts)
+            .bind(policy.backoff_base.as_millis() as f64)
+            .bind(policy.backoff_max.as_millis() as f64)
+            .fetch_all(&self.pool)
+            .await?;
+            let died = dead.iter().filter(|row| row.get::<&str, _>(0) == "dead").count();
+            if died > 0 {
+                metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
+            }
+            for (id, error) in acks.failed.0.iter().zip(&acks.failed.1) {
+                tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
+            }
+        }
+        Ok(())
+    }
+}
