@@ -8,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 use common::config::Settings;
+use common::queue::JobWaker;
 use common::stripe::StripeApi;
 use sqlx::PgPool;
 
@@ -31,6 +32,7 @@ impl Application {
             Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(std::io::Error::other)?),
             None => None,
         };
+        let waker = web::Data::new(JobWaker::spawn(pool.clone()));
         let pool = web::Data::new(pool);
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
         let stripe = web::Data::new(stripe);
@@ -54,6 +56,7 @@ impl Application {
                     }
                 })
                 .app_data(pool.clone())
+                .app_data(waker.clone())
                 .app_data(limit.clone())
                 .app_data(stripe.clone())
                 .app_data(settings.clone())

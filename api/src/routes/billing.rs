@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use common::domain::ErrorCode;
 use common::jobs::{AddPaymentMethod, CancelSubscription, SubscribePro};
-use common::queue::{self, Enqueued, JobKind, status};
+use common::queue::{self, Enqueued, JobKind, JobWaker, status};
 use common::stripe::StripeApi;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -56,6 +56,7 @@ fn valid_payment_method_id(id: &str) -> bool {
 #[utoipa::path(post, path = "/api/v1/billing/payment-methods", tag = "billing", security(("api_key" = [])), request_body = PaymentMethodRequest, responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "BILLING_CONSENT_REQUIRED or VALIDATION_FAILED", body = crate::openapi::ErrorBody), (status = 503, description = "Billing not configured", body = crate::openapi::ErrorBody)))]
 pub async fn add_payment_method(
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
     JsonBody(body): JsonBody<PaymentMethodRequest>,
@@ -77,12 +78,13 @@ pub async fn add_payment_method(
         operation_id: Uuid::new_v4(),
         consent_at: Utc::now(),
     };
-    Ok(accepted::<AddPaymentMethod>(queue::enqueue(pool.get_ref(), &job).await?))
+    Ok(accepted::<AddPaymentMethod>(waker.enqueue(pool.get_ref(), &job).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = crate::openapi::ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = crate::openapi::ErrorBody)))]
 pub async fn subscribe(
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
@@ -99,7 +101,7 @@ pub async fn subscribe(
         return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::AlreadySubscribed, "already subscribed to Pro"));
     }
     let job = SubscribePro { customer_id: customer.id, operation_id: Uuid::new_v4() };
-    Ok(accepted::<SubscribePro>(queue::enqueue(pool.get_ref(), &job).await?))
+    Ok(accepted::<SubscribePro>(waker.enqueue(pool.get_ref(), &job).await?))
 }
 
 #[derive(Deserialize)]
@@ -111,6 +113,7 @@ pub struct CancelQuery {
 pub async fn cancel(
     req: HttpRequest,
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
@@ -127,7 +130,7 @@ pub async fn cancel(
         // The default keeps what the customer has paid for until the period ends.
         at_period_end: query.at_period_end.unwrap_or(true),
     };
-    Ok(accepted::<CancelSubscription>(queue::enqueue(pool.get_ref(), &job).await?))
+    Ok(accepted::<CancelSubscription>(waker.enqueue(pool.get_ref(), &job).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/billing/invoices", tag = "billing", security(("api_key" = [])), responses((status = 200, description = "`{invoices: [{id, status, amount_due, amount_paid, currency, period_start, period_end, hosted_invoice_url}]}`"), (status = 503, description = "Stripe unavailable", body = crate::openapi::ErrorBody)))]

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use common::db;
 use common::domain::{ApiKey, CustomerName, Email, ErrorCode};
 use common::jobs::ProvisionCustomer;
-use common::queue::{self, JobKind, status};
+use common::queue::{self, JobKind, JobWaker, status};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -29,6 +29,7 @@ fn email_taken() -> ApiError {
 #[utoipa::path(post, path = "/api/v1/customers/onboard", tag = "onboarding", request_body = OnboardRequest, responses((status = 202, description = "Accepted: `{customer_id, api_key, status_url}`; the API key is shown only here"), (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody), (status = 409, description = "EMAIL_TAKEN", body = crate::openapi::ErrorBody)))]
 pub async fn onboard(
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     JsonBody(body): JsonBody<OnboardRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let email = Email::parse(&body.email).map_err(|e| ApiError::validation(e.0))?;
@@ -52,7 +53,7 @@ pub async fn onboard(
     };
     // The provision job's unique key is the email: a concurrent or repeated submission
     // finds it taken and is refused, so exactly one customer is provisioned.
-    if queue::enqueue(pool.get_ref(), &job).await?.is_duplicate() {
+    if waker.enqueue(pool.get_ref(), &job).await?.is_duplicate() {
         return Err(email_taken());
     }
     tracing::info!(%customer_id, "onboarding accepted");

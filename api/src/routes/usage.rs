@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use common::db;
 use common::domain::{ErrorCode, Warning};
 use common::jobs::RecordUsage;
-use common::queue::{self, JobKind, status};
+use common::queue::{self, JobKind, JobWaker, status};
 use serde::Deserialize;
 use sqlx::PgPool;
 
@@ -38,6 +38,7 @@ fn status_url(fix_id: &str) -> String {
 #[utoipa::path(post, path = "/api/v1/usage/fixes", tag = "usage", security(("api_key" = [])), request_body = FixReport, responses((status = 202, description = "`{status: recorded, fix_id, duplicate, status_url}`"), (status = 402, description = "NO_BILLING_INFO", body = crate::openapi::ErrorBody), (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody)))]
 pub async fn report_fix(
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     auth: Authenticated,
     JsonBody(report): JsonBody<FixReport>,
 ) -> Result<HttpResponse, ApiError> {
@@ -61,7 +62,7 @@ pub async fn report_fix(
         repo,
         metadata: report.metadata.map(serde_json::Value::Object).unwrap_or_default(),
     };
-    let enqueued = queue::enqueue(pool.get_ref(), &job).await?;
+    let enqueued = waker.enqueue(pool.get_ref(), &job).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "status": "recorded",
         "fix_id": fix_id,

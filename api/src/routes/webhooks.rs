@@ -9,7 +9,7 @@ use chrono::Utc;
 use common::config::Settings;
 use common::domain::ErrorCode;
 use common::jobs::ProcessStripeEvent;
-use common::queue;
+use common::queue::JobWaker;
 use common::stripe::events::Envelope;
 use common::stripe::signature;
 use sqlx::PgPool;
@@ -21,6 +21,7 @@ use crate::extract::RawJsonBody;
 pub async fn stripe(
     req: HttpRequest,
     pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
     settings: web::Data<Settings>,
     RawJsonBody(body): RawJsonBody,
 ) -> Result<HttpResponse, ApiError> {
@@ -41,7 +42,7 @@ pub async fn stripe(
     };
     let envelope = Envelope::decode(&body).map_err(invalid)?;
     let payload: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
-    let enqueued = queue::enqueue(pool.get_ref(), &ProcessStripeEvent::from_envelope(&envelope, payload)).await?;
+    let enqueued = waker.enqueue(pool.get_ref(), &ProcessStripeEvent::from_envelope(&envelope, payload)).await?;
     tracing::info!(event_id = %envelope.id, kind = %envelope.kind, duplicate = enqueued.is_duplicate(), "webhook accepted");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "received": true, "duplicate": enqueued.is_duplicate() })))
 }

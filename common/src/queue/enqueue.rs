@@ -26,6 +26,18 @@ pub struct EnqueueOptions {
     pub run_at: Option<DateTime<Utc>>,
     /// Overrides the kind's configured attempts (`JOB_<KIND>_MAX_ATTEMPTS`) for this job.
     pub max_attempts: Option<i32>,
+    pub wake_up: WakeUp,
+}
+
+/// How the workers learn of a new job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WakeUp {
+    /// The insert notifies them, delivered when its transaction commits.
+    #[default]
+    AtCommit,
+    /// The caller wakes them after the commit (see `JobWaker`); only for an insert in a
+    /// transaction of its own.
+    Deferred,
 }
 
 /// Enqueues `job` to run now with its kind's default attempts.
@@ -40,8 +52,11 @@ pub async fn enqueue_with<'e, J: JobKind>(
 ) -> Result<Enqueued, sqlx::Error> {
     let args = serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let id: Option<i64> = sqlx::query_scalar(
+        // The `jobs` trigger reads `rsolv.wake_up` to notify or not; each insert sets it for
+        // itself, as it lasts to the end of the transaction.
         "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
-         VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+         SELECT $1, $2, $3, coalesce($4, now()), $5, $6
+         FROM (SELECT set_config('rsolv.wake_up', $7, true)) AS wake_up
          ON CONFLICT (kind, unique_key)
              WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
          DO NOTHING
@@ -53,6 +68,10 @@ pub async fn enqueue_with<'e, J: JobKind>(
     .bind(options.run_at)
     .bind(job.unique_key())
     .bind(job.customer_id())
+    .bind(match options.wake_up {
+        WakeUp::AtCommit => "at_commit",
+        WakeUp::Deferred => "deferred",
+    })
     .fetch_optional(executor)
     .await?;
     Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted))

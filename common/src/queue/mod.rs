@@ -40,6 +40,7 @@ mod enqueue;
 mod notifier;
 mod store;
 mod table;
+mod waker;
 mod worker;
 
 use std::future::Future;
@@ -48,9 +49,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-pub use enqueue::{EnqueueOptions, Enqueued, enqueue, enqueue_with};
+pub use enqueue::{EnqueueOptions, Enqueued, WakeUp, enqueue, enqueue_with};
 pub use notifier::JobNotifier;
 pub use store::{JobStore, StoreConfig};
+pub use waker::JobWaker;
 /// The claim and completion statements, for measuring what Postgres alone does with them.
 pub mod statements {
     pub use super::table::{CLAIM, COMPLETE};

@@ -568,7 +568,7 @@ async fn main() -> Result<(), Error> {
             drop((api, worker));
         }
 
-    if opts.runs("webhooks") {
+        if opts.runs("webhooks") {
             // Signed webhook ingest (verify + durable enqueue) against the API alone: no
             // worker runs, so the figure is the API's and Postgres's, not the processing.
             clear(&pool).await?;

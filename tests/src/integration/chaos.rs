@@ -152,8 +152,15 @@ struct OwnStripe {
 }
 
 impl OwnStripe {
+    /// A port nothing listens on yet. Not one from the kernel's ephemeral range, which
+    /// the other tests' servers (bound to port 0) draw from: one of them could take it
+    /// while Stripe is meant to be down, and answer in its place.
     fn reserved() -> Self {
-        Self { port: std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(), child: None }
+        let port = (0..1_000)
+            .map(|_| 20_000 + (uuid::Uuid::new_v4().as_u128() % 10_000) as u16)
+            .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+            .expect("a free port below the ephemeral range");
+        Self { port, child: None }
     }
 
     fn base(&self) -> String {
@@ -175,7 +182,10 @@ impl OwnStripe {
         let url = format!("{}v1/plans", self.base());
         wait_for("localstripe", Duration::from_secs(30), || {
             let (client, url) = (client.clone(), url.clone());
-            async move { client.get(&url).basic_auth(crate::helpers::STRIPE_KEY, Some("")).send().await.is_ok() }
+            async move {
+                let answer = client.get(&url).basic_auth(crate::helpers::STRIPE_KEY, Some("")).send().await;
+                answer.is_ok_and(|r| r.status().is_success())
+            }
         })
         .await;
     }

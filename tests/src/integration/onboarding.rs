@@ -147,3 +147,24 @@ async fn twenty_concurrent_submissions_of_one_email_provision_one_customer() {
     assert_eq!(app.count("SELECT count(*) FROM api_keys").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger").await, 1);
 }
+
+#[tokio::test]
+async fn the_api_wakes_the_worker_itself_with_no_polling_to_fall_back_on() {
+    // The API's inserts do not notify from the trigger (that would serialize their
+    // commits); its `JobWaker` notifies after each commit. With polling ten minutes
+    // apart, only that notification can make this customer appear within seconds.
+    let app = TestApp::spawn(&[("JOB_POLL_INTERVAL_MS", "600000")], true).await;
+    let pool = app.db.pool.clone();
+    wait_for("the provisioning worker to register", Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_workers WHERE kind = 'provision_customer'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    for n in 0..3 {
+        // Waits (10 s at most) for the customer to be provisioned.
+        app.onboarded_customer(&format!("woken-{n}@example.com")).await;
+    }
+}
