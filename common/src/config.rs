@@ -148,8 +148,9 @@ pub struct JobSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// Jobs claimed per query (at least the kind's concurrency). Larger batches mean
-    /// fewer round trips (see BENCHMARKS.md); the extra jobs wait in the worker's buffer
-    /// (released on shutdown, rescued if the process dies).
+    /// fewer round trips (see BENCHMARKS.md); up to two batches wait in the worker's
+    /// buffer, the next claimed while the last runs (released on shutdown, rescued if
+    /// the process dies).
     pub fetch_batch: usize,
     /// Whether claims, acknowledgements and heartbeats wait for their commit to reach
     /// disk. Off by default: see `queue::bookkeeping_pool` for why that loses no job.

@@ -36,9 +36,25 @@ pub enum WakeUp {
     #[default]
     AtCommit,
     /// The caller wakes them after the commit (see `JobWaker`); only for an insert in a
-    /// transaction of its own.
+    /// transaction of its own, since later inserts in the same transaction would not
+    /// notify either.
     Deferred,
 }
+
+const INSERT: &str = "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
+     VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+     ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
+     DO NOTHING
+     RETURNING id";
+
+/// As `INSERT`, telling the `jobs` trigger not to notify: `rsolv.wake_up` is set for the
+/// rest of the transaction, which is why this is only for a transaction of its own.
+const INSERT_DEFERRING_WAKE_UP: &str = "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
+     SELECT $1, $2, $3, coalesce($4, now()), $5, $6
+     FROM (SELECT set_config('rsolv.wake_up', 'deferred', true)) AS wake_up
+     ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
+     DO NOTHING
+     RETURNING id";
 
 /// Enqueues `job` to run now with its kind's default attempts.
 pub async fn enqueue<'e, J: JobKind>(executor: impl PgExecutor<'e>, job: &J) -> Result<Enqueued, sqlx::Error> {
@@ -51,28 +67,18 @@ pub async fn enqueue_with<'e, J: JobKind>(
     options: EnqueueOptions,
 ) -> Result<Enqueued, sqlx::Error> {
     let args = serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let id: Option<i64> = sqlx::query_scalar(
-        // The `jobs` trigger reads `rsolv.wake_up` to notify or not; each insert sets it for
-        // itself, as it lasts to the end of the transaction.
-        "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
-         SELECT $1, $2, $3, coalesce($4, now()), $5, $6
-         FROM (SELECT set_config('rsolv.wake_up', $7, true)) AS wake_up
-         ON CONFLICT (kind, unique_key)
-             WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
-         DO NOTHING
-         RETURNING id",
-    )
-    .bind(J::KIND)
-    .bind(args)
-    .bind(options.max_attempts)
-    .bind(options.run_at)
-    .bind(job.unique_key())
-    .bind(job.customer_id())
-    .bind(match options.wake_up {
-        WakeUp::AtCommit => "at_commit",
-        WakeUp::Deferred => "deferred",
-    })
-    .fetch_optional(executor)
-    .await?;
+    let sql = match options.wake_up {
+        WakeUp::AtCommit => INSERT,
+        WakeUp::Deferred => INSERT_DEFERRING_WAKE_UP,
+    };
+    let id: Option<i64> = sqlx::query_scalar(sql)
+        .bind(J::KIND)
+        .bind(args)
+        .bind(options.max_attempts)
+        .bind(options.run_at)
+        .bind(job.unique_key())
+        .bind(job.customer_id())
+        .fetch_optional(executor)
+        .await?;
     Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted))
 }
