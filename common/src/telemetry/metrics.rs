@@ -40,11 +40,11 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 pub fn spawn_queue_gauges(pool: PgPool, kinds: Vec<&'static str>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match crate::queue::admin::overview(&pool, &kinds).await {
+            match crate::queue::admin::gauges(&pool, &kinds).await {
                 Ok(queues) => {
                     for q in queues {
                         let label = [("queue", q.queue.clone())];
-                        metrics::gauge!("rsolv_queue_depth", &label).set((q.available + q.retryable) as f64);
+                        metrics::gauge!("rsolv_queue_depth", &label).set(q.depth as f64);
                         metrics::gauge!("rsolv_queue_oldest_waiting_seconds", &label).set(q.oldest_waiting_seconds);
                         metrics::gauge!("rsolv_queue_dead", &label).set(q.dead as f64);
                     }

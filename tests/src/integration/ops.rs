@@ -344,3 +344,37 @@ async fn the_cli_lists_shows_and_redrives_dead_jobs() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_queue_gauges_agree_with_the_overview() {
+    // No worker: the rows stay as written.
+    let app = TestApp::api_only().await;
+    sqlx::query(
+        "INSERT INTO jobs (kind, args, status, run_at, attempts, finished_at) VALUES
+             ('grant_credits', '{}', 'available', now() - interval '90 seconds', 0, NULL),
+             ('grant_credits', '{}', 'available', now() + interval '1 hour', 0, NULL),
+             ('grant_credits', '{}', 'retryable', now() + interval '1 hour', 1, NULL),
+             ('grant_credits', '{}', 'retryable', now() - interval '10 seconds', 1, NULL),
+             ('grant_credits', '{}', 'running', now(), 1, NULL),
+             ('grant_credits', '{}', 'dead', now(), 3, now()),
+             ('grant_credits', '{}', 'dead', now(), 3, now()),
+             ('grant_credits', '{}', 'completed', now(), 1, now()),
+             ('record_usage', '{}', 'dead', now(), 3, now())",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let kinds = ["grant_credits", "record_usage", "send_email_step"];
+    let overview = queue::admin::overview(&app.db.pool, &kinds).await.unwrap();
+    let gauges = queue::admin::gauges(&app.db.pool, &kinds).await.unwrap();
+    assert_eq!(gauges.len(), kinds.len(), "one row per kind, empty queues included");
+    for (o, g) in overview.iter().zip(&gauges) {
+        assert_eq!(o.queue, g.queue);
+        assert_eq!(g.depth, o.available + o.retryable, "{}", g.queue);
+        assert_eq!(g.dead, o.dead, "{}", g.queue);
+        assert!((g.oldest_waiting_seconds - o.oldest_waiting_seconds).abs() < 1.0, "{}", g.queue);
+    }
+    let grants = &gauges[0];
+    assert_eq!((grants.depth, grants.dead), (3, 2));
+    assert!(grants.oldest_waiting_seconds >= 90.0);
+}
