@@ -290,3 +290,59 @@ async fn a_running_job_its_live_worker_no_longer_holds_is_given_back() {
     assert_eq!(row.attempts, 2);
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 5);
 }
+
+#[tokio::test]
+async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
+    let mut app = TestApp::with_worker().await;
+    let (customer_id, _) = app.onboarded_customer("buffered@example.com").await;
+    let balance_before = app.count("SELECT credit_balance FROM customers").await;
+    // Hold the customer's row: the grants that start block on it, the rest of the claimed
+    // batch waits in the worker's buffer, `running` under its name but not started.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
+        .bind(customer_id)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let jobs = 30;
+    for n in 0..jobs {
+        queue::enqueue(&app.db.pool, &grant(customer_id, &format!("buffered-{n}"), 1)).await.unwrap();
+    }
+    let pool = app.db.pool.clone();
+    wait_for("every grant to be claimed, ten of them blocked", Duration::from_secs(10), || {
+        let pool = pool.clone();
+        async move {
+            let (running, blocked): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'),
+                        (SELECT count(*) FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            running == jobs && blocked == 10
+        }
+    })
+    .await;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.rollback().await.unwrap();
+    });
+    app.stop_worker().await;
+    release.await.unwrap();
+
+    let rows: Vec<(String, i32, Value)> =
+        sqlx::query_as("SELECT status, attempts, errors FROM jobs WHERE kind = 'grant_credits' ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let completed = rows.iter().filter(|(status, ..)| status == "completed").count() as i64;
+    let given_back: Vec<_> = rows.iter().filter(|(status, ..)| status == "available").collect();
+    assert_eq!(completed, 10, "the started grants finished and were acknowledged");
+    assert_eq!(given_back.len() as i64, jobs - 10, "the rest went back to waiting: {rows:?}");
+    assert!(
+        given_back.iter().all(|(_, attempts, errors)| *attempts == 0 && errors == &Value::Array(vec![])),
+        "a job never started keeps its attempt and has no error: {given_back:?}"
+    );
+    assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 10);
+}
