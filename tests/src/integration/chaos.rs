@@ -1,4 +1,5 @@
-//! Faults: a worker killed with SIGKILL in the middle of 5,000 mixed jobs.
+//! Faults: a worker killed with SIGKILL in the middle of 5,000 mixed jobs, Stripe down,
+//! Postgres restarted under traffic, and Postgres crashing under job load.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -323,6 +324,19 @@ impl OwnPostgres {
         assert!(status.success(), "pg_ctl {action}");
     }
 
+    /// Stops the server the way a crash does: no checkpoint, no flush of commits that
+    /// did not wait for the disk; the next start replays the log.
+    fn crash(&self) {
+        let status = Self::as_postgres(self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-w", "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop -m immediate");
+    }
+
     fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -482,5 +496,67 @@ async fn a_postgres_restart_under_traffic_gives_503s_then_recovers_and_loses_no_
         }
     })
     .await;
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_postgres_crash_under_job_load_loses_no_job_and_applies_none_twice() {
+    // Claims and acknowledgements commit without waiting for the disk, so a crash may
+    // lose the last of them: lost claims run again, lost acknowledgements are given back
+    // by their (live) worker. Either way every grant must post exactly once.
+    let postgres = OwnPostgres::start_new();
+    let db = crate::helpers::TestDb::fresh_on(&postgres.admin_url()).await;
+    let app = TestApp::spawn_on(db, &[("DATABASE_ACQUIRE_TIMEOUT_MS", "1000")], true).await;
+    let mut customers = Vec::new();
+    for n in 0..5 {
+        let email = Email::parse(&format!("crash{n}@example.com")).unwrap();
+        customers.push(
+            factories::create(&app.db.pool, &app.settings, CustomerState::Trial, email).await.unwrap().customer_id,
+        );
+    }
+    let balances = "SELECT sum(credit_balance)::bigint FROM customers";
+    let before = app.count(balances).await;
+    let grants = 3_000;
+    let args: Vec<Value> = (0..grants)
+        .map(|i| {
+            serde_json::to_value(GrantCredits {
+                customer_id: customers[i % customers.len()],
+                amount: 1,
+                source: LedgerSource::Adjustment,
+                idempotency_key: format!("crash-{i}"),
+                metadata: Value::Null,
+            })
+            .unwrap()
+        })
+        .collect();
+    sqlx::query("INSERT INTO jobs (kind, args) SELECT 'grant_credits', a FROM UNNEST($1::jsonb[]) AS a")
+        .bind(&args)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let pool = app.db.pool.clone();
+    let completed = move |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1)
+    };
+    wait_for("the grants to be under way", Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move { completed(pool).await >= 300 }
+    })
+    .await;
+
+    postgres.crash();
+    postgres.ctl("start");
+
+    wait_for("every grant to complete after the crash", Duration::from_secs(90), || {
+        let pool = pool.clone();
+        async move { completed(pool).await == grants as i64 }
+    })
+    .await;
+    assert_eq!(app.count(balances).await, before + grants as i64, "each grant posted exactly once");
+    let entries = app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key LIKE 'crash-%'").await;
+    assert_eq!(entries, grants as i64);
     assert_ledger_consistent(&app.db.pool).await;
 }
