@@ -250,12 +250,12 @@ impl From<sqlx::Error> for AdminError {
     }
 }
 
-async fn status_of(pool: &PgPool, id: i64) -> Result<String, AdminError> {
-    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or(AdminError::NotFound(id))
+/// Why an action guarded by the job's state changed nothing: no such job, or its state.
+async fn refused(pool: &PgPool, id: i64, action: &'static str, wanted: &'static str) -> Result<(), AdminError> {
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    let status = status.ok_or(AdminError::NotFound(id))?;
+    Err(AdminError::WrongState { id, status, action, wanted })
 }
 
 /// Puts a dead job back: due now, with a fresh set of attempts; its error history stays.
@@ -273,9 +273,7 @@ pub async fn redrive(pool: &PgPool, id: i64) -> Result<(), AdminError> {
             notify(pool, id).await?;
             Ok(())
         }
-        Ok(_) => {
-            Err(AdminError::WrongState { id, status: status_of(pool, id).await?, action: "redrive", wanted: "dead" })
-        }
+        Ok(_) => refused(pool, id, "redrive", "dead").await,
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AdminError::KeyTaken(id)),
         Err(e) => Err(e.into()),
     }
@@ -311,12 +309,7 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<(), AdminError> {
     if deleted == 1 {
         return Ok(());
     }
-    Err(AdminError::WrongState {
-        id,
-        status: status_of(pool, id).await?,
-        action: "discard",
-        wanted: "dead or cancelled",
-    })
+    refused(pool, id, "discard", "dead or cancelled").await
 }
 
 /// Stops a job that has not started: it will never run.
@@ -333,12 +326,7 @@ pub async fn cancel(pool: &PgPool, id: i64) -> Result<(), AdminError> {
     if cancelled == 1 {
         return Ok(());
     }
-    Err(AdminError::WrongState {
-        id,
-        status: status_of(pool, id).await?,
-        action: "cancel",
-        wanted: "waiting (available or retryable)",
-    })
+    refused(pool, id, "cancel", "waiting (available or retryable)").await
 }
 
 async fn notify(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {

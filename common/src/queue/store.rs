@@ -28,6 +28,7 @@
 //! retried, then left to orphan rescue (those jobs run again: at least once).
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -60,12 +61,6 @@ pub struct StoreConfig {
     pub policy: RetryPolicy,
     pub heartbeat_interval: Duration,
     pub orphan_after: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("job store: {0}")]
-    Database(#[from] sqlx::Error),
 }
 
 /// How often, and how far apart, a batch of acknowledgements is retried while the
@@ -316,9 +311,11 @@ async fn close(
 
 impl<J> Backend for JobStore<J> {
     type Task = Task<Value>;
-    type Error = StoreError;
+    /// Never: database errors are absorbed and retried (see the module's guide), since
+    /// apalis stops a worker for good on a backend error.
+    type Error = Infallible;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Infallible>> {
         if self.running.is_none() && self.closing.is_none() {
             self.start(worker);
             worker.heartbeat(cx);
@@ -330,7 +327,7 @@ impl<J> Backend for JobStore<J> {
         &mut self,
         cx: &mut Context<'_>,
         _worker: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Value>, StoreError>>> {
+    ) -> Poll<Option<Result<Task<Value>, Infallible>>> {
         match self.running.as_mut() {
             // The claimer only ends when closed, or if it panicked: either way, no more.
             Some(running) => running.claimed.poll_recv(cx).map(|task| task.map(Ok)),
@@ -338,7 +335,7 @@ impl<J> Backend for JobStore<J> {
         }
     }
 
-    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), StoreError>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) -> Poll<Result<(), Infallible>> {
         if self.closing.is_none() {
             let Some(running) = self.running.as_mut() else { return Poll::Ready(Ok(())) };
             let (_, claimed) = mpsc::channel(1);

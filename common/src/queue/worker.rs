@@ -10,7 +10,8 @@ use crate::config::JobSettings;
 
 /// The pool a process's workers claim, acknowledge and heartbeat with: `pool`'s database,
 /// and unless `sync_commit`, with `synchronous_commit = off`, which makes those commits
-/// cheaper (no wait for the disk) and was the largest gain measured (BENCHMARKS.md).
+/// cheaper (no wait for the disk): a third more jobs/s from our statements alone
+/// (BENCHMARKS.md).
 ///
 /// It loses no job and corrupts nothing: Postgres may lose only the last few commits,
 /// and only in a crash of its own (not in a clean restart). A lost claim puts the job
