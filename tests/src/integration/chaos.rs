@@ -4,14 +4,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::domain::{Email, LedgerSource};
+use common::domain::Email;
 use common::factories::{self, CustomerState};
-use common::jobs::{GrantCredits, ProcessStripeEvent, RecordUsage};
+use common::jobs::{ProcessStripeEvent, RecordUsage};
 use common::queue;
 use common::stripe::events::{Handled, Simulated};
 use serde_json::Value;
 
-use crate::helpers::{PRO_PRICE, TestApp, assert_ledger_consistent, binary, wait_for};
+use crate::helpers::{PRO_PRICE, TestApp, assert_ledger_consistent, binary, grant, wait_for};
 
 fn worker(db_url: &str) -> Child {
     Command::new(binary("rsolv-worker"))
@@ -50,14 +50,7 @@ async fn a_worker_killed_during_five_thousand_mixed_jobs_loses_and_doubles_nothi
         let customer_id = customers[i % customers.len()];
         match i % 5 {
             0 | 1 => {
-                let grant = GrantCredits {
-                    customer_id,
-                    amount: 1,
-                    source: LedgerSource::Adjustment,
-                    idempotency_key: format!("chaos-grant-{i}"),
-                    metadata: Value::Null,
-                };
-                queue::enqueue(&mut *tx, &grant).await.unwrap();
+                queue::enqueue(&mut *tx, &grant(customer_id, &format!("chaos-grant-{i}"), 1)).await.unwrap();
             }
             2 | 3 => {
                 let fix = RecordUsage {
@@ -518,16 +511,7 @@ async fn a_postgres_crash_under_job_load_loses_no_job_and_applies_none_twice() {
     let before = app.count(balances).await;
     let grants = 3_000;
     let args: Vec<Value> = (0..grants)
-        .map(|i| {
-            serde_json::to_value(GrantCredits {
-                customer_id: customers[i % customers.len()],
-                amount: 1,
-                source: LedgerSource::Adjustment,
-                idempotency_key: format!("crash-{i}"),
-                metadata: Value::Null,
-            })
-            .unwrap()
-        })
+        .map(|i| serde_json::to_value(grant(customers[i % customers.len()], &format!("crash-{i}"), 1)).unwrap())
         .collect();
     sqlx::query("INSERT INTO jobs (kind, args) SELECT 'grant_credits', a FROM UNNEST($1::jsonb[]) AS a")
         .bind(&args)

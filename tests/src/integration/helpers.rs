@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::config::Settings;
-use common::jobs::{self, JobContext};
+use common::domain::LedgerSource;
+use common::jobs::{self, GrantCredits, JobContext};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -205,6 +206,17 @@ where
     while !condition().await {
         assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An adjustment grant of `amount` credits, posted once per `key`.
+pub fn grant(customer_id: Uuid, key: &str, amount: i64) -> GrantCredits {
+    GrantCredits {
+        customer_id,
+        amount,
+        source: LedgerSource::Adjustment,
+        idempotency_key: key.to_owned(),
+        metadata: Value::Null,
     }
 }
 

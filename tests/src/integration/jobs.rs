@@ -4,23 +4,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::domain::{ApiKey, CustomerName, Email, LedgerSource};
-use common::jobs::{GrantCredits, ProvisionCustomer, RecordUsage};
+use common::domain::{ApiKey, CustomerName, Email};
+use common::jobs::{ProvisionCustomer, RecordUsage};
 use common::queue::{self, EnqueueOptions, Enqueued, Job, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, wait_for, wait_for_jobs_finished};
-
-fn grant(customer_id: Uuid, key: &str, amount: i64) -> GrantCredits {
-    GrantCredits {
-        customer_id,
-        amount,
-        source: LedgerSource::Adjustment,
-        idempotency_key: key.to_owned(),
-        metadata: Value::Null,
-    }
-}
+use crate::helpers::{TestApp, assert_ledger_consistent, grant, wait_for, wait_for_jobs_finished};
 
 #[derive(sqlx::FromRow, Debug)]
 struct JobRow {

@@ -3,13 +3,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use common::domain::{CustomerName, Email, LedgerSource};
-use common::jobs::{GrantCredits, PruneJobs};
+use common::domain::{CustomerName, Email};
+use common::jobs::PruneJobs;
 use common::queue::{self, EnqueueOptions, Enqueued, Job};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, binary, wait_for, wait_for_jobs_finished};
+use crate::helpers::{TestApp, binary, grant, wait_for, wait_for_jobs_finished};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
@@ -20,13 +20,7 @@ pub async fn app_with_admin() -> TestApp {
 /// A grant to a customer that does not exist yet, with one attempt: dead at once.
 pub async fn dead_grant(app: &TestApp) -> (i64, Uuid) {
     let customer_id = Uuid::new_v4();
-    let job = GrantCredits {
-        customer_id,
-        amount: 7,
-        source: LedgerSource::Adjustment,
-        idempotency_key: format!("ops-{customer_id}"),
-        metadata: Value::Null,
-    };
+    let job = grant(customer_id, &format!("ops-{customer_id}"), 7);
     let Enqueued::Inserted(id) =
         queue::enqueue_with(&app.db.pool, &job, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
             .await
@@ -156,16 +150,9 @@ async fn discard_removes_a_dead_job_and_cancel_stops_a_waiting_one() {
 
     let (customer, _) = app.onboarded_customer("cancel-me@example.com").await;
     let later = chrono::Utc::now() + chrono::Duration::hours(1);
-    let grant = |key: &str| GrantCredits {
-        customer_id: customer,
-        amount: 3,
-        source: LedgerSource::Adjustment,
-        idempotency_key: key.into(),
-        metadata: Value::Null,
-    };
     let Enqueued::Inserted(waiting) = queue::enqueue_with(
         &app.db.pool,
-        &grant("never"),
+        &grant(customer, "never", 3),
         EnqueueOptions { run_at: Some(later), ..Default::default() },
     )
     .await
@@ -181,7 +168,7 @@ async fn discard_removes_a_dead_job_and_cancel_stops_a_waiting_one() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    queue::enqueue(&app.db.pool, &grant("after")).await.unwrap();
+    queue::enqueue(&app.db.pool, &grant(customer, "after", 3)).await.unwrap();
     wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
     assert_eq!(job_status(&app, waiting).await.as_deref(), Some("cancelled"));
     assert_eq!(app.balance(customer).await, 5 + 3, "only the second grant took effect");

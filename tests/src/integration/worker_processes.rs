@@ -3,11 +3,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::domain::LedgerSource;
-use common::jobs::GrantCredits;
 use common::queue;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, binary, wait_for};
+use crate::helpers::{TestApp, assert_ledger_consistent, binary, grant, wait_for};
 
 struct WorkerProcess(Child);
 
@@ -60,14 +58,7 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let job = GrantCredits {
-        customer_id,
-        amount: 3,
-        source: LedgerSource::Adjustment,
-        idempotency_key: "survives-a-crash".into(),
-        metadata: serde_json::Value::Null,
-    };
-    queue::enqueue(&app.db.pool, &job).await.unwrap();
+    queue::enqueue(&app.db.pool, &grant(customer_id, "survives-a-crash", 3)).await.unwrap();
 
     let mut first = WorkerProcess::start(&app.db.url);
     let pool = app.db.pool.clone();
