@@ -220,6 +220,26 @@ pub fn grant(customer_id: Uuid, key: &str, amount: i64) -> GrantCredits {
     }
 }
 
+/// Locks the customer's row in a transaction of its own: a job posting to the customer
+/// blocks in the middle of its transaction until this one ends.
+pub async fn hold_customer_row(pool: &PgPool, customer_id: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
+        .bind(customer_id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    held
+}
+
+/// Rolls `held` back after `delay`, while the caller awaits something that needs it gone.
+pub fn release_after(held: sqlx::Transaction<'static, sqlx::Postgres>, delay: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        held.rollback().await.unwrap();
+    })
+}
+
 /// Job assertions that read like the spec (River's "require inserted").
 pub async fn job_statuses(pool: &PgPool, kind: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id").bind(kind).fetch_all(pool).await.unwrap()

@@ -10,7 +10,9 @@ use common::queue::{self, EnqueueOptions, Enqueued, Job, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, grant, wait_for, wait_for_jobs_finished};
+use crate::helpers::{
+    TestApp, assert_ledger_consistent, grant, hold_customer_row, release_after, wait_for, wait_for_jobs_finished,
+};
 
 #[derive(sqlx::FromRow, Debug)]
 struct JobRow {
@@ -201,12 +203,7 @@ async fn shutdown_lets_a_running_job_finish() {
     let mut app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("drain@example.com").await;
     // Hold the customer's row so the grant blocks mid-job.
-    let mut blocker = app.db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
-        .bind(customer_id)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     queue::enqueue(&app.db.pool, &grant(customer_id, "in-flight", 2)).await.unwrap();
     // Wait until the job is really executing: its transaction waits for our lock.
     let pool = app.db.pool.clone();
@@ -223,10 +220,7 @@ async fn shutdown_lets_a_running_job_finish() {
         }
     })
     .await;
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        blocker.rollback().await.unwrap();
-    });
+    let release = release_after(blocker, Duration::from_millis(300));
     app.stop_worker().await;
     release.await.unwrap();
     let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE kind = 'grant_credits'")
@@ -288,12 +282,7 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
     let balance_before = app.count("SELECT credit_balance FROM customers").await;
     // Hold the customer's row: the grants that start block on it, the rest of the claimed
     // batch waits in the worker's buffer, `running` under its name but not started.
-    let mut blocker = app.db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
-        .bind(customer_id)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     let jobs = 30;
     for n in 0..jobs {
         queue::enqueue(&app.db.pool, &grant(customer_id, &format!("buffered-{n}"), 1)).await.unwrap();
@@ -314,10 +303,7 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
         }
     })
     .await;
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        blocker.rollback().await.unwrap();
-    });
+    let release = release_after(blocker, Duration::from_millis(300));
     app.stop_worker().await;
     release.await.unwrap();
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use common::queue;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, binary, grant, wait_for};
+use crate::helpers::{TestApp, assert_ledger_consistent, binary, grant, hold_customer_row, wait_for};
 
 struct WorkerProcess(Child);
 
@@ -52,12 +52,7 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
 
     // Hold the customer's row: the first worker's grant blocks in the middle of its
     // transaction, and is then killed there.
-    let mut blocker = app.db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
-        .bind(customer_id)
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     queue::enqueue(&app.db.pool, &grant(customer_id, "survives-a-crash", 3)).await.unwrap();
 
     let mut first = WorkerProcess::start(&app.db.url);
