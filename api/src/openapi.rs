@@ -61,6 +61,7 @@ impl Modify for ApiKeyAuth {
         billing::add_payment_method,
         billing::subscribe,
         billing::cancel,
+        billing::resume,
         billing::invoices,
         billing::operation,
         webhooks::stripe,

@@ -102,6 +102,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(billing::subscribe))
                 .route(web::delete().to(billing::cancel)),
         )
+        .service(resource("/api/v1/billing/subscription/resume").route(web::post().to(billing::resume)))
         .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
         .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
         .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)))

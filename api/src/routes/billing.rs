@@ -5,8 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 
+use common::db::{self, customers::Customer};
 use common::domain::ErrorCode;
-use common::jobs::{AddPaymentMethod, CancelSubscription, SubscribePro};
+use common::jobs::{AddPaymentMethod, CancelSubscription, ResumeSubscription, SubscribePro};
 use common::queue::{self, Enqueued, JobKind, JobWaker, status};
 use common::stripe::StripeApi;
 use serde::Deserialize;
@@ -81,27 +82,57 @@ pub async fn add_payment_method(
     Ok(accepted::<AddPaymentMethod>(waker.enqueue(pool.get_ref(), &job).await?))
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = crate::openapi::ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = crate::openapi::ErrorBody)))]
+/// A customer-level intent (subscribe, cancel, resume), decided under the customer's row
+/// lock: however many requests race (a double click, a client retry without an
+/// `Idempotency-Key`, two devices), one such operation is unfinished at a time, and a
+/// request that finds one is answered with it (202, the same `operation_id`). `same`
+/// picks the pending jobs that carry this intent (a subset of their args); `decide`
+/// refuses or builds the job from the locked customer.
+async fn intend<J: JobKind>(
+    pool: &PgPool,
+    customer_id: Uuid,
+    same: serde_json::Value,
+    decide: impl FnOnce(&Customer) -> Result<J, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let mut tx = pool.begin().await?;
+    let Some(customer) = db::customers::lock(&mut *tx, customer_id).await? else {
+        return Err(ApiError::unauthorized("Invalid or expired API key"));
+    };
+    if let Some(pending) = queue::unfinished_for_customer(&mut *tx, J::KIND, customer_id, &same).await? {
+        return Ok(accepted::<J>(Enqueued::Inserted(pending)));
+    }
+    let job = decide(&customer)?;
+    // In the deciding transaction, so the next request under the lock sees this job.
+    let enqueued = queue::enqueue(&mut *tx, &job).await?;
+    tx.commit().await?;
+    Ok(accepted::<J>(enqueued))
+}
+
+fn no_active_subscription() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoActiveSubscription, "no active subscription")
+}
+
+#[utoipa::path(post, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`. While a subscribe is pending, every further subscribe answers this same operation.", body = crate::openapi::OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = crate::openapi::ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = crate::openapi::ErrorBody)))]
 pub async fn subscribe(
     pool: web::Data<PgPool>,
-    waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    let customer = auth.customer(&pool).await?;
-    if !customer.has_payment_method() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::NoPaymentMethod,
-            "subscribing to Pro needs a payment method: add one first",
-        ));
-    }
-    if customer.stripe_subscription_id.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::AlreadySubscribed, "already subscribed to Pro"));
-    }
-    let job = SubscribePro { customer_id: customer.id, operation_id: Uuid::new_v4() };
-    Ok(accepted::<SubscribePro>(waker.enqueue(pool.get_ref(), &job).await?))
+    intend(pool.get_ref(), auth.customer_id, serde_json::json!({}), |customer| {
+        if customer.stripe_subscription_id.is_some() {
+            return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::AlreadySubscribed, "already subscribed to Pro"));
+        }
+        if !customer.has_payment_method() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::NoPaymentMethod,
+                "subscribing to Pro needs a payment method: add one first",
+            ));
+        }
+        Ok(SubscribePro { customer_id: customer.id, operation_id: Uuid::new_v4() })
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -109,28 +140,48 @@ pub struct CancelQuery {
     at_period_end: Option<bool>,
 }
 
-#[utoipa::path(delete, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), params(("at_period_end" = Option<bool>, Query, description = "Default true")), responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), params(("at_period_end" = Option<bool>, Query, description = "Default true")), responses((status = 202, description = "Accepted: poll `status_url`. While the same cancellation is pending, a repeat answers that operation.", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody)))]
 pub async fn cancel(
     req: HttpRequest,
     pool: web::Data<PgPool>,
-    waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
     let query = web::Query::<CancelQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::validation("at_period_end must be true or false"))?;
-    let customer = auth.customer(&pool).await?;
-    if customer.stripe_subscription_id.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoActiveSubscription, "no active subscription"));
-    }
-    let job = CancelSubscription {
-        customer_id: customer.id,
-        operation_id: Uuid::new_v4(),
-        // The default keeps what the customer has paid for until the period ends.
-        at_period_end: query.at_period_end.unwrap_or(true),
-    };
-    Ok(accepted::<CancelSubscription>(waker.enqueue(pool.get_ref(), &job).await?))
+    // The default keeps what the customer has paid for until the period ends.
+    let at_period_end = query.at_period_end.unwrap_or(true);
+    intend(pool.get_ref(), auth.customer_id, serde_json::json!({ "at_period_end": at_period_end }), |customer| {
+        if customer.stripe_subscription_id.is_none() {
+            return Err(no_active_subscription());
+        }
+        Ok(CancelSubscription { customer_id: customer.id, operation_id: Uuid::new_v4(), at_period_end })
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/api/v1/billing/subscription/resume", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: the scheduled cancellation is being withdrawn; poll `status_url`", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody), (status = 409, description = "NO_SCHEDULED_CANCELLATION", body = crate::openapi::ErrorBody)))]
+pub async fn resume(
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    auth: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    require_billing(&stripe)?;
+    intend(pool.get_ref(), auth.customer_id, serde_json::json!({}), |customer| {
+        if customer.stripe_subscription_id.is_none() {
+            return Err(no_active_subscription());
+        }
+        if !customer.cancel_at_period_end {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::NoScheduledCancellation,
+                "no cancellation is scheduled: the subscription renews already",
+            ));
+        }
+        Ok(ResumeSubscription { customer_id: customer.id, operation_id: Uuid::new_v4() })
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/api/v1/billing/invoices", tag = "billing", security(("api_key" = [])), responses((status = 200, description = "`{invoices: [{id, status, amount_due, amount_paid, currency, period_start, period_end, hosted_invoice_url}]}`"), (status = 503, description = "Stripe unavailable", body = crate::openapi::ErrorBody)))]

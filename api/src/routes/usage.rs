@@ -2,7 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use common::db;
+use common::db::{self, charges::ChargeStatus};
 use common::domain::{ErrorCode, Warning};
 use common::jobs::RecordUsage;
 use common::queue::{self, JobKind, JobWaker, status};
@@ -71,7 +71,7 @@ pub async fn report_fix(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/usage/fixes/{fix_id}", tag = "usage", security(("api_key" = [])), params(("fix_id" = String, Path)), responses((status = 200, description = "`{status: pending | consumed | refused | failed, refusal_code}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/usage/fixes/{fix_id}", tag = "usage", security(("api_key" = [])), params(("fix_id" = String, Path)), responses((status = 200, description = "`{status: pending | requires_action | consumed | refused | failed, refusal_code}`: `requires_action` means the fix's charge waits for the customer to authenticate the payment"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn fix_status(
     pool: web::Data<PgPool>,
     auth: Authenticated,
@@ -83,6 +83,11 @@ pub async fn fix_status(
     };
     if let Some(record) = db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await? {
         return Ok(answer(&record.outcome, record.refusal_code.as_deref()));
+    }
+    if let Some(charge) = db::charges::find_for_fix(pool.get_ref(), auth.customer_id, &fix_id).await? {
+        // Being paid for (a settled charge is recorded with its fix, found above).
+        let status = if charge.status == ChargeStatus::RequiresAction { "requires_action" } else { "pending" };
+        return Ok(answer(status, None));
     }
     let key = RecordUsage::unique_key_for(auth.customer_id, &fix_id);
     match queue::by_unique_key(pool.get_ref(), RecordUsage::KIND, &key).await? {

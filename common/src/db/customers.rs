@@ -69,6 +69,15 @@ pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Custom
         .await
 }
 
+/// The customer, its row locked until the transaction ends: every decision about its
+/// money (postings, charges, subscription intents) is taken under this lock.
+pub async fn lock<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Customer>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1 FOR UPDATE")))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
 pub async fn find_by_email<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<Option<Customer>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE lower(email) = $1")))
         .bind(email.as_str())
@@ -138,7 +147,8 @@ impl Observed {
 }
 
 /// Applies a live subscription (created, updated): Pro, with Stripe's status and
-/// flag. Ignored, returning `false`, if a newer observation was applied already.
+/// flag. Ignored, returning `false`, if a newer observation was applied already; the
+/// subscription is recorded as the customer's either way.
 pub async fn apply_subscription<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
@@ -149,7 +159,8 @@ pub async fn apply_subscription<'e>(
     observed: Observed,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
-        "UPDATE customers SET stripe_subscription_id = $2, subscription_type = 'pro',
+        "WITH known AS (INSERT INTO subscriptions (id, customer_id) VALUES ($2, $1) ON CONFLICT DO NOTHING)
+         UPDATE customers SET stripe_subscription_id = $2, subscription_type = 'pro',
              subscription_state = $3, cancel_at_period_end = $4,
              subscription_period_end = to_timestamp($5::bigint),
              subscription_event_created = $6, subscription_event_rank = $7, updated_at = now()
@@ -180,7 +191,8 @@ pub async fn apply_subscription_ended<'e>(
     observed: Observed,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
-        "UPDATE customers SET subscription_type = 'pay_as_you_go', subscription_state = NULL,
+        "WITH known AS (INSERT INTO subscriptions (id, customer_id) VALUES ($2, $1) ON CONFLICT DO NOTHING)
+         UPDATE customers SET subscription_type = 'pay_as_you_go', subscription_state = NULL,
              stripe_subscription_id = NULL, cancel_at_period_end = false, subscription_period_end = NULL,
              subscription_event_created = $3, subscription_event_rank = $4, updated_at = now()
          WHERE id = $1
@@ -214,6 +226,20 @@ pub async fn apply_past_due<'e>(db: impl PgExecutor<'e>, id: Uuid, observed: Obs
     .await?
     .rows_affected();
     Ok(updated == 1)
+}
+
+/// Whether `subscription_id` is one of the customer's subscriptions (applied to it at
+/// some time): only those earn Pro credits.
+pub async fn owns_subscription<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    subscription_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE id = $1 AND customer_id = $2)")
+        .bind(subscription_id)
+        .bind(customer_id)
+        .fetch_one(db)
+        .await
 }
 
 /// Pro customers whose current period has ended: the renewal sweep's work list.

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod billing_events;
+pub mod charges;
 pub mod customers;
 pub mod email_deliveries;
 pub mod idempotency;
@@ -26,6 +27,11 @@ pub fn pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
         .max_connections(settings.database_max_connections)
         .acquire_timeout(settings.database_acquire_timeout)
         .connect_lazy_with(options.application_name("rsolv")))
+}
+
+/// Postgres's `lock_not_available` (55P03): a `NOWAIT` lock was held by another.
+pub fn is_lock_not_available(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "55P03")
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

@@ -18,6 +18,7 @@ pub enum ErrorCode {
     NoPaymentMethod,
     NoActiveSubscription,
     AlreadySubscribed,
+    NoScheduledCancellation,
     InvalidSignature,
     InvalidPayload,
     RateLimited,

@@ -11,7 +11,8 @@ pub enum LedgerSource {
     ProSubscriptionPayment,
     Purchased,
     FixDeployed,
-    Adjustment,
+    /// An operator's grant or revoke, with a reason, on the audit log.
+    AdminAdjustment,
 }
 
 impl LedgerSource {
@@ -22,7 +23,7 @@ impl LedgerSource {
             Self::ProSubscriptionPayment => "pro_subscription_payment",
             Self::Purchased => "purchased",
             Self::FixDeployed => "fix_deployed",
-            Self::Adjustment => "adjustment",
+            Self::AdminAdjustment => "admin_adjustment",
         }
     }
 
@@ -33,7 +34,7 @@ impl LedgerSource {
             "pro_subscription_payment" => Self::ProSubscriptionPayment,
             "purchased" => Self::Purchased,
             "fix_deployed" => Self::FixDeployed,
-            "adjustment" => Self::Adjustment,
+            "admin_adjustment" => Self::AdminAdjustment,
             other => return Err(ParseError::new(format!("unknown ledger source {other:?}"))),
         })
     }

@@ -12,6 +12,7 @@ mod provision;
 mod prune;
 mod record_usage;
 mod renewal;
+mod resume_subscription;
 mod send_email_step;
 mod subscribe_pro;
 
@@ -30,6 +31,7 @@ pub use provision::ProvisionCustomer;
 pub use prune::PruneJobs;
 pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
+pub use resume_subscription::ResumeSubscription;
 pub use send_email_step::SendEmailStep;
 pub use subscribe_pro::SubscribePro;
 
@@ -110,6 +112,7 @@ job_kinds!(
     AddPaymentMethod,
     SubscribePro,
     CancelSubscription,
+    ResumeSubscription,
     ProcessStripeEvent,
     RenewalSweep,
     RenewSubscription,

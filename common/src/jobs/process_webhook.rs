@@ -44,15 +44,34 @@ impl JobKind for ProcessStripeEvent {
     }
 }
 
+/// Whether a paid invoice earns Pro credits: it bills the Pro price on one of the
+/// customer's subscriptions (`None`: it bills the Pro price, but its subscription is
+/// not known as the customer's, perhaps not yet).
+async fn earns_pro_credits(
+    tx: &mut PgConnection,
+    ctx: &JobContext,
+    customer_id: Uuid,
+    invoice: &Invoice,
+) -> Result<Option<bool>, JobError> {
+    if !invoice.bills_price(&ctx.settings.prices.pro_price_id) {
+        return Ok(Some(false));
+    }
+    let Some(subscription) = invoice.subscription() else { return Ok(Some(false)) };
+    Ok(db::customers::owns_subscription(&mut *tx, customer_id, subscription).await?.then_some(true))
+}
+
 /// Posts a paid Pro invoice's credits, once per invoice (the webhook and the renewal
-/// sweep share the key, so they never grant twice).
+/// sweep share the key, so they never grant twice), and only for what was paid: an
+/// invoice that bills the Pro price on one of the customer's subscriptions. A $0
+/// invoice grants as any other paid Pro invoice does (README); an invoice of another
+/// subscription or price grants nothing (`None`).
 pub(crate) async fn grant_invoice_credits(
     tx: &mut PgConnection,
     ctx: &JobContext,
     customer_id: Uuid,
     invoice: &Invoice,
 ) -> Result<Option<Posted>, JobError> {
-    if !invoice.bills_price(&ctx.settings.prices.pro_price_id) || ctx.settings.credits.pro_invoice == 0 {
+    if earns_pro_credits(tx, ctx, customer_id, invoice).await? != Some(true) || ctx.settings.credits.pro_invoice == 0 {
         return Ok(None);
     }
     let posting = Posting {
@@ -106,6 +125,17 @@ impl Job for ProcessStripeEvent {
         let outcome = match kind {
             Handled::InvoicePaymentSucceeded => {
                 let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                if earns_pro_credits(&mut tx, &ctx, customer.id, &invoice).await?.is_none() {
+                    // Paid before its subscription is on file (the subscribe job or a
+                    // subscription event records it): try again shortly rather than lose
+                    // it; an invoice of a subscription that never becomes the customer's
+                    // ends dead, for an operator to look at.
+                    return Err(JobError::new(format!(
+                        "Pro invoice {} is for subscription {:?}, not (yet) known as the customer's",
+                        invoice.id,
+                        invoice.subscription()
+                    )));
+                }
                 match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
                     Some(Posted::Posted { .. }) => "applied",
                     Some(Posted::AlreadyPosted { .. }) => "already_applied",
@@ -131,12 +161,18 @@ impl Job for ProcessStripeEvent {
             }
             Handled::SubscriptionCreated | Handled::SubscriptionUpdated | Handled::SubscriptionDeleted => {
                 let subscription: Subscription = object(&self.payload).map_err(JobError::new)?;
-                let applied = if kind == Handled::SubscriptionDeleted {
-                    db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed).await?
+                if !subscription.bills_price(&ctx.settings.prices.pro_price_id) {
+                    // Another product's subscription never makes a customer Pro.
+                    "ignored"
                 } else {
-                    db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, observed).await?
-                };
-                if applied { "applied" } else { "stale" }
+                    let applied = if kind == Handled::SubscriptionDeleted {
+                        db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed)
+                            .await?
+                    } else {
+                        db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, observed).await?
+                    };
+                    if applied { "applied" } else { "stale" }
+                }
             }
         };
         db::billing_events::mark_processed(&mut *tx, &self.event_id, Some(customer.id), outcome).await?;

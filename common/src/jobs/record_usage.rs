@@ -1,13 +1,25 @@
 //! Record a deployed fix: consume one credit, once per `fix_id`.
 //!
-//! With no credit left: a customer with a payment method is charged the plan's per-fix
-//! price off-session (Stripe `Idempotency-Key` from the fix id), then +1 `purchased` and
-//! −1 `fix_deployed` are posted; a declined card is recorded as a refused fix with no
-//! credit change; without a payment method the fix is refused (`NO_BILLING_INFO`).
+//! # Guide
 //!
-//! The Stripe call happens outside any transaction (no row lock held across the
-//! network); the recorded fix, checked again under the customer's lock afterwards, is
-//! what makes a second run charge nothing.
+//! Deciding, under the customer's lock in one transaction: a fix already recorded is a
+//! duplicate; a fix that has a charge goes to that charge's resolution and is never
+//! debited; otherwise one credit is debited, or, at balance 0 with a payment method, a
+//! charge is written down (`pending`: our charge id, the plan's per-fix price) and
+//! committed **before** Stripe is called. Without a payment method the fix is refused
+//! (`NO_BILLING_INFO`).
+//!
+//! Resolving a charge (`settle`): Stripe is asked what became of it first, by the
+//! PaymentIntent id we recorded or by our charge id in PaymentIntent metadata, and only
+//! when Stripe has nothing is a PaymentIntent created (Idempotency-Key from the charge
+//! id, which helps within Stripe's 24 h but is not relied on). Then, under the
+//! customer's lock again, the outcome is recorded once: succeeded → +1 `purchased`,
+//! −1 `fix_deployed`, the fix consumed; declined → the fix refused, no credit moved;
+//! `requires_action` → the charge waits for the customer, visible on the fix's status.
+//!
+//! So a crash between any two steps, a retry, or an operator's redrive days later
+//! re-runs into `settle`, which finds the earlier PaymentIntent instead of paying again.
+//! The Stripe calls happen outside any transaction: no row lock is held across the network.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -15,11 +27,12 @@ use uuid::Uuid;
 use std::collections::HashMap;
 
 use super::{JobContext, stripe_failure};
-use crate::db;
+use crate::db::{self, charges::Charge, charges::ChargeStatus, customers::Customer};
 use crate::domain::{LedgerSource, SubscriptionType};
 use crate::ledger::{self, LedgerError, Posted, Posting};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
-use crate::stripe::CallError;
+use crate::stripe::objects::CHARGE_ID_METADATA;
+use crate::stripe::{CallError, PaymentIntent, StripeApi};
 
 /// Refusal codes a recorded fix can carry.
 pub mod refusal {
@@ -27,6 +40,10 @@ pub mod refusal {
     pub const CARD_DECLINED: &str = "CARD_DECLINED";
     pub const PAYMENT_FAILED: &str = "PAYMENT_FAILED";
 }
+
+/// How far back (seconds) before a charge row's creation its PaymentIntent is looked
+/// for: our clock and Stripe's may disagree a little.
+const CLOCK_SKEW_SECS: i64 = 300;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordUsage {
@@ -56,36 +73,46 @@ impl JobKind for RecordUsage {
     }
 }
 
+/// What Stripe did with a charge, as far as recording it goes.
+#[derive(Debug)]
+enum Attempt {
+    Paid(PaymentIntent),
+    NeedsAction(PaymentIntent),
+    /// Declined (`CARD_DECLINED`) or refused (`PAYMENT_FAILED`): nothing was taken.
+    Refused {
+        refusal: &'static str,
+        reason: String,
+        intent: Option<String>,
+    },
+}
+
+fn ledger_error(error: LedgerError) -> JobError {
+    match error {
+        LedgerError::CustomerNotFound(id) => JobError::new(format!("customer {id} does not exist (yet)")),
+        LedgerError::Database(e) => e.into(),
+    }
+}
+
 impl Job for RecordUsage {
     type Context = JobContext;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let mut tx = ctx.pool.begin().await?;
-        let debit = Posting {
-            customer_id: self.customer_id,
-            amount: -1,
-            source: LedgerSource::FixDeployed,
-            metadata: serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo }),
-            idempotency_key: format!("fix_deployed:{}:{}", self.customer_id, self.fix_id),
-        };
-        // Posting locks the customer row first, so the check below sees every fix of
-        // this customer recorded before us.
-        let posted = match ledger::post(&mut tx, &debit).await {
-            Ok(posted) => posted,
-            Err(LedgerError::CustomerNotFound(id)) => {
-                return Err(JobError::new(format!("customer {id} does not exist (yet)")));
-            }
-            Err(LedgerError::Database(e)) => return Err(e.into()),
+        let Some(customer) = db::customers::lock(&mut *tx, self.customer_id).await? else {
+            return Err(JobError::new(format!("customer {} does not exist (yet)", self.customer_id)));
         };
         if let Some(record) = db::usage::find(&mut *tx, self.customer_id, &self.fix_id).await? {
-            // Recorded by an earlier run; a debit just posted would be a second one, so
-            // roll everything back.
-            tx.rollback().await?;
             return Ok(Outcome::done(
                 serde_json::json!({ "duplicate": true, "outcome": record.outcome, "refusal_code": record.refusal_code }),
             ));
         }
-        let detail = match posted {
+        if let Some(charge) = db::charges::find_for_fix(&mut *tx, self.customer_id, &self.fix_id).await? {
+            // A charge was decided for this fix: it is paid for by that charge or not at
+            // all, never by a credit that arrived since.
+            tx.rollback().await?;
+            return self.settle(&ctx, charge).await;
+        }
+        let detail = match ledger::post(&mut tx, &self.debit(None)).await.map_err(ledger_error)? {
             Posted::Posted { entry_id, balance_after } => {
                 db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
                 serde_json::json!({ "outcome": "consumed", "balance_after": balance_after })
@@ -94,28 +121,23 @@ impl Job for RecordUsage {
                 db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
                 serde_json::json!({ "outcome": "consumed", "already_posted": true })
             }
+            Posted::InsufficientCredits { .. } if can_be_charged(&customer) && ctx.stripe.is_some() => {
+                let prices = &ctx.settings.prices;
+                let amount = if customer.subscription_type == SubscriptionType::Pro.as_str() {
+                    prices.fix_pro_overage_cents
+                } else {
+                    prices.fix_payg_cents
+                };
+                let charge =
+                    db::charges::insert_pending(&mut tx, self.customer_id, &self.fix_id, amount, &prices.currency)
+                        .await?;
+                tx.commit().await?;
+                return self.settle(&ctx, charge).await;
+            }
             Posted::InsufficientCredits { .. } => {
-                let customer = db::customers::find(&mut *tx, self.customer_id).await?;
-                let payer = customer.as_ref().and_then(|c| {
-                    Some((
-                        c.stripe_customer_id.clone()?,
-                        c.stripe_payment_method_id.clone()?,
-                        c.subscription_type.clone(),
-                    ))
-                });
-                if let (Some(payer), Some(_)) = (payer, &ctx.stripe) {
-                    tx.rollback().await?;
-                    return self.charge(&ctx, payer).await;
-                }
-                db::usage::record_refused(
-                    &mut *tx,
-                    self.customer_id,
-                    &self.fix_id,
-                    &self.repo,
-                    refusal::NO_BILLING_INFO,
-                )
-                .await?;
-                serde_json::json!({ "outcome": "refused", "refusal_code": refusal::NO_BILLING_INFO })
+                let code = refusal::NO_BILLING_INFO;
+                db::usage::record_refused(&mut *tx, self.customer_id, &self.fix_id, &self.repo, code).await?;
+                serde_json::json!({ "outcome": "refused", "refusal_code": code })
             }
         };
         tx.commit().await?;
@@ -123,91 +145,179 @@ impl Job for RecordUsage {
     }
 }
 
-impl RecordUsage {
-    /// Pays for the fix at the plan's per-fix price, then posts the purchase and the debit.
-    async fn charge(
-        self,
-        ctx: &JobContext,
-        (stripe_customer, payment_method, plan): (String, String, String),
-    ) -> Result<Outcome, JobError> {
-        let stripe = ctx.stripe()?;
-        let prices = &ctx.settings.prices;
-        let amount =
-            if plan == SubscriptionType::Pro.as_str() { prices.fix_pro_overage_cents } else { prices.fix_payg_cents };
-        let metadata = HashMap::from([
-            ("rsolv_customer_id".to_owned(), self.customer_id.to_string()),
-            ("fix_id".to_owned(), self.fix_id.clone()),
-        ]);
-        let key = format!("rsolv-fix-{}-{}", self.customer_id, self.fix_id);
-        let charged = stripe.charge(&stripe_customer, &payment_method, amount, &prices.currency, &key, metadata).await;
+fn can_be_charged(customer: &Customer) -> bool {
+    customer.stripe_customer_id.is_some() && customer.stripe_payment_method_id.is_some()
+}
 
-        let mut tx = ctx.pool.begin().await?;
-        // Lock the customer and look again: an earlier run may have recorded this fix.
-        let locked = sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE")
-            .bind(self.customer_id)
-            .execute(&mut *tx)
-            .await?;
-        if locked.rows_affected() == 0 {
-            return Err(JobError::new("customer vanished"));
+impl RecordUsage {
+    fn debit(&self, payment_intent: Option<&str>) -> Posting {
+        let mut metadata = serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo });
+        if let Some(intent) = payment_intent {
+            metadata["payment_intent_id"] = intent.into();
         }
-        if let Some(record) = db::usage::find(&mut *tx, self.customer_id, &self.fix_id).await? {
-            return Ok(Outcome::done(serde_json::json!({ "duplicate": true, "outcome": record.outcome })));
-        }
-        let payment = match charged {
-            Ok(payment) if payment.status == "succeeded" => payment,
-            Ok(payment) => {
-                tracing::warn!(customer_id = %self.customer_id, payment_intent = %payment.id, status = %payment.status, "fix charge not completed");
-                let reason = format!("payment {} is {}", payment.id, payment.status);
-                return self.refuse(tx, refusal::PAYMENT_FAILED, &reason).await;
-            }
-            Err(CallError::Declined { code, message }) => {
-                tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, %code, "fix charge declined");
-                return self.refuse(tx, refusal::CARD_DECLINED, &message).await;
-            }
-            Err(error @ CallError::Rejected { .. }) => {
-                return self.refuse(tx, refusal::PAYMENT_FAILED, &error.to_string()).await;
-            }
-            Err(error) => return Err(stripe_failure(error)),
-        };
-        let purchase = Posting {
-            customer_id: self.customer_id,
-            amount: 1,
-            source: LedgerSource::Purchased,
-            metadata: serde_json::json!({ "fix_id": self.fix_id, "payment_intent_id": payment.id, "amount_cents": amount }),
-            idempotency_key: format!("purchased:{}:{}", self.customer_id, self.fix_id),
-        };
-        let debit = Posting {
+        Posting {
             customer_id: self.customer_id,
             amount: -1,
             source: LedgerSource::FixDeployed,
-            metadata: serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo, "payment_intent_id": payment.id }),
+            metadata,
             idempotency_key: format!("fix_deployed:{}:{}", self.customer_id, self.fix_id),
-        };
-        let ledger_error = |e: LedgerError| JobError::new(e.to_string());
-        ledger::post(&mut tx, &purchase).await.map_err(ledger_error)?;
-        let entry_id = match ledger::post(&mut tx, &debit).await.map_err(ledger_error)? {
-            Posted::Posted { entry_id, .. } | Posted::AlreadyPosted { entry_id } => entry_id,
-            Posted::InsufficientCredits { .. } => {
-                return Err(JobError::new("purchased credit not available for the debit"));
-            }
-        };
-        db::usage::record_charged(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id, amount, &payment.id)
-            .await?;
-        tx.commit().await?;
-        tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, amount, "fix charged");
-        Ok(Outcome::done(
-            serde_json::json!({ "outcome": "consumed", "charged_cents": amount, "payment_intent_id": payment.id }),
-        ))
+        }
     }
 
-    async fn refuse(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-        code: &str,
-        reason: &str,
-    ) -> Result<Outcome, JobError> {
-        db::usage::record_refused(&mut *tx, self.customer_id, &self.fix_id, &self.repo, code).await?;
+    /// Finds out what Stripe did with `charge` (paying only if Stripe has nothing of
+    /// it), then records that once.
+    async fn settle(self, ctx: &JobContext, charge: Charge) -> Result<Outcome, JobError> {
+        // One settlement of a charge at a time: its row stays locked while Stripe is asked
+        // (and perhaps paid), so a rescued run racing its original cannot find "nothing
+        // at Stripe yet" and pay a second time. The lock is the connection's, so it is
+        // gone with a crashed process. A run that finds it taken retries later.
+        let mut tx = ctx.pool.begin().await?;
+        let charge = match db::charges::lock_nowait(&mut *tx, charge.id).await {
+            Ok(Some(charge)) => charge,
+            Ok(None) => return Err(JobError::new(format!("charge {} vanished", charge.id))),
+            Err(e) if db::is_lock_not_available(&e) => {
+                return Err(JobError::new(format!("charge {} is being settled by another run", charge.id)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(record) = db::usage::find(&mut *tx, self.customer_id, &self.fix_id).await? {
+            return Ok(Outcome::done(serde_json::json!({ "duplicate": true, "outcome": record.outcome })));
+        }
+        if !charge.status.is_unresolved() {
+            // Settled charges commit with their fix record, looked for just above.
+            return Err(JobError::new(format!("charge {} is settled but its fix is not recorded", charge.id)));
+        }
+        let customer = ctx.customer(self.customer_id).await?;
+        let attempt = attempt(ctx.stripe()?, &customer, &charge).await?;
+        // A test build can stop here: Stripe has answered, nothing is recorded yet.
+        fail::fail_point!("record_usage::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
+        if let Attempt::NeedsAction(intent) = &attempt
+            && charge.status == ChargeStatus::RequiresAction
+        {
+            return Ok(Outcome::done(
+                serde_json::json!({ "outcome": "requires_action", "payment_intent_id": intent.id }),
+            ));
+        }
+
+        // Lock order: the charge, then its customer (for the postings).
+        if db::customers::lock(&mut *tx, self.customer_id).await?.is_none() {
+            return Err(JobError::new("customer vanished"));
+        }
+        let detail = match attempt {
+            Attempt::Paid(intent) => {
+                let purchase = Posting {
+                    customer_id: self.customer_id,
+                    amount: 1,
+                    source: LedgerSource::Purchased,
+                    metadata: serde_json::json!({
+                        "fix_id": self.fix_id, "payment_intent_id": intent.id,
+                        "amount_cents": charge.amount_cents, "charge_id": charge.id,
+                    }),
+                    idempotency_key: format!("purchased:{}:{}", self.customer_id, self.fix_id),
+                };
+                ledger::post(&mut tx, &purchase).await.map_err(ledger_error)?;
+                let entry_id = match ledger::post(&mut tx, &self.debit(Some(&intent.id))).await.map_err(ledger_error)? {
+                    Posted::Posted { entry_id, .. } | Posted::AlreadyPosted { entry_id } => entry_id,
+                    Posted::InsufficientCredits { .. } => {
+                        return Err(JobError::new("purchased credit not available for the debit"));
+                    }
+                };
+                db::usage::record_charged(
+                    &mut *tx,
+                    self.customer_id,
+                    &self.fix_id,
+                    &self.repo,
+                    entry_id,
+                    charge.amount_cents,
+                    &intent.id,
+                )
+                .await?;
+                db::charges::resolve(&mut *tx, charge.id, ChargeStatus::Succeeded, Some(&intent.id), None).await?;
+                tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, amount = charge.amount_cents, payment_intent = %intent.id, "fix charged");
+                serde_json::json!({ "outcome": "consumed", "charged_cents": charge.amount_cents, "payment_intent_id": intent.id })
+            }
+            Attempt::NeedsAction(intent) => {
+                db::charges::resolve(&mut *tx, charge.id, ChargeStatus::RequiresAction, Some(&intent.id), None).await?;
+                tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, payment_intent = %intent.id, "fix charge needs the customer's authentication");
+                serde_json::json!({ "outcome": "requires_action", "payment_intent_id": intent.id })
+            }
+            Attempt::Refused { refusal, reason, intent } => {
+                db::charges::resolve(&mut *tx, charge.id, ChargeStatus::Failed, intent.as_deref(), Some(refusal))
+                    .await?;
+                db::usage::record_refused(&mut *tx, self.customer_id, &self.fix_id, &self.repo, refusal).await?;
+                tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, refusal, %reason, "fix charge refused");
+                serde_json::json!({ "outcome": "refused", "refusal_code": refusal, "reason": reason })
+            }
+        };
         tx.commit().await?;
-        Ok(Outcome::done(serde_json::json!({ "outcome": "refused", "refusal_code": code, "reason": reason })))
+        Ok(Outcome::done(detail))
     }
+}
+
+/// What Stripe did with `charge`: the PaymentIntent we recorded, or the one an earlier
+/// attempt created (found by our charge id), or, when there is none, a new one.
+async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge) -> Result<Attempt, JobError> {
+    let Some(stripe_customer) = customer.stripe_customer_id.as_deref() else {
+        return Err(JobError::new("the Stripe customer is not recorded"));
+    };
+    let earlier = match &charge.payment_intent_id {
+        Some(id) => Some(stripe.payment_intent(id).await.map_err(stripe_failure)?),
+        None => stripe
+            .find_payment_intent(stripe_customer, charge.id, charge.created_at.timestamp() - CLOCK_SKEW_SECS)
+            .await
+            .map_err(stripe_failure)?,
+    };
+    let intent = match earlier {
+        Some(intent) => intent,
+        None => {
+            let Some(payment_method) = customer.stripe_payment_method_id.as_deref() else {
+                let reason = "the payment method was removed before the charge was made".to_owned();
+                return Ok(Attempt::Refused { refusal: refusal::NO_BILLING_INFO, reason, intent: None });
+            };
+            let metadata = HashMap::from([
+                (CHARGE_ID_METADATA.to_owned(), charge.id.to_string()),
+                ("rsolv_customer_id".to_owned(), charge.customer_id.to_string()),
+                ("fix_id".to_owned(), charge.fix_id.clone()),
+            ]);
+            // A test build can widen the window before the payment here.
+            fail::fail_point!("record_usage::before_stripe_charge");
+            let created = stripe
+                .charge(
+                    stripe_customer,
+                    payment_method,
+                    charge.amount_cents,
+                    &charge.currency,
+                    &charge.idempotency_key,
+                    metadata,
+                )
+                .await;
+            match created {
+                Ok(intent) => intent,
+                Err(CallError::Declined { message, .. }) => {
+                    return Ok(Attempt::Refused { refusal: refusal::CARD_DECLINED, reason: message, intent: None });
+                }
+                Err(error @ CallError::Rejected { .. }) => {
+                    let reason = error.to_string();
+                    return Ok(Attempt::Refused { refusal: refusal::PAYMENT_FAILED, reason, intent: None });
+                }
+                // The key was used with other parameters: an earlier attempt's effect is
+                // to be found, not repeated; the next attempt looks again.
+                Err(error) => return Err(stripe_failure(error)),
+            }
+        }
+    };
+    Ok(match intent.status.as_str() {
+        "succeeded" => Attempt::Paid(intent),
+        "requires_action" => Attempt::NeedsAction(intent),
+        "requires_payment_method" | "canceled" => {
+            let reason = intent
+                .last_payment_error
+                .as_ref()
+                .and_then(|e| e.message.clone().or_else(|| e.code.clone()))
+                .unwrap_or_else(|| format!("payment {} is {}", intent.id, intent.status));
+            Attempt::Refused { refusal: refusal::CARD_DECLINED, reason, intent: Some(intent.id) }
+        }
+        // processing, requires_confirmation, requires_capture: not final yet.
+        other => return Err(JobError::new(format!("payment {} is {other}; asking again later", intent.id))),
+    })
 }

@@ -75,7 +75,7 @@ impl Job for RenewSubscription {
         let stripe = ctx.stripe()?;
         let customer = ctx.customer(self.customer_id).await?;
         let (Some(subscription_id), Some(stripe_customer)) =
-            (customer.stripe_subscription_id, customer.stripe_customer_id)
+            (customer.stripe_subscription_id.clone(), customer.stripe_customer_id.clone())
         else {
             return Ok(Outcome::done(serde_json::json!({ "outcome": "no subscription any more" })));
         };

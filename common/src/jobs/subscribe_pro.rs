@@ -1,6 +1,12 @@
 //! Subscribe to Pro: a Stripe subscription on the configured price, no trial. No
 //! credits here: they come with the paid invoice (`invoice.payment_succeeded`, or the
 //! renewal sweep when that webhook is missing).
+//!
+//! One subscription per customer: the API enqueues at most one unfinished subscribe per
+//! customer (decided under the customer's row lock), and this job asks Stripe for a
+//! live Pro subscription of the customer before creating one, so an earlier attempt
+//! whose answer was lost (a crash after Stripe's success, a timeout) is adopted rather
+//! than doubled. Stripe's Idempotency-Key is sent too, but not relied on.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,13 +51,21 @@ impl Job for SubscribePro {
         if let Some(existing) = &customer.stripe_subscription_id {
             return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));
         }
-        let subscription = match stripe.create_pro_subscription(&stripe_customer, self.operation_id).await {
-            Ok(subscription) => subscription,
-            Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
-                return Ok(Outcome::cancel(format!("subscription refused: {error}")));
+        let adopted = stripe.live_pro_subscription(&stripe_customer).await.map_err(stripe_failure)?;
+        let subscription = match adopted {
+            Some(subscription) => {
+                tracing::warn!(customer_id = %customer.id, subscription_id = %subscription.id, "adopting the live Pro subscription Stripe already has");
+                subscription
             }
-            Err(error) => return Err(stripe_failure(error)),
+            None => match stripe.create_pro_subscription(&stripe_customer, self.operation_id).await {
+                Ok(subscription) => subscription,
+                Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
+                    return Ok(Outcome::cancel(format!("subscription refused: {error}")));
+                }
+                Err(error) => return Err(stripe_failure(error)),
+            },
         };
+        fail::fail_point!("subscribe_pro::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
         let observed = Observed::now(Handled::SubscriptionCreated.rank());
         db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, observed).await?;
         tracing::info!(customer_id = %customer.id, subscription_id = %subscription.id, status = %subscription.status, "Pro subscription created");

@@ -62,3 +62,24 @@ pub async fn for_customer<'e>(
         (kind, JobState { id, status, attempts, last_error, result })
     }))
 }
+
+/// The oldest unfinished (waiting, running or retrying) job of `kind` about a customer
+/// whose args contain `args`: the operation a customer-level intent is already pending
+/// as. Callers hold the customer's row lock, so no other such job can appear meanwhile.
+pub async fn unfinished_for_customer<'e>(
+    db: impl PgExecutor<'e>,
+    kind: &str,
+    customer_id: Uuid,
+    args: &serde_json::Value,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM jobs
+         WHERE customer_id = $2 AND kind = $1 AND status IN ('available', 'running', 'retryable') AND args @> $3
+         ORDER BY id LIMIT 1",
+    )
+    .bind(kind)
+    .bind(customer_id)
+    .bind(args)
+    .fetch_optional(db)
+    .await
+}

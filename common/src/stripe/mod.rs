@@ -23,18 +23,20 @@ pub mod signature;
 use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
-use stripe::{Client, ClientBuilder, StripeError};
+use stripe::{ApiErrorsType, Client, ClientBuilder, StripeError};
 use stripe_billing::invoice::ListInvoice;
 use stripe_billing::subscription::{
-    CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription, UpdateSubscription,
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription, RetrieveSubscription,
+    UpdateSubscription,
 };
-use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy, StripeRequest};
+use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy, StripeMethod, StripeRequest};
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
-use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent};
 use stripe_payment::payment_method::AttachPaymentMethod;
 use uuid::Uuid;
 
 use crate::config::StripeSettings;
+use objects::{ChargeList, SubscriptionList};
 pub use objects::{Invoice, InvoiceList, PaymentIntent, StripeObject, Subscription};
 
 /// How a Stripe call failed, as far as a job needs to know.
@@ -46,6 +48,10 @@ pub enum CallError {
     /// Stripe refused the request (4xx): retrying the same request will not help.
     #[error("stripe refused the request ({status}): {message}")]
     Rejected { status: u16, message: String },
+    /// The Idempotency-Key was used before with other parameters: what the first
+    /// request did has to be looked up, not repeated.
+    #[error("stripe idempotency conflict: {0}")]
+    IdempotencyConflict(String),
     /// Network, timeout, 5xx, 409 or 429: try again later.
     #[error("stripe unavailable: {0}")]
     Unavailable(String),
@@ -54,6 +60,9 @@ pub enum CallError {
 impl From<StripeError> for CallError {
     fn from(error: StripeError) -> Self {
         match error {
+            StripeError::Stripe(api, _) if api.type_ == ApiErrorsType::IdempotencyError => {
+                Self::IdempotencyConflict(api.message.unwrap_or_default())
+            }
             StripeError::Stripe(api, 402) => Self::Declined {
                 code: api.code.map(|c| c.to_string()).unwrap_or_else(|| "card_declined".into()),
                 message: api.message.unwrap_or_default(),
@@ -134,6 +143,15 @@ impl StripeApi {
         self.send(request, Some(&format!("rsolv-subscribe-{operation}"))).await
     }
 
+    /// The customer's live (not canceled) subscription on the Pro price, if Stripe has
+    /// one: what a subscribe looks for first, so that an earlier attempt whose answer
+    /// was lost (a crash, a timeout) is adopted rather than doubled.
+    pub async fn live_pro_subscription(&self, stripe_customer: &str) -> Result<Option<Subscription>, CallError> {
+        let request = ListSubscription::new().customer(stripe_customer).limit(100).build();
+        let list: SubscriptionList = self.send(request, None).await?;
+        Ok(list.data.into_iter().filter(|s| s.is_live() && s.bills_price(&self.pro_price_id)).max_by_key(|s| s.created))
+    }
+
     pub async fn subscription(&self, id: &str) -> Result<Subscription, CallError> {
         self.send(RetrieveSubscription::new(id).build(), None).await
     }
@@ -141,6 +159,12 @@ impl StripeApi {
     pub async fn cancel_at_period_end(&self, id: &str, operation: Uuid) -> Result<Subscription, CallError> {
         let request = UpdateSubscription::new(id).cancel_at_period_end(true).build();
         self.send(request, Some(&format!("rsolv-cancel-later-{operation}"))).await
+    }
+
+    /// Withdraws a scheduled cancellation.
+    pub async fn resume(&self, id: &str, operation: Uuid) -> Result<Subscription, CallError> {
+        let request = UpdateSubscription::new(id).cancel_at_period_end(false).build();
+        self.send(request, Some(&format!("rsolv-resume-{operation}"))).await
     }
 
     pub async fn cancel_now(&self, id: &str, operation: Uuid) -> Result<Subscription, CallError> {
@@ -155,6 +179,48 @@ impl StripeApi {
         }
         let list: InvoiceList = self.send(request.build(), None).await?;
         Ok(list.data)
+    }
+
+    pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent, CallError> {
+        self.send(RetrievePaymentIntent::new(id).build(), None).await
+    }
+
+    /// The PaymentIntent an earlier attempt created for our charge `charge_id`, found by
+    /// the `rsolv_charge_id` in its metadata among the customer's charges since `since`
+    /// (unix seconds). This is how a charge whose answer was lost is resolved without
+    /// relying on Stripe's Idempotency-Key, which lives 24 h (and which localstripe
+    /// ignores). Read through the charges list because it filters by customer and
+    /// creation time on every Stripe version, and a declined payment leaves a charge too.
+    pub async fn find_payment_intent(
+        &self,
+        stripe_customer: &str,
+        charge_id: Uuid,
+        since: i64,
+    ) -> Result<Option<PaymentIntent>, CallError> {
+        #[derive(serde::Serialize)]
+        struct After {
+            gt: i64,
+        }
+        #[derive(serde::Serialize)]
+        struct Query<'a> {
+            customer: &'a str,
+            created: After,
+            limit: u8,
+        }
+        let query = Query { customer: stripe_customer, created: After { gt: since }, limit: 100 };
+        let request = RequestBuilder::new(StripeMethod::Get, "/charges").query(&query);
+        let charges: ChargeList = self.send(request, None).await?;
+        let mut seen = std::collections::HashSet::new();
+        for intent in charges.data.iter().filter_map(|c| c.payment_intent.as_deref()) {
+            if !seen.insert(intent) {
+                continue;
+            }
+            let found = self.payment_intent(intent).await?;
+            if found.charge_id() == Some(charge_id) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// Charges a saved card off-session and confirms at once.

@@ -21,6 +21,13 @@ pub struct Subscription {
     pub current_period_end: Option<i64>,
     #[serde(default)]
     pub items: Option<ItemList>,
+    #[serde(default)]
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct SubscriptionList {
+    pub data: Vec<Subscription>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,9 +41,26 @@ pub struct SubscriptionItem {
     /// On the item since the 2025-03-31 API version.
     #[serde(default)]
     pub current_period_end: Option<i64>,
+    #[serde(default)]
+    plan: Option<Priced>,
+    #[serde(default)]
+    price: Option<Priced>,
 }
 
 impl Subscription {
+    /// Not ended: Stripe may still bill it.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.status.as_str(), "canceled" | "incomplete_expired")
+    }
+
+    /// Whether one of its items is on the given price (or plan).
+    pub fn bills_price(&self, price_id: &str) -> bool {
+        self.items.iter().flat_map(|l| &l.data).any(|item| {
+            item.plan.as_ref().is_some_and(|p| p.id == price_id)
+                || item.price.as_ref().is_some_and(|p| p.id == price_id)
+        })
+    }
+
     pub fn period_end(&self) -> Option<i64> {
         self.current_period_end.or_else(|| self.items.as_ref()?.data.iter().filter_map(|i| i.current_period_end).max())
     }
@@ -152,6 +176,39 @@ pub struct PaymentIntent {
     pub status: String,
     #[serde(default)]
     pub amount: i64,
+    #[serde(default)]
+    pub metadata: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    pub last_payment_error: Option<PaymentError>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentError {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl PaymentIntent {
+    /// Our charge this PaymentIntent was created for (`metadata.rsolv_charge_id`).
+    pub fn charge_id(&self) -> Option<uuid::Uuid> {
+        self.metadata.get(CHARGE_ID_METADATA)?.parse().ok()
+    }
+}
+
+/// The metadata key that ties a PaymentIntent to our charge row.
+pub const CHARGE_ID_METADATA: &str = "rsolv_charge_id";
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ChargeList {
+    pub data: Vec<ChargeRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ChargeRef {
+    #[serde(default)]
+    pub payment_intent: Option<String>,
 }
 
 #[cfg(test)]

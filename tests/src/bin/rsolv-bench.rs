@@ -501,7 +501,7 @@ async fn main() -> Result<(), Error> {
                     serde_json::to_value(GrantCredits {
                         customer_id: customers[i % customers.len()],
                         amount: 1,
-                        source: LedgerSource::Adjustment,
+                        source: LedgerSource::AdminAdjustment,
                         idempotency_key: format!("bench-{run}-{i}"),
                         metadata: Value::Null,
                     })

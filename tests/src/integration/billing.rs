@@ -538,14 +538,14 @@ async fn the_factories_build_the_nine_states_of_the_domain() {
     assert_ledger_consistent(&app.db.pool).await;
 }
 
-async fn seeded(app: &TestApp, state: CustomerState, tag: &str) -> Uuid {
+pub(crate) async fn seeded(app: &TestApp, state: CustomerState, tag: &str) -> Uuid {
     let email =
         Email::parse(&format!("{}-{tag}-{}@example.com", state.name(), &Uuid::new_v4().simple().to_string()[..6]))
             .unwrap();
     factories::create(&app.db.pool, &app.settings, state, email).await.unwrap().customer_id
 }
 
-async fn stripe_ids(app: &TestApp, id: Uuid) -> (String, String) {
+pub(crate) async fn stripe_ids(app: &TestApp, id: Uuid) -> (String, String) {
     let c = app.customer(id).await;
     (c.stripe_customer_id.unwrap(), c.stripe_subscription_id.unwrap_or_else(|| "sub_none".into()))
 }

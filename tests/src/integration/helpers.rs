@@ -214,7 +214,7 @@ pub fn grant(customer_id: Uuid, key: &str, amount: i64) -> GrantCredits {
     GrantCredits {
         customer_id,
         amount,
-        source: LedgerSource::Adjustment,
+        source: LedgerSource::AdminAdjustment,
         idempotency_key: key.to_owned(),
         metadata: Value::Null,
     }

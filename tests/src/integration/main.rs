@@ -12,6 +12,7 @@ mod email;
 mod errors;
 mod idempotency;
 mod jobs;
+mod money;
 mod onboarding;
 mod ops;
 mod schema_fuzz;

@@ -1,0 +1,171 @@
+//! Charges for fixes paid at balance 0: written down (`pending`) in the transaction that
+//! decides to charge, before Stripe is called, then resolved with what Stripe did.
+//!
+//! | status            | meaning                                                        |
+//! |-------------------|----------------------------------------------------------------|
+//! | `pending`         | decided; Stripe may or may not have been called yet            |
+//! | `requires_action` | Stripe wants the customer to authenticate; nothing was taken   |
+//! | `succeeded`       | paid: its PaymentIntent is recorded, the fix is consumed       |
+//! | `failed`          | declined or refused; the fix is refused, nothing was taken     |
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeStatus {
+    Pending,
+    RequiresAction,
+    Succeeded,
+    Failed,
+}
+
+impl ChargeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::RequiresAction => "requires_action",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(raw: &str) -> Self {
+        match raw {
+            "requires_action" => Self::RequiresAction,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            // The table's CHECK allows nothing else.
+            _ => Self::Pending,
+        }
+    }
+
+    /// Whether Stripe still has to be asked what happened.
+    pub fn is_unresolved(self) -> bool {
+        matches!(self, Self::Pending | Self::RequiresAction)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub fix_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub status: ChargeStatus,
+    pub payment_intent_id: Option<String>,
+    pub failure_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+type Row = (Uuid, Uuid, String, i64, String, String, String, Option<String>, Option<String>, DateTime<Utc>);
+
+impl From<Row> for Charge {
+    fn from(r: Row) -> Self {
+        Self {
+            id: r.0,
+            customer_id: r.1,
+            fix_id: r.2,
+            amount_cents: r.3,
+            currency: r.4,
+            idempotency_key: r.5,
+            status: ChargeStatus::parse(&r.6),
+            payment_intent_id: r.7,
+            failure_code: r.8,
+            created_at: r.9,
+        }
+    }
+}
+
+const COLUMNS: &str = "id, customer_id, fix_id, amount_cents, currency, idempotency_key, status, \
+                       payment_intent_id, failure_code, created_at";
+
+/// Writes a charge down; an existing charge of the same fix is returned instead (one
+/// charge per fix, whoever decided first).
+pub async fn insert_pending(
+    tx: &mut sqlx::PgConnection,
+    customer_id: Uuid,
+    fix_id: &str,
+    amount_cents: i64,
+    currency: &str,
+) -> Result<Charge, sqlx::Error> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO charges (id, customer_id, fix_id, amount_cents, currency, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, 'rsolv-charge-' || $1::text)
+         ON CONFLICT (customer_id, fix_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(customer_id)
+    .bind(fix_id)
+    .bind(amount_cents)
+    .bind(currency)
+    .execute(&mut *tx)
+    .await?;
+    // Read in a new statement: a conflicting row committed meanwhile is visible here.
+    find_for_fix(&mut *tx, customer_id, fix_id).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+pub async fn find_for_fix<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    fix_id: &str,
+) -> Result<Option<Charge>, sqlx::Error> {
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM charges WHERE customer_id = $1 AND fix_id = $2"
+    )))
+    .bind(customer_id)
+    .bind(fix_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Charge::from))
+}
+
+/// The charge, locked for its settlement; fails at once with Postgres's
+/// `lock_not_available` if another transaction holds it.
+pub async fn lock_nowait<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Charge>, sqlx::Error> {
+    let row: Option<Row> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM charges WHERE id = $1 FOR UPDATE NOWAIT")))
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(Charge::from))
+}
+
+/// Charges Stripe has not settled yet, oldest first (for reconciliation).
+pub async fn unresolved<'e>(db: impl PgExecutor<'e>, customer_id: Option<Uuid>) -> Result<Vec<Charge>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM charges
+         WHERE status IN ('pending', 'requires_action') AND ($1::uuid IS NULL OR customer_id = $1)
+         ORDER BY created_at"
+    )))
+    .bind(customer_id)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Charge::from).collect())
+}
+
+/// Records what Stripe did with a charge.
+pub async fn resolve<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    status: ChargeStatus,
+    payment_intent_id: Option<&str>,
+    failure_code: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE charges SET status = $2, payment_intent_id = coalesce($3, payment_intent_id), failure_code = $4,
+             resolved_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(payment_intent_id)
+    .bind(failure_code)
+    .execute(db)
+    .await?;
+    Ok(())
+}

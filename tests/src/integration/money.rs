@@ -1,0 +1,382 @@
+//! Money that cannot be doubled or lost: customer-level billing intents, charges written
+//! down before they are made, faults injected between Stripe's answer and our commit,
+//! and the ledger arithmetic Postgres enforces on its own.
+//!
+//! localstripe ignores `Idempotency-Key`, so every "once" here holds by our own dedupe.
+
+use std::time::Duration;
+
+use common::db::charges::ChargeStatus;
+use common::factories::CustomerState;
+use common::jobs::{ProcessStripeEvent, RecordUsage};
+use common::queue::{Job, Outcome};
+use common::stripe::events::{Handled, Simulated};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{
+    PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, grant, stripe_base,
+    wait_for_jobs_finished,
+};
+
+async fn localstripe(path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}v1/{path}", stripe_base()))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The customer's subscriptions at Stripe, canceled ones included.
+async fn stripe_subscriptions(stripe_customer: &str) -> Vec<Value> {
+    localstripe(&format!("subscriptions?customer={stripe_customer}&status=all&limit=100")).await["data"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The customer's PaymentIntents that reached a charge (paid or declined), read through
+/// its charges: localstripe's PaymentIntent list cannot filter by customer.
+async fn payment_intents(stripe_customer: &str) -> Vec<Value> {
+    let charges = localstripe(&format!("charges?customer={stripe_customer}&limit=100")).await;
+    let mut ids: Vec<String> = charges["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["payment_intent"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut intents = Vec::new();
+    for id in ids {
+        intents.push(localstripe(&format!("payment_intents/{id}")).await);
+    }
+    intents
+}
+
+async fn code_of(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+/// A paying customer (card on file) with no credits left: (id, key, stripe customer).
+async fn payg_at_zero(app: &TestApp, email: &str, card: &str) -> (Uuid, String, String) {
+    let (id, key, stripe_id) = app.stripe_customer(email).await;
+    let added = app.add_card(&key, card).await;
+    assert_eq!(added["status"], "succeeded", "{added}");
+    let balance = app.balance(id).await;
+    let revoke = grant(id, &format!("use-up:{id}"), -balance);
+    revoke.run(app.job_context()).await.unwrap();
+    assert_eq!(app.balance(id).await, 0);
+    (id, key, stripe_id)
+}
+
+fn fix(customer_id: Uuid, fix_id: &str) -> RecordUsage {
+    RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
+}
+
+#[tokio::test]
+async fn ten_concurrent_subscribes_create_one_subscription_and_one_paid_invoice() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("tenfold@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+
+    // A double click, client retries, two tabs: no Idempotency-Key on any of them.
+    let requests =
+        (0..10).map(|_| app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send());
+    let responses = futures::future::join_all(requests).await;
+    let mut operations = Vec::new();
+    for response in responses {
+        let response = response.unwrap();
+        match response.status().as_u16() {
+            202 => operations.push(response.json::<Value>().await.unwrap()["operation_id"].as_i64().unwrap()),
+            409 => assert_eq!(code_of(response).await.1, "ALREADY_SUBSCRIBED"),
+            other => panic!("a subscribe answered {other}"),
+        }
+    }
+    operations.dedup();
+    assert_eq!(operations.len(), 1, "every 202 names the one pending operation");
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'subscribe_pro'").await, 1);
+    wait_for_jobs_finished(&app.db.pool, "subscribe_pro", Duration::from_secs(20)).await;
+
+    let subscriptions = stripe_subscriptions(&stripe_id).await;
+    assert_eq!(subscriptions.len(), 1, "one subscription at Stripe: {subscriptions:?}");
+    let invoices = localstripe(&format!("invoices?customer={stripe_id}")).await;
+    let invoices = invoices["data"].as_array().unwrap();
+    assert_eq!(invoices.len(), 1, "one invoice");
+    assert_eq!(invoices[0]["status"], "paid");
+    let customer = app.customer(id).await;
+    assert_eq!(customer.stripe_subscription_id.as_deref(), subscriptions[0]["id"].as_str());
+
+    // The paid invoice's event, delivered twice: +60 once.
+    let mut paid = Simulated::new(&stripe_id, subscriptions[0]["id"].as_str().unwrap(), PRO_PRICE, 59_900);
+    paid.invoice_id = invoices[0]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let response = app.deliver(&paid.event(Handled::InvoicePaymentSucceeded), WEBHOOK_SECRET).await;
+        assert_eq!(response.status(), 200);
+    }
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    assert_eq!(app.balance(id).await, 10 + 60);
+
+    // Once live, a further subscribe is refused without reaching Stripe.
+    let again = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
+    assert_eq!(code_of(again.unwrap()).await, (409, "ALREADY_SUBSCRIBED".into()));
+    assert_eq!(stripe_subscriptions(&stripe_id).await.len(), 1);
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_subscribe_whose_answer_was_lost_adopts_the_subscription_stripe_made() {
+    let mut app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("lost-answer@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    app.stop_worker().await;
+    let accepted = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
+    assert_eq!(accepted.unwrap().status(), 202);
+    let args: Value =
+        sqlx::query_scalar("SELECT args FROM jobs WHERE kind = 'subscribe_pro'").fetch_one(&app.db.pool).await.unwrap();
+    let job: common::jobs::SubscribePro = serde_json::from_value(args).unwrap();
+
+    // Stripe creates the subscription, then the job dies before recording it.
+    fail::cfg("subscribe_pro::after_stripe", "return").unwrap();
+    assert!(job.clone().run(app.job_context()).await.is_err());
+    fail::remove("subscribe_pro::after_stripe");
+    assert_eq!(stripe_subscriptions(&stripe_id).await.len(), 1);
+    assert!(app.customer(id).await.stripe_subscription_id.is_none(), "nothing recorded yet");
+
+    // The retry asks Stripe first and adopts what it finds.
+    let outcome = job.run(app.job_context()).await.unwrap();
+    assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+    let subscriptions = stripe_subscriptions(&stripe_id).await;
+    assert_eq!(subscriptions.len(), 1, "still one subscription at Stripe");
+    let customer = app.customer(id).await;
+    assert_eq!(customer.subscription_type, "pro");
+    assert_eq!(customer.stripe_subscription_id.as_deref(), subscriptions[0]["id"].as_str());
+}
+
+#[tokio::test]
+async fn cancel_and_resume_are_intents_too() {
+    let app = TestApp::with_billing().await;
+    let (id, key, _) = app.stripe_customer("resume@example.com").await;
+    let none = app.client.post(app.url("/api/v1/billing/subscription/resume")).header("x-api-key", &key).send().await;
+    assert_eq!(code_of(none.unwrap()).await, (404, "NO_ACTIVE_SUBSCRIPTION".into()));
+    app.add_card(&key, "pm_card_visa").await;
+    let subscribed = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
+    app.finished_operation(&key, subscribed.unwrap()).await;
+    let not_scheduled =
+        app.client.post(app.url("/api/v1/billing/subscription/resume")).header("x-api-key", &key).send().await;
+    assert_eq!(code_of(not_scheduled.unwrap()).await, (409, "NO_SCHEDULED_CANCELLATION".into()));
+
+    let cancels = (0..5).map(|_| {
+        app.client.delete(app.url("/api/v1/billing/subscription?at_period_end=true")).header("x-api-key", &key).send()
+    });
+    let mut operations = Vec::new();
+    for response in futures::future::join_all(cancels).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 202);
+        operations.push(response.json::<Value>().await.unwrap()["operation_id"].as_i64().unwrap());
+    }
+    wait_for_jobs_finished(&app.db.pool, "cancel_subscription", Duration::from_secs(20)).await;
+    // Racing requests share the pending one; a request after it finished starts anew.
+    let distinct: std::collections::BTreeSet<_> = operations.iter().collect();
+    let jobs = app.count("SELECT count(*) FROM jobs WHERE kind = 'cancel_subscription'").await;
+    assert_eq!(distinct.len() as i64, jobs, "each 202 names a real operation");
+    assert!(app.customer(id).await.cancel_at_period_end);
+
+    let resumes = (0..5)
+        .map(|_| app.client.post(app.url("/api/v1/billing/subscription/resume")).header("x-api-key", &key).send());
+    let answers = futures::future::join_all(resumes).await;
+    let accepted = answers.into_iter().map(|r| r.unwrap()).filter(|r| r.status() == 202).count();
+    assert!(accepted >= 1);
+    wait_for_jobs_finished(&app.db.pool, "resume_subscription", Duration::from_secs(20)).await;
+    let customer = app.customer(id).await;
+    assert_eq!((customer.subscription_type.as_str(), customer.cancel_at_period_end), ("pro", false));
+    let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
+    assert_eq!(me["warnings"], json!([]));
+}
+
+#[tokio::test]
+async fn a_crash_between_stripes_success_and_our_commit_charges_once_and_debits_no_credit() {
+    let mut app = TestApp::with_billing().await;
+    let (id, _, stripe_id) = payg_at_zero(&app, "crash-charge@example.com", "pm_card_visa").await;
+    app.stop_worker().await;
+    let entries_before = app.count("SELECT count(*) FROM credit_ledger").await;
+
+    // Stripe charges, then the job dies before our commit.
+    fail::cfg("record_usage::after_stripe", "return").unwrap();
+    assert!(fix(id, "crash-fix").run(app.job_context()).await.is_err());
+    fail::remove("record_usage::after_stripe");
+    let charge = common::db::charges::find_for_fix(&app.db.pool, id, "crash-fix").await.unwrap().unwrap();
+    assert_eq!(charge.status, ChargeStatus::Pending, "written down before Stripe was called");
+    assert_eq!(charge.payment_intent_id, None, "the answer was lost");
+    assert_eq!(charge.amount_cents, 2_900);
+    let intents = payment_intents(&stripe_id).await;
+    assert_eq!(intents.len(), 1);
+    assert_eq!(intents[0]["metadata"]["rsolv_charge_id"], charge.id.to_string());
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger").await, entries_before, "no stray debit");
+    assert_eq!(app.count("SELECT count(*) FROM usage_fixes WHERE fix_id = 'crash-fix'").await, 0);
+
+    // Credits arrive before the retry: the fix is still paid by its charge, not by them.
+    grant(id, "meanwhile", 3).run(app.job_context()).await.unwrap();
+
+    let retried = fix(id, "crash-fix").run(app.job_context()).await.unwrap();
+    let Outcome::Done { detail } = retried else { panic!("{retried:?}") };
+    assert_eq!(detail["outcome"], "consumed");
+    assert_eq!(detail["payment_intent_id"], intents[0]["id"]);
+    assert_eq!(payment_intents(&stripe_id).await.len(), 1, "Stripe was asked, not paid again");
+    assert_eq!(app.balance(id).await, 3, "+1 purchased −1 fix_deployed; the granted credits untouched");
+    let settled = common::db::charges::find_for_fix(&app.db.pool, id, "crash-fix").await.unwrap().unwrap();
+    assert_eq!(settled.status, ChargeStatus::Succeeded);
+    assert_eq!(settled.payment_intent_id.as_deref(), intents[0]["id"].as_str());
+
+    // An operator's redrive later: nothing more.
+    let again = fix(id, "crash-fix").run(app.job_context()).await.unwrap();
+    assert!(matches!(again, Outcome::Done { ref detail } if detail["duplicate"] == true), "{again:?}");
+    assert_eq!(payment_intents(&stripe_id).await.len(), 1);
+    let (purchases, debits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE source = 'purchased'), count(*) FILTER (WHERE source = 'fix_deployed')
+         FROM credit_ledger WHERE metadata->>'fix_id' = 'crash-fix'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((purchases, debits), (1, 1));
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+// Several threads: the slowed payment blocks its thread (a failpoint's sleep), not the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reports_of_one_fix_at_balance_zero_make_one_charge() {
+    let mut app = TestApp::with_billing().await;
+    let (id, _, stripe_id) = payg_at_zero(&app, "racing-charge@example.com", "pm_card_visa").await;
+    app.stop_worker().await;
+    // The same fix run by several workers at once (a rescued job racing its original),
+    // with the first payment slowed so the others look while it is in flight.
+    fail::cfg("record_usage::before_stripe_charge", "sleep(300)").unwrap();
+    let runs = (0..4).map(|_| tokio::spawn(fix(id, "raced-fix").run(app.job_context())));
+    let outcomes: Vec<_> = futures::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    fail::remove("record_usage::before_stripe_charge");
+    let consumed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Outcome::Done { detail }) if detail["outcome"] == "consumed"))
+        .count();
+    assert_eq!(consumed, 1, "{outcomes:?}");
+    // The runs that lost the race failed (retried later) or found the record.
+    let settled = fix(id, "raced-fix").run(app.job_context()).await.unwrap();
+    assert!(matches!(settled, Outcome::Done { ref detail } if detail["duplicate"] == true), "{settled:?}");
+    let succeeded: Vec<Value> =
+        payment_intents(&stripe_id).await.into_iter().filter(|pi| pi["status"] == "succeeded").collect();
+    assert_eq!(succeeded.len(), 1, "one payment taken: {succeeded:?}");
+    assert_eq!(app.balance(id).await, 0);
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_charge_that_needs_authentication_waits_for_the_customer_visibly() {
+    let app = TestApp::with_billing().await;
+    // A card that asks for 3-D Secure on every payment.
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}v1/payment_methods", stripe_base()))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("type=card&card%5Bnumber%5D=4000002760003184&card%5Bexp_month%5D=12&card%5Bexp_year%5D=2030&card%5Bcvc%5D=123")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let card = created["id"].as_str().unwrap();
+    let (id, key, _) = payg_at_zero(&app, "three-ds@example.com", card).await;
+    let report = app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "sca-fix", "repo": "r" })).await;
+    assert_eq!(report.status(), 202);
+    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
+    let status: Value = app.get_with_key("/api/v1/usage/fixes/sca-fix", &key).await.json().await.unwrap();
+    assert_eq!(status["status"], "requires_action", "{status}");
+    let charge = common::db::charges::find_for_fix(&app.db.pool, id, "sca-fix").await.unwrap().unwrap();
+    assert_eq!(charge.status, ChargeStatus::RequiresAction);
+    assert!(charge.payment_intent_id.is_some());
+    assert_eq!(app.balance(id).await, 0, "nothing posted for an unpaid fix");
+}
+
+#[tokio::test]
+async fn credits_come_only_from_pro_invoices_of_the_customers_own_subscriptions() {
+    let app = TestApp::with_worker_and_webhooks().await;
+    let pro = crate::billing::seeded(&app, CustomerState::Pro, "own-sub").await;
+    let (stripe_customer, subscription) = crate::billing::stripe_ids(&app, pro).await;
+    let before = app.balance(pro).await;
+
+    // An invoice of a subscription that is not the customer's: never credited.
+    let stray = Simulated::new(&stripe_customer, "sub_somebody_else", PRO_PRICE, 59_900);
+    let job = ProcessStripeEvent {
+        event_id: stray.event_id.clone(),
+        event_type: "invoice.payment_succeeded".into(),
+        created: stray.created,
+        payload: stray.event(Handled::InvoicePaymentSucceeded),
+    };
+    let refused = job.run(app.job_context()).await;
+    assert!(refused.is_err_and(|e| e.0.contains("not (yet) known")), "retried, then dead for an operator");
+    // An invoice of another price on its own subscription: ignored.
+    let other_price = Simulated::new(&stripe_customer, &subscription, "price_other", 1_000);
+    assert_eq!(app.deliver(&other_price.event(Handled::InvoicePaymentSucceeded), WEBHOOK_SECRET).await.status(), 200);
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    assert_eq!(app.balance(pro).await, before);
+
+    // A subscription of another price never makes a pay-as-you-go customer Pro.
+    let payg = crate::billing::seeded(&app, CustomerState::PayAsYouGo, "other-price").await;
+    let (payg_stripe, _) = crate::billing::stripe_ids(&app, payg).await;
+    let other = Simulated::new(&payg_stripe, "sub_other_product", "price_other", 1_000);
+    assert_eq!(app.deliver(&other.event(Handled::SubscriptionCreated), WEBHOOK_SECRET).await.status(), 200);
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    let customer = app.customer(payg).await;
+    assert_eq!(customer.subscription_type, "pay_as_you_go");
+    assert_eq!(customer.stripe_subscription_id, None);
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM billing_events WHERE event_id = $1")
+        .bind(&other.event_id)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "ignored");
+}
+
+#[tokio::test]
+async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
+    let app = TestApp::with_worker().await;
+    let (id, _) = app.onboarded_customer("enforced@example.com").await;
+    let pool = &app.db.pool;
+
+    let moved_alone = sqlx::query("UPDATE customers SET credit_balance = credit_balance + 5 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await;
+    assert!(moved_alone.is_err(), "a balance moved without an entry is refused at commit");
+    let off_chain = sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+         VALUES ($1, 1, 100, 'admin_adjustment', 'off-chain')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await;
+    assert!(off_chain.is_err(), "an entry must continue its customer's chain");
+    let entry_alone = sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+         VALUES ($1, 1, 6, 'admin_adjustment', 'no-balance-move')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await;
+    assert!(entry_alone.is_err(), "an entry without its balance move is refused at commit");
+    assert!(sqlx::query("TRUNCATE credit_ledger CASCADE").execute(pool).await.is_err(), "TRUNCATE is refused");
+    assert_eq!(app.balance(id).await, 5);
+
+    // Our own postings pass, one after another and in one transaction.
+    grant(id, "enforced-1", 2).run(app.job_context()).await.unwrap();
+    grant(id, "enforced-2", -7).run(app.job_context()).await.unwrap();
+    assert_eq!(app.balance(id).await, 0);
+    assert_ledger_consistent(pool).await;
+}
