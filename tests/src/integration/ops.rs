@@ -289,6 +289,7 @@ async fn the_openapi_document_is_valid_and_lists_every_public_route() {
         ("post", "/api/v1/billing/payment-methods"),
         ("post", "/api/v1/billing/subscription"),
         ("delete", "/api/v1/billing/subscription"),
+        ("post", "/api/v1/billing/subscription/resume"),
         ("get", "/api/v1/billing/invoices"),
         ("get", "/api/v1/billing/operations/{operation_id}"),
         ("post", "/api/webhooks/stripe"),
