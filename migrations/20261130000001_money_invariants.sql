@@ -110,3 +110,11 @@ CREATE TABLE subscriptions (
 CREATE INDEX subscriptions_customer ON subscriptions (customer_id);
 INSERT INTO subscriptions (id, customer_id)
     SELECT stripe_subscription_id, id FROM customers WHERE stripe_subscription_id IS NOT NULL;
+
+-- Fixes charged before charges were written down get their charge row, so that every
+-- charged fix maps to one succeeded charge (the currency was always the default).
+INSERT INTO charges (id, customer_id, fix_id, amount_cents, currency, idempotency_key, status,
+                     payment_intent_id, created_at, resolved_at)
+    SELECT gen_random_uuid(), customer_id, fix_id, charged_cents, 'usd', 'rsolv-fix-' || customer_id || '-' || fix_id,
+           'succeeded', payment_intent_id, created_at, created_at
+    FROM usage_fixes WHERE payment_intent_id IS NOT NULL;

@@ -120,7 +120,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/admin/api/jobs/{id}/redrive").route(web::post().to(admin::redrive)))
         .service(resource("/admin/api/jobs/{id}/discard").route(web::post().to(admin::discard)))
         .service(resource("/admin/api/jobs/{id}/cancel").route(web::post().to(admin::cancel)))
+        .service(resource("/admin/api/customers/{id}/credits").route(web::post().to(admin::adjust_credits)))
+        .service(resource("/admin/api/audit").route(web::get().to(admin::audit)))
         .service(resource("/admin").route(web::get().to(admin_page::overview)))
+        .service(resource("/admin/credits").route(web::post().to(admin_page::adjust_credits)))
         .service(
             resource("/admin/login")
                 .route(web::get().to(admin_page::login_form))

@@ -8,6 +8,8 @@ pub mod email;
 pub mod factories;
 pub mod jobs;
 pub mod ledger;
+pub mod operator;
 pub mod queue;
 pub mod stripe;
 pub mod telemetry;
+pub mod verify;

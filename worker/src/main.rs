@@ -12,8 +12,14 @@
 //!                                   inspect and steer the queues (as the admin API does)
 //! rsolv-worker start-sequence NAME --customer EMAIL|ID
 //!                                   schedule an email sequence (expiring_trial, re_engagement, …)
+//! rsolv-worker credits grant|revoke --customer EMAIL|ID --amount N --reason TEXT [--key KEY]
+//!                                   adjust credits through the ledger, on the audit log
+//! rsolv-worker audit                the newest operator actions
+//! rsolv-worker verify [--customer EMAIL|ID]
+//!                                   check every money invariant; exits 1 naming each violation
 //! ```
 
+mod credits;
 mod ops;
 mod simulate;
 
@@ -55,8 +61,12 @@ async fn main() -> Result<(), Error> {
         Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
         Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
         Some("jobs") => ops::run(&pool, &args[1..]).await,
+        Some("credits") => credits::run(&pool, &args[1..]).await,
+        Some("audit") => credits::audit(&pool).await,
+        Some("verify") => verify(&pool, &args[1..]).await,
         Some(other) => Err(format!(
-            "unknown command {other:?}: expected run, migrate, seed, simulate-webhook, start-sequence or jobs"
+            "unknown command {other:?}: expected run, migrate, seed, simulate-webhook, start-sequence, jobs, \
+             credits, audit or verify"
         )
         .into()),
     }
@@ -71,6 +81,23 @@ async fn seed(pool: &sqlx::PgPool, settings: &Settings) -> Result<(), Error> {
         println!("{:<28} {:<46} {}", state.name(), seeded.email, seeded.api_key.expose());
     }
     Ok(())
+}
+
+async fn verify(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
+    let customer = match simulate::flag(args, "--customer") {
+        Some(who) => Some(simulate::find_customer(pool, who).await?.id),
+        None => None,
+    };
+    let violations = common::verify::money_invariants(pool, customer).await?;
+    if violations.is_empty() {
+        println!("every money invariant holds");
+        return Ok(());
+    }
+    for violation in &violations {
+        eprintln!("VIOLATION {violation}");
+    }
+    eprintln!("{} violation(s)", violations.len());
+    std::process::exit(1);
 }
 
 async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {

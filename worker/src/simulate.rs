@@ -3,7 +3,6 @@
 
 use common::config::Settings;
 use common::db;
-use common::domain::Email;
 use common::stripe::events::{Handled, Simulated};
 use common::stripe::signature;
 
@@ -16,11 +15,7 @@ pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 
 /// A customer by id or email.
 pub async fn find_customer(pool: &sqlx::PgPool, who: &str) -> Result<db::customers::Customer, Error> {
-    match who.parse::<uuid::Uuid>() {
-        Ok(id) => db::customers::find(pool, id).await?,
-        Err(_) => db::customers::find_by_email(pool, &Email::parse(who)?).await?,
-    }
-    .ok_or_else(|| format!("no customer {who}").into())
+    db::customers::find_by_id_or_email(pool, who).await?.ok_or_else(|| format!("no customer {who}").into())
 }
 
 pub async fn run(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> Result<(), Error> {

@@ -1,10 +1,13 @@
 //! The admin API under `/admin/api` (bearer `ADMIN_TOKEN`): queues, jobs, and
-//! redrive, discard and cancel.
+//! redrive, discard and cancel; credit adjustments; the audit log. Every action is
+//! appended to the audit log with the actor `admin-api`.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use common::db;
 use common::domain::ErrorCode;
 use common::jobs;
+use common::operator::{self, AdjustError};
 use common::queue::admin::{self, AdminError, JobFilter};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -26,6 +29,30 @@ impl From<AdminError> for ApiError {
             }
         }
     }
+}
+
+/// Who the audit log names for actions taken through this API.
+const ACTOR: &str = "admin-api";
+
+impl From<AdjustError> for ApiError {
+    fn from(error: AdjustError) -> Self {
+        match error {
+            AdjustError::Invalid(message) => ApiError::validation(message),
+            AdjustError::CustomerNotFound(_) => ApiError::not_found(error.to_string()),
+            AdjustError::WouldGoNegative { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InsufficientCredits, error.to_string())
+            }
+            AdjustError::KeyReused { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::IdempotencyKeyReused, error.to_string())
+            }
+            AdjustError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// Appends a job action to the audit log once it took effect.
+pub async fn audit_job_action(pool: &PgPool, actor: &str, action: &str, id: i64) -> Result<(), sqlx::Error> {
+    db::audit::record(pool, actor, action, &format!("job:{id}"), None, &serde_json::json!({})).await
 }
 
 pub fn kinds() -> Vec<&'static str> {
@@ -78,6 +105,7 @@ pub async fn detail(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) ->
 pub async fn redrive(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     admin::redrive(pool.get_ref(), id).await?;
+    audit_job_action(pool.get_ref(), ACTOR, "redrive", id).await?;
     tracing::info!(job_id = id, "job redriven by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "available" })))
 }
@@ -92,6 +120,8 @@ pub async fn redrive_queue(
         return Err(ApiError::not_found(format!("no queue {queue}")));
     }
     let redriven = admin::redrive_all(pool.get_ref(), &queue).await?;
+    let detail = serde_json::json!({ "redriven": redriven });
+    db::audit::record(pool.get_ref(), ACTOR, "redrive_all", &format!("queue:{queue}"), None, &detail).await?;
     tracing::info!(%queue, redriven, "dead jobs redriven by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "queue": queue, "redriven": redriven })))
 }
@@ -99,6 +129,7 @@ pub async fn redrive_queue(
 pub async fn discard(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     admin::discard(pool.get_ref(), id).await?;
+    audit_job_action(pool.get_ref(), ACTOR, "discard", id).await?;
     tracing::info!(job_id = id, "job discarded by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "discarded": true })))
 }
@@ -106,6 +137,57 @@ pub async fn discard(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -
 pub async fn cancel(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     admin::cancel(pool.get_ref(), id).await?;
+    audit_job_action(pool.get_ref(), ACTOR, "cancel", id).await?;
     tracing::info!(job_id = id, "job cancelled by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "cancelled" })))
+}
+
+#[derive(Deserialize)]
+pub struct CreditAdjustment {
+    amount: i64,
+    reason: String,
+}
+
+/// `POST /admin/api/customers/{id}/credits` `{amount, reason}`: a grant (> 0) or a revoke
+/// (< 0) through the ledger, never below zero; an `Idempotency-Key` posts it once.
+pub async fn adjust_credits(
+    _: AdminApi,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    customer: web::Path<Uuid>,
+    body: crate::extract::JsonBody<CreditAdjustment>,
+) -> Result<HttpResponse, ApiError> {
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| ApiError::validation("Idempotency-Key must be 1 to 255 visible ASCII characters"))?,
+        ),
+    };
+    let body = body.0;
+    let adjusted =
+        operator::adjust_credits(pool.get_ref(), ACTOR, customer.into_inner(), body.amount, &body.reason, key).await?;
+    let status = if adjusted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok(HttpResponse::build(status).json(adjusted))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /admin/api/audit`: the audit log, newest first (`before` pages on).
+pub async fn audit(_: AdminApi, req: HttpRequest, pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<AuditQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::validation(format!("query: {e}")))?
+        .into_inner();
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let entries = db::audit::recent(pool.get_ref(), query.before, limit).await?;
+    let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.id)).flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries, "next_before": next })))
 }

@@ -1,5 +1,7 @@
 //! The admin page at `/admin`: queues, dead letters and waiting jobs, with redrive,
-//! discard and cancel buttons. Server-rendered (minijinja), no script.
+//! discard and cancel buttons; a credit adjustment form and the audit log. Every
+//! action is appended to the audit log with the actor `admin-page`.
+//! Server-rendered (minijinja), no script.
 
 use std::sync::OnceLock;
 
@@ -7,13 +9,18 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
 use common::config::Settings;
+use common::db;
 use common::queue::admin::{self, JobFilter};
 use minijinja::value::Serde;
 use minijinja::{Environment, context};
 use serde::Deserialize;
 use sqlx::PgPool;
+use uuid::Uuid;
 
-use super::admin::kinds;
+/// Who the audit log names for actions taken on this page.
+const ACTOR: &str = "admin-page";
+
+use super::admin::{audit_job_action, kinds};
 use crate::admin_auth::{AdminPage, SESSION_COOKIE, same_secret, session_value};
 use crate::errors::ApiError;
 
@@ -73,10 +80,13 @@ pub async fn overview(
     waiting.extend(
         admin::list(pool, &JobFilter { status: Some("available".into()), limit: 50, ..Default::default() }).await?,
     );
+    let audit = db::audit::recent(pool, None, 50).await?;
+    // A fresh key per rendered form: submitting it twice adjusts once.
+    let adjustment_key = Uuid::new_v4();
     Ok(page(
         StatusCode::OK,
         "overview.html",
-        context! { signed_in => true, flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting) },
+        context! { signed_in => true, flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting), audit => Serde(audit), adjustment_key => adjustment_key.to_string() },
     ))
 }
 
@@ -146,6 +156,7 @@ pub async fn act(
     };
     Ok(match result {
         Ok(()) => {
+            audit_job_action(pool, ACTOR, &action, id).await?;
             tracing::info!(job_id = id, %action, "admin page action");
             back(&format!("Job {id}: {action} done"))
         }
@@ -162,5 +173,45 @@ pub async fn redrive_queue(
         return Ok(to_login());
     }
     let redriven = admin::redrive_all(pool.get_ref(), &queue).await.map_err(ApiError::from)?;
+    let detail = serde_json::json!({ "redriven": redriven });
+    db::audit::record(pool.get_ref(), ACTOR, "redrive_all", &format!("queue:{queue}"), None, &detail).await?;
     Ok(back(&format!("{redriven} dead jobs of {queue} redriven")))
+}
+
+#[derive(Deserialize)]
+pub struct AdjustForm {
+    /// The customer's id or email.
+    customer: String,
+    amount: String,
+    reason: String,
+    key: String,
+}
+
+pub async fn adjust_credits(
+    auth: AdminPage,
+    pool: web::Data<PgPool>,
+    form: web::Form<AdjustForm>,
+) -> Result<HttpResponse, ApiError> {
+    if let AdminPage::SignedOut = auth {
+        return Ok(to_login());
+    }
+    let form = form.into_inner();
+    let pool = pool.get_ref();
+    let Some(customer) = db::customers::find_by_id_or_email(pool, &form.customer).await? else {
+        return Ok(back("No customer with that id or email"));
+    };
+    let Ok(amount) = form.amount.trim().parse::<i64>() else { return Ok(back("The amount must be a whole number")) };
+    let key = Some(form.key.trim()).filter(|k| !k.is_empty() && k.len() <= 255);
+    Ok(match common::operator::adjust_credits(pool, ACTOR, customer.id, amount, &form.reason, key).await {
+        Ok(adjusted) if adjusted.duplicate => back("That adjustment was made already"),
+        Ok(adjusted) => back(&format!(
+            "{} {} credits for {}: balance {}",
+            if amount > 0 { "Granted" } else { "Revoked" },
+            amount.abs(),
+            customer.email,
+            adjusted.balance_after
+        )),
+        Err(common::operator::AdjustError::Database(e)) => return Err(e.into()),
+        Err(error) => back(&error.to_string()),
+    })
 }

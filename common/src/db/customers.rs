@@ -85,6 +85,16 @@ pub async fn find_by_email<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result
         .await
 }
 
+/// A customer named the way operators name one: its id, or its email.
+pub async fn find_by_id_or_email<'e>(db: impl PgExecutor<'e>, who: &str) -> Result<Option<Customer>, sqlx::Error> {
+    let who = who.trim();
+    match (who.parse::<Uuid>(), Email::parse(who)) {
+        (Ok(id), _) => find(db, id).await,
+        (_, Ok(email)) => find_by_email(db, &email).await,
+        _ => Ok(None),
+    }
+}
+
 pub async fn find_by_stripe_customer<'e>(
     db: impl PgExecutor<'e>,
     stripe_id: &str,

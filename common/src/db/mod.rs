@@ -2,6 +2,7 @@
 //! its module (the job queue's SQL lives in `queue`).
 
 pub mod api_keys;
+pub mod audit;
 pub mod billing_events;
 pub mod charges;
 pub mod customers;

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     NoActiveSubscription,
     AlreadySubscribed,
     NoScheduledCancellation,
+    InsufficientCredits,
     InvalidSignature,
     InvalidPayload,
     RateLimited,

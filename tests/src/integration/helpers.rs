@@ -265,18 +265,12 @@ pub async fn wait_for_jobs_finished(pool: &PgPool, kind: &str, deadline: Duratio
     .await;
 }
 
-/// Asserts the ledger invariants for every customer: balance = sum of entries, and
-/// every entry's balance_after is non-negative.
+/// Asserts every money invariant (`rsolv-worker verify`'s checks): balance = sum of
+/// entries and never negative, the ledger chain, plans and subscriptions, each Pro
+/// invoice granted once, every paid charge ↔ one charged fix, no abandoned charge.
 pub async fn assert_ledger_consistent(pool: &PgPool) {
-    let broken: Vec<(Uuid, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT c.id, c.credit_balance, (SELECT sum(amount)::bigint FROM credit_ledger l WHERE l.customer_id = c.id)
-         FROM customers c
-         WHERE c.credit_balance <> coalesce((SELECT sum(amount) FROM credit_ledger l WHERE l.customer_id = c.id), 0)",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    assert!(broken.is_empty(), "balance differs from the sum of entries: {broken:?}");
+    let violations = common::verify::money_invariants(pool, None).await.unwrap();
+    assert!(violations.is_empty(), "money invariants broken: {violations:#?}");
 }
 
 /// A built project binary (the test command builds them before the tests run).

@@ -380,3 +380,170 @@ async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
     assert_eq!(app.balance(id).await, 0);
     assert_ledger_consistent(pool).await;
 }
+
+#[tokio::test]
+async fn operators_move_credits_through_the_ledger_once_per_key_and_on_the_audit_log() {
+    let app = crate::ops::app_with_admin().await;
+    let (id, _) = app.onboarded_customer("adjusted@example.com").await;
+    let adjust = |amount: i64, reason: &str, key: Option<&str>| {
+        let mut request = crate::ops::admin(&app, reqwest::Method::POST, &format!("/admin/api/customers/{id}/credits"))
+            .json(&json!({ "amount": amount, "reason": reason }));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+
+    let granted = adjust(7, "goodwill after the outage", Some("ticket-42")).await.unwrap();
+    assert_eq!(granted.status(), 201);
+    let body: Value = granted.json().await.unwrap();
+    assert_eq!((body["amount"].as_i64(), body["balance_after"].as_i64()), (Some(7), Some(12)));
+    let again = adjust(7, "goodwill after the outage", Some("ticket-42")).await.unwrap();
+    assert_eq!(again.status(), 200, "the same key posts once");
+    assert_eq!(again.json::<Value>().await.unwrap()["duplicate"], true);
+    assert_eq!(
+        code_of(adjust(8, "typo", Some("ticket-42")).await.unwrap()).await,
+        (422, "IDEMPOTENCY_KEY_REUSED".into())
+    );
+    assert_eq!(app.balance(id).await, 12);
+
+    assert_eq!(code_of(adjust(-13, "too much", None).await.unwrap()).await, (422, "INSUFFICIENT_CREDITS".into()));
+    assert_eq!(code_of(adjust(0, "nothing", None).await.unwrap()).await, (422, "VALIDATION_FAILED".into()));
+    assert_eq!(code_of(adjust(5, "  ", None).await.unwrap()).await, (422, "VALIDATION_FAILED".into()));
+    let unknown =
+        crate::ops::admin(&app, reqwest::Method::POST, &format!("/admin/api/customers/{}/credits", Uuid::new_v4()))
+            .json(&json!({ "amount": 1, "reason": "x" }))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let anonymous = app
+        .client
+        .post(app.url(&format!("/admin/api/customers/{id}/credits")))
+        .json(&json!({ "amount": 1000, "reason": "free money" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(app.balance(id).await, 12, "refusals change nothing");
+
+    let revoked = adjust(-2, "duplicate grant", None).await.unwrap();
+    assert_eq!(revoked.status(), 201);
+    assert_eq!(app.balance(id).await, 10);
+    let sources: Vec<(String, i64, Value)> = sqlx::query_as(
+        "SELECT source, amount, metadata FROM credit_ledger WHERE customer_id = $1 AND source = 'admin_adjustment' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sources.iter().map(|s| s.1).collect::<Vec<_>>(), [7, -2]);
+    assert_eq!(sources[0].2["reason"], "goodwill after the outage");
+
+    // A job action is on the record too.
+    let (dead, _) = crate::ops::dead_grant(&app).await;
+    let discarded = crate::ops::admin(&app, reqwest::Method::POST, &format!("/admin/api/jobs/{dead}/discard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discarded.status(), 200);
+    let audit: Value =
+        crate::ops::admin(&app, reqwest::Method::GET, "/admin/api/audit").send().await.unwrap().json().await.unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let actions: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    let target = format!("customer:{id}");
+    let job = format!("job:{dead}");
+    assert_eq!(
+        actions,
+        [
+            ("admin-api", "discard", job.as_str()),
+            ("admin-api", "adjust_credits", target.as_str()),
+            ("admin-api", "adjust_credits", target.as_str()),
+        ],
+        "newest first, one line per effect (none for refusals or the duplicate)"
+    );
+    assert_eq!(entries[2]["reason"], "goodwill after the outage");
+    assert!(sqlx::query("DELETE FROM audit_log").execute(&app.db.pool).await.is_err(), "the audit log is append-only");
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+fn worker_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::helpers::binary("rsolv-worker"))
+        .args(args)
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "warn")
+        .env("USER", "ops-oncall")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_adjusts_credits_and_verify_names_each_broken_invariant() {
+    let app = TestApp::with_worker().await;
+    let (id, _) = app.onboarded_customer("cli-credits@example.com").await;
+    let granted = worker_cli(
+        &app,
+        &[
+            "credits",
+            "grant",
+            "--customer",
+            "cli-credits@example.com",
+            "--amount",
+            "4",
+            "--reason",
+            "support ticket 7",
+            "--key",
+            "t7",
+        ],
+    );
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let again = worker_cli(
+        &app,
+        &[
+            "credits",
+            "grant",
+            "--customer",
+            &id.to_string(),
+            "--amount",
+            "4",
+            "--reason",
+            "support ticket 7",
+            "--key",
+            "t7",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing moved"));
+    let too_much =
+        worker_cli(&app, &["credits", "revoke", "--customer", &id.to_string(), "--amount", "10", "--reason", "r"]);
+    assert!(!too_much.status.success(), "a revoke below zero is refused");
+    assert_eq!(app.balance(id).await, 9);
+    let audit = String::from_utf8(worker_cli(&app, &["audit"]).stdout).unwrap();
+    assert!(audit.contains("cli:ops-oncall") && audit.contains("adjust_credits"), "{audit}");
+
+    let clean = worker_cli(&app, &["verify"]);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+
+    // Break invariants behind the database's back (triggers off for this session only).
+    let mut conn = app.db.pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    sqlx::query("UPDATE customers SET credit_balance = 99 WHERE id = $1").bind(id).execute(&mut *conn).await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id, charged_cents, payment_intent_id)
+         VALUES ($1, 'ghost', 'r', 'consumed', (SELECT max(id) FROM credit_ledger), 2900, 'pi_ghost')",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("RESET session_replication_role").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    let broken = worker_cli(&app, &["verify", "--customer", &id.to_string()]);
+    assert_eq!(broken.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&broken.stderr);
+    assert!(report.contains("balance_differs_from_ledger"), "{report}");
+    assert!(report.contains("charged_fix_without_its_charge"), "{report}");
+    assert!(report.contains("2 violation(s)"), "{report}");
+}

@@ -56,7 +56,7 @@ async fn job_status(app: &TestApp, id: i64) -> Option<String> {
     sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(&app.db.pool).await.unwrap()
 }
 
-fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+pub fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
     app.client.request(method, app.url(path)).bearer_auth(ADMIN_TOKEN)
 }
 
