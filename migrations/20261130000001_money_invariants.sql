@@ -9,6 +9,7 @@ CREATE TABLE charges (
     id                uuid PRIMARY KEY,
     customer_id       uuid NOT NULL REFERENCES customers (id),
     fix_id            text NOT NULL,
+    repo              text NOT NULL,
     amount_cents      bigint NOT NULL CHECK (amount_cents > 0),
     currency          text NOT NULL,
     -- Sent as Stripe's Idempotency-Key; Stripe keeps keys 24 h, the row forever.
@@ -113,8 +114,20 @@ INSERT INTO subscriptions (id, customer_id)
 
 -- Fixes charged before charges were written down get their charge row, so that every
 -- charged fix maps to one succeeded charge (the currency was always the default).
-INSERT INTO charges (id, customer_id, fix_id, amount_cents, currency, idempotency_key, status,
+INSERT INTO charges (id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key, status,
                      payment_intent_id, created_at, resolved_at)
-    SELECT gen_random_uuid(), customer_id, fix_id, charged_cents, 'usd', 'rsolv-fix-' || customer_id || '-' || fix_id,
+    SELECT gen_random_uuid(), customer_id, fix_id, repo, charged_cents, 'usd', 'rsolv-fix-' || customer_id || '-' || fix_id,
            'succeeded', payment_intent_id, created_at, created_at
     FROM usage_fixes WHERE payment_intent_id IS NOT NULL;
+
+-- What reconciliation with Stripe found: healed (set right through the jobs' own code)
+-- or not (for an operator), one row per finding.
+CREATE TABLE reconcile_drift (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id uuid NOT NULL REFERENCES customers (id),
+    kind        text NOT NULL,
+    detail      text NOT NULL,
+    healed      boolean NOT NULL,
+    found_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX reconcile_drift_found ON reconcile_drift (found_at DESC);

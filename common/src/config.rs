@@ -41,6 +41,8 @@ pub struct Settings {
     pub webhook_secrets: Vec<Secret>,
     /// When the renewal sweep runs (`cron` syntax with seconds).
     pub renewal_schedule: cron::Schedule,
+    /// When every customer is reconciled with Stripe (`RECONCILE_CRON`, nightly).
+    pub reconcile_schedule: cron::Schedule,
     /// Absent when `SMTP_URL` is unset: no email is scheduled or sent.
     pub email: Option<EmailSettings>,
     /// Where this API is reachable from a customer's mail client (unsubscribe links).
@@ -293,6 +295,8 @@ impl Settings {
             },
             renewal_schedule: r
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
+            reconcile_schedule: r
+                .parse("RECONCILE_CRON", cron::Schedule::from_str("0 30 3 * * *").expect("valid default"))?,
             jobs: JobSettings {
                 poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
                 heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,

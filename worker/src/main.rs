@@ -15,6 +15,8 @@
 //! rsolv-worker credits grant|revoke --customer EMAIL|ID --amount N --reason TEXT [--key KEY]
 //!                                   adjust credits through the ledger, on the audit log
 //! rsolv-worker audit                the newest operator actions
+//! rsolv-worker reconcile [--customer EMAIL|ID]
+//!                                   compare with Stripe now and heal (as the nightly job does)
 //! rsolv-worker verify [--customer EMAIL|ID]
 //!                                   check every money invariant; exits 1 naming each violation
 //! ```
@@ -64,9 +66,10 @@ async fn main() -> Result<(), Error> {
         Some("credits") => credits::run(&pool, &args[1..]).await,
         Some("audit") => credits::audit(&pool).await,
         Some("verify") => verify(&pool, &args[1..]).await,
+        Some("reconcile") => reconcile(pool, settings, &args[1..]).await,
         Some(other) => Err(format!(
             "unknown command {other:?}: expected run, migrate, seed, simulate-webhook, start-sequence, jobs, \
-             credits, audit or verify"
+             credits, audit, reconcile or verify"
         )
         .into()),
     }
@@ -98,6 +101,28 @@ async fn verify(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
     }
     eprintln!("{} violation(s)", violations.len());
     std::process::exit(1);
+}
+
+async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> Result<(), Error> {
+    let customers = match simulate::flag(args, "--customer") {
+        Some(who) => vec![simulate::find_customer(&pool, who).await?.id],
+        None => db::customers::with_stripe_customer(&pool).await?,
+    };
+    let ctx = JobContext::new(pool.clone(), Arc::new(settings))?;
+    let actor = credits::actor();
+    let mut found = 0;
+    for customer_id in customers {
+        let report = jobs::reconcile_customer(&ctx, customer_id).await.map_err(|e| e.0)?;
+        for drift in &report.drift {
+            let state = if drift.healed { "healed" } else { "NOT HEALED" };
+            println!("{customer_id} {state:<10} {:<32} {}", drift.kind, drift.detail);
+        }
+        found += report.drift.len();
+        let detail = serde_json::json!({ "drift": report.drift.len() });
+        db::audit::record(&pool, &actor, "reconcile", &format!("customer:{customer_id}"), None, &detail).await?;
+    }
+    println!("{found} finding(s)");
+    Ok(())
 }
 
 async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {

@@ -81,12 +81,13 @@ pub async fn overview(
         admin::list(pool, &JobFilter { status: Some("available".into()), limit: 50, ..Default::default() }).await?,
     );
     let audit = db::audit::recent(pool, None, 50).await?;
+    let drift = db::reconcile_drift::recent(pool, 50).await?;
     // A fresh key per rendered form: submitting it twice adjusts once.
     let adjustment_key = Uuid::new_v4();
     Ok(page(
         StatusCode::OK,
         "overview.html",
-        context! { signed_in => true, flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting), audit => Serde(audit), adjustment_key => adjustment_key.to_string() },
+        context! { signed_in => true, flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting), audit => Serde(audit), drift => Serde(drift), adjustment_key => adjustment_key.to_string() },
     ))
 }
 

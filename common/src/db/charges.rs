@@ -52,6 +52,7 @@ pub struct Charge {
     pub id: Uuid,
     pub customer_id: Uuid,
     pub fix_id: String,
+    pub repo: String,
     pub amount_cents: i64,
     pub currency: String,
     pub idempotency_key: String,
@@ -61,7 +62,7 @@ pub struct Charge {
     pub created_at: DateTime<Utc>,
 }
 
-type Row = (Uuid, Uuid, String, i64, String, String, String, Option<String>, Option<String>, DateTime<Utc>);
+type Row = (Uuid, Uuid, String, String, i64, String, String, String, Option<String>, Option<String>, DateTime<Utc>);
 
 impl From<Row> for Charge {
     fn from(r: Row) -> Self {
@@ -69,18 +70,19 @@ impl From<Row> for Charge {
             id: r.0,
             customer_id: r.1,
             fix_id: r.2,
-            amount_cents: r.3,
-            currency: r.4,
-            idempotency_key: r.5,
-            status: ChargeStatus::parse(&r.6),
-            payment_intent_id: r.7,
-            failure_code: r.8,
-            created_at: r.9,
+            repo: r.3,
+            amount_cents: r.4,
+            currency: r.5,
+            idempotency_key: r.6,
+            status: ChargeStatus::parse(&r.7),
+            payment_intent_id: r.8,
+            failure_code: r.9,
+            created_at: r.10,
         }
     }
 }
 
-const COLUMNS: &str = "id, customer_id, fix_id, amount_cents, currency, idempotency_key, status, \
+const COLUMNS: &str = "id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key, status, \
                        payment_intent_id, failure_code, created_at";
 
 /// Writes a charge down; an existing charge of the same fix is returned instead (one
@@ -89,18 +91,20 @@ pub async fn insert_pending(
     tx: &mut sqlx::PgConnection,
     customer_id: Uuid,
     fix_id: &str,
+    repo: &str,
     amount_cents: i64,
     currency: &str,
 ) -> Result<Charge, sqlx::Error> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO charges (id, customer_id, fix_id, amount_cents, currency, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, 'rsolv-charge-' || $1::text)
+        "INSERT INTO charges (id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key)
+         VALUES ($1, $2, $3, $4, $5, $6, 'rsolv-charge-' || $1::text)
          ON CONFLICT (customer_id, fix_id) DO NOTHING",
     )
     .bind(id)
     .bind(customer_id)
     .bind(fix_id)
+    .bind(repo)
     .bind(amount_cents)
     .bind(currency)
     .execute(&mut *tx)
@@ -168,4 +172,12 @@ pub async fn resolve<'e>(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// The PaymentIntents our charges are known by, of one customer.
+pub async fn payment_intents<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT payment_intent_id FROM charges WHERE customer_id = $1 AND payment_intent_id IS NOT NULL")
+        .bind(customer_id)
+        .fetch_all(db)
+        .await
 }

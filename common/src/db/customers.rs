@@ -252,6 +252,11 @@ pub async fn owns_subscription<'e>(
         .await
 }
 
+/// Every customer Stripe knows: the reconciliation sweep's work list.
+pub async fn with_stripe_customer<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM customers WHERE stripe_customer_id IS NOT NULL ORDER BY id").fetch_all(db).await
+}
+
 /// Pro customers whose current period has ended: the renewal sweep's work list.
 pub async fn due_for_renewal<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as(

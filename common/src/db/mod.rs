@@ -9,6 +9,7 @@ pub mod customers;
 pub mod email_deliveries;
 pub mod idempotency;
 pub mod rate_limits;
+pub mod reconcile_drift;
 pub mod usage;
 
 use sqlx::PgPool;

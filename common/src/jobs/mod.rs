@@ -10,6 +10,7 @@ mod grant_credits;
 mod process_webhook;
 mod provision;
 mod prune;
+mod reconcile;
 mod record_usage;
 mod renewal;
 mod resume_subscription;
@@ -29,6 +30,7 @@ pub use grant_credits::GrantCredits;
 pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
 pub use prune::PruneJobs;
+pub use reconcile::{Drift, ReconcileCustomer, ReconcileSweep, Report, reconcile_customer};
 pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
 pub use resume_subscription::ResumeSubscription;
@@ -116,6 +118,8 @@ job_kinds!(
     ProcessStripeEvent,
     RenewalSweep,
     RenewSubscription,
+    ReconcileSweep,
+    ReconcileCustomer,
     SendEmailStep,
     PruneJobs,
 );
@@ -133,6 +137,9 @@ pub async fn run_workers(
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }
     });
+    let reconciling = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.reconcile_schedule.clone(), |tick| {
+        ReconcileSweep { tick }
+    });
     let pruning = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.jobs.prune_schedule.clone(), |tick| {
         PruneJobs { tick }
     });
@@ -146,6 +153,7 @@ pub async fn run_workers(
         })
         .await?;
     renewals.abort();
+    reconciling.abort();
     pruning.abort();
     tracing::info!("workers stopped");
     Ok(())

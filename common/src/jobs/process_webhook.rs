@@ -47,7 +47,7 @@ impl JobKind for ProcessStripeEvent {
 /// Whether a paid invoice earns Pro credits: it bills the Pro price on one of the
 /// customer's subscriptions (`None`: it bills the Pro price, but its subscription is
 /// not known as the customer's, perhaps not yet).
-async fn earns_pro_credits(
+pub(crate) async fn earns_pro_credits(
     tx: &mut PgConnection,
     ctx: &JobContext,
     customer_id: Uuid,

@@ -128,9 +128,15 @@ impl Job for RecordUsage {
                 } else {
                     prices.fix_payg_cents
                 };
-                let charge =
-                    db::charges::insert_pending(&mut tx, self.customer_id, &self.fix_id, amount, &prices.currency)
-                        .await?;
+                let charge = db::charges::insert_pending(
+                    &mut tx,
+                    self.customer_id,
+                    &self.fix_id,
+                    &self.repo,
+                    amount,
+                    &prices.currency,
+                )
+                .await?;
                 tx.commit().await?;
                 return self.settle(&ctx, charge).await;
             }
@@ -166,7 +172,7 @@ impl RecordUsage {
 
     /// Finds out what Stripe did with `charge` (paying only if Stripe has nothing of
     /// it), then records that once.
-    async fn settle(self, ctx: &JobContext, charge: Charge) -> Result<Outcome, JobError> {
+    pub(crate) async fn settle(self, ctx: &JobContext, charge: Charge) -> Result<Outcome, JobError> {
         // One settlement of a charge at a time: its row stays locked while Stripe is asked
         // (and perhaps paid), so a rescued run racing its original cannot find "nothing
         // at Stripe yet" and pay a second time. The lock is the connection's, so it is

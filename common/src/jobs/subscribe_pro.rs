@@ -51,7 +51,7 @@ impl Job for SubscribePro {
         if let Some(existing) = &customer.stripe_subscription_id {
             return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));
         }
-        let adopted = stripe.live_pro_subscription(&stripe_customer).await.map_err(stripe_failure)?;
+        let adopted = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?.into_iter().next();
         let subscription = match adopted {
             Some(subscription) => {
                 tracing::warn!(customer_id = %customer.id, subscription_id = %subscription.id, "adopting the live Pro subscription Stripe already has");

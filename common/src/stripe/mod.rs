@@ -143,13 +143,37 @@ impl StripeApi {
         self.send(request, Some(&format!("rsolv-subscribe-{operation}"))).await
     }
 
-    /// The customer's live (not canceled) subscription on the Pro price, if Stripe has
-    /// one: what a subscribe looks for first, so that an earlier attempt whose answer
-    /// was lost (a crash, a timeout) is adopted rather than doubled.
-    pub async fn live_pro_subscription(&self, stripe_customer: &str) -> Result<Option<Subscription>, CallError> {
+    /// The customer's live (not canceled) subscriptions on the Pro price, newest first:
+    /// what a subscribe looks for before creating one, so that an earlier attempt whose
+    /// answer was lost (a crash, a timeout) is adopted rather than doubled; and what
+    /// reconciliation compares with ours.
+    pub async fn live_pro_subscriptions(&self, stripe_customer: &str) -> Result<Vec<Subscription>, CallError> {
         let request = ListSubscription::new().customer(stripe_customer).limit(100).build();
         let list: SubscriptionList = self.send(request, None).await?;
-        Ok(list.data.into_iter().filter(|s| s.is_live() && s.bills_price(&self.pro_price_id)).max_by_key(|s| s.created))
+        let mut live: Vec<_> =
+            list.data.into_iter().filter(|s| s.is_live() && s.bills_price(&self.pro_price_id)).collect();
+        live.sort_by_key(|s| std::cmp::Reverse(s.created));
+        Ok(live)
+    }
+
+    /// The customer's default payment method for invoices, as Stripe has it.
+    pub async fn default_payment_method(&self, stripe_customer: &str) -> Result<Option<String>, CallError> {
+        let customer: objects::CustomerObject =
+            self.send(RequestBuilder::new(StripeMethod::Get, format!("/customers/{stripe_customer}")), None).await?;
+        Ok(customer.invoice_settings.and_then(|s| s.default_payment_method))
+    }
+
+    /// The customer's newest charges (up to 100), paid or not.
+    pub async fn recent_charges(&self, stripe_customer: &str) -> Result<Vec<objects::ChargeRef>, CallError> {
+        #[derive(serde::Serialize)]
+        struct Query<'a> {
+            customer: &'a str,
+            limit: u8,
+        }
+        let request =
+            RequestBuilder::new(StripeMethod::Get, "/charges").query(&Query { customer: stripe_customer, limit: 100 });
+        let charges: ChargeList = self.send(request, None).await?;
+        Ok(charges.data)
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Subscription, CallError> {

@@ -93,6 +93,9 @@ pub struct Invoice {
     /// When Stripe retries a failed payment next (dunning).
     #[serde(default)]
     pub next_payment_attempt: Option<i64>,
+    /// The PaymentIntent that pays it (older API versions; newer ones list payments).
+    #[serde(default)]
+    pub payment_intent: Option<String>,
     /// Older API versions.
     #[serde(default)]
     subscription: Option<String>,
@@ -206,9 +209,29 @@ pub(crate) struct ChargeList {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub(crate) struct ChargeRef {
+pub struct ChargeRef {
+    pub id: String,
     #[serde(default)]
     pub payment_intent: Option<String>,
+    /// Set when the charge paid an invoice (a subscription's), not a fix.
+    #[serde(default)]
+    pub invoice: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct CustomerObject {
+    #[serde(default)]
+    pub invoice_settings: Option<InvoiceSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct InvoiceSettings {
+    #[serde(default)]
+    pub default_payment_method: Option<String>,
 }
 
 #[cfg(test)]

@@ -547,3 +547,118 @@ async fn the_cli_adjusts_credits_and_verify_names_each_broken_invariant() {
     assert!(report.contains("charged_fix_without_its_charge"), "{report}");
     assert!(report.contains("2 violation(s)"), "{report}");
 }
+
+/// A form-encoded write straight to localstripe: the world changing behind our back.
+async fn stripe_write(method: reqwest::Method, path: &str, form: &str) -> Value {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}v1/{path}", stripe_base()))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+fn kinds(report: &common::jobs::Report) -> Vec<(&str, bool)> {
+    report.drift.iter().map(|d| (d.kind.as_str(), d.healed)).collect()
+}
+
+#[tokio::test]
+async fn reconciliation_heals_what_each_dropped_event_would_have_done() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("reconciled@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    let ctx = app.job_context();
+    let reconcile = || common::jobs::reconcile_customer(&ctx, id);
+    assert_eq!(kinds(&reconcile().await.unwrap()), [], "in step with Stripe");
+
+    // customer.subscription.created and invoice.payment_succeeded never arrive.
+    let made = stripe_write(
+        reqwest::Method::POST,
+        "subscriptions",
+        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+    )
+    .await;
+    let subscription = made["id"].as_str().unwrap().to_owned();
+    let report = reconcile().await.unwrap();
+    assert_eq!(kinds(&report), [("subscription_missing_locally", true), ("invoice_grant_missing", true)]);
+    let customer = app.customer(id).await;
+    assert_eq!(customer.subscription_type, "pro");
+    assert_eq!(customer.subscription_state.as_deref(), Some("active"));
+    assert_eq!(customer.stripe_subscription_id.as_deref(), Some(subscription.as_str()));
+    assert_eq!(customer.credit_balance, 10 + 60);
+    assert_eq!(kinds(&reconcile().await.unwrap()), [], "a second run finds nothing");
+
+    // customer.subscription.updated never arrives: cancellation scheduled at Stripe.
+    stripe_write(reqwest::Method::POST, &format!("subscriptions/{subscription}"), "cancel_at_period_end=true").await;
+    assert_eq!(kinds(&reconcile().await.unwrap()), [("subscription_state_differs", true)]);
+    assert!(app.customer(id).await.cancel_at_period_end);
+
+    // customer.subscription.deleted never arrives, mid-period: not left until renewal.
+    stripe_write(reqwest::Method::DELETE, &format!("subscriptions/{subscription}"), "").await;
+    assert_eq!(kinds(&reconcile().await.unwrap()), [("subscription_ended_at_stripe", true)]);
+    let customer = app.customer(id).await;
+    assert_eq!(customer.subscription_type, "pay_as_you_go");
+    assert_eq!((customer.subscription_state, customer.stripe_subscription_id), (None, None));
+    assert_eq!(customer.credit_balance, 70, "credits are kept");
+    assert_eq!(app.count("SELECT count(*) FROM reconcile_drift WHERE healed").await, 4);
+
+    // The operator's command: the same comparison, on the audit log.
+    let out = std::process::Command::new(crate::helpers::binary("rsolv-worker"))
+        .args(["reconcile", "--customer", "reconciled@example.com"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("STRIPE_SECRET_KEY", STRIPE_KEY)
+        .env("STRIPE_API_BASE", stripe_base())
+        .env("STRIPE_PRO_PRICE_ID", PRO_PRICE)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 finding(s)"));
+    assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'reconcile'").await, 1);
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn reconciliation_settles_abandoned_charges_and_reports_what_it_cannot_heal() {
+    let mut app = TestApp::with_billing().await;
+    let (id, _, stripe_id) = payg_at_zero(&app, "abandoned@example.com", "pm_card_visa").await;
+    app.stop_worker().await;
+    // Paid at Stripe, then the run died, and no job is left to retry it.
+    fail::cfg("record_usage::after_stripe", "return").unwrap();
+    assert!(fix(id, "abandoned-fix").run(app.job_context()).await.is_err());
+    fail::remove("record_usage::after_stripe");
+    let violations = common::verify::money_invariants(&app.db.pool, Some(id)).await.unwrap();
+    assert_eq!(violations.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["pending_charge_abandoned"]);
+
+    let ctx = app.job_context();
+    let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
+    assert_eq!(kinds(&report), [("charge_settled", true)]);
+    let status: (String, Option<i64>) =
+        sqlx::query_as("SELECT outcome, charged_cents FROM usage_fixes WHERE fix_id = 'abandoned-fix'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, ("consumed".into(), Some(2_900)));
+    assert_eq!(payment_intents(&stripe_id).await.len(), 1, "settled, not paid again");
+
+    // Two live subscriptions at Stripe (made elsewhere): one adopted, the pair reported.
+    for _ in 0..2 {
+        stripe_write(
+            reqwest::Method::POST,
+            "subscriptions",
+            &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+        )
+        .await;
+    }
+    let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
+    let found = kinds(&report);
+    assert!(found.contains(&("duplicate_subscriptions", false)), "{found:?}");
+    assert!(found.contains(&("subscription_missing_locally", true)), "{found:?}");
+    assert!(found.contains(&("invoice_of_unknown_subscription", false)), "{found:?}");
+    assert_eq!(app.balance(id).await, 60, "credits for the adopted subscription's invoice only");
+    assert_ledger_consistent(&app.db.pool).await;
+}

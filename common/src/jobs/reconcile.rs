@@ -1,0 +1,240 @@
+//! Reconciliation with Stripe: what events missed, reordered or a lost answer left
+//! behind is found by comparing our records with Stripe's, and healed through the same
+//! code and idempotency keys the jobs use; what cannot be healed safely is reported.
+//!
+//! A cron-fired sweep (`RECONCILE_CRON`, nightly) enqueues one `reconcile_customer` per
+//! customer with a Stripe id and tick; `rsolv-worker reconcile [--customer ID]` runs
+//! the same comparison at once. Per customer it compares:
+//!
+//! | what                     | healed                                                    | reported (kind)                 |
+//! |--------------------------|-----------------------------------------------------------|---------------------------------|
+//! | the Pro subscription     | adopt Stripe's live one, apply its state, or its end      | `duplicate_subscriptions`, `different_subscription` |
+//! | default payment method   | —                                                         | `payment_method_differs`        |
+//! | paid Pro invoices        | grant the missing credits (key: the invoice id)            | `invoice_of_unknown_subscription` |
+//! | charges                  | settle pending ones no job will settle, re-check `requires_action` | `payment_without_charge` (a payment naming a charge we lack) |
+//! | local invariants         | —                                                         | `invariant:<name>`              |
+//!
+//! Each finding is a log line, a `reconcile_drift` row (the admin page lists them) and
+//! `rsolv_reconcile_drift_total{kind, healed}`.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::process_webhook::{earns_pro_credits, grant_invoice_credits};
+use super::{JobContext, RecordUsage, stripe_failure};
+use crate::db::{self, charges::ChargeStatus, customers::Observed};
+use crate::ledger::Posted;
+use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::stripe::CallError;
+use crate::stripe::events::Handled;
+
+/// One sweep per cron tick (the tick is the unique key, as for renewals).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconcileSweep {
+    pub tick: i64,
+}
+
+impl JobKind for ReconcileSweep {
+    const KIND: &'static str = "reconcile_sweep";
+    const RETRY: RetryPolicy = RetryPolicy::new(5, 1);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.tick.to_string())
+    }
+}
+
+impl Job for ReconcileSweep {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let mut tx = ctx.pool.begin().await?;
+        let customers = db::customers::with_stripe_customer(&mut *tx).await?;
+        for customer_id in &customers {
+            queue::enqueue(&mut *tx, &ReconcileCustomer { customer_id: *customer_id, tick: self.tick }).await?;
+        }
+        tx.commit().await?;
+        Ok(Outcome::done(serde_json::json!({ "customers": customers.len() })))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReconcileCustomer {
+    pub customer_id: Uuid,
+    pub tick: i64,
+}
+
+impl JobKind for ReconcileCustomer {
+    const KIND: &'static str = "reconcile_customer";
+    const RETRY: RetryPolicy = RetryPolicy::new(5, 30);
+
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("{}:{}", self.customer_id, self.tick))
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+impl Job for ReconcileCustomer {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let report = reconcile_customer(&ctx, self.customer_id).await?;
+        Ok(Outcome::done(report))
+    }
+}
+
+/// One finding of a reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub kind: String,
+    pub detail: String,
+    pub healed: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub customer_id: Option<Uuid>,
+    pub drift: Vec<Drift>,
+}
+
+impl Report {
+    async fn found(&mut self, ctx: &JobContext, customer_id: Uuid, kind: &str, detail: String, healed: bool) {
+        if healed {
+            tracing::warn!(%customer_id, kind, %detail, "reconciliation healed drift from Stripe");
+        } else {
+            tracing::error!(%customer_id, kind, %detail, "reconciliation found drift it cannot heal");
+        }
+        metrics::counter!("rsolv_reconcile_drift_total", "kind" => kind.to_owned(), "healed" => healed.to_string())
+            .increment(1);
+        if let Err(error) = db::reconcile_drift::record(&ctx.pool, customer_id, kind, &detail, healed).await {
+            tracing::error!(%customer_id, kind, %error, "recording drift failed");
+        }
+        self.drift.push(Drift { kind: kind.to_owned(), detail, healed });
+    }
+}
+
+/// Compares one customer with Stripe and heals what can be healed.
+pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<Report, JobError> {
+    let stripe = ctx.stripe()?;
+    let customer = ctx.customer(customer_id).await?;
+    let mut report = Report { customer_id: Some(customer_id), drift: Vec::new() };
+    let Some(stripe_customer) = customer.stripe_customer_id.clone() else { return Ok(report) };
+
+    // The subscription: Stripe's live Pro subscriptions against the one we track.
+    let live = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?;
+    let observed = || Observed::now(Handled::SubscriptionUpdated.rank());
+    let tracked = customer.stripe_subscription_id.as_deref();
+    if live.len() > 1 {
+        let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+        let detail = format!("{} live Pro subscriptions at Stripe: {}", live.len(), ids.join(", "));
+        report.found(ctx, customer_id, "duplicate_subscriptions", detail, false).await;
+    }
+    match (tracked, live.iter().find(|s| Some(s.id.as_str()) == tracked).or(live.first())) {
+        (Some(ours), Some(theirs)) if theirs.id != ours => {
+            let detail = format!("we track {ours}, Stripe's live one is {}", theirs.id);
+            report.found(ctx, customer_id, "different_subscription", detail, false).await;
+        }
+        (_, Some(theirs)) => {
+            let differs = tracked.is_none()
+                || customer.subscription_state.as_deref() != Some(theirs.status.as_str())
+                || customer.cancel_at_period_end != theirs.cancel_at_period_end;
+            if differs && db::customers::apply_stripe_subscription(&ctx.pool, customer_id, theirs, observed()).await? {
+                let kind =
+                    if tracked.is_none() { "subscription_missing_locally" } else { "subscription_state_differs" };
+                let detail = format!(
+                    "{} is {} (cancel at period end: {}) at Stripe",
+                    theirs.id, theirs.status, theirs.cancel_at_period_end
+                );
+                report.found(ctx, customer_id, kind, detail, true).await;
+            }
+        }
+        (Some(ours), None) => {
+            // Not live at Stripe: ended (or unknown there, which ends it for us too).
+            let ended = match stripe.subscription(ours).await {
+                Ok(subscription) => !subscription.is_live(),
+                Err(CallError::Rejected { status: 404, .. }) => true,
+                Err(error) => return Err(stripe_failure(error)),
+            };
+            if ended && db::customers::apply_subscription_ended(&ctx.pool, customer_id, ours, observed()).await? {
+                let detail = format!("{ours} has ended at Stripe");
+                report.found(ctx, customer_id, "subscription_ended_at_stripe", detail, true).await;
+            }
+        }
+        (None, None) => {}
+    }
+
+    // The default payment method: reported only (consent is the customer's to give).
+    let theirs = stripe.default_payment_method(&stripe_customer).await.map_err(stripe_failure)?;
+    if theirs.is_some() && theirs != customer.stripe_payment_method_id {
+        let detail = format!("ours {:?}, Stripe's {:?}", customer.stripe_payment_method_id, theirs);
+        report.found(ctx, customer_id, "payment_method_differs", detail, false).await;
+    }
+
+    // Paid Pro invoices: each granted once, under the key the webhook uses.
+    let invoices = stripe.invoices(&stripe_customer, None).await.map_err(stripe_failure)?;
+    for invoice in invoices.iter().filter(|i| i.is_paid()) {
+        let mut tx = ctx.pool.begin().await?;
+        if earns_pro_credits(&mut tx, ctx, customer_id, invoice).await?.is_none() {
+            let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
+            report.found(ctx, customer_id, "invoice_of_unknown_subscription", detail, false).await;
+            continue;
+        }
+        if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
+            tx.commit().await?;
+            let detail = format!("credits of paid invoice {} granted", invoice.id);
+            report.found(ctx, customer_id, "invoice_grant_missing", detail, true).await;
+        }
+    }
+
+    // Charges: settle what no job will settle; then every payment at Stripe for a fix
+    // must be one of our charges.
+    for charge in db::charges::unresolved(&ctx.pool, Some(customer_id)).await? {
+        let key = RecordUsage::unique_key_for(customer_id, &charge.fix_id);
+        let job = queue::by_unique_key(&ctx.pool, RecordUsage::KIND, &key).await?;
+        let job_will_settle = job.is_some_and(|j| ["available", "running", "retryable"].contains(&j.status.as_str()));
+        if charge.status == ChargeStatus::Pending && job_will_settle {
+            continue;
+        }
+        let fix = RecordUsage {
+            customer_id,
+            fix_id: charge.fix_id.clone(),
+            repo: charge.repo.clone(),
+            metadata: serde_json::Value::Null,
+        };
+        let was = charge.status;
+        if let Outcome::Done { detail } = fix.settle(ctx, charge.clone()).await? {
+            let outcome = detail["outcome"].as_str().unwrap_or_default();
+            if !(was == ChargeStatus::RequiresAction && outcome == "requires_action") {
+                let detail = format!("charge {} for fix {} settled: {outcome}", charge.id, charge.fix_id);
+                report.found(ctx, customer_id, "charge_settled", detail, true).await;
+            }
+        }
+    }
+    // A payment that says it is for one of our charges (our metadata) must be one.
+    // Invoice payments (a subscription's) are skipped without asking Stripe about them.
+    let mut known = db::charges::payment_intents(&ctx.pool, customer_id).await?;
+    known.extend(invoices.iter().filter_map(|i| i.payment_intent.clone()));
+    let payments = stripe.recent_charges(&stripe_customer).await.map_err(stripe_failure)?;
+    for payment in payments.iter().filter(|c| c.invoice.is_none() && c.status.as_deref() == Some("succeeded")) {
+        let Some(intent) = &payment.payment_intent else { continue };
+        if known.contains(intent) {
+            continue;
+        }
+        let intent = stripe.payment_intent(intent).await.map_err(stripe_failure)?;
+        if let Some(charge_id) = intent.charge_id() {
+            let detail = format!(
+                "payment {} ({} cents) names charge {charge_id}, which we do not have",
+                intent.id, payment.amount
+            );
+            report.found(ctx, customer_id, "payment_without_charge", detail, false).await;
+        }
+    }
+
+    for violation in crate::verify::money_invariants(&ctx.pool, Some(customer_id)).await? {
+        let kind = format!("invariant:{}", violation.invariant);
+        report.found(ctx, customer_id, &kind, format!("{}: {}", violation.subject, violation.detail), false).await;
+    }
+    Ok(report)
+}
