@@ -33,6 +33,22 @@ ALTER TABLE credit_ledger ADD CONSTRAINT credit_ledger_source_check
     CHECK (source IN ('trial_signup', 'trial_billing_added', 'pro_subscription_payment',
                       'purchased', 'fix_deployed', 'admin_adjustment', 'adjustment'));
 
+-- A balance that already differs from its ledger would fail every later posting under
+-- the triggers below: stop here, naming each, for an operator to correct first.
+DO $$
+DECLARE
+    drifted text;
+BEGIN
+    SELECT string_agg(c.id::text || ' (balance ' || c.credit_balance || ', entries ' || coalesce(l.total, 0) || ')', ', ')
+    INTO drifted
+    FROM customers c
+    LEFT JOIN (SELECT customer_id, sum(amount) AS total FROM credit_ledger GROUP BY customer_id) l ON l.customer_id = c.id
+    WHERE c.credit_balance <> coalesce(l.total, 0);
+    IF drifted IS NOT NULL THEN
+        RAISE EXCEPTION 'credit balances differ from their ledgers; correct them before upgrading: %', drifted;
+    END IF;
+END $$;
+
 -- The ledger's arithmetic, enforced here and not only in `ledger::post`:
 --  1. each entry continues its customer's chain: balance_after = previous balance_after
 --     (0 before the first entry) + amount;
@@ -111,6 +127,12 @@ CREATE TABLE subscriptions (
 CREATE INDEX subscriptions_customer ON subscriptions (customer_id);
 INSERT INTO subscriptions (id, customer_id)
     SELECT stripe_subscription_id, id FROM customers WHERE stripe_subscription_id IS NOT NULL;
+-- Past ones too, as their events named them: a late invoice of one still earns credits.
+INSERT INTO subscriptions (id, customer_id)
+    SELECT DISTINCT payload -> 'data' -> 'object' ->> 'id', customer_id FROM billing_events
+    WHERE type LIKE 'customer.subscription.%' AND customer_id IS NOT NULL
+      AND payload -> 'data' -> 'object' ->> 'id' IS NOT NULL
+ON CONFLICT DO NOTHING;
 
 -- Fixes charged before charges were written down get their charge row, so that every
 -- charged fix maps to one succeeded charge (the currency was always the default).

@@ -88,6 +88,9 @@ pub struct StripeSettings {
     pub secret_key: Secret,
     /// `https://api.stripe.com/` in production, localstripe's URL in tests and the demo.
     pub api_base: String,
+    /// Each Stripe call's deadline (`STRIPE_TIMEOUT_MS`): a hung call fails, and the
+    /// job retries it, instead of holding a worker slot (and a charge's lock) forever.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +260,7 @@ impl Settings {
                     api_base: with_trailing_slash(
                         r.string("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into()),
                     ),
+                    timeout: r.millis("STRIPE_TIMEOUT_MS", 20_000)?,
                 }),
             },
             webhook_secrets: r

@@ -50,7 +50,7 @@ pub async fn adjust_credits(
     reason: &str,
     key: Option<&str>,
 ) -> Result<Adjusted, AdjustError> {
-    if amount == 0 || amount.abs() > MAX_ADJUSTMENT {
+    if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT as u64 {
         return Err(AdjustError::Invalid(format!("amount must be non-zero and at most {MAX_ADJUSTMENT} either way")));
     }
     let reason = reason.trim();

@@ -142,18 +142,44 @@ pub async fn set_payment_method<'e>(
     Ok(())
 }
 
-/// When a subscription state was observed: the Stripe event's `created` (or now, for
-/// what we read from Stripe ourselves) and the stage's rank for ties in one second.
+/// When a subscription state was observed: the Stripe event's `created` and the stage's
+/// rank for ties in one second; or `current`: read from Stripe just now, under
+/// [`lock_subscription_state`], which orders it (the last to apply read last), so it
+/// always applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
     pub created: i64,
     pub rank: i16,
+    pub current: bool,
 }
 
 impl Observed {
-    pub fn now(rank: i16) -> Self {
-        Self { created: Utc::now().timestamp(), rank }
+    /// As of an event's payload.
+    pub fn event(created: i64, rank: i16) -> Self {
+        Self { created, rank, current: false }
     }
+
+    /// As of now, for a state not read under the lock (seeded demo data).
+    pub fn now(rank: i16) -> Self {
+        Self { created: Utc::now().timestamp(), rank, current: false }
+    }
+
+    /// Stripe's current state, read under the customer's subscription lock.
+    pub fn current() -> Self {
+        Self { created: Utc::now().timestamp(), rank: i16::MAX, current: true }
+    }
+}
+
+/// Takes the customer's subscription-state lock for the transaction. Everything that
+/// applies a state read from Stripe takes it before reading, so appliers take turns
+/// and a state read earlier is never applied over one read later. It is an advisory
+/// lock, not the row's: a slow Stripe call never holds up the customer's postings.
+pub async fn lock_subscription_state(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-subscription:' || $1::text, 0))")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Applies a live subscription (created, updated): Pro, with Stripe's status and
@@ -175,7 +201,7 @@ pub async fn apply_subscription<'e>(
              subscription_period_end = to_timestamp($5::bigint),
              subscription_event_created = $6, subscription_event_rank = $7, updated_at = now()
          WHERE id = $1
-           AND (subscription_event_created IS NULL
+           AND ($8 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($6, $7))",
     )
     .bind(id)
@@ -185,6 +211,7 @@ pub async fn apply_subscription<'e>(
     .bind(period_end)
     .bind(observed.created)
     .bind(observed.rank)
+    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();
@@ -207,13 +234,14 @@ pub async fn apply_subscription_ended<'e>(
              subscription_event_created = $3, subscription_event_rank = $4, updated_at = now()
          WHERE id = $1
            AND (stripe_subscription_id = $2 OR stripe_subscription_id IS NULL)
-           AND (subscription_event_created IS NULL
+           AND ($5 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($3, $4))",
     )
     .bind(id)
     .bind(subscription_id)
     .bind(observed.created)
     .bind(observed.rank)
+    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();
@@ -226,12 +254,13 @@ pub async fn apply_past_due<'e>(db: impl PgExecutor<'e>, id: Uuid, observed: Obs
         "UPDATE customers SET subscription_state = 'past_due',
              subscription_event_created = $2, subscription_event_rank = $3, updated_at = now()
          WHERE id = $1 AND stripe_subscription_id IS NOT NULL
-           AND (subscription_event_created IS NULL
+           AND ($4 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($2, $3))",
     )
     .bind(id)
     .bind(observed.created)
     .bind(observed.rank)
+    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();

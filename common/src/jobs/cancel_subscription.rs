@@ -4,11 +4,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{JobContext, stripe_failure};
-use crate::db::{self, customers::Observed};
+use super::{JobContext, apply_current_subscription, stripe_failure};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 use crate::stripe::CallError;
-use crate::stripe::events::Handled;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelSubscription {
@@ -51,10 +49,12 @@ impl Job for CancelSubscription {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
-        // Cancelled now, Stripe reports it ended; at period end, still live with the flag.
-        let stage = if self.at_period_end { Handled::SubscriptionUpdated } else { Handled::SubscriptionDeleted };
-        db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, Observed::now(stage.rank()))
-            .await?;
+        // Applied as read again under the customer's subscription lock (see
+        // `apply_current_subscription`): cancelled now, Stripe reports it ended; at
+        // period end, still live with the flag.
+        let mut tx = ctx.pool.begin().await?;
+        apply_current_subscription(&mut tx, stripe, customer.id, &subscription.id).await?;
+        tx.commit().await?;
         Ok(Outcome::done(serde_json::json!({
             "subscription_id": subscription.id, "status": subscription.status,
             "cancel_at_period_end": subscription.cancel_at_period_end,

@@ -84,6 +84,31 @@ pub(crate) fn stripe_failure(error: CallError) -> JobError {
     JobError::new(error.to_string())
 }
 
+/// Reads a subscription from Stripe and applies its current state to the customer, in
+/// `tx` and under the customer's subscription lock (taken here, held to commit): every
+/// path that changes a customer's subscription state goes through this, so the order
+/// in which events, jobs and reconciliation run does not matter; the last to apply read
+/// last. `None` if Stripe does not know the subscription. Another price's subscription
+/// is read but never applied.
+pub(crate) async fn apply_current_subscription(
+    tx: &mut sqlx::PgConnection,
+    stripe: &StripeApi,
+    customer_id: uuid::Uuid,
+    subscription_id: &str,
+) -> Result<Option<crate::stripe::Subscription>, JobError> {
+    crate::db::customers::lock_subscription_state(&mut *tx, customer_id).await?;
+    let current = match stripe.subscription(subscription_id).await {
+        Ok(subscription) => subscription,
+        Err(CallError::Rejected { status: 404, .. }) => return Ok(None),
+        Err(error) => return Err(stripe_failure(error)),
+    };
+    if current.bills_price(stripe.pro_price_id()) {
+        let observed = crate::db::customers::Observed::current();
+        crate::db::customers::apply_stripe_subscription(&mut *tx, customer_id, &current, observed).await?;
+    }
+    Ok(Some(current))
+}
+
 /// The one list of the kinds this build runs: `kinds()` and the worker are made from it,
 /// so a kind cannot be configured and not run, or run and not configured.
 macro_rules! job_kinds {

@@ -3,15 +3,18 @@
 //!
 //! Stripe retries for days, may deliver twice and out of order; the result is that of
 //! one in-order delivery because: the event row and the job's unique key make a
-//! redelivery a no-op; Pro credits post under the invoice id's ledger key; and a
-//! subscription state is only applied if it is newer (event `created`, then stage
-//! rank) than the last one applied.
+//! redelivery a no-op; Pro credits post under the invoice id's ledger key; and, with
+//! Stripe's API configured, an event only says *what* to look at: the subscription or
+//! invoice is read back from Stripe and its current state applied, under the
+//! customer's subscription lock (so two events of the same second cannot tie). Without
+//! the API (webhooks only), a payload's state is applied only if it is newer (event
+//! `created`, then stage rank) than the last one applied.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::JobContext;
+use super::{JobContext, apply_current_subscription, stripe_failure};
 use crate::db::{self, customers::Observed};
 use crate::domain::LedgerSource;
 use crate::email::{self, sequences};
@@ -107,7 +110,7 @@ impl Job for ProcessStripeEvent {
             tx.commit().await?;
             return Ok(Outcome::done(serde_json::json!({ "outcome": "ignored" })));
         };
-        let observed = Observed { created: self.created, rank: kind.rank() };
+        let observed = Observed::event(self.created, kind.rank());
         let stripe_customer = self.payload["data"]["object"]["customer"].as_str().map(str::to_owned);
         let customer = match &stripe_customer {
             Some(id) => db::customers::find_by_stripe_customer(&mut *tx, id).await?,
@@ -122,31 +125,59 @@ impl Job for ProcessStripeEvent {
             )));
         };
 
+        // With Stripe's API at hand, an event is a notification: what is applied is the
+        // object as Stripe has it now, read under the customer's subscription lock, so
+        // order, ties within one second, duplicates and delays do not matter (the
+        // payload stays on file). Without it (webhooks only), the payload is applied,
+        // ordered by (created, stage).
         let outcome = match kind {
             Handled::InvoicePaymentSucceeded => {
-                let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
-                if earns_pro_credits(&mut tx, &ctx, customer.id, &invoice).await?.is_none() {
-                    // Paid before its subscription is on file (the subscribe job or a
-                    // subscription event records it): try again shortly rather than lose
-                    // it; an invoice of a subscription that never becomes the customer's
-                    // ends dead, for an operator to look at.
-                    return Err(JobError::new(format!(
-                        "Pro invoice {} is for subscription {:?}, not (yet) known as the customer's",
-                        invoice.id,
-                        invoice.subscription()
-                    )));
+                let mut invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                if let Some(stripe) = &ctx.stripe {
+                    invoice = stripe.invoice(&invoice.id).await.map_err(stripe_failure)?;
                 }
-                match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
-                    Some(Posted::Posted { .. }) => "applied",
-                    Some(Posted::AlreadyPosted { .. }) => "already_applied",
-                    Some(Posted::InsufficientCredits { .. }) | None => "ignored",
+                if ctx.stripe.is_some() && !invoice.is_paid() {
+                    "not_paid"
+                } else {
+                    if earns_pro_credits(&mut tx, &ctx, customer.id, &invoice).await?.is_none() {
+                        // Paid before its subscription is on file (the subscribe job or a
+                        // subscription event records it): try again shortly rather than
+                        // lose it; an invoice of a subscription that never becomes the
+                        // customer's ends dead, for an operator to look at.
+                        return Err(JobError::new(format!(
+                            "Pro invoice {} is for subscription {:?}, not (yet) known as the customer's",
+                            invoice.id,
+                            invoice.subscription()
+                        )));
+                    }
+                    match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
+                        Some(Posted::Posted { .. }) => "applied",
+                        Some(Posted::AlreadyPosted { .. }) => "already_applied",
+                        Some(Posted::InsufficientCredits { .. }) | None => "ignored",
+                    }
                 }
             }
             Handled::InvoicePaymentFailed => {
-                let applied = db::customers::apply_past_due(&mut *tx, customer.id, observed).await?;
-                // The dunning email, once per failed invoice, committed with the state.
-                if ctx.mailer.is_some() {
-                    let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                let invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                let (applied, unpaid) = match &ctx.stripe {
+                    Some(stripe) => {
+                        // Stripe marks the subscription past due itself: its status is
+                        // read, not inferred from this (perhaps old) failure.
+                        let tracked = customer.stripe_subscription_id.as_deref();
+                        let applied = match invoice.subscription() {
+                            Some(id) if Some(id) == tracked => {
+                                apply_current_subscription(&mut tx, stripe, customer.id, id).await?.is_some()
+                            }
+                            _ => false,
+                        };
+                        let paid_since = stripe.invoice(&invoice.id).await.map_err(stripe_failure)?.is_paid();
+                        (applied, !paid_since)
+                    }
+                    None => (db::customers::apply_past_due(&mut *tx, customer.id, observed).await?, true),
+                };
+                // The dunning email, once per failed invoice still unpaid, committed with
+                // the state.
+                if ctx.mailer.is_some() && unpaid {
                     let vars = serde_json::json!({
                         "amount": format_amount(invoice.amount_due, invoice.currency.as_deref().unwrap_or("usd")),
                         "next_attempt": invoice.next_payment_attempt
@@ -164,6 +195,11 @@ impl Job for ProcessStripeEvent {
                 if !subscription.bills_price(&ctx.settings.prices.pro_price_id) {
                     // Another product's subscription never makes a customer Pro.
                     "ignored"
+                } else if let Some(stripe) = &ctx.stripe {
+                    match apply_current_subscription(&mut tx, stripe, customer.id, &subscription.id).await? {
+                        Some(_) => "applied",
+                        None => "unknown_at_stripe",
+                    }
                 } else {
                     let applied = if kind == Handled::SubscriptionDeleted {
                         db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription.id, observed)

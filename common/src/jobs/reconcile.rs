@@ -21,12 +21,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::process_webhook::{earns_pro_credits, grant_invoice_credits};
-use super::{JobContext, RecordUsage, stripe_failure};
+use super::{JobContext, RecordUsage, apply_current_subscription, stripe_failure};
 use crate::db::{self, charges::ChargeStatus, customers::Observed};
 use crate::ledger::Posted;
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
-use crate::stripe::CallError;
-use crate::stripe::events::Handled;
 
 /// One sweep per cron tick (the tick is the unique key, as for renewals).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,9 +120,9 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     let mut report = Report { customer_id: Some(customer_id), drift: Vec::new() };
     let Some(stripe_customer) = customer.stripe_customer_id.clone() else { return Ok(report) };
 
-    // The subscription: Stripe's live Pro subscriptions against the one we track.
+    // The subscription: Stripe's live Pro subscriptions against the one we track; what
+    // is applied is read again under the customer's subscription lock.
     let live = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?;
-    let observed = || Observed::now(Handled::SubscriptionUpdated.rank());
     let tracked = customer.stripe_subscription_id.as_deref();
     if live.len() > 1 {
         let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
@@ -140,27 +138,29 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
             let differs = tracked.is_none()
                 || customer.subscription_state.as_deref() != Some(theirs.status.as_str())
                 || customer.cancel_at_period_end != theirs.cancel_at_period_end;
-            if differs && db::customers::apply_stripe_subscription(&ctx.pool, customer_id, theirs, observed()).await? {
-                let kind =
-                    if tracked.is_none() { "subscription_missing_locally" } else { "subscription_state_differs" };
-                let detail = format!(
-                    "{} is {} (cancel at period end: {}) at Stripe",
-                    theirs.id, theirs.status, theirs.cancel_at_period_end
-                );
-                report.found(ctx, customer_id, kind, detail, true).await;
+            if differs {
+                let mut tx = ctx.pool.begin().await?;
+                if let Some(current) = apply_current_subscription(&mut tx, stripe, customer_id, &theirs.id).await? {
+                    tx.commit().await?;
+                    let kind =
+                        if tracked.is_none() { "subscription_missing_locally" } else { "subscription_state_differs" };
+                    let detail = format!(
+                        "{} is {} (cancel at period end: {}) at Stripe",
+                        current.id, current.status, current.cancel_at_period_end
+                    );
+                    report.found(ctx, customer_id, kind, detail, true).await;
+                }
             }
         }
         (Some(ours), None) => {
             // Not live at Stripe: ended (or unknown there, which ends it for us too).
-            let ended = match stripe.subscription(ours).await {
-                Ok(subscription) => !subscription.is_live(),
-                Err(CallError::Rejected { status: 404, .. }) => true,
-                Err(error) => return Err(stripe_failure(error)),
-            };
-            if ended && db::customers::apply_subscription_ended(&ctx.pool, customer_id, ours, observed()).await? {
-                let detail = format!("{ours} has ended at Stripe");
-                report.found(ctx, customer_id, "subscription_ended_at_stripe", detail, true).await;
+            let mut tx = ctx.pool.begin().await?;
+            if apply_current_subscription(&mut tx, stripe, customer_id, ours).await?.is_none() {
+                db::customers::apply_subscription_ended(&mut *tx, customer_id, ours, Observed::current()).await?;
             }
+            tx.commit().await?;
+            let detail = format!("{ours} has ended at Stripe");
+            report.found(ctx, customer_id, "subscription_ended_at_stripe", detail, true).await;
         }
         (None, None) => {}
     }

@@ -19,7 +19,9 @@
 //!
 //! So a crash between any two steps, a retry, or an operator's redrive days later
 //! re-runs into `settle`, which finds the earlier PaymentIntent instead of paying again.
-//! The Stripe calls happen outside any transaction: no row lock is held across the network.
+//! The charge's row lock is held across the Stripe calls (bounded by
+//! `STRIPE_TIMEOUT_MS`), so two runs of one fix never pay side by side; the customer's
+//! row is locked only for the short transactions before and after.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -193,8 +195,13 @@ impl RecordUsage {
             // Settled charges commit with their fix record, looked for just above.
             return Err(JobError::new(format!("charge {} is settled but its fix is not recorded", charge.id)));
         }
-        let customer = ctx.customer(self.customer_id).await?;
-        let attempt = attempt(ctx.stripe()?, &customer, &charge).await?;
+        let Some(customer) = db::customers::find(&mut *tx, self.customer_id).await? else {
+            return Err(JobError::new("customer vanished"));
+        };
+        let key = Self::unique_key_for(self.customer_id, &self.fix_id);
+        let job_began = crate::queue::first_enqueued_at(&mut *tx, Self::KIND, &key).await?;
+        let since = job_began.map_or(charge.created_at, |began| began.min(charge.created_at)).timestamp();
+        let attempt = attempt(ctx.stripe()?, &customer, &charge, since).await?;
         // A test build can stop here: Stripe has answered, nothing is recorded yet.
         fail::fail_point!("record_usage::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
         if let Attempt::NeedsAction(intent) = &attempt
@@ -262,16 +269,26 @@ impl RecordUsage {
 
 /// What Stripe did with `charge`: the PaymentIntent we recorded, or the one an earlier
 /// attempt created (found by our charge id), or, when there is none, a new one.
-async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge) -> Result<Attempt, JobError> {
+/// `since`: when this fix's job began (unix seconds), before which nothing was paid for it.
+async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since: i64) -> Result<Attempt, JobError> {
     let Some(stripe_customer) = customer.stripe_customer_id.as_deref() else {
         return Err(JobError::new("the Stripe customer is not recorded"));
     };
     let earlier = match &charge.payment_intent_id {
         Some(id) => Some(stripe.payment_intent(id).await.map_err(stripe_failure)?),
-        None => stripe
-            .find_payment_intent(stripe_customer, charge.id, charge.created_at.timestamp() - CLOCK_SKEW_SECS)
-            .await
-            .map_err(stripe_failure)?,
+        None => {
+            // Ours by charge id; or, for a fix whose job began before charges were
+            // written down, by the customer and fix id that code put in the metadata.
+            let customer_id = charge.customer_id.to_string();
+            let ours = |intent: &PaymentIntent| match intent.charge_id() {
+                Some(id) => id == charge.id,
+                None => {
+                    intent.metadata.get("rsolv_customer_id") == Some(&customer_id)
+                        && intent.metadata.get("fix_id") == Some(&charge.fix_id)
+                }
+            };
+            stripe.find_payment_intent(stripe_customer, since - CLOCK_SKEW_SECS, ours).await.map_err(stripe_failure)?
+        }
     };
     let intent = match earlier {
         Some(intent) => intent,

@@ -7,11 +7,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::process_webhook::grant_invoice_credits;
-use super::{JobContext, stripe_failure};
-use crate::db::{self, customers::Observed};
+use super::{JobContext, apply_current_subscription, stripe_failure};
+use crate::db;
 use crate::ledger::Posted;
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
-use crate::stripe::events::Handled;
 
 /// One sweep per cron tick: the tick is the unique key, so however many worker
 /// processes fire the schedule, one sweep is enqueued.
@@ -79,12 +78,12 @@ impl Job for RenewSubscription {
         else {
             return Ok(Outcome::done(serde_json::json!({ "outcome": "no subscription any more" })));
         };
-        let subscription = stripe.subscription(&subscription_id).await.map_err(stripe_failure)?;
-        let invoices = stripe.invoices(&stripe_customer, Some(&subscription_id)).await.map_err(stripe_failure)?;
-
         let mut tx = ctx.pool.begin().await?;
-        let observed = Observed::now(Handled::SubscriptionUpdated.rank());
-        db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, observed).await?;
+        let Some(subscription) = apply_current_subscription(&mut tx, stripe, customer.id, &subscription_id).await?
+        else {
+            return Err(JobError::new(format!("Stripe does not know subscription {subscription_id}")));
+        };
+        let invoices = stripe.invoices(&stripe_customer, Some(&subscription_id)).await.map_err(stripe_failure)?;
         let mut healed = Vec::new();
         for invoice in invoices.iter().filter(|i| i.is_paid()) {
             if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, &ctx, customer.id, invoice).await? {

@@ -4,11 +4,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{JobContext, stripe_failure};
-use crate::db::{self, customers::Observed};
+use super::{JobContext, apply_current_subscription, stripe_failure};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 use crate::stripe::CallError;
-use crate::stripe::events::Handled;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResumeSubscription {
@@ -45,8 +43,9 @@ impl Job for ResumeSubscription {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
-        let observed = Observed::now(Handled::SubscriptionUpdated.rank());
-        db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, observed).await?;
+        let mut tx = ctx.pool.begin().await?;
+        apply_current_subscription(&mut tx, stripe, customer.id, &subscription.id).await?;
+        tx.commit().await?;
         Ok(Outcome::done(serde_json::json!({
             "subscription_id": subscription.id, "status": subscription.status,
             "cancel_at_period_end": subscription.cancel_at_period_end,

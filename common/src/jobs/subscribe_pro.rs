@@ -15,7 +15,6 @@ use super::{JobContext, stripe_failure};
 use crate::db::{self, customers::Observed};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 use crate::stripe::CallError;
-use crate::stripe::events::Handled;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubscribePro {
@@ -48,7 +47,13 @@ impl Job for SubscribePro {
         let Some(stripe_customer) = customer.stripe_customer_id else {
             return Err(JobError::new("the Stripe customer is not created yet"));
         };
-        if let Some(existing) = &customer.stripe_subscription_id {
+        // Under the customer's subscription lock from here to commit: two runs of a
+        // subscribe (a redriven dead one beside a new one) take turns, and the second
+        // finds the first's subscription at Stripe.
+        let mut tx = ctx.pool.begin().await?;
+        db::customers::lock_subscription_state(&mut tx, customer.id).await?;
+        if let Some(existing) = db::customers::find(&mut *tx, customer.id).await?.and_then(|c| c.stripe_subscription_id)
+        {
             return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));
         }
         let adopted = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?.into_iter().next();
@@ -57,7 +62,11 @@ impl Job for SubscribePro {
                 tracing::warn!(customer_id = %customer.id, subscription_id = %subscription.id, "adopting the live Pro subscription Stripe already has");
                 subscription
             }
-            None => match stripe.create_pro_subscription(&stripe_customer, self.operation_id).await {
+            None => match {
+                // A test build can widen the window between looking and creating here.
+                fail::fail_point!("subscribe_pro::before_create");
+                stripe.create_pro_subscription(&stripe_customer, self.operation_id).await
+            } {
                 Ok(subscription) => subscription,
                 Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
                     return Ok(Outcome::cancel(format!("subscription refused: {error}")));
@@ -66,8 +75,9 @@ impl Job for SubscribePro {
             },
         };
         fail::fail_point!("subscribe_pro::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
-        let observed = Observed::now(Handled::SubscriptionCreated.rank());
-        db::customers::apply_stripe_subscription(&ctx.pool, customer.id, &subscription, observed).await?;
+        // Read under the lock: what Stripe answered is its current state.
+        db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, Observed::current()).await?;
+        tx.commit().await?;
         tracing::info!(customer_id = %customer.id, subscription_id = %subscription.id, status = %subscription.status, "Pro subscription created");
         Ok(Outcome::done(serde_json::json!({ "subscription_id": subscription.id, "status": subscription.status })))
     }

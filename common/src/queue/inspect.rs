@@ -83,3 +83,17 @@ pub async fn unfinished_for_customer<'e>(
     .fetch_optional(db)
     .await
 }
+
+/// When the first job of `kind` with this unique key was enqueued (a redriven or
+/// re-enqueued job keeps the history).
+pub async fn first_enqueued_at<'e>(
+    db: impl PgExecutor<'e>,
+    kind: &str,
+    key: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(created_at) FROM jobs WHERE kind = $1 AND unique_key = $2")
+        .bind(kind)
+        .bind(key)
+        .fetch_one(db)
+        .await
+}

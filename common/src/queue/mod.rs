@@ -162,4 +162,6 @@ pub mod status {
 }
 
 mod inspect;
-pub use inspect::{JobState, by_unique_key, for_customer, latest_for_customer, unfinished_for_customer};
+pub use inspect::{
+    JobState, by_unique_key, first_enqueued_at, for_customer, latest_for_customer, unfinished_for_customer,
+};

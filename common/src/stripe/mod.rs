@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use serde::de::DeserializeOwned;
 use stripe::{ApiErrorsType, Client, ClientBuilder, StripeError};
-use stripe_billing::invoice::ListInvoice;
+use stripe_billing::invoice::{ListInvoice, RetrieveInvoice};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, ListSubscription, RetrieveSubscription,
     UpdateSubscription,
@@ -36,8 +36,26 @@ use stripe_payment::payment_method::AttachPaymentMethod;
 use uuid::Uuid;
 
 use crate::config::StripeSettings;
-use objects::{ChargeList, SubscriptionList};
+use objects::SubscriptionList;
 pub use objects::{Invoice, InvoiceList, PaymentIntent, StripeObject, Subscription};
+
+/// A list request: one customer's objects created after `since`, 100 a page.
+fn list_request(path: &str, stripe_customer: &str, since: i64, starting_after: Option<&str>) -> RequestBuilder {
+    #[derive(serde::Serialize)]
+    struct After {
+        gt: i64,
+    }
+    #[derive(serde::Serialize)]
+    struct Query<'a> {
+        customer: &'a str,
+        created: After,
+        limit: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        starting_after: Option<&'a str>,
+    }
+    let query = Query { customer: stripe_customer, created: After { gt: since }, limit: 100, starting_after };
+    RequestBuilder::new(StripeMethod::Get, path).query(&query)
+}
 
 /// How a Stripe call failed, as far as a job needs to know.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +103,7 @@ impl StripeApi {
     pub fn new(settings: &StripeSettings, pro_price_id: &str) -> Result<Self, CallError> {
         let client = ClientBuilder::new(settings.secret_key.expose())
             .url(settings.api_base.clone())
+            .timeout(settings.timeout)
             .build()
             .map_err(|e| CallError::Unavailable(format!("client configuration: {e}")))?;
         Ok(Self { client, pro_price_id: pro_price_id.to_owned() })
@@ -172,8 +191,12 @@ impl StripeApi {
         }
         let request =
             RequestBuilder::new(StripeMethod::Get, "/charges").query(&Query { customer: stripe_customer, limit: 100 });
-        let charges: ChargeList = self.send(request, None).await?;
+        let charges: objects::Page<objects::ChargeRef> = self.send(request, None).await?;
         Ok(charges.data)
+    }
+
+    pub async fn invoice(&self, id: &str) -> Result<Invoice, CallError> {
+        self.send(RetrieveInvoice::new(id).build(), None).await
     }
 
     pub async fn subscription(&self, id: &str) -> Result<Subscription, CallError> {
@@ -209,42 +232,65 @@ impl StripeApi {
         self.send(RetrievePaymentIntent::new(id).build(), None).await
     }
 
-    /// The PaymentIntent an earlier attempt created for our charge `charge_id`, found by
-    /// the `rsolv_charge_id` in its metadata among the customer's charges since `since`
-    /// (unix seconds). This is how a charge whose answer was lost is resolved without
-    /// relying on Stripe's Idempotency-Key, which lives 24 h (and which localstripe
-    /// ignores). Read through the charges list because it filters by customer and
-    /// creation time on every Stripe version, and a declined payment leaves a charge too.
+    /// The customer's PaymentIntent created after `since` (unix seconds) that `wanted`
+    /// picks: how a charge whose answer was lost is found again without relying on
+    /// Stripe's Idempotency-Key (kept 24 h; ignored by localstripe). Read from Stripe's
+    /// PaymentIntent list by customer, page by page (it holds `requires_action` intents,
+    /// which have no charge yet); where that list cannot filter by customer
+    /// (localstripe's), from the customer's charges and their intents.
     pub async fn find_payment_intent(
         &self,
         stripe_customer: &str,
-        charge_id: Uuid,
         since: i64,
+        wanted: impl Fn(&PaymentIntent) -> bool,
     ) -> Result<Option<PaymentIntent>, CallError> {
-        #[derive(serde::Serialize)]
-        struct After {
-            gt: i64,
+        match self.list_since::<PaymentIntent>("/payment_intents", stripe_customer, since, |pi| wanted(pi)).await {
+            Err(CallError::Rejected { status: 400, .. }) => {}
+            found => return found,
         }
-        #[derive(serde::Serialize)]
-        struct Query<'a> {
-            customer: &'a str,
-            created: After,
-            limit: u8,
-        }
-        let query = Query { customer: stripe_customer, created: After { gt: since }, limit: 100 };
-        let request = RequestBuilder::new(StripeMethod::Get, "/charges").query(&query);
-        let charges: ChargeList = self.send(request, None).await?;
         let mut seen = std::collections::HashSet::new();
-        for intent in charges.data.iter().filter_map(|c| c.payment_intent.as_deref()) {
-            if !seen.insert(intent) {
-                continue;
+        let mut found = None;
+        let mut after: Option<String> = None;
+        loop {
+            let page: objects::Page<objects::ChargeRef> =
+                self.send(list_request("/charges", stripe_customer, since, after.as_deref()), None).await?;
+            for intent in page.data.iter().filter_map(|c| c.payment_intent.as_deref()) {
+                if seen.insert(intent.to_owned()) {
+                    let intent = self.payment_intent(intent).await?;
+                    if wanted(&intent) {
+                        found = Some(intent);
+                        break;
+                    }
+                }
             }
-            let found = self.payment_intent(intent).await?;
-            if found.charge_id() == Some(charge_id) {
+            if found.is_some() || !page.has_more {
+                return Ok(found);
+            }
+            after = page.data.last().map(|c| c.id.clone());
+        }
+    }
+
+    /// Pages through a list filtered by customer and creation time until `wanted` picks one.
+    async fn list_since<T: DeserializeOwned + objects::Listed>(
+        &self,
+        path: &str,
+        stripe_customer: &str,
+        since: i64,
+        wanted: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, CallError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page: objects::Page<T> =
+                self.send(list_request(path, stripe_customer, since, after.as_deref()), None).await?;
+            let more = page.has_more;
+            after = page.data.last().map(|item| item.id().to_owned());
+            if let Some(found) = page.data.into_iter().find(|item| wanted(item)) {
                 return Ok(Some(found));
             }
+            if !more || after.is_none() {
+                return Ok(None);
+            }
         }
-        Ok(None)
     }
 
     /// Charges a saved card off-session and confirms at once.

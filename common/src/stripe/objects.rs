@@ -203,9 +203,29 @@ impl PaymentIntent {
 /// The metadata key that ties a PaymentIntent to our charge row.
 pub const CHARGE_ID_METADATA: &str = "rsolv_charge_id";
 
+/// One page of a Stripe list.
 #[derive(Debug, Clone, Deserialize)]
-pub(crate) struct ChargeList {
-    pub data: Vec<ChargeRef>,
+pub(crate) struct Page<T> {
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub has_more: bool,
+}
+
+/// What a list pages on (`starting_after`).
+pub(crate) trait Listed {
+    fn id(&self) -> &str;
+}
+
+impl Listed for PaymentIntent {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Listed for ChargeRef {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -76,6 +76,28 @@ async fn payg_at_zero(app: &TestApp, email: &str, card: &str) -> (Uuid, String, 
     (id, key, stripe_id)
 }
 
+/// Runs one job per OS thread, each on a runtime and database pool of its own, all at
+/// once: a failpoint's sleep then blocks only its own run, as a slow worker process would.
+fn run_side_by_side<J>(app: &TestApp, jobs: Vec<J>) -> Vec<Result<Outcome, common::queue::JobError>>
+where
+    J: Job<Context = common::jobs::JobContext> + Send + 'static,
+{
+    let threads: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let settings = app.settings.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let pool = common::db::pool(&settings).unwrap();
+                    job.run(common::jobs::JobContext::new(pool, settings).unwrap()).await
+                })
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 fn fix(customer_id: Uuid, fix_id: &str) -> RecordUsage {
     RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
 }
@@ -249,8 +271,7 @@ async fn a_crash_between_stripes_success_and_our_commit_charges_once_and_debits_
     assert_ledger_consistent(&app.db.pool).await;
 }
 
-// Several threads: the slowed payment blocks its thread (a failpoint's sleep), not the others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn concurrent_reports_of_one_fix_at_balance_zero_make_one_charge() {
     let mut app = TestApp::with_billing().await;
     let (id, _, stripe_id) = payg_at_zero(&app, "racing-charge@example.com", "pm_card_visa").await;
@@ -258,8 +279,7 @@ async fn concurrent_reports_of_one_fix_at_balance_zero_make_one_charge() {
     // The same fix run by several workers at once (a rescued job racing its original),
     // with the first payment slowed so the others look while it is in flight.
     fail::cfg("record_usage::before_stripe_charge", "sleep(300)").unwrap();
-    let runs = (0..4).map(|_| tokio::spawn(fix(id, "raced-fix").run(app.job_context())));
-    let outcomes: Vec<_> = futures::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    let outcomes = run_side_by_side(&app, (0..4).map(|_| fix(id, "raced-fix")).collect());
     fail::remove("record_usage::before_stripe_charge");
     let consumed = outcomes
         .iter()
@@ -269,8 +289,12 @@ async fn concurrent_reports_of_one_fix_at_balance_zero_make_one_charge() {
     // The runs that lost the race failed (retried later) or found the record.
     let settled = fix(id, "raced-fix").run(app.job_context()).await.unwrap();
     assert!(matches!(settled, Outcome::Done { ref detail } if detail["duplicate"] == true), "{settled:?}");
-    let succeeded: Vec<Value> =
-        payment_intents(&stripe_id).await.into_iter().filter(|pi| pi["status"] == "succeeded").collect();
+    let succeeded: Vec<Value> = payment_intents(&stripe_id)
+        .await
+        .into_iter()
+        .filter(|pi| pi["status"] == "succeeded")
+        .map(|pi| pi["id"].clone())
+        .collect();
     assert_eq!(succeeded.len(), 1, "one payment taken: {succeeded:?}");
     assert_eq!(app.balance(id).await, 0);
     assert_ledger_consistent(&app.db.pool).await;
@@ -661,4 +685,76 @@ async fn reconciliation_settles_abandoned_charges_and_reports_what_it_cannot_hea
     assert!(found.contains(&("invoice_of_unknown_subscription", false)), "{found:?}");
     assert_eq!(app.balance(id).await, 60, "credits for the adopted subscription's invoice only");
     assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_redriven_subscribe_beside_a_new_one_makes_one_subscription() {
+    let mut app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("two-intents@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    app.stop_worker().await;
+    // A dead subscribe redriven by an operator while the customer's new one runs: two
+    // jobs, two operation ids, one customer. Each looks at Stripe, then creates.
+    fail::cfg("subscribe_pro::before_create", "sleep(300)").unwrap();
+    let jobs = (0..2).map(|_| common::jobs::SubscribePro { customer_id: id, operation_id: Uuid::new_v4() }).collect();
+    let outcomes = run_side_by_side(&app, jobs);
+    fail::remove("subscribe_pro::before_create");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Done { .. }))), "{outcomes:?}");
+    assert_eq!(stripe_subscriptions(&stripe_id).await.len(), 1, "the second run took its turn and found the first's");
+    assert_eq!(app.customer(id).await.subscription_type, "pro");
+}
+
+#[tokio::test]
+async fn events_are_notifications_and_stripes_current_state_wins_whatever_their_order() {
+    // Email configured (nothing listens: only what is scheduled is looked at).
+    let app = TestApp::spawn_billing(&[("SMTP_URL", "smtp://127.0.0.1:9")], true).await;
+    let (id, key, stripe_id) = app.stripe_customer("same-second@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    let subscribed = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
+    app.finished_operation(&key, subscribed.unwrap()).await;
+    let subscription = app.customer(id).await.stripe_subscription_id.unwrap();
+    let invoices = localstripe(&format!("invoices?customer={stripe_id}")).await;
+    let paid_invoice = invoices["data"][0]["id"].as_str().unwrap().to_owned();
+    // The truth at Stripe: active, cancellation scheduled, the invoice paid.
+    stripe_write(reqwest::Method::POST, &format!("subscriptions/{subscription}"), "cancel_at_period_end=true").await;
+
+    // Events of one second whose payloads disagree with each other and with Stripe: a
+    // payment failure (since recovered), an update without the flag, one with it.
+    let mut base = Simulated::new(&stripe_id, &subscription, PRO_PRICE, 59_900);
+    base.invoice_id = paid_invoice;
+    let event = |n: u64, kind: Handled, cancel_later: bool| {
+        let mut s = base.clone();
+        s.event_id = format!("evt_tie_{n}");
+        s.cancel_at_period_end = cancel_later;
+        s.event(kind)
+    };
+    for (seed, order) in [[0, 1, 2], [2, 1, 0], [1, 2, 0]].iter().enumerate() {
+        let events = [
+            event(seed as u64 * 10, Handled::InvoicePaymentFailed, false),
+            event(seed as u64 * 10 + 1, Handled::SubscriptionUpdated, false),
+            event(seed as u64 * 10 + 2, Handled::SubscriptionUpdated, true),
+        ];
+        for i in order {
+            for _ in 0..2 {
+                assert_eq!(app.deliver(&events[*i], WEBHOOK_SECRET).await.status(), 200);
+            }
+        }
+        wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(15)).await;
+        let customer = app.customer(id).await;
+        assert_eq!(
+            (
+                customer.subscription_type.as_str(),
+                customer.subscription_state.as_deref(),
+                customer.cancel_at_period_end
+            ),
+            ("pro", Some("active"), true),
+            "order {order:?}: Stripe's state, not the last payload's"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE kind = 'send_email_step' AND args ->> 'sequence' = 'dunning'").await,
+        0,
+        "no dunning for an invoice paid by the time its failure is processed"
+    );
+    assert!(app.count("SELECT count(*) FROM jobs WHERE kind = 'send_email_step'").await > 0, "email is on");
 }
