@@ -144,7 +144,7 @@ pub async fn set_payment_method<'e>(
 
 /// When a subscription state was observed: the Stripe event's `created` and the stage's
 /// rank for ties in one second; or `current`: read from Stripe just now, under
-/// [`lock_subscription_state`], which orders it (the last to apply read last), so it
+/// [`lock_stripe_state`], which orders it (the last to apply read last), so it
 /// always applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
@@ -164,18 +164,19 @@ impl Observed {
         Self { created: Utc::now().timestamp(), rank, current: false }
     }
 
-    /// Stripe's current state, read under the customer's subscription lock.
+    /// Stripe's current state, read under the customer's Stripe-state lock.
     pub fn current() -> Self {
         Self { created: Utc::now().timestamp(), rank: i16::MAX, current: true }
     }
 }
 
-/// Takes the customer's subscription-state lock for the transaction. Everything that
-/// applies a state read from Stripe takes it before reading, so appliers take turns
-/// and a state read earlier is never applied over one read later. It is an advisory
-/// lock, not the row's: a slow Stripe call never holds up the customer's postings.
-pub async fn lock_subscription_state(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-subscription:' || $1::text, 0))")
+/// Takes the customer's Stripe-state lock for the transaction: everything that mirrors
+/// state from Stripe (the subscription, the default payment method) takes it before it
+/// reads or changes that state at Stripe, so mirrors take turns and a state read
+/// earlier is never applied over one read later. It is an advisory lock, not the row's:
+/// a slow Stripe call never holds up the customer's postings.
+pub async fn lock_stripe_state(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-stripe-state:' || $1::text, 0))")
         .bind(id)
         .execute(conn)
         .await?;

@@ -44,6 +44,10 @@ impl Job for AddPaymentMethod {
         let Some(stripe_customer) = customer.stripe_customer_id else {
             return Err(JobError::new("the Stripe customer is not created yet"));
         };
+        // Two cards added at once take turns from Stripe's default to ours, so the one
+        // we record is the one Stripe ends with (found by the fault simulation).
+        let mut tx = ctx.pool.begin().await?;
+        db::customers::lock_stripe_state(&mut tx, customer.id).await?;
         let attached = match stripe
             .attach_default_payment_method(&stripe_customer, &self.payment_method_id, self.operation_id)
             .await
@@ -54,7 +58,8 @@ impl Job for AddPaymentMethod {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
-        let mut tx = ctx.pool.begin().await?;
+        // A test build can stop here: Stripe's default is set, ours is not yet.
+        fail::fail_point!("add_payment_method::after_stripe");
         db::customers::set_payment_method(&mut *tx, customer.id, &attached, self.consent_at).await?;
         let granted = if ctx.settings.credits.billing_added > 0 {
             let posting = Posting {

@@ -49,7 +49,7 @@ impl Job for CancelSubscription {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
-        // Applied as read again under the customer's subscription lock (see
+        // Applied as read again under the customer's Stripe-state lock (see
         // `apply_current_subscription`): cancelled now, Stripe reports it ended; at
         // period end, still live with the flag.
         let mut tx = ctx.pool.begin().await?;

@@ -85,7 +85,7 @@ pub(crate) fn stripe_failure(error: CallError) -> JobError {
 }
 
 /// Reads a subscription from Stripe and applies its current state to the customer, in
-/// `tx` and under the customer's subscription lock (taken here, held to commit): every
+/// `tx` and under the customer's Stripe-state lock (taken here, held to commit): every
 /// path that changes a customer's subscription state goes through this, so the order
 /// in which events, jobs and reconciliation run does not matter; the last to apply read
 /// last. `None` if Stripe does not know the subscription. Another price's subscription
@@ -96,7 +96,7 @@ pub(crate) async fn apply_current_subscription(
     customer_id: uuid::Uuid,
     subscription_id: &str,
 ) -> Result<Option<crate::stripe::Subscription>, JobError> {
-    crate::db::customers::lock_subscription_state(&mut *tx, customer_id).await?;
+    crate::db::customers::lock_stripe_state(&mut *tx, customer_id).await?;
     let current = match stripe.subscription(subscription_id).await {
         Ok(subscription) => subscription,
         Err(CallError::Rejected { status: 404, .. }) => return Ok(None),

@@ -6,7 +6,7 @@
 //! redelivery a no-op; Pro credits post under the invoice id's ledger key; and, with
 //! Stripe's API configured, an event only says *what* to look at: the subscription or
 //! invoice is read back from Stripe and its current state applied, under the
-//! customer's subscription lock (so two events of the same second cannot tie). Without
+//! customer's Stripe-state lock (so two events of the same second cannot tie). Without
 //! the API (webhooks only), a payload's state is applied only if it is newer (event
 //! `created`, then stage rank) than the last one applied.
 
@@ -126,7 +126,7 @@ impl Job for ProcessStripeEvent {
         };
 
         // With Stripe's API at hand, an event is a notification: what is applied is the
-        // object as Stripe has it now, read under the customer's subscription lock, so
+        // object as Stripe has it now, read under the customer's Stripe-state lock, so
         // order, ties within one second, duplicates and delays do not matter (the
         // payload stays on file). Without it (webhooks only), the payload is applied,
         // ordered by (created, stage).

@@ -121,7 +121,7 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     let Some(stripe_customer) = customer.stripe_customer_id.clone() else { return Ok(report) };
 
     // The subscription: Stripe's live Pro subscriptions against the one we track; what
-    // is applied is read again under the customer's subscription lock.
+    // is applied is read again under the customer's Stripe-state lock.
     let live = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?;
     let tracked = customer.stripe_subscription_id.as_deref();
     if live.len() > 1 {

@@ -47,11 +47,11 @@ impl Job for SubscribePro {
         let Some(stripe_customer) = customer.stripe_customer_id else {
             return Err(JobError::new("the Stripe customer is not created yet"));
         };
-        // Under the customer's subscription lock from here to commit: two runs of a
+        // Under the customer's Stripe-state lock from here to commit: two runs of a
         // subscribe (a redriven dead one beside a new one) take turns, and the second
         // finds the first's subscription at Stripe.
         let mut tx = ctx.pool.begin().await?;
-        db::customers::lock_subscription_state(&mut tx, customer.id).await?;
+        db::customers::lock_stripe_state(&mut tx, customer.id).await?;
         if let Some(existing) = db::customers::find(&mut *tx, customer.id).await?.and_then(|c| c.stripe_subscription_id)
         {
             return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));

@@ -140,8 +140,8 @@ async fn a_worker_killed_during_five_thousand_mixed_jobs_loses_and_doubles_nothi
 }
 
 /// A localstripe of this test's own, to take down and bring back.
-struct OwnStripe {
-    port: u16,
+pub(crate) struct OwnStripe {
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
@@ -149,7 +149,7 @@ impl OwnStripe {
     /// A port nothing listens on yet. Not one from the kernel's ephemeral range, which
     /// the other tests' servers (bound to port 0) draw from: one of them could take it
     /// while Stripe is meant to be down, and answer in its place.
-    fn reserved() -> Self {
+    pub(crate) fn reserved() -> Self {
         let port = (0..1_000)
             .map(|_| 20_000 + (uuid::Uuid::new_v4().as_u128() % 10_000) as u16)
             .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
@@ -157,11 +157,11 @@ impl OwnStripe {
         Self { port, child: None }
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
-    async fn up(&mut self) {
+    pub(crate) async fn up(&mut self) {
         let python =
             std::path::PathBuf::from(std::env::var("TEST_PYTHON").expect("TEST_PYTHON is unset: run scripts/test"));
         let localstripe = python.with_file_name("localstripe");
@@ -258,7 +258,7 @@ async fn while_stripe_is_down_billing_jobs_retry_and_complete_once_it_is_back() 
 }
 
 /// A Postgres server of this test's own (the system's binaries), to restart at will.
-struct OwnPostgres {
+pub(crate) struct OwnPostgres {
     bin: std::path::PathBuf,
     dir: std::path::PathBuf,
     port: u16,
@@ -276,7 +276,7 @@ impl OwnPostgres {
         }
     }
 
-    fn start_new() -> Self {
+    pub(crate) fn start_new() -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("the system's Postgres binaries")
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -302,7 +302,7 @@ impl OwnPostgres {
         server
     }
 
-    fn ctl(&self, action: &str) {
+    pub(crate) fn ctl(&self, action: &str) {
         let options =
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.display());
         let status = Self::as_postgres(self.bin.join("pg_ctl"))
@@ -330,7 +330,7 @@ impl OwnPostgres {
         assert!(status.success(), "pg_ctl stop -m immediate");
     }
 
-    fn admin_url(&self) -> String {
+    pub(crate) fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }

@@ -16,5 +16,6 @@ mod money;
 mod onboarding;
 mod ops;
 mod schema_fuzz;
+mod simulation;
 mod usage;
 mod worker_processes;

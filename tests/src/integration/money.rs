@@ -758,3 +758,28 @@ async fn events_are_notifications_and_stripes_current_state_wins_whatever_their_
     );
     assert!(app.count("SELECT count(*) FROM jobs WHERE kind = 'send_email_step'").await > 0, "email is on");
 }
+
+/// Found by the fault simulation (seed 102): two cards added at once left Stripe's
+/// default on one and ours on the other.
+#[tokio::test]
+async fn two_cards_added_at_once_record_the_default_stripe_ends_with() {
+    let mut app = TestApp::with_billing().await;
+    let (id, _, stripe_id) = app.stripe_customer("two-cards@example.com").await;
+    app.stop_worker().await;
+    fail::cfg("add_payment_method::after_stripe", "1*sleep(400)").unwrap();
+    let jobs = (0..2)
+        .map(|_| common::jobs::AddPaymentMethod {
+            customer_id: id,
+            payment_method_id: "pm_card_visa".into(),
+            operation_id: Uuid::new_v4(),
+            consent_at: chrono::Utc::now(),
+        })
+        .collect();
+    let outcomes = run_side_by_side(&app, jobs);
+    fail::remove("add_payment_method::after_stripe");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Done { .. }))), "{outcomes:?}");
+    let at_stripe = localstripe(&format!("customers/{stripe_id}")).await;
+    let ours = app.customer(id).await.stripe_payment_method_id;
+    assert_eq!(ours.as_deref(), at_stripe["invoice_settings"]["default_payment_method"].as_str());
+    assert_eq!(app.balance(id).await, 10, "the first card's credits, once");
+}
