@@ -4,15 +4,12 @@ use common::jobs;
 use common::queue::admin::{self, JobFilter};
 
 use crate::Error;
+use crate::credits::actor;
 
 const USAGE: &str = "usage: rsolv-worker jobs queues | dead [QUEUE] | show ID | redrive ID | redrive-all QUEUE | discard ID | cancel ID";
 
 fn id(args: &[String]) -> Result<i64, Error> {
     args.get(1).and_then(|a| a.parse().ok()).ok_or_else(|| USAGE.into())
-}
-
-async fn audit(pool: &sqlx::PgPool, action: &str, target: &str) -> Result<(), sqlx::Error> {
-    common::db::audit::record(pool, &crate::credits::actor(), action, target, None, &serde_json::json!({})).await
 }
 
 pub async fn run(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
@@ -61,26 +58,22 @@ pub async fn run(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
         }
         Some("redrive") => {
             let id = id(args)?;
-            admin::redrive(pool, id).await?;
-            audit(pool, "redrive", &format!("job:{id}")).await?;
+            admin::redrive(pool, id, &actor()).await?;
             println!("job {id} redriven");
         }
         Some("redrive-all") => {
             let queue = args.get(1).ok_or(USAGE)?;
-            let redriven = admin::redrive_all(pool, queue).await?;
-            audit(pool, "redrive_all", &format!("queue:{queue}")).await?;
+            let redriven = admin::redrive_all(pool, queue, &actor()).await?;
             println!("{redriven} dead jobs of {queue} redriven");
         }
         Some("discard") => {
             let id = id(args)?;
-            admin::discard(pool, id).await?;
-            audit(pool, "discard", &format!("job:{id}")).await?;
+            admin::discard(pool, id, &actor()).await?;
             println!("job {id} discarded");
         }
         Some("cancel") => {
             let id = id(args)?;
-            admin::cancel(pool, id).await?;
-            audit(pool, "cancel", &format!("job:{id}")).await?;
+            admin::cancel(pool, id, &actor()).await?;
             println!("job {id} cancelled");
         }
         _ => return Err(USAGE.into()),

@@ -50,11 +50,6 @@ impl From<AdjustError> for ApiError {
     }
 }
 
-/// Appends a job action to the audit log once it took effect.
-pub async fn audit_job_action(pool: &PgPool, actor: &str, action: &str, id: i64) -> Result<(), sqlx::Error> {
-    db::audit::record(pool, actor, action, &format!("job:{id}"), None, &serde_json::json!({})).await
-}
-
 pub fn kinds() -> Vec<&'static str> {
     jobs::kinds().into_iter().map(|(kind, _)| kind).collect()
 }
@@ -104,8 +99,7 @@ pub async fn detail(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) ->
 
 pub async fn redrive(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    admin::redrive(pool.get_ref(), id).await?;
-    audit_job_action(pool.get_ref(), ACTOR, "redrive", id).await?;
+    admin::redrive(pool.get_ref(), id, ACTOR).await?;
     tracing::info!(job_id = id, "job redriven by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "available" })))
 }
@@ -119,25 +113,21 @@ pub async fn redrive_queue(
     if !kinds().contains(&queue.as_str()) {
         return Err(ApiError::not_found(format!("no queue {queue}")));
     }
-    let redriven = admin::redrive_all(pool.get_ref(), &queue).await?;
-    let detail = serde_json::json!({ "redriven": redriven });
-    db::audit::record(pool.get_ref(), ACTOR, "redrive_all", &format!("queue:{queue}"), None, &detail).await?;
+    let redriven = admin::redrive_all(pool.get_ref(), &queue, ACTOR).await?;
     tracing::info!(%queue, redriven, "dead jobs redriven by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "queue": queue, "redriven": redriven })))
 }
 
 pub async fn discard(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    admin::discard(pool.get_ref(), id).await?;
-    audit_job_action(pool.get_ref(), ACTOR, "discard", id).await?;
+    admin::discard(pool.get_ref(), id, ACTOR).await?;
     tracing::info!(job_id = id, "job discarded by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "discarded": true })))
 }
 
 pub async fn cancel(_: AdminApi, pool: web::Data<PgPool>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    admin::cancel(pool.get_ref(), id).await?;
-    audit_job_action(pool.get_ref(), ACTOR, "cancel", id).await?;
+    admin::cancel(pool.get_ref(), id, ACTOR).await?;
     tracing::info!(job_id = id, "job cancelled by an operator");
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "status": "cancelled" })))
 }

@@ -20,7 +20,7 @@ use uuid::Uuid;
 /// Who the audit log names for actions taken on this page.
 const ACTOR: &str = "admin-page";
 
-use super::admin::{audit_job_action, kinds};
+use super::admin::kinds;
 use crate::admin_auth::{AdminPage, SESSION_COOKIE, same_secret, session_value};
 use crate::errors::ApiError;
 
@@ -150,14 +150,13 @@ pub async fn act(
     let JobAction { id, action } = path.into_inner();
     let pool = pool.get_ref();
     let result = match action.as_str() {
-        "redrive" => admin::redrive(pool, id).await,
-        "discard" => admin::discard(pool, id).await,
-        "cancel" => admin::cancel(pool, id).await,
+        "redrive" => admin::redrive(pool, id, ACTOR).await,
+        "discard" => admin::discard(pool, id, ACTOR).await,
+        "cancel" => admin::cancel(pool, id, ACTOR).await,
         _ => return Err(ApiError::not_found("no such action")),
     };
     Ok(match result {
         Ok(()) => {
-            audit_job_action(pool, ACTOR, &action, id).await?;
             tracing::info!(job_id = id, %action, "admin page action");
             back(&format!("Job {id}: {action} done"))
         }
@@ -173,9 +172,7 @@ pub async fn redrive_queue(
     if let AdminPage::SignedOut = auth {
         return Ok(to_login());
     }
-    let redriven = admin::redrive_all(pool.get_ref(), &queue).await.map_err(ApiError::from)?;
-    let detail = serde_json::json!({ "redriven": redriven });
-    db::audit::record(pool.get_ref(), ACTOR, "redrive_all", &format!("queue:{queue}"), None, &detail).await?;
+    let redriven = admin::redrive_all(pool.get_ref(), &queue, ACTOR).await.map_err(ApiError::from)?;
     Ok(back(&format!("{redriven} dead jobs of {queue} redriven")))
 }
 

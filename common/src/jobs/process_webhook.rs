@@ -133,10 +133,16 @@ impl Job for ProcessStripeEvent {
         let outcome = match kind {
             Handled::InvoicePaymentSucceeded => {
                 let mut invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
+                let mut known = true;
                 if let Some(stripe) = &ctx.stripe {
-                    invoice = stripe.invoice(&invoice.id).await.map_err(stripe_failure)?;
+                    match read_back(stripe, &invoice.id).await? {
+                        Some(current) => invoice = current,
+                        None => known = false,
+                    }
                 }
-                if ctx.stripe.is_some() && !invoice.is_paid() {
+                if !known {
+                    "unknown_at_stripe"
+                } else if ctx.stripe.is_some() && !invoice.is_paid() {
                     "not_paid"
                 } else {
                     if earns_pro_credits(&mut tx, &ctx, customer.id, &invoice).await?.is_none() {
@@ -170,7 +176,8 @@ impl Job for ProcessStripeEvent {
                             }
                             _ => false,
                         };
-                        let paid_since = stripe.invoice(&invoice.id).await.map_err(stripe_failure)?.is_paid();
+                        // Unknown at Stripe counts as paid: nobody is dunned for it.
+                        let paid_since = read_back(stripe, &invoice.id).await?.is_none_or(|i| i.is_paid());
                         (applied, !paid_since)
                     }
                     None => (db::customers::apply_past_due(&mut *tx, customer.id, observed).await?, true),
@@ -215,6 +222,16 @@ impl Job for ProcessStripeEvent {
         tx.commit().await?;
         tracing::info!(event_id = %self.event_id, kind = kind.as_str(), customer_id = %customer.id, outcome, "Stripe event processed");
         Ok(Outcome::done(serde_json::json!({ "outcome": outcome })))
+    }
+}
+
+/// The invoice as Stripe has it now; `None` if Stripe does not know it (an event made
+/// up by hand, or from another account), which is recorded and applies nothing.
+async fn read_back(stripe: &crate::stripe::StripeApi, id: &str) -> Result<Option<Invoice>, JobError> {
+    match stripe.invoice(id).await {
+        Ok(invoice) => Ok(Some(invoice)),
+        Err(crate::stripe::CallError::Rejected { status: 404, .. }) => Ok(None),
+        Err(error) => Err(stripe_failure(error)),
     }
 }
 

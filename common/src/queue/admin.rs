@@ -1,10 +1,11 @@
 //! What ops see and steer: per-queue counts, job lists and details, and redrive,
-//! discard and cancel. Used by the admin API, the admin page and the CLI.
+//! discard and cancel, each on the audit log with who did it. Used by the admin API,
+//! the admin page and the CLI.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::notifier::CHANNEL;
@@ -251,36 +252,62 @@ impl From<sqlx::Error> for AdminError {
 }
 
 /// Why an action guarded by the job's state changed nothing: no such job, or its state.
-async fn refused(pool: &PgPool, id: i64, action: &'static str, wanted: &'static str) -> Result<(), AdminError> {
+async fn refused(
+    conn: &mut PgConnection,
+    id: i64,
+    action: &'static str,
+    wanted: &'static str,
+) -> Result<(), AdminError> {
     let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(pool).await?;
+        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(conn).await?;
     let status = status.ok_or(AdminError::NotFound(id))?;
     Err(AdminError::WrongState { id, status, action, wanted })
 }
 
+/// Appends an operator's action to the audit log, in the action's transaction: an action
+/// takes effect with its audit line or not at all.
+async fn audited(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), AdminError> {
+    crate::db::audit::record(&mut *tx, actor, action, target, None, &detail).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Puts a dead job back: due now, with a fresh set of attempts; its error history stays.
-pub async fn redrive(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+pub async fn redrive(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
     let result = sqlx::query(
         "UPDATE jobs SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
              errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'redriven by an operator'))
          WHERE id = $1 AND status = 'dead'",
     )
     .bind(id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await;
     match result {
         Ok(done) if done.rows_affected() == 1 => {
-            notify(pool, id).await?;
-            Ok(())
+            // Delivered when the transaction commits.
+            sqlx::query("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2")
+                .bind(CHANNEL)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audited(tx, actor, "redrive", &format!("job:{id}"), Value::Null).await
         }
-        Ok(_) => refused(pool, id, "redrive", "dead").await,
+        Ok(_) => refused(&mut tx, id, "redrive", "dead").await,
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(AdminError::KeyTaken(id)),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Redrives every dead job of a queue whose unique key is free; returns how many.
-pub async fn redrive_all(pool: &PgPool, queue: &str) -> Result<u64, AdminError> {
+pub async fn redrive_all(pool: &PgPool, queue: &str, actor: &str) -> Result<u64, AdminError> {
+    let mut tx = pool.begin().await?;
     let moved = sqlx::query(
         "UPDATE jobs d SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
              errors = d.errors || jsonb_build_array(jsonb_build_object('attempt', d.attempts, 'at', now(), 'error', 'redriven by an operator'))
@@ -290,48 +317,46 @@ pub async fn redrive_all(pool: &PgPool, queue: &str) -> Result<u64, AdminError> 
                  AND l.status NOT IN ('dead', 'cancelled')))",
     )
     .bind(queue)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if moved > 0 {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(pool).await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(&mut *tx).await?;
     }
+    audited(tx, actor, "redrive_all", &format!("queue:{queue}"), serde_json::json!({ "redriven": moved })).await?;
     Ok(moved)
 }
 
 /// Deletes a dead or cancelled job.
-pub async fn discard(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
     let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status IN ('dead', 'cancelled')")
         .bind(id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
     if deleted == 1 {
-        return Ok(());
+        return audited(tx, actor, "discard", &format!("job:{id}"), Value::Null).await;
     }
-    refused(pool, id, "discard", "dead or cancelled").await
+    refused(&mut tx, id, "discard", "dead or cancelled").await
 }
 
 /// Stops a job that has not started: it will never run.
-pub async fn cancel(pool: &PgPool, id: i64) -> Result<(), AdminError> {
+pub async fn cancel(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
     let cancelled = sqlx::query(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(),
              errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'cancelled by an operator'))
          WHERE id = $1 AND status IN ('available', 'retryable')",
     )
     .bind(id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if cancelled == 1 {
-        return Ok(());
+        return audited(tx, actor, "cancel", &format!("job:{id}"), Value::Null).await;
     }
-    refused(pool, id, "cancel", "waiting (available or retryable)").await
-}
-
-async fn notify(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2").bind(CHANNEL).bind(id).execute(pool).await?;
-    Ok(())
+    refused(&mut tx, id, "cancel", "waiting (available or retryable)").await
 }
 
 #[cfg(test)]

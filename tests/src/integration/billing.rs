@@ -259,13 +259,7 @@ async fn use_up_credits(app: &TestApp, key: &str, n: usize) {
 }
 
 async fn charges_for_fix(customer: &str, fix_id: &str) -> usize {
-    let intents = localstripe("payment_intents?limit=100").await;
-    intents["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|pi| pi["customer"] == customer && pi["metadata"]["fix_id"] == fix_id)
-        .count()
+    crate::money::payment_intents(customer).await.iter().filter(|pi| pi["metadata"]["fix_id"] == fix_id).count()
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn stripe_subscriptions(stripe_customer: &str) -> Vec<Value> {
 
 /// The customer's PaymentIntents that reached a charge (paid or declined), read through
 /// its charges: localstripe's PaymentIntent list cannot filter by customer.
-async fn payment_intents(stripe_customer: &str) -> Vec<Value> {
+pub(crate) async fn payment_intents(stripe_customer: &str) -> Vec<Value> {
     let charges = localstripe(&format!("charges?customer={stripe_customer}&limit=100")).await;
     let mut ids: Vec<String> = charges["data"]
         .as_array()

@@ -9,7 +9,8 @@
 //!
 //! A failure prints the seed and the trace of operations that reproduce it:
 //! `scripts/simulate --seed S --steps K`. The suite runs a few seeds
-//! (`SIM_SEEDS`, default 2, from `SIM_SEED`, default the clock) of `SIM_STEPS` (30).
+//! (`SIM_SEEDS`, default 2, from `SIM_SEED`, default 1) of `SIM_STEPS` (30); `scripts/simulate`
+//! explores as many more as you like.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -540,7 +541,8 @@ fn env_number(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_fault_simulation_keeps_every_money_invariant() {
-    let first = env_number("SIM_SEED").unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as u64);
+    // Fixed seeds by default, so the suite is repeatable; `scripts/simulate` explores new ones.
+    let first = env_number("SIM_SEED").unwrap_or(1);
     let seeds = env_number("SIM_SEEDS").unwrap_or(2);
     let steps = env_number("SIM_STEPS").unwrap_or(30) as usize;
     let mut failures = Vec::new();
