@@ -783,3 +783,74 @@ async fn two_cards_added_at_once_record_the_default_stripe_ends_with() {
     assert_eq!(ours.as_deref(), at_stripe["invoice_settings"]["default_payment_method"].as_str());
     assert_eq!(app.balance(id).await, 10, "the first card's credits, once");
 }
+
+#[tokio::test]
+async fn the_admin_page_adjusts_credits_once_per_form_and_shows_the_audit_log() {
+    let app = crate::ops::app_with_admin().await;
+    let (id, _) = app.onboarded_customer("page-credits@example.com").await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = browser
+        .post(app.url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", crate::ops::ADMIN_TOKEN))
+        .build()
+        .unwrap();
+    let answer = browser.execute(signed_in).await.unwrap();
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = browser.get(app.url("/admin")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let key = page.split("name=\"key\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
+
+    let submit = || {
+        browser
+            .post(app.url("/admin/credits"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("customer=page-credits%40example.com&amount=3&reason=support+ticket+9&key={key}"))
+            .send()
+    };
+    let first = submit().await.unwrap();
+    assert_eq!(first.status(), 303);
+    assert!(first.headers()["location"].to_str().unwrap().contains("Granted%203%20credits"), "{:?}", first.headers());
+    let second = submit().await.unwrap();
+    assert!(second.headers()["location"].to_str().unwrap().contains("already"), "a double submit adjusts once");
+    assert_eq!(app.balance(id).await, 8);
+
+    let page = browser.get(app.url("/admin")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("admin-page") && page.contains("adjust_credits") && page.contains("support ticket 9"));
+    assert!(page.contains("Reconciliation with Stripe"));
+    let signed_out = browser
+        .post(app.url("/admin/credits"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("customer={id}&amount=100&reason=x&key=k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.headers()["location"], "/admin/login", "no session, no adjustment");
+    assert_eq!(app.balance(id).await, 8);
+}
+
+#[tokio::test]
+async fn reconciliation_applies_a_failed_payment_whose_events_were_dropped() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("failed-first@example.com").await;
+    app.add_card(&key, "pm_card_chargeCustomerFail").await;
+    // Subscribed at Stripe, first payment failed: created and payment_failed never came.
+    let made = stripe_write(
+        reqwest::Method::POST,
+        "subscriptions",
+        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+    )
+    .await;
+    assert_eq!(made["status"], "incomplete");
+    let report = common::jobs::reconcile_customer(&app.job_context(), id).await.unwrap();
+    assert_eq!(kinds(&report), [("subscription_missing_locally", true)], "the open invoice grants nothing");
+    let customer = app.customer(id).await;
+    assert_eq!(
+        (customer.subscription_type.as_str(), customer.subscription_state.as_deref()),
+        ("pro", Some("incomplete")),
+        "Stripe's state, as in-order events would have left it"
+    );
+    assert_eq!(customer.credit_balance, 10, "no Pro credits for an unpaid invoice");
+    assert_ledger_consistent(&app.db.pool).await;
+}
