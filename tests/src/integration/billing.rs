@@ -12,21 +12,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    OLD_WEBHOOK_SECRET, PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, stripe_base,
-    wait_for, wait_for_jobs_finished,
+    OLD_WEBHOOK_SECRET, PRO_PRICE, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, localstripe, wait_for,
+    wait_for_jobs_finished,
 };
-
-async fn localstripe(path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}v1/{path}", stripe_base()))
-        .basic_auth(STRIPE_KEY, Some(""))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 async fn error_code(response: reqwest::Response, status: u16) -> String {
     assert_eq!(response.status().as_u16(), status);

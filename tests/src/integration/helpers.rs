@@ -289,6 +289,19 @@ pub fn stripe_base() -> String {
 }
 
 pub const STRIPE_KEY: &str = "sk_test_rsolv_local";
+
+/// A GET of the test localstripe's API (`path` after `/v1/`), as JSON.
+pub async fn localstripe(path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}v1/{path}", stripe_base()))
+        .basic_auth(STRIPE_KEY, Some(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 pub const WEBHOOK_SECRET: &str = "whsec_test_current";
 pub const OLD_WEBHOOK_SECRET: &str = "whsec_test_previous";
 pub const PRO_PRICE: &str = "price_rsolv_pro_monthly";

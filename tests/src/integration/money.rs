@@ -15,21 +15,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, grant, stripe_base,
+    PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, grant, localstripe, stripe_base,
     wait_for_jobs_finished,
 };
-
-async fn localstripe(path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}v1/{path}", stripe_base()))
-        .basic_auth(STRIPE_KEY, Some(""))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 /// The customer's subscriptions at Stripe, canceled ones included.
 async fn stripe_subscriptions(stripe_customer: &str) -> Vec<Value> {
@@ -379,22 +367,21 @@ async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
         .execute(pool)
         .await;
     assert!(moved_alone.is_err(), "a balance moved without an entry is refused at commit");
-    let off_chain = sqlx::query(
-        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
-         VALUES ($1, 1, 100, 'admin_adjustment', 'off-chain')",
-    )
-    .bind(id)
-    .execute(pool)
-    .await;
-    assert!(off_chain.is_err(), "an entry must continue its customer's chain");
-    let entry_alone = sqlx::query(
-        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
-         VALUES ($1, 1, 6, 'admin_adjustment', 'no-balance-move')",
-    )
-    .bind(id)
-    .execute(pool)
-    .await;
-    assert!(entry_alone.is_err(), "an entry without its balance move is refused at commit");
+    for (balance_after, key, why) in [
+        (100, "off-chain", "an entry must continue its customer's chain"),
+        (6, "no-balance-move", "an entry without its balance move is refused at commit"),
+    ] {
+        let inserted = sqlx::query(
+            "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+             VALUES ($1, 1, $2, 'admin_adjustment', $3)",
+        )
+        .bind(id)
+        .bind(balance_after)
+        .bind(key)
+        .execute(pool)
+        .await;
+        assert!(inserted.is_err(), "{why}");
+    }
     assert!(sqlx::query("TRUNCATE credit_ledger CASCADE").execute(pool).await.is_err(), "TRUNCATE is refused");
     assert_eq!(app.balance(id).await, 5);
 
