@@ -111,8 +111,17 @@ async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> R
     let ctx = JobContext::new(pool.clone(), Arc::new(settings))?;
     let actor = credits::actor();
     let mut found = 0;
+    let mut failed = 0;
     for customer_id in customers {
-        let report = jobs::reconcile_customer(&ctx, customer_id).await.map_err(|e| e.0)?;
+        // One customer Stripe or the database cannot answer for now does not stop the rest.
+        let report = match jobs::reconcile_customer(&ctx, customer_id).await {
+            Ok(report) => report,
+            Err(error) => {
+                eprintln!("{customer_id} FAILED     {}", error.0);
+                failed += 1;
+                continue;
+            }
+        };
         for drift in &report.drift {
             let state = if drift.healed { "healed" } else { "NOT HEALED" };
             println!("{customer_id} {state:<10} {:<32} {}", drift.kind, drift.detail);
@@ -122,6 +131,9 @@ async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> R
         db::audit::record(&pool, &actor, "reconcile", &format!("customer:{customer_id}"), None, &detail).await?;
     }
     println!("{found} finding(s)");
+    if failed > 0 {
+        return Err(format!("{failed} customer(s) could not be reconciled; run again").into());
+    }
     Ok(())
 }
 

@@ -176,6 +176,9 @@ impl Observed {
 /// earlier is never applied over one read later. It is an advisory lock, not the row's:
 /// a slow Stripe call never holds up the customer's postings.
 pub async fn lock_stripe_state(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    // A holder stuck on Stripe is bounded by STRIPE_TIMEOUT_MS; waiters give up after
+    // this much (and their job retries) rather than queue up holding connections.
+    sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *conn).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-stripe-state:' || $1::text, 0))")
         .bind(id)
         .execute(conn)
@@ -202,6 +205,9 @@ pub async fn apply_subscription<'e>(
              subscription_period_end = to_timestamp($5::bigint),
              subscription_event_created = $6, subscription_event_rank = $7, updated_at = now()
          WHERE id = $1
+           -- Never switches a customer from one subscription to another: a second live
+           -- one is reconciliation's to report (different_subscription), not ours to adopt.
+           AND (stripe_subscription_id IS NULL OR stripe_subscription_id = $2)
            AND ($8 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($6, $7))",
     )

@@ -88,25 +88,30 @@ pub(crate) fn stripe_failure(error: CallError) -> JobError {
 /// `tx` and under the customer's Stripe-state lock (taken here, held to commit): every
 /// path that changes a customer's subscription state goes through this, so the order
 /// in which events, jobs and reconciliation run does not matter; the last to apply read
-/// last. `None` if Stripe does not know the subscription. Another price's subscription
-/// is read but never applied.
+/// last. `None` if Stripe does not know the subscription; else the subscription and
+/// whether it was applied (another price's, or another subscription than the one the
+/// customer has, is read but not applied).
 pub(crate) async fn apply_current_subscription(
     tx: &mut sqlx::PgConnection,
     stripe: &StripeApi,
     customer_id: uuid::Uuid,
     subscription_id: &str,
-) -> Result<Option<crate::stripe::Subscription>, JobError> {
+) -> Result<Option<(crate::stripe::Subscription, bool)>, JobError> {
     crate::db::customers::lock_stripe_state(&mut *tx, customer_id).await?;
     let current = match stripe.subscription(subscription_id).await {
         Ok(subscription) => subscription,
         Err(CallError::Rejected { status: 404, .. }) => return Ok(None),
         Err(error) => return Err(stripe_failure(error)),
     };
-    if current.bills_price(stripe.pro_price_id()) {
-        let observed = crate::db::customers::Observed::current();
-        crate::db::customers::apply_stripe_subscription(&mut *tx, customer_id, &current, observed).await?;
-    }
-    Ok(Some(current))
+    let applied = current.bills_price(stripe.pro_price_id())
+        && crate::db::customers::apply_stripe_subscription(
+            &mut *tx,
+            customer_id,
+            &current,
+            crate::db::customers::Observed::current(),
+        )
+        .await?;
+    Ok(Some((current, applied)))
 }
 
 /// The one list of the kinds this build runs: `kinds()` and the worker are made from it,

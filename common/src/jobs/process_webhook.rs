@@ -169,15 +169,19 @@ impl Job for ProcessStripeEvent {
                     Some(stripe) => {
                         // Stripe marks the subscription past due itself: its status is
                         // read, not inferred from this (perhaps old) failure.
+                        // Read before the state is applied: applying locks the customer's
+                        // row, which is held for no Stripe call.
+                        // Unknown at Stripe counts as paid: nobody is dunned for it.
+                        let paid_since = read_back(stripe, &invoice.id).await?.is_none_or(|i| i.is_paid());
                         let tracked = customer.stripe_subscription_id.as_deref();
                         let applied = match invoice.subscription() {
                             Some(id) if Some(id) == tracked => {
-                                apply_current_subscription(&mut tx, stripe, customer.id, id).await?.is_some()
+                                apply_current_subscription(&mut tx, stripe, customer.id, id)
+                                    .await?
+                                    .is_some_and(|(_, applied)| applied)
                             }
                             _ => false,
                         };
-                        // Unknown at Stripe counts as paid: nobody is dunned for it.
-                        let paid_since = read_back(stripe, &invoice.id).await?.is_none_or(|i| i.is_paid());
                         (applied, !paid_since)
                     }
                     None => (db::customers::apply_past_due(&mut *tx, customer.id, observed).await?, true),
@@ -204,7 +208,9 @@ impl Job for ProcessStripeEvent {
                     "ignored"
                 } else if let Some(stripe) = &ctx.stripe {
                     match apply_current_subscription(&mut tx, stripe, customer.id, &subscription.id).await? {
-                        Some(_) => "applied",
+                        Some((_, true)) => "applied",
+                        // Not the subscription the customer has: reconciliation reports it.
+                        Some((_, false)) => "not_tracked",
                         None => "unknown_at_stripe",
                     }
                 } else {

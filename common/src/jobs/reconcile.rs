@@ -11,7 +11,7 @@
 //! | the Pro subscription     | adopt Stripe's live one, apply its state, or its end      | `duplicate_subscriptions`, `different_subscription` |
 //! | default payment method   | —                                                         | `payment_method_differs`        |
 //! | paid Pro invoices        | grant the missing credits (key: the invoice id)            | `invoice_of_unknown_subscription` |
-//! | charges                  | settle pending ones no job will settle, re-check `requires_action` | `payment_without_charge` (a payment naming a charge we lack) |
+//! | charges                  | record what Stripe did with charges no job will settle, re-check `requires_action` (never pays) | `charge_not_made`, `charge_unsettled`, `payment_without_charge` (a payment naming a charge we lack) |
 //! | local invariants         | —                                                         | `invariant:<name>`              |
 //!
 //! Each finding is a log line, a `reconcile_drift` row (the admin page lists them) and
@@ -63,7 +63,9 @@ pub struct ReconcileCustomer {
 
 impl JobKind for ReconcileCustomer {
     const KIND: &'static str = "reconcile_customer";
-    const RETRY: RetryPolicy = RetryPolicy::new(5, 30);
+    // Two at a time: a nightly pass over every customer is background work, and each
+    // holds a connection across Stripe calls.
+    const RETRY: RetryPolicy = RetryPolicy::new(5, 2);
 
     fn unique_key(&self) -> Option<String> {
         Some(format!("{}:{}", self.customer_id, self.tick))
@@ -140,7 +142,9 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
                 || customer.cancel_at_period_end != theirs.cancel_at_period_end;
             if differs {
                 let mut tx = ctx.pool.begin().await?;
-                if let Some(current) = apply_current_subscription(&mut tx, stripe, customer_id, &theirs.id).await? {
+                if let Some((current, true)) =
+                    apply_current_subscription(&mut tx, stripe, customer_id, &theirs.id).await?
+                {
                     tx.commit().await?;
                     let kind =
                         if tracked.is_none() { "subscription_missing_locally" } else { "subscription_state_differs" };
@@ -176,20 +180,23 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     let invoices = stripe.invoices(&stripe_customer, None).await.map_err(stripe_failure)?;
     for invoice in invoices.iter().filter(|i| i.is_paid()) {
         let mut tx = ctx.pool.begin().await?;
-        if earns_pro_credits(&mut tx, ctx, customer_id, invoice).await?.is_none() {
+        let finding = if earns_pro_credits(&mut tx, ctx, customer_id, invoice).await?.is_none() {
             let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
-            report.found(ctx, customer_id, "invoice_of_unknown_subscription", detail, false).await;
-            continue;
-        }
-        if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
+            Some(("invoice_of_unknown_subscription", detail, false))
+        } else if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
             tx.commit().await?;
-            let detail = format!("credits of paid invoice {} granted", invoice.id);
-            report.found(ctx, customer_id, "invoice_grant_missing", detail, true).await;
+            Some(("invoice_grant_missing", format!("credits of paid invoice {} granted", invoice.id), true))
+        } else {
+            None
+        };
+        // Recorded once the transaction is over: one connection per reconciliation.
+        if let Some((kind, detail, healed)) = finding {
+            report.found(ctx, customer_id, kind, detail, healed).await;
         }
     }
 
-    // Charges: settle what no job will settle; then every payment at Stripe for a fix
-    // must be one of our charges.
+    // Charges no job will settle: asked of Stripe and recorded as Stripe has them, but
+    // never paid from here (a job an operator cancelled stays unpaid).
     for charge in db::charges::unresolved(&ctx.pool, Some(customer_id)).await? {
         let key = RecordUsage::unique_key_for(customer_id, &charge.fix_id);
         let job = queue::by_unique_key(&ctx.pool, RecordUsage::KIND, &key).await?;
@@ -204,11 +211,25 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
             metadata: serde_json::Value::Null,
         };
         let was = charge.status;
-        if let Outcome::Done { detail } = fix.settle(ctx, charge.clone()).await? {
-            let outcome = detail["outcome"].as_str().unwrap_or_default();
-            if !(was == ChargeStatus::RequiresAction && outcome == "requires_action") {
-                let detail = format!("charge {} for fix {} settled: {outcome}", charge.id, charge.fix_id);
-                report.found(ctx, customer_id, "charge_settled", detail, true).await;
+        match fix.settle(ctx, charge.clone(), false).await {
+            Ok(Outcome::Done { detail }) => {
+                let outcome = detail["outcome"].as_str().unwrap_or_default();
+                if outcome == "not_made" {
+                    let detail = format!(
+                        "charge {} for fix {} was never made and no job will make it",
+                        charge.id, charge.fix_id
+                    );
+                    report.found(ctx, customer_id, "charge_not_made", detail, false).await;
+                } else if !(was == ChargeStatus::RequiresAction && outcome == "requires_action") {
+                    let detail = format!("charge {} for fix {} settled: {outcome}", charge.id, charge.fix_id);
+                    report.found(ctx, customer_id, "charge_settled", detail, true).await;
+                }
+            }
+            Ok(_) => {}
+            // One charge that cannot be settled now does not stop the rest.
+            Err(error) => {
+                let detail = format!("charge {} for fix {}: {}", charge.id, charge.fix_id, error.0);
+                report.found(ctx, customer_id, "charge_unsettled", detail, false).await;
             }
         }
     }

@@ -112,7 +112,7 @@ impl Job for RecordUsage {
             // A charge was decided for this fix: it is paid for by that charge or not at
             // all, never by a credit that arrived since.
             tx.rollback().await?;
-            return self.settle(&ctx, charge).await;
+            return self.settle(&ctx, charge, true).await;
         }
         let detail = match ledger::post(&mut tx, &self.debit(None)).await.map_err(ledger_error)? {
             Posted::Posted { entry_id, balance_after } => {
@@ -140,7 +140,7 @@ impl Job for RecordUsage {
                 )
                 .await?;
                 tx.commit().await?;
-                return self.settle(&ctx, charge).await;
+                return self.settle(&ctx, charge, true).await;
             }
             Posted::InsufficientCredits { .. } => {
                 let code = refusal::NO_BILLING_INFO;
@@ -174,7 +174,9 @@ impl RecordUsage {
 
     /// Finds out what Stripe did with `charge` (paying only if Stripe has nothing of
     /// it), then records that once.
-    pub(crate) async fn settle(self, ctx: &JobContext, charge: Charge) -> Result<Outcome, JobError> {
+    /// `may_pay`: whether, when Stripe has nothing of this charge, it is made now (the
+    /// job's own run) or left alone (reconciliation, which never pays on its own).
+    pub(crate) async fn settle(self, ctx: &JobContext, charge: Charge, may_pay: bool) -> Result<Outcome, JobError> {
         // One settlement of a charge at a time: its row stays locked while Stripe is asked
         // (and perhaps paid), so a rescued run racing its original cannot find "nothing
         // at Stripe yet" and pay a second time. The lock is the connection's, so it is
@@ -201,7 +203,9 @@ impl RecordUsage {
         let key = Self::unique_key_for(self.customer_id, &self.fix_id);
         let job_began = crate::queue::first_enqueued_at(&mut *tx, Self::KIND, &key).await?;
         let since = job_began.map_or(charge.created_at, |began| began.min(charge.created_at)).timestamp();
-        let attempt = attempt(ctx.stripe()?, &customer, &charge, since).await?;
+        let Some(attempt) = attempt(ctx.stripe()?, &customer, &charge, since, may_pay).await? else {
+            return Ok(Outcome::done(serde_json::json!({ "outcome": "not_made", "charge_id": charge.id })));
+        };
         // A test build can stop here: Stripe has answered, nothing is recorded yet.
         fail::fail_point!("record_usage::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
         if let Attempt::NeedsAction(intent) = &attempt
@@ -270,7 +274,14 @@ impl RecordUsage {
 /// What Stripe did with `charge`: the PaymentIntent we recorded, or the one an earlier
 /// attempt created (found by our charge id), or, when there is none, a new one.
 /// `since`: when this fix's job began (unix seconds), before which nothing was paid for it.
-async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since: i64) -> Result<Attempt, JobError> {
+/// `None`: Stripe has nothing of it and `may_pay` is false.
+async fn attempt(
+    stripe: &StripeApi,
+    customer: &Customer,
+    charge: &Charge,
+    since: i64,
+    may_pay: bool,
+) -> Result<Option<Attempt>, JobError> {
     let Some(stripe_customer) = customer.stripe_customer_id.as_deref() else {
         return Err(JobError::new("the Stripe customer is not recorded"));
     };
@@ -292,18 +303,19 @@ async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since
     };
     let intent = match earlier {
         Some(intent) => intent,
+        None if !may_pay => return Ok(None),
         None => {
             let Some(payment_method) = customer.stripe_payment_method_id.as_deref() else {
                 let reason = "the payment method was removed before the charge was made".to_owned();
-                return Ok(Attempt::Refused { refusal: refusal::NO_BILLING_INFO, reason, intent: None });
+                return Ok(Some(Attempt::Refused { refusal: refusal::NO_BILLING_INFO, reason, intent: None }));
             };
             let metadata = HashMap::from([
                 (CHARGE_ID_METADATA.to_owned(), charge.id.to_string()),
                 ("rsolv_customer_id".to_owned(), charge.customer_id.to_string()),
                 ("fix_id".to_owned(), charge.fix_id.clone()),
             ]);
-            // A test build can widen the window before the payment here.
-            fail::fail_point!("record_usage::before_stripe_charge");
+            // A test build can widen the window before the payment here, or stop there.
+            fail::fail_point!("record_usage::before_stripe_charge", |_| Err(JobError::new("failpoint: before paying")));
             let created = stripe
                 .charge(
                     stripe_customer,
@@ -317,11 +329,15 @@ async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since
             match created {
                 Ok(intent) => intent,
                 Err(CallError::Declined { message, .. }) => {
-                    return Ok(Attempt::Refused { refusal: refusal::CARD_DECLINED, reason: message, intent: None });
+                    return Ok(Some(Attempt::Refused {
+                        refusal: refusal::CARD_DECLINED,
+                        reason: message,
+                        intent: None,
+                    }));
                 }
                 Err(error @ CallError::Rejected { .. }) => {
                     let reason = error.to_string();
-                    return Ok(Attempt::Refused { refusal: refusal::PAYMENT_FAILED, reason, intent: None });
+                    return Ok(Some(Attempt::Refused { refusal: refusal::PAYMENT_FAILED, reason, intent: None }));
                 }
                 // The key was used with other parameters: an earlier attempt's effect is
                 // to be found, not repeated; the next attempt looks again.
@@ -329,7 +345,7 @@ async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since
             }
         }
     };
-    Ok(match intent.status.as_str() {
+    Ok(Some(match intent.status.as_str() {
         "succeeded" => Attempt::Paid(intent),
         "requires_action" => Attempt::NeedsAction(intent),
         "requires_payment_method" | "canceled" => {
@@ -342,5 +358,5 @@ async fn attempt(stripe: &StripeApi, customer: &Customer, charge: &Charge, since
         }
         // processing, requires_confirmation, requires_capture: not final yet.
         other => return Err(JobError::new(format!("payment {} is {other}; asking again later", intent.id))),
-    })
+    }))
 }

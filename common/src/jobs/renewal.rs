@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::process_webhook::grant_invoice_credits;
 use super::{JobContext, apply_current_subscription, stripe_failure};
-use crate::db;
+use crate::db::{self, customers::Observed};
 use crate::ledger::Posted;
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
@@ -78,12 +78,19 @@ impl Job for RenewSubscription {
         else {
             return Ok(Outcome::done(serde_json::json!({ "outcome": "no subscription any more" })));
         };
-        let mut tx = ctx.pool.begin().await?;
-        let Some(subscription) = apply_current_subscription(&mut tx, stripe, customer.id, &subscription_id).await?
-        else {
-            return Err(JobError::new(format!("Stripe does not know subscription {subscription_id}")));
-        };
+        // Listed before the state is applied: applying locks the customer's row, which is
+        // held for no Stripe call.
         let invoices = stripe.invoices(&stripe_customer, Some(&subscription_id)).await.map_err(stripe_failure)?;
+        let mut tx = ctx.pool.begin().await?;
+        let Some((subscription, _)) =
+            apply_current_subscription(&mut tx, stripe, customer.id, &subscription_id).await?
+        else {
+            // Stripe does not know it (any more): it has ended for us too.
+            db::customers::apply_subscription_ended(&mut *tx, customer.id, &subscription_id, Observed::current())
+                .await?;
+            tx.commit().await?;
+            return Ok(Outcome::done(serde_json::json!({ "outcome": "unknown at Stripe: ended" })));
+        };
         let mut healed = Vec::new();
         for invoice in invoices.iter().filter(|i| i.is_paid()) {
             if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, &ctx, customer.id, invoice).await? {

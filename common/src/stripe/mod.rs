@@ -316,3 +316,25 @@ impl StripeApi {
         self.send(request, Some(idempotency_key)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripe_error(body: &str, status: u16) -> CallError {
+        let api: stripe::ApiErrors = miniserde::json::from_str(body).expect("an error body as Stripe sends it");
+        CallError::from(StripeError::Stripe(Box::new(api), status))
+    }
+
+    #[test]
+    fn an_idempotency_error_is_resolved_not_refused() {
+        let reused = r#"{"type": "idempotency_error", "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."}"#;
+        assert!(matches!(stripe_error(reused, 400), CallError::IdempotencyConflict(_)));
+        let declined = r#"{"type": "card_error", "code": "card_declined", "message": "Your card was declined."}"#;
+        assert!(matches!(stripe_error(declined, 402), CallError::Declined { .. }));
+        let invalid = r#"{"type": "invalid_request_error", "message": "No such customer"}"#;
+        assert!(matches!(stripe_error(invalid, 404), CallError::Rejected { status: 404, .. }));
+        let busy = r#"{"type": "api_error", "message": "Too many requests"}"#;
+        assert!(matches!(stripe_error(busy, 429), CallError::Unavailable(_)));
+    }
+}

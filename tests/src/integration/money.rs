@@ -841,3 +841,74 @@ async fn reconciliation_applies_a_failed_payment_whose_events_were_dropped() {
     assert_eq!(customer.credit_balance, 10, "no Pro credits for an unpaid invoice");
     assert_ledger_consistent(&app.db.pool).await;
 }
+
+/// Found in review: reconciliation settled charges no job would settle by paying them,
+/// so a job an operator had cancelled got its card charged at night.
+#[tokio::test]
+async fn reconciliation_never_pays_a_charge_on_its_own_and_one_stuck_charge_does_not_stop_it() {
+    let mut app = TestApp::with_billing().await;
+    let (id, _, stripe_id) = payg_at_zero(&app, "never-pays@example.com", "pm_card_visa").await;
+    app.stop_worker().await;
+    // Written down, then the run stopped before paying; no job is left to pay it.
+    fail::cfg("record_usage::before_stripe_charge", "return").unwrap();
+    assert!(fix(id, "unpaid-fix").run(app.job_context()).await.is_err());
+    fail::remove("record_usage::before_stripe_charge");
+    let ctx = app.job_context();
+    let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
+    assert_eq!(kinds(&report), [("charge_not_made", false), ("invariant:pending_charge_abandoned", false)]);
+    assert_eq!(payment_intents(&stripe_id).await.len(), 0, "nothing paid");
+    let charge = common::db::charges::find_for_fix(&app.db.pool, id, "unpaid-fix").await.unwrap().unwrap();
+    assert_eq!(charge.status, ChargeStatus::Pending);
+
+    // The charge is being settled elsewhere (its row locked): reported, and the rest of
+    // the comparison still runs.
+    let mut held = app.db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM charges WHERE id = $1 FOR UPDATE").bind(charge.id).execute(&mut *held).await.unwrap();
+    stripe_write(
+        reqwest::Method::POST,
+        "subscriptions",
+        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+    )
+    .await;
+    let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
+    let found = kinds(&report);
+    assert!(found.contains(&("charge_unsettled", false)), "{found:?}");
+    assert!(found.contains(&("subscription_missing_locally", true)), "{found:?}");
+    held.rollback().await.unwrap();
+}
+
+/// Found in review: an event for a second subscription switched the customer to it, so
+/// cancelling the duplicate made a paying Pro customer pay-as-you-go.
+#[tokio::test]
+async fn an_event_for_a_second_subscription_never_switches_the_customer_to_it() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("second-sub@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    let subscribed = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
+    app.finished_operation(&key, subscribed.unwrap()).await;
+    let ours = app.customer(id).await.stripe_subscription_id.unwrap();
+    // A second one made elsewhere (the dashboard), and its events.
+    let other = stripe_write(
+        reqwest::Method::POST,
+        "subscriptions",
+        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+    )
+    .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    let created = Simulated::new(&stripe_id, &other, PRO_PRICE, 59_900).event(Handled::SubscriptionCreated);
+    assert_eq!(app.deliver(&created, WEBHOOK_SECRET).await.status(), 200);
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    assert_eq!(app.customer(id).await.stripe_subscription_id.as_deref(), Some(ours.as_str()));
+    // The duplicate is cancelled: the customer stays Pro on theirs.
+    stripe_write(reqwest::Method::DELETE, &format!("subscriptions/{other}"), "").await;
+    let deleted = Simulated::new(&stripe_id, &other, PRO_PRICE, 59_900).event(Handled::SubscriptionDeleted);
+    assert_eq!(app.deliver(&deleted, WEBHOOK_SECRET).await.status(), 200);
+    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    let customer = app.customer(id).await;
+    assert_eq!((customer.subscription_type.as_str(), customer.stripe_subscription_id), ("pro", Some(ours)));
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM billing_events ORDER BY received_at")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcomes, ["not_tracked", "not_tracked"]);
+}

@@ -115,8 +115,12 @@ struct World {
     /// Stripe events seen so far (by id) and those held back for later delivery.
     seen_events: std::collections::HashSet<String>,
     held_back: Vec<Value>,
-    /// Server errors answered while Postgres and Stripe were up: each one a bug.
+    /// Server errors (and requests that got no answer) outside the steps just after a
+    /// Postgres restart: each one a bug.
     server_errors: Vec<String>,
+    /// The step being run, and the last one that restarted Postgres.
+    now: usize,
+    restarted_at: Option<usize>,
     fixes: u64,
 }
 
@@ -178,6 +182,8 @@ impl World {
             seen_events: Default::default(),
             held_back: Vec::new(),
             server_errors: Vec::new(),
+            now: 0,
+            restarted_at: None,
             fixes: 0,
         };
         world.wait_ready().await;
@@ -234,12 +240,23 @@ impl World {
             request.send()
         });
         for answer in futures::future::join_all(requests).await {
-            if let Ok(answer) = answer
-                && answer.status().is_server_error()
-                && answer.status() != 503
-            {
-                self.server_errors.push(format!("{method} {path}: {}", answer.status()));
-            }
+            self.judge(&format!("{method} {path}"), answer);
+        }
+    }
+
+    /// Remembers a 5xx or a request with no answer, unless Postgres was restarted in
+    /// this step or the one before (then the API may answer 503 while it reconnects).
+    fn judge(&mut self, what: &str, answer: Result<reqwest::Response, reqwest::Error>) {
+        let excused = self.restarted_at.is_some_and(|at| self.now <= at + 1);
+        let failure = match answer {
+            Ok(answer) if answer.status().is_server_error() => Some(answer.status().to_string()),
+            Ok(_) => None,
+            Err(error) => Some(format!("no answer: {error}")),
+        };
+        if let Some(failure) = failure
+            && !excused
+        {
+            self.server_errors.push(format!("step {}: {what}: {failure}", self.now));
         }
     }
 
@@ -251,20 +268,23 @@ impl World {
             .json(&json!({ "name": "Simulated", "email": email }))
             .send()
             .await;
-        if let Ok(answer) = answer
-            && answer.status() == 202
-        {
-            let body: Value = answer.json().await.unwrap();
-            let id = body["customer_id"].as_str().unwrap().to_owned();
-            let key = body["api_key"].as_str().unwrap().to_owned();
-            self.note(step, format!("onboard {email} → {id}"));
-            self.customers.push((id, key, email));
-        } else {
-            self.note(step, format!("onboard {email} → not accepted"));
+        match answer {
+            Ok(answer) if answer.status() == 202 => {
+                let body: Value = answer.json().await.unwrap();
+                let id = body["customer_id"].as_str().unwrap().to_owned();
+                let key = body["api_key"].as_str().unwrap().to_owned();
+                self.note(step, format!("onboard {email} → {id}"));
+                self.customers.push((id, key, email));
+            }
+            answer => {
+                self.note(step, format!("onboard {email} → not accepted"));
+                self.judge("onboard", answer);
+            }
         }
     }
 
     async fn step(&mut self, step: usize) {
+        self.now = step;
         let roll = self.rng.below(100);
         match roll {
             0..12 if self.customers.len() < 8 => self.onboard(step).await,
@@ -333,6 +353,7 @@ impl World {
             95..98 => {
                 self.note(step, "restart Postgres".into());
                 self.postgres.ctl("restart");
+                self.restarted_at = Some(step);
             }
             _ => {
                 let pause = self.rng.below(400);
@@ -401,12 +422,7 @@ impl World {
                 .body(body)
                 .send()
                 .await;
-            if let Ok(answer) = answer
-                && answer.status().is_server_error()
-                && answer.status() != 503
-            {
-                self.server_errors.push(format!("webhook {}: {}", event["type"], answer.status()));
-            }
+            self.judge(&format!("webhook {}", event["type"]), answer);
         }
     }
 
@@ -419,6 +435,7 @@ impl World {
 
     /// Everything back up, every held event delivered, every job finished.
     async fn settle(&mut self, pool: &sqlx::PgPool) -> Result<(), String> {
+        self.now = SETTLING - 2;
         self.line.set_down(false);
         for worker in &mut self.processes.workers {
             if worker.try_wait().ok().flatten().is_some() {
