@@ -912,3 +912,52 @@ async fn an_event_for_a_second_subscription_never_switches_the_customer_to_it() 
         .unwrap();
     assert_eq!(outcomes, ["not_tracked", "not_tracked"]);
 }
+
+#[tokio::test]
+async fn the_nightly_reconciliation_runs_in_the_worker_and_counts_its_drift() {
+    let mut app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("nightly@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    app.stop_worker().await;
+    stripe_write(
+        reqwest::Method::POST,
+        "subscriptions",
+        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let base = stripe_base();
+    let _worker = crate::worker_processes::WorkerProcess::start_with(
+        &app.db.url,
+        &[
+            ("METRICS_ADDR", metrics.as_str()),
+            ("STRIPE_SECRET_KEY", STRIPE_KEY),
+            ("STRIPE_API_BASE", base.as_str()),
+            ("STRIPE_PRO_PRICE_ID", PRO_PRICE),
+        ],
+    );
+    // A cron tick, as RECONCILE_CRON fires it.
+    common::queue::enqueue(&app.db.pool, &common::jobs::ReconcileSweep { tick: 1 }).await.unwrap();
+    crate::helpers::wait_for("the sweep's reconciliations", Duration::from_secs(20), || async {
+        app.count("SELECT count(*) FROM jobs WHERE kind = 'reconcile_customer' AND status = 'completed'").await == 1
+    })
+    .await;
+    assert_eq!(app.customer(id).await.subscription_type, "pro");
+    let client = reqwest::Client::new();
+    let url = format!("http://{metrics}/metrics");
+    crate::helpers::wait_for("the drift counter", Duration::from_secs(10), || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let text = client.get(&url).send().await.map(|r| r.text());
+            let Ok(text) = text else { return false };
+            text.await.unwrap_or_default().lines().any(|l| {
+                l.starts_with("rsolv_reconcile_drift_total")
+                    && l.contains("kind=\"subscription_missing_locally\"")
+                    && l.contains("healed=\"true\"")
+                    && l.ends_with(" 1")
+            })
+        }
+    })
+    .await;
+}

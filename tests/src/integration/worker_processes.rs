@@ -7,14 +7,14 @@ use common::queue;
 
 use crate::helpers::{TestApp, assert_ledger_consistent, binary, grant, hold_customer_row, wait_for};
 
-struct WorkerProcess(Child);
+pub(crate) struct WorkerProcess(Child);
 
 impl WorkerProcess {
     fn start(db_url: &str) -> Self {
         Self::start_with(db_url, &[])
     }
 
-    fn start_with(db_url: &str, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Self {
         let child = Command::new(binary("rsolv-worker"))
             .envs(env.iter().copied())
             .env("DATABASE_URL", db_url)
