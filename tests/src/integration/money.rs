@@ -86,6 +86,15 @@ where
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
+/// Runs `job` with the failpoint `point` returning an error there: the run stops at that
+/// point, as a crash would stop it, and is not retried.
+async fn stopped_at<J: Job<Context = common::jobs::JobContext>>(app: &TestApp, job: J, point: &str) {
+    fail::cfg(point, "return").unwrap();
+    let outcome = job.run(app.job_context()).await;
+    fail::remove(point);
+    assert!(outcome.is_err(), "stopped at {point}: {outcome:?}");
+}
+
 fn fix(customer_id: Uuid, fix_id: &str) -> RecordUsage {
     RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
 }
@@ -153,9 +162,7 @@ async fn a_subscribe_whose_answer_was_lost_adopts_the_subscription_stripe_made()
     let job: common::jobs::SubscribePro = serde_json::from_value(args).unwrap();
 
     // Stripe creates the subscription, then the job dies before recording it.
-    fail::cfg("subscribe_pro::after_stripe", "return").unwrap();
-    assert!(job.clone().run(app.job_context()).await.is_err());
-    fail::remove("subscribe_pro::after_stripe");
+    stopped_at(&app, job.clone(), "subscribe_pro::after_stripe").await;
     assert_eq!(stripe_subscriptions(&stripe_id).await.len(), 1);
     assert!(app.customer(id).await.stripe_subscription_id.is_none(), "nothing recorded yet");
 
@@ -218,9 +225,7 @@ async fn a_crash_between_stripes_success_and_our_commit_charges_once_and_debits_
     let entries_before = app.count("SELECT count(*) FROM credit_ledger").await;
 
     // Stripe charges, then the job dies before our commit.
-    fail::cfg("record_usage::after_stripe", "return").unwrap();
-    assert!(fix(id, "crash-fix").run(app.job_context()).await.is_err());
-    fail::remove("record_usage::after_stripe");
+    stopped_at(&app, fix(id, "crash-fix"), "record_usage::after_stripe").await;
     let charge = common::db::charges::find_for_fix(&app.db.pool, id, "crash-fix").await.unwrap().unwrap();
     assert_eq!(charge.status, ChargeStatus::Pending, "written down before Stripe was called");
     assert_eq!(charge.payment_intent_id, None, "the answer was lost");
@@ -573,6 +578,12 @@ async fn stripe_write(method: reqwest::Method, path: &str, form: &str) -> Value 
     response.json().await.unwrap()
 }
 
+/// A Pro subscription made at Stripe directly (the dashboard, another integration).
+async fn subscription_made_at_stripe(stripe_customer: &str) -> Value {
+    let form = format!("customer={stripe_customer}&items%5B0%5D%5Bplan%5D={PRO_PRICE}");
+    stripe_write(reqwest::Method::POST, "subscriptions", &form).await
+}
+
 fn kinds(report: &common::jobs::Report) -> Vec<(&str, bool)> {
     report.drift.iter().map(|d| (d.kind.as_str(), d.healed)).collect()
 }
@@ -587,12 +598,7 @@ async fn reconciliation_heals_what_each_dropped_event_would_have_done() {
     assert_eq!(kinds(&reconcile().await.unwrap()), [], "in step with Stripe");
 
     // customer.subscription.created and invoice.payment_succeeded never arrive.
-    let made = stripe_write(
-        reqwest::Method::POST,
-        "subscriptions",
-        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-    )
-    .await;
+    let made = subscription_made_at_stripe(&stripe_id).await;
     let subscription = made["id"].as_str().unwrap().to_owned();
     let report = reconcile().await.unwrap();
     assert_eq!(kinds(&report), [("subscription_missing_locally", true), ("invoice_grant_missing", true)]);
@@ -639,9 +645,7 @@ async fn reconciliation_settles_abandoned_charges_and_reports_what_it_cannot_hea
     let (id, _, stripe_id) = payg_at_zero(&app, "abandoned@example.com", "pm_card_visa").await;
     app.stop_worker().await;
     // Paid at Stripe, then the run died, and no job is left to retry it.
-    fail::cfg("record_usage::after_stripe", "return").unwrap();
-    assert!(fix(id, "abandoned-fix").run(app.job_context()).await.is_err());
-    fail::remove("record_usage::after_stripe");
+    stopped_at(&app, fix(id, "abandoned-fix"), "record_usage::after_stripe").await;
     let violations = common::verify::money_invariants(&app.db.pool, Some(id)).await.unwrap();
     assert_eq!(violations.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["pending_charge_abandoned"]);
 
@@ -658,12 +662,7 @@ async fn reconciliation_settles_abandoned_charges_and_reports_what_it_cannot_hea
 
     // Two live subscriptions at Stripe (made elsewhere): one adopted, the pair reported.
     for _ in 0..2 {
-        stripe_write(
-            reqwest::Method::POST,
-            "subscriptions",
-            &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-        )
-        .await;
+        subscription_made_at_stripe(&stripe_id).await;
     }
     let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
     let found = kinds(&report);
@@ -823,12 +822,7 @@ async fn reconciliation_applies_a_failed_payment_whose_events_were_dropped() {
     let (id, key, stripe_id) = app.stripe_customer("failed-first@example.com").await;
     app.add_card(&key, "pm_card_chargeCustomerFail").await;
     // Subscribed at Stripe, first payment failed: created and payment_failed never came.
-    let made = stripe_write(
-        reqwest::Method::POST,
-        "subscriptions",
-        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-    )
-    .await;
+    let made = subscription_made_at_stripe(&stripe_id).await;
     assert_eq!(made["status"], "incomplete");
     let report = common::jobs::reconcile_customer(&app.job_context(), id).await.unwrap();
     assert_eq!(kinds(&report), [("subscription_missing_locally", true)], "the open invoice grants nothing");
@@ -850,9 +844,7 @@ async fn reconciliation_never_pays_a_charge_on_its_own_and_one_stuck_charge_does
     let (id, _, stripe_id) = payg_at_zero(&app, "never-pays@example.com", "pm_card_visa").await;
     app.stop_worker().await;
     // Written down, then the run stopped before paying; no job is left to pay it.
-    fail::cfg("record_usage::before_stripe_charge", "return").unwrap();
-    assert!(fix(id, "unpaid-fix").run(app.job_context()).await.is_err());
-    fail::remove("record_usage::before_stripe_charge");
+    stopped_at(&app, fix(id, "unpaid-fix"), "record_usage::before_stripe_charge").await;
     let ctx = app.job_context();
     let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
     assert_eq!(kinds(&report), [("charge_not_made", false), ("invariant:pending_charge_abandoned", false)]);
@@ -864,12 +856,7 @@ async fn reconciliation_never_pays_a_charge_on_its_own_and_one_stuck_charge_does
     // the comparison still runs.
     let mut held = app.db.pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM charges WHERE id = $1 FOR UPDATE").bind(charge.id).execute(&mut *held).await.unwrap();
-    stripe_write(
-        reqwest::Method::POST,
-        "subscriptions",
-        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-    )
-    .await;
+    subscription_made_at_stripe(&stripe_id).await;
     let report = common::jobs::reconcile_customer(&ctx, id).await.unwrap();
     let found = kinds(&report);
     assert!(found.contains(&("charge_unsettled", false)), "{found:?}");
@@ -888,12 +875,7 @@ async fn an_event_for_a_second_subscription_never_switches_the_customer_to_it() 
     app.finished_operation(&key, subscribed.unwrap()).await;
     let ours = app.customer(id).await.stripe_subscription_id.unwrap();
     // A second one made elsewhere (the dashboard), and its events.
-    let other = stripe_write(
-        reqwest::Method::POST,
-        "subscriptions",
-        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-    )
-    .await;
+    let other = subscription_made_at_stripe(&stripe_id).await;
     let other = other["id"].as_str().unwrap().to_owned();
     let created = Simulated::new(&stripe_id, &other, PRO_PRICE, 59_900).event(Handled::SubscriptionCreated);
     assert_eq!(app.deliver(&created, WEBHOOK_SECRET).await.status(), 200);
@@ -919,12 +901,7 @@ async fn the_nightly_reconciliation_runs_in_the_worker_and_counts_its_drift() {
     let (id, key, stripe_id) = app.stripe_customer("nightly@example.com").await;
     app.add_card(&key, "pm_card_visa").await;
     app.stop_worker().await;
-    stripe_write(
-        reqwest::Method::POST,
-        "subscriptions",
-        &format!("customer={stripe_id}&items%5B0%5D%5Bplan%5D={PRO_PRICE}"),
-    )
-    .await;
+    subscription_made_at_stripe(&stripe_id).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics = format!("127.0.0.1:{port}");
     let base = stripe_base();
