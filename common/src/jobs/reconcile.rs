@@ -26,6 +26,10 @@ use crate::db::{self, charges::ChargeStatus, customers::Observed};
 use crate::ledger::Posted;
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
+/// How far back a reconciliation looks at a customer's payments: a nightly run covers
+/// each day many times over, and a full history would grow without end.
+const PAYMENTS_LOOKBACK_DAYS: i64 = 35;
+
 /// One sweep per cron tick (the tick is the unique key, as for renewals).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReconcileSweep {
@@ -237,7 +241,8 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     // Invoice payments (a subscription's) are skipped without asking Stripe about them.
     let mut known = db::charges::payment_intents(&ctx.pool, customer_id).await?;
     known.extend(invoices.iter().filter_map(|i| i.payment_intent.clone()));
-    let payments = stripe.recent_charges(&stripe_customer).await.map_err(stripe_failure)?;
+    let since = (chrono::Utc::now() - chrono::Duration::days(PAYMENTS_LOOKBACK_DAYS)).timestamp();
+    let payments = stripe.charges_since(&stripe_customer, since).await.map_err(stripe_failure)?;
     for payment in payments.iter().filter(|c| c.invoice.is_none() && c.status.as_deref() == Some("succeeded")) {
         let Some(intent) = &payment.payment_intent else { continue };
         if known.contains(intent) {

@@ -182,17 +182,19 @@ impl StripeApi {
         Ok(customer.invoice_settings.and_then(|s| s.default_payment_method))
     }
 
-    /// The customer's newest charges (up to 100), paid or not.
-    pub async fn recent_charges(&self, stripe_customer: &str) -> Result<Vec<objects::ChargeRef>, CallError> {
-        #[derive(serde::Serialize)]
-        struct Query<'a> {
-            customer: &'a str,
-            limit: u8,
+    /// The customer's charges created after `since` (unix seconds), paid or not, every page.
+    pub async fn charges_since(&self, stripe_customer: &str, since: i64) -> Result<Vec<objects::ChargeRef>, CallError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: objects::Page<objects::ChargeRef> =
+                self.send(list_request("/charges", stripe_customer, since, after.as_deref()), None).await?;
+            after = page.data.last().map(|c| c.id.clone());
+            all.extend(page.data);
+            if !page.has_more || after.is_none() {
+                return Ok(all);
+            }
         }
-        let request =
-            RequestBuilder::new(StripeMethod::Get, "/charges").query(&Query { customer: stripe_customer, limit: 100 });
-        let charges: objects::Page<objects::ChargeRef> = self.send(request, None).await?;
-        Ok(charges.data)
     }
 
     pub async fn invoice(&self, id: &str) -> Result<Invoice, CallError> {
