@@ -3,6 +3,7 @@
 
 pub mod admin_auth;
 pub mod auth;
+pub mod edge;
 pub mod errors;
 pub mod extract;
 pub mod idempotency;

@@ -41,6 +41,8 @@ impl Application {
             App::new()
                 .wrap(actix_web::middleware::from_fn(crate::idempotency::guard))
                 .wrap(actix_web::middleware::from_fn(crate::rate_limit::enforce))
+                // Outside the limits and idempotency: refused before anything counts it.
+                .wrap(actix_web::middleware::from_fn(crate::edge::guard))
                 .wrap_fn(|req, srv| {
                     // Latency by route pattern (not raw path: ids would explode the labels).
                     let started = std::time::Instant::now();

@@ -36,16 +36,18 @@ pub async fn create(
         return Err(ApiError::validation("name must be 1 to 100 printable characters"));
     }
     let key = ApiKey::generate();
+    let mut tx = pool.begin().await?;
     let created =
-        db::api_keys::create(pool.get_ref(), auth.customer_id, name, &key.hash(), &key.display_prefix(), MAX_LIVE_KEYS)
+        db::api_keys::create(&mut tx, auth.customer_id, name, &key.hash(), &key.display_prefix(), MAX_LIVE_KEYS)
             .await?
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::CONFLICT,
-                    ErrorCode::Conflict,
+                    ErrorCode::TooManyKeys,
                     format!("at most {MAX_LIVE_KEYS} live keys: revoke one first"),
                 )
             })?;
+    tx.commit().await?;
     tracing::info!(customer_id = %auth.customer_id, key_id = %created.id, "API key created");
     let mut body = serde_json::to_value(&created).unwrap_or_default();
     body["api_key"] = serde_json::Value::from(key.expose());

@@ -51,15 +51,19 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<
     .await
 }
 
-/// Adds a named key unless the customer already has `max_live` live keys.
-pub async fn create<'e>(
-    db: impl PgExecutor<'e>,
+/// Adds a named key unless the customer already has `max_live` live keys. The count is
+/// taken under the customer's row lock (its own statement, so it sees every key
+/// committed before the lock was granted): concurrent creates take turns and the cap
+/// holds.
+pub async fn create(
+    tx: &mut sqlx::PgConnection,
     customer_id: Uuid,
     name: &str,
     hash: &ApiKeyHash,
     prefix: &str,
     max_live: i64,
 ) -> Result<Option<KeyInfo>, sqlx::Error> {
+    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE").bind(customer_id).execute(&mut *tx).await?;
     sqlx::query_as(
         "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix)
          SELECT $1, $2, $3, $4, $5
@@ -72,7 +76,7 @@ pub async fn create<'e>(
     .bind(hash.as_str())
     .bind(prefix)
     .bind(max_live)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await
 }
 

@@ -74,3 +74,29 @@ async fn no_route_shows_or_changes_another_customers_data() {
         assert_eq!(app.get_with_key(&format!("/api/v1/billing/operations/{id}"), &bob_key).await.status(), 404);
     }
 }
+
+#[tokio::test]
+async fn the_live_key_cap_holds_under_concurrent_creates() {
+    let app = TestApp::with_worker().await;
+    let (customer, key) = app.onboarded_customer("cap@example.com").await;
+    let bodies: Vec<Value> = (0..30).map(|i| json!({ "name": format!("k{i}") })).collect();
+    let creates = bodies.iter().map(|body| app.post_with_key("/api/v1/api-keys", &key, body));
+    let mut created = 0;
+    for response in futures::future::join_all(creates).await {
+        match response.status().as_u16() {
+            201 => created += 1,
+            409 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "TOO_MANY_KEYS");
+            }
+            other => panic!("a create answered {other}"),
+        }
+    }
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys WHERE customer_id = $1 AND revoked_at IS NULL")
+        .bind(customer)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 20, "the onboarding key and 19 more");
+    assert_eq!(created, 19);
+}

@@ -167,3 +167,49 @@ async fn nul_characters_are_refused_not_a_server_error() {
     assert_error(source, 422, "VALIDATION_FAILED").await;
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before);
 }
+
+#[tokio::test]
+async fn control_characters_in_any_path_or_query_are_refused_at_the_edge() {
+    let app = TestApp::spawn(&[("ADMIN_TOKEN", crate::ops::ADMIN_TOKEN)], true).await;
+    let (_, key) = app.onboarded_customer("edge@example.com").await;
+    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let requests = [
+        (reqwest::Method::GET, "/api/v1/usage/fixes/%00"),
+        (reqwest::Method::GET, "/api/v1/usage/fixes/a%0Ab"),
+        (reqwest::Method::GET, "/api/v1/onboarding/%00"),
+        (reqwest::Method::GET, "/api/v1/billing/operations/%7F"),
+        (reqwest::Method::DELETE, "/api/v1/api-keys/%00"),
+        (reqwest::Method::DELETE, "/api/v1/billing/subscription?at_period_end=%00"),
+        (reqwest::Method::GET, "/admin/api/jobs?queue=%00"),
+        (reqwest::Method::GET, "/admin/api/jobs/%00"),
+        (reqwest::Method::GET, "/email/unsubscribe?token=%00"),
+        (reqwest::Method::GET, "/nowhere/%c2%85"),
+    ];
+    for (method, path) in requests {
+        let response = app
+            .client
+            .request(method.clone(), app.url(path))
+            .header("x-api-key", &key)
+            .bearer_auth(crate::ops::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "VALIDATION_FAILED").await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before, "nothing enqueued");
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0, "nothing claimed");
+}
+
+#[tokio::test]
+async fn request_headers_over_the_documented_total_get_431() {
+    let app = TestApp::spawn(&[("MAX_HEADER_BYTES", "4096")], false).await;
+    let big = "x".repeat(2_500);
+    let within = app.client.get(app.url("/health")).header("x-one", &big).send().await.unwrap();
+    assert_eq!(within.status(), 200);
+    let over = app.client.get(app.url("/health")).header("x-one", &big).header("x-two", &big).send().await.unwrap();
+    assert_error(over, 431, "REQUEST_HEADERS_TOO_LARGE").await;
+    // The default: 16 KiB.
+    let default = TestApp::api_only().await;
+    let response = default.client.get(default.url("/health")).header("x-big", "y".repeat(17 * 1024)).send().await;
+    assert_error(response.unwrap(), 431, "REQUEST_HEADERS_TOO_LARGE").await;
+}
