@@ -59,7 +59,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
     let scope =
         match req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).and_then(|k| ApiKey::parse(k.trim()).ok()) {
             Some(api_key) => format!("key:{}", api_key.hash().as_str()),
-            None => format!("addr:{}", crate::rate_limit::client_address(req.request(), settings.trust_forwarded_for)),
+            None => format!("addr:{}", crate::rate_limit::client_address(req.request(), &settings)),
         };
 
     // Read the body to fingerprint the request, then hand it on unchanged.

@@ -23,13 +23,21 @@ use sqlx::PgPool;
 
 use crate::errors::ApiError;
 
-/// The client's address: the first `X-Forwarded-For` entry behind a trusted proxy,
-/// else the peer.
-pub fn client_address(req: &actix_web::HttpRequest, trust_forwarded_for: bool) -> String {
-    let forwarded = trust_forwarded_for
-        .then(|| req.headers().get("x-forwarded-for")?.to_str().ok()?.split(',').next().map(|s| s.trim().to_owned()))
-        .flatten()
-        .filter(|s| !s.is_empty());
+/// The client's address: behind trusted proxies, the `X-Forwarded-For` entry the
+/// nearest of them saw, which is `TRUSTED_PROXY_HOPS` from the right (every proxy
+/// appends the address it received from; entries to the left of it were written by the
+/// client and choose nothing); else the peer.
+pub fn client_address(req: &actix_web::HttpRequest, settings: &Settings) -> String {
+    let forwarded = settings
+        .trust_forwarded_for
+        .then(|| {
+            let header = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+            let entries: Vec<&str> =
+                header.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
+            let index = entries.len().checked_sub(settings.trusted_proxy_hops).unwrap_or(0);
+            entries.get(index).map(|s| (*s).to_owned())
+        })
+        .flatten();
     forwarded.unwrap_or_else(|| req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()))
 }
 
@@ -38,7 +46,7 @@ fn bucket(req: &ServiceRequest, settings: &Settings) -> Option<(String, u32)> {
     let path = req.path();
     let limits = settings.rate_limits;
     if path == "/api/v1/customers/onboard" {
-        let address = client_address(req.request(), settings.trust_forwarded_for);
+        let address = client_address(req.request(), settings);
         return Some((format!("onboard:{address}"), limits.onboard));
     }
     if !path.starts_with("/api/v1/") {

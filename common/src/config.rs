@@ -26,7 +26,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_url: String,
+    /// Holds the database password: never printed (`Debug` redacts it).
+    pub database_url: Secret,
     pub database_max_connections: u32,
     /// How long a request waits for a database connection before it answers 503.
     pub database_acquire_timeout: Duration,
@@ -58,6 +59,9 @@ pub struct Settings {
     /// Take the client address from the first `X-Forwarded-For` entry (behind a
     /// trusted proxy only: otherwise clients choose their own address).
     pub trust_forwarded_for: bool,
+    /// How many proxies of ours append to `X-Forwarded-For` (`TRUSTED_PROXY_HOPS`): the
+    /// client is the entry that many from the right.
+    pub trusted_proxy_hops: usize,
     /// Bearer token of the admin API and page; `None` disables them (404).
     pub admin_token: Option<Secret>,
     /// Where the worker serves `/metrics`; `None` (`METRICS_ADDR=off`) serves nothing.
@@ -228,7 +232,7 @@ impl Settings {
             kinds.insert(kind.to_owned(), settings);
         }
         let settings = Self {
-            database_url,
+            database_url: Secret::new(database_url),
             database_max_connections: r.parse("DATABASE_MAX_CONNECTIONS", 20)?,
             database_acquire_timeout: r.millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?,
             bind_addr: r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
@@ -295,6 +299,7 @@ impl Settings {
                 api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
             },
             trust_forwarded_for: r.parse("TRUST_FORWARDED_FOR", false)?,
+            trusted_proxy_hops: r.parse("TRUSTED_PROXY_HOPS", 1usize)?.max(1),
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
                 Some("off") => None,
@@ -438,6 +443,14 @@ mod tests {
         assert!(!format!("{stripe:?}").contains("sk_test_1"), "secrets stay out of Debug");
         let err = settings(&[("DATABASE_URL", "postgres://x"), ("RENEWAL_CRON", "every hour")]).unwrap_err();
         assert_eq!(err.name, "RENEWAL_CRON");
+    }
+
+    #[test]
+    fn the_database_password_never_appears_in_a_debug_of_the_settings() {
+        let settings = settings(&[("DATABASE_URL", "postgres://app:hunter2-secret@db.internal/rsolv")]).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("hunter2-secret"), "{printed}");
+        assert_eq!(settings.database_url.expose(), "postgres://app:hunter2-secret@db.internal/rsolv");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// A pool whose connections are made lazily, so a process starts (and can answer
 /// `/health`) while the database is still coming up.
 pub fn pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = settings.database_url.parse()?;
+    let options: PgConnectOptions = settings.database_url.expose().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.database_max_connections)
         .acquire_timeout(settings.database_acquire_timeout)

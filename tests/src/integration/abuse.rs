@@ -41,16 +41,45 @@ async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
     }
     assert_limited(app.onboard("Limited", "limited10@example.com").await, "10").await;
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 10, "the refused request enqueued nothing");
-    // Behind a trusted proxy, the first X-Forwarded-For entry is the client.
-    let other = app
-        .client
-        .post(app.url("/api/v1/customers/onboard"))
-        .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
-        .json(&serde_json::json!({ "name": "Elsewhere", "email": "elsewhere@example.com" }))
-        .send()
-        .await
-        .unwrap();
+    // Behind one trusted proxy, the entry it appended (the rightmost) is the client.
+    let onboard_via_proxy = |forwarded: &'static str, email: String| {
+        app.client
+            .post(app.url("/api/v1/customers/onboard"))
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({ "name": "Elsewhere", "email": email }))
+            .send()
+    };
+    let other = onboard_via_proxy("203.0.113.7", "elsewhere@example.com".into()).await.unwrap();
     assert_eq!(other.status(), 202);
+    // A client that prepends entries of its own does not choose its bucket: the proxy
+    // appended its real address, which has used its ten.
+    for i in 0..9 {
+        assert_eq!(onboard_via_proxy("203.0.113.7", format!("proxied{i}@example.com")).await.unwrap().status(), 202);
+    }
+    let spoofed = onboard_via_proxy("198.51.100.1, 203.0.113.7", "spoofed@example.com".into()).await.unwrap();
+    assert_limited(spoofed, "10").await;
+}
+
+#[tokio::test]
+async fn behind_two_trusted_proxies_the_client_is_two_entries_from_the_right() {
+    let app = TestApp::spawn(
+        &[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1"), ("TRUST_FORWARDED_FOR", "true"), ("TRUSTED_PROXY_HOPS", "2")],
+        false,
+    )
+    .await;
+    fresh_window().await;
+    let onboard = |forwarded: &'static str, email: &'static str| {
+        app.client
+            .post(app.url("/api/v1/customers/onboard"))
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({ "name": "Hops", "email": email }))
+            .send()
+    };
+    // CDN saw the client 203.0.113.7 and appended it; the load balancer appended the CDN.
+    assert_eq!(onboard("203.0.113.7, 192.0.2.1", "hop1@example.com").await.unwrap().status(), 202);
+    let spoofed = onboard("198.51.100.1, 203.0.113.7, 192.0.2.1", "hop2@example.com").await.unwrap();
+    assert_limited(spoofed, "1").await;
+    assert_eq!(onboard("203.0.113.8, 192.0.2.1", "hop3@example.com").await.unwrap().status(), 202);
 }
 
 #[tokio::test]
