@@ -35,6 +35,7 @@ impl Application {
         let waker = web::Data::new(JobWaker::spawn(pool.clone()));
         let pool = web::Data::new(pool);
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
+        let webhook_limit = settings.webhook_max_body_bytes;
         let stripe = web::Data::new(stripe);
         let settings = web::Data::from(settings);
         let server = HttpServer::new(move || {
@@ -65,7 +66,7 @@ impl Application {
                 .app_data(
                     web::PathConfig::default().error_handler(|_, _| ApiError::not_found("no such resource").into()),
                 )
-                .configure(routes)
+                .configure(|cfg| routes(cfg, webhook_limit))
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
@@ -86,7 +87,8 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-fn routes(cfg: &mut web::ServiceConfig) {
+/// `webhook_limit`: the body limit of the webhook route (`WEBHOOK_MAX_BODY_BYTES`).
+fn routes(cfg: &mut web::ServiceConfig, webhook_limit: usize) {
     cfg.service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/ready").route(web::get().to(health::ready)))
         .service(resource("/api/v1/customers/onboard").route(web::post().to(onboarding::onboard)))
@@ -107,7 +109,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/billing/subscription/resume").route(web::post().to(billing::resume)))
         .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
         .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
-        .service(resource("/api/webhooks/stripe").route(web::post().to(webhooks::stripe)))
+        .service(
+            resource("/api/webhooks/stripe")
+                .app_data(web::Data::new(BodyLimit(webhook_limit)))
+                .route(web::post().to(webhooks::stripe)),
+        )
         .service(resource("/metrics").route(web::get().to(metrics::metrics)))
         .service(resource("/api/openapi.json").route(web::get().to(crate::openapi::document)))
         .service(resource("/api/docs").route(web::get().to(crate::openapi::docs_page)))

@@ -33,6 +33,9 @@ pub struct Settings {
     pub database_acquire_timeout: Duration,
     pub bind_addr: SocketAddr,
     pub max_body_bytes: usize,
+    /// Largest Stripe event the webhook route reads (`WEBHOOK_MAX_BODY_BYTES`): events
+    /// can be far larger than any API request.
+    pub webhook_max_body_bytes: usize,
     /// Request headers' total size above which a request is refused with 431.
     pub max_header_bytes: usize,
     pub log_format: LogFormat,
@@ -238,6 +241,7 @@ impl Settings {
             bind_addr: r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             max_body_bytes: r.parse("MAX_BODY_BYTES", 64 * 1024)?,
             max_header_bytes: r.parse("MAX_HEADER_BYTES", 16 * 1024)?,
+            webhook_max_body_bytes: r.parse("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)?,
             log_format: match r.string("LOG_FORMAT").as_deref() {
                 None | Some("pretty") => LogFormat::Pretty,
                 Some("json") => LogFormat::Json,

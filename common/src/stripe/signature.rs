@@ -6,10 +6,15 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
 pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// At most this many `v1` values in one header: Stripe sends one per endpoint secret,
+/// so a handful covers any rotation, and a header stuffed with hundreds costs nothing.
+pub const MAX_SIGNATURES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -45,7 +50,7 @@ fn parse(header: &str) -> Result<Header, SignatureError> {
         }
     }
     let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if signatures.is_empty() {
+    if signatures.is_empty() || signatures.len() > MAX_SIGNATURES {
         return Err(SignatureError::Malformed);
     }
     Ok(Header { timestamp, signatures })
@@ -67,12 +72,11 @@ pub fn verify(payload: &[u8], header: Option<&str>, secrets: &[Secret], now: i64
     if age.is_none_or(|age| age > TOLERANCE_SECONDS as u64) {
         return Err(SignatureError::Expired);
     }
-    let matches = secrets.iter().any(|secret| {
-        header
-            .signatures
-            .iter()
-            .any(|signature| mac(secret.expose(), header.timestamp, payload).verify_slice(signature).is_ok())
-    });
+    // Each secret's MAC over the body once, then compared with every `v1`, constant-time.
+    let expected: Vec<_> =
+        secrets.iter().map(|secret| mac(secret.expose(), header.timestamp, payload).finalize().into_bytes()).collect();
+    let matches =
+        expected.iter().any(|mac| header.signatures.iter().any(|signature| bool::from(mac[..].ct_eq(&signature[..]))));
     if matches { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
@@ -90,6 +94,16 @@ mod tests {
 
     fn secrets(list: &[&str]) -> Vec<Secret> {
         list.iter().map(|s| Secret::new(*s)).collect()
+    }
+
+    #[test]
+    fn a_header_stuffed_with_signatures_is_refused_unread() {
+        let body = br#"{"id":"evt_1"}"#;
+        let good = sign(body, "whsec_a", NOW);
+        let stuffed = format!("{good}{}", ",v1=00".repeat(MAX_SIGNATURES));
+        assert_eq!(verify(body, Some(&stuffed), &secrets(&["whsec_a"]), NOW), Err(SignatureError::Malformed));
+        let rotating = format!("{good}{}", ",v1=00".repeat(MAX_SIGNATURES - 1));
+        assert_eq!(verify(body, Some(&rotating), &secrets(&["whsec_a"]), NOW), Ok(()));
     }
 
     #[test]

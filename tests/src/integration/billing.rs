@@ -531,3 +531,30 @@ pub(crate) async fn stripe_ids(app: &TestApp, id: Uuid) -> (String, String) {
     let c = app.customer(id).await;
     (c.stripe_customer_id.unwrap(), c.stripe_subscription_id.unwrap_or_else(|| "sub_none".into()))
 }
+
+#[tokio::test]
+async fn webhooks_have_a_body_limit_of_their_own() {
+    let secrets = format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}");
+    let app = TestApp::spawn(
+        &[
+            ("STRIPE_WEBHOOK_SECRET", secrets.as_str()),
+            ("STRIPE_PRO_PRICE_ID", PRO_PRICE),
+            ("WEBHOOK_MAX_BODY_BYTES", "300000"),
+        ],
+        false,
+    )
+    .await;
+    let mut event = Simulated::new("cus_big", "sub_big", PRO_PRICE, 59_900).event(Handled::InvoicePaymentSucceeded);
+    // An event larger than any API request may be (64 KiB), as invoices with many lines are.
+    event["data"]["object"]["description"] = json!("x".repeat(200_000));
+    let big = app.deliver(&event, WEBHOOK_SECRET).await;
+    assert_eq!(big.status(), 200, "{:?}", big.text().await);
+    event["id"] = json!("evt_too_big");
+    event["data"]["object"]["description"] = json!("x".repeat(400_000));
+    let too_big = app.deliver(&event, WEBHOOK_SECRET).await;
+    assert_eq!(error_code(too_big, 413).await, "PAYLOAD_TOO_LARGE");
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'process_stripe_event'").await, 1);
+    // The API's own routes keep their limit.
+    let body = json!({ "name": "x".repeat(70_000), "email": "big@example.com" });
+    assert_eq!(error_code(app.post_json("/api/v1/customers/onboard", &body).await, 413).await, "PAYLOAD_TOO_LARGE");
+}
