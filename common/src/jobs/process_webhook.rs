@@ -47,35 +47,34 @@ impl JobKind for ProcessStripeEvent {
     }
 }
 
-/// Whether a paid invoice earns Pro credits: it bills the Pro price on one of the
-/// customer's subscriptions (`None`: it bills the Pro price, but its subscription is
-/// not known as the customer's, perhaps not yet).
-pub(crate) async fn earns_pro_credits(
-    tx: &mut PgConnection,
-    ctx: &JobContext,
-    customer_id: Uuid,
-    invoice: &Invoice,
-) -> Result<Option<bool>, JobError> {
-    if !invoice.bills_price(&ctx.settings.prices.pro_price_id) {
-        return Ok(Some(false));
-    }
-    let Some(subscription) = invoice.subscription() else { return Ok(Some(false)) };
-    Ok(db::customers::owns_subscription(&mut *tx, customer_id, subscription).await?.then_some(true))
+/// What a paid invoice did for the customer's Pro credits.
+pub(crate) enum InvoiceCredits {
+    Posted(Posted),
+    /// Not the Pro price, no subscription, or Pro credits configured to 0.
+    NotEarned,
+    /// The Pro price, on a subscription not (yet) known as the customer's.
+    UnknownSubscription,
 }
 
-/// Posts a paid Pro invoice's credits, once per invoice (the webhook and the renewal
-/// sweep share the key, so they never grant twice), and only for what was paid: an
-/// invoice that bills the Pro price on one of the customer's subscriptions. A $0
-/// invoice grants as any other paid Pro invoice does (README); an invoice of another
-/// subscription or price grants nothing (`None`).
+/// Posts a paid Pro invoice's credits, once per invoice (the webhook, the renewal and
+/// reconciliation share the key, so they never grant twice), and only for what was
+/// paid: an invoice that bills the Pro price on one of the customer's subscriptions. A
+/// $0 invoice grants as any other paid Pro invoice does (README).
 pub(crate) async fn grant_invoice_credits(
     tx: &mut PgConnection,
     ctx: &JobContext,
     customer_id: Uuid,
     invoice: &Invoice,
-) -> Result<Option<Posted>, JobError> {
-    if earns_pro_credits(tx, ctx, customer_id, invoice).await? != Some(true) || ctx.settings.credits.pro_invoice == 0 {
-        return Ok(None);
+) -> Result<InvoiceCredits, JobError> {
+    let Some(subscription) = invoice.subscription().filter(|_| invoice.bills_price(&ctx.settings.prices.pro_price_id))
+    else {
+        return Ok(InvoiceCredits::NotEarned);
+    };
+    if !db::customers::owns_subscription(&mut *tx, customer_id, subscription).await? {
+        return Ok(InvoiceCredits::UnknownSubscription);
+    }
+    if ctx.settings.credits.pro_invoice == 0 {
+        return Ok(InvoiceCredits::NotEarned);
     }
     let posting = Posting {
         customer_id,
@@ -85,7 +84,7 @@ pub(crate) async fn grant_invoice_credits(
         idempotency_key: format!("pro_invoice:{}", invoice.id),
     };
     let posted = ledger::post(tx, &posting).await.map_err(|e| JobError::new(e.to_string()))?;
-    Ok(Some(posted))
+    Ok(InvoiceCredits::Posted(posted))
 }
 
 fn object<T: serde::de::DeserializeOwned>(payload: &serde_json::Value) -> Result<T, String> {
@@ -132,35 +131,32 @@ impl Job for ProcessStripeEvent {
         // ordered by (created, stage).
         let outcome = match kind {
             Handled::InvoicePaymentSucceeded => {
-                let mut invoice: Invoice = object(&self.payload).map_err(JobError::new)?;
-                let mut known = true;
-                if let Some(stripe) = &ctx.stripe {
-                    match read_back(stripe, &invoice.id).await? {
-                        Some(current) => invoice = current,
-                        None => known = false,
-                    }
-                }
-                if !known {
-                    "unknown_at_stripe"
-                } else if ctx.stripe.is_some() && !invoice.is_paid() {
-                    "not_paid"
-                } else {
-                    if earns_pro_credits(&mut tx, &ctx, customer.id, &invoice).await?.is_none() {
+                let named: Invoice = object(&self.payload).map_err(JobError::new)?;
+                let invoice = match &ctx.stripe {
+                    Some(stripe) => read_back(stripe, &named.id).await?,
+                    None => Some(named),
+                };
+                match invoice {
+                    None => "unknown_at_stripe",
+                    Some(invoice) if ctx.stripe.is_some() && !invoice.is_paid() => "not_paid",
+                    Some(invoice) => match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
                         // Paid before its subscription is on file (the subscribe job or a
                         // subscription event records it): try again shortly rather than
                         // lose it; an invoice of a subscription that never becomes the
                         // customer's ends dead, for an operator to look at.
-                        return Err(JobError::new(format!(
-                            "Pro invoice {} is for subscription {:?}, not (yet) known as the customer's",
-                            invoice.id,
-                            invoice.subscription()
-                        )));
-                    }
-                    match grant_invoice_credits(&mut tx, &ctx, customer.id, &invoice).await? {
-                        Some(Posted::Posted { .. }) => "applied",
-                        Some(Posted::AlreadyPosted { .. }) => "already_applied",
-                        Some(Posted::InsufficientCredits { .. }) | None => "ignored",
-                    }
+                        InvoiceCredits::UnknownSubscription => {
+                            return Err(JobError::new(format!(
+                                "Pro invoice {} is for subscription {:?}, not (yet) known as the customer's",
+                                invoice.id,
+                                invoice.subscription()
+                            )));
+                        }
+                        InvoiceCredits::Posted(Posted::Posted { .. }) => "applied",
+                        InvoiceCredits::Posted(Posted::AlreadyPosted { .. }) => "already_applied",
+                        InvoiceCredits::Posted(Posted::InsufficientCredits { .. }) | InvoiceCredits::NotEarned => {
+                            "ignored"
+                        }
+                    },
                 }
             }
             Handled::InvoicePaymentFailed => {

@@ -20,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::process_webhook::{earns_pro_credits, grant_invoice_credits};
+use super::process_webhook::{InvoiceCredits, grant_invoice_credits};
 use super::{JobContext, RecordUsage, apply_current_subscription, stripe_failure};
 use crate::db::{self, charges::ChargeStatus, customers::Observed};
 use crate::ledger::Posted;
@@ -184,14 +184,16 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     let invoices = stripe.invoices(&stripe_customer, None).await.map_err(stripe_failure)?;
     for invoice in invoices.iter().filter(|i| i.is_paid()) {
         let mut tx = ctx.pool.begin().await?;
-        let finding = if earns_pro_credits(&mut tx, ctx, customer_id, invoice).await?.is_none() {
-            let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
-            Some(("invoice_of_unknown_subscription", detail, false))
-        } else if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
-            tx.commit().await?;
-            Some(("invoice_grant_missing", format!("credits of paid invoice {} granted", invoice.id), true))
-        } else {
-            None
+        let finding = match grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
+            InvoiceCredits::UnknownSubscription => {
+                let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
+                Some(("invoice_of_unknown_subscription", detail, false))
+            }
+            InvoiceCredits::Posted(Posted::Posted { .. }) => {
+                tx.commit().await?;
+                Some(("invoice_grant_missing", format!("credits of paid invoice {} granted", invoice.id), true))
+            }
+            InvoiceCredits::Posted(_) | InvoiceCredits::NotEarned => None,
         };
         // Recorded once the transaction is over: one connection per reconciliation.
         if let Some((kind, detail, healed)) = finding {

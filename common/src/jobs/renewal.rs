@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::process_webhook::grant_invoice_credits;
+use super::process_webhook::{InvoiceCredits, grant_invoice_credits};
 use super::{JobContext, apply_current_subscription, stripe_failure};
 use crate::db::{self, customers::Observed};
 use crate::ledger::Posted;
@@ -93,7 +93,9 @@ impl Job for RenewSubscription {
         };
         let mut healed = Vec::new();
         for invoice in invoices.iter().filter(|i| i.is_paid()) {
-            if let Some(Posted::Posted { .. }) = grant_invoice_credits(&mut tx, &ctx, customer.id, invoice).await? {
+            if let InvoiceCredits::Posted(Posted::Posted { .. }) =
+                grant_invoice_credits(&mut tx, &ctx, customer.id, invoice).await?
+            {
                 healed.push(invoice.id.clone());
             }
         }
