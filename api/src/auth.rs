@@ -1,7 +1,13 @@
 //! API key authentication: `x-api-key` → SHA-256 → a live key's customer.
+//!
+//! The key is looked up once per request ([`identify`]) and the answer kept in the
+//! request's extensions: the rate limiter (which bucket), the idempotency guard (whose
+//! key, and whether a stored answer may be replayed at all) and the handler's
+//! [`Authenticated`] extractor all read the same answer, so a revoked key is refused
+//! everywhere at once and an unknown one gets neither a bucket nor idempotency rows.
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use common::db;
 use common::domain::ApiKey;
 use futures::future::LocalBoxFuture;
@@ -15,9 +21,11 @@ const MISSING: &str = "API key must be provided in x-api-key header";
 const INVALID: &str = "Invalid or expired API key";
 
 /// The customer whose valid API key came with the request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Authenticated {
     pub customer_id: Uuid,
+    /// The key's hash (hex): rate limits count per key.
+    pub key_hash: String,
 }
 
 impl Authenticated {
@@ -27,25 +35,46 @@ impl Authenticated {
     }
 }
 
+/// The answer of [`identify`], cached for the rest of the request.
+#[derive(Clone)]
+struct Identified(Option<Authenticated>);
+
+/// Whether the request carries an `x-api-key` header at all.
+pub fn presents_key(req: &HttpRequest) -> bool {
+    req.headers().contains_key(HEADER)
+}
+
+/// The live API key the request presents, if any: `None` for no key, a malformed one,
+/// an unknown one or a revoked one. Looked up once per request.
+pub async fn identify(req: &HttpRequest) -> Result<Option<Authenticated>, sqlx::Error> {
+    if let Some(Identified(known)) = req.extensions().get::<Identified>() {
+        return Ok(known.clone());
+    }
+    let key = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).and_then(|raw| ApiKey::parse(raw.trim()).ok());
+    let known = match (key, req.app_data::<web::Data<PgPool>>()) {
+        (Some(key), Some(pool)) => {
+            let hash = key.hash();
+            db::api_keys::customer_for(pool.get_ref(), &hash)
+                .await?
+                .map(|customer_id| Authenticated { customer_id, key_hash: hash.as_str().to_owned() })
+        }
+        _ => None,
+    };
+    req.extensions_mut().insert(Identified(known.clone()));
+    Ok(known)
+}
+
 impl FromRequest for Authenticated {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let raw = req.headers().get(HEADER).map(|v| v.to_str().map(str::to_owned));
-        let pool = req.app_data::<web::Data<PgPool>>().cloned();
+        let req = req.clone();
         Box::pin(async move {
-            let raw = match raw {
-                None => return Err(ApiError::unauthorized(MISSING)),
-                Some(Ok(raw)) if !raw.trim().is_empty() => raw,
-                Some(_) => return Err(ApiError::unauthorized(INVALID)),
-            };
-            let key = ApiKey::parse(raw.trim()).map_err(|_| ApiError::unauthorized(INVALID))?;
-            let pool = pool.expect("the pool is registered as app data");
-            match db::api_keys::customer_for(pool.get_ref(), &key.hash()).await? {
-                Some(customer_id) => Ok(Self { customer_id }),
-                None => Err(ApiError::unauthorized(INVALID)),
+            if !presents_key(&req) {
+                return Err(ApiError::unauthorized(MISSING));
             }
+            identify(&req).await?.ok_or_else(|| ApiError::unauthorized(INVALID))
         })
     }
 }

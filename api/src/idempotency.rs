@@ -2,8 +2,19 @@
 //! with the same request within 24 hours replays the first response (with
 //! `Idempotent-Replayed: true`) and has no second effect; the same key with another
 //! request is 422 `IDEMPOTENCY_KEY_REUSED`; while the first is still running, another
-//! request with the key is 409. Keys are scoped to the API key (or, without one, the
-//! client address) and stored in Postgres, so they hold across API processes.
+//! request with the key is 409. Keys are stored in Postgres, so they hold across API
+//! processes.
+//!
+//! The key is authenticated before anything is claimed or replayed: keys belong to the
+//! customer (any of its live API keys shares them), onboarding's to the client address;
+//! a request with an unknown or revoked API key claims nothing and is never answered
+//! from the store (the handler refuses it with 401).
+//!
+//! A claim holds a lease (`IDEMPOTENCY_LEASE_MS`, 60 s): if its request never finishes
+//! (the process dies, the answer cannot be stored), a retry after the lease takes the
+//! key over and runs the request again. Every route that takes the header is itself
+//! idempotent (intents, unique jobs, fix ids), so the re-run answers with the one effect
+//! that exists.
 //!
 //! Responses that carry a secret shown once (a new API key) are stored without it: a
 //! replay returns everything but the key.
@@ -16,7 +27,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
 use common::config::Settings;
 use common::db::idempotency::{self, Claim};
-use common::domain::{ApiKey, ErrorCode};
+use common::domain::ErrorCode;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -25,6 +36,8 @@ use crate::errors::ApiError;
 use crate::extract::BodyLimit;
 
 const HEADER: &str = "idempotency-key";
+/// The one route that takes the header without an API key.
+const ONBOARD_PATH: &str = "/api/v1/customers/onboard";
 
 fn reject(req: ServiceRequest, error: ApiError) -> Result<ServiceResponse, Error> {
     Ok(req.into_response(error.error_response()))
@@ -56,11 +69,19 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
     else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
-    let scope =
-        match req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).and_then(|k| ApiKey::parse(k.trim()).ok()) {
-            Some(api_key) => format!("key:{}", api_key.hash().as_str()),
-            None => format!("addr:{}", crate::rate_limit::client_address(req.request(), &settings)),
-        };
+    let scope = if crate::auth::presents_key(req.request()) {
+        match crate::auth::identify(req.request()).await {
+            Ok(Some(known)) => format!("customer:{}", known.customer_id),
+            // Refused by the handler's authentication; nothing is claimed or replayed.
+            Ok(None) => return next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+            Err(error) => return reject(req, ApiError::from(error)),
+        }
+    } else if req.path() == ONBOARD_PATH {
+        format!("addr:{}", crate::rate_limit::client_address(req.request(), &settings))
+    } else {
+        // Every other route needs a key: the handler answers 401.
+        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    };
 
     // Read the body to fingerprint the request, then hand it on unchanged.
     let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |l| l.0);
@@ -84,7 +105,7 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
     let replay_body = body.clone();
     req.set_payload(Payload::from(futures::stream::once(async move { Ok(replay_body) }).boxed_local()));
 
-    let claim = match idempotency::claim(&pool, &scope, &key, &request_hash).await {
+    let claim = match idempotency::claim(&pool, &scope, &key, &request_hash, settings.idempotency_lease).await {
         Ok(claim) => claim,
         Err(error) => return reject(req, ApiError::from(error)),
     };
@@ -111,19 +132,22 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
             response.insert_header((HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")));
             Ok(req.into_response(response.body(body)))
         }
-        Claim::Claimed => {
+        Claim::Claimed { lease } => {
             let response = next.call(req).await?;
             let status = response.status();
             let (request, response) = response.into_parts();
             let (head, body) = response.into_parts();
             let bytes = body::to_bytes(body).await.map_err(|e| actix_web::error::ErrorInternalServerError(e.into()))?;
             let stored = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                idempotency::release(&pool, &scope, &key).await
+                idempotency::release(&pool, &scope, &key, lease).await.map(|()| true)
             } else {
-                idempotency::complete(&pool, &scope, &key, status.as_u16(), &storable(&bytes)).await
+                idempotency::complete(&pool, &scope, &key, lease, status.as_u16(), &storable(&bytes)).await
             };
-            if let Err(error) = stored {
-                tracing::error!(%error, "idempotency record not saved");
+            match stored {
+                Ok(true) => {}
+                // Slower than its lease: a retry took the key over and answers for it.
+                Ok(false) => tracing::warn!(status = status.as_u16(), "idempotency lease lost before the answer"),
+                Err(error) => tracing::error!(%error, "idempotency record not saved; a retry after the lease re-runs"),
             }
             Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()))
         }

@@ -9,6 +9,7 @@ use common::{db, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::failpoints_from_env();
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;

@@ -1,5 +1,6 @@
 //! The domain's rate limits, per minute: onboarding per client address, usage reports
-//! and every other authenticated request per API key. Counted in Postgres, so two API
+//! and every other authenticated request per API key, webhooks and everything without a
+//! live API key (status polls, the admin sign-in, unknown keys) per client address. Counted in Postgres, so two API
 //! processes share one budget. Limited routes carry `x-ratelimit-limit`,
 //! `x-ratelimit-remaining` and `x-ratelimit-reset` (unix seconds); over the limit is 429
 //! with `Retry-After`.
@@ -11,14 +12,14 @@
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError, web};
 use chrono::Utc;
 use common::config::Settings;
 use common::db::rate_limits::{self, Quota};
-use common::domain::{ApiKey, ErrorCode};
+use common::domain::ErrorCode;
 use sqlx::PgPool;
 
 use crate::errors::ApiError;
@@ -41,25 +42,34 @@ pub fn client_address(req: &actix_web::HttpRequest, settings: &Settings) -> Stri
     forwarded.unwrap_or_else(|| req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()))
 }
 
-/// The bucket and limit of a request, if it is limited.
-fn bucket(req: &ServiceRequest, settings: &Settings) -> Option<(String, u32)> {
+/// The bucket and limit of a request, if it is limited. Only a live API key has a
+/// bucket of its own: without one (no key, a malformed, unknown or revoked one) the
+/// request counts against its client address, so made-up keys cannot mint fresh budgets.
+async fn bucket(req: &ServiceRequest, settings: &Settings) -> Result<Option<(String, u32)>, sqlx::Error> {
     let path = req.path();
     let limits = settings.rate_limits;
+    let address = || client_address(req.request(), settings);
     if path == "/api/v1/customers/onboard" {
-        let address = client_address(req.request(), settings);
-        return Some((format!("onboard:{address}"), limits.onboard));
+        return Ok(Some((format!("onboard:{}", address()), limits.onboard)));
+    }
+    if path == "/api/webhooks/stripe" {
+        return Ok(Some((format!("webhook:{}", address()), limits.webhooks)));
+    }
+    if path == "/admin/login" && req.method() == Method::POST {
+        return Ok(Some((format!("anon:{}", address()), limits.anonymous)));
     }
     if !path.starts_with("/api/v1/") {
-        return None;
+        return Ok(None);
     }
-    // Keyed by the key presented (its hash); an unknown key is refused by auth anyway.
-    let key = ApiKey::parse(req.headers().get("x-api-key")?.to_str().ok()?.trim()).ok()?;
-    let hash = key.hash();
-    if path == "/api/v1/usage/fixes" && req.method() == actix_web::http::Method::POST {
-        Some((format!("usage:{}", hash.as_str()), limits.usage))
-    } else {
-        Some((format!("api:{}", hash.as_str()), limits.api))
-    }
+    let known =
+        if crate::auth::presents_key(req.request()) { crate::auth::identify(req.request()).await? } else { None };
+    Ok(Some(match known {
+        Some(known) if path == "/api/v1/usage/fixes" && req.method() == Method::POST => {
+            (format!("usage:{}", known.key_hash), limits.usage)
+        }
+        Some(known) => (format!("api:{}", known.key_hash), limits.api),
+        None => (format!("anon:{}", address()), limits.anonymous),
+    }))
 }
 
 fn headers(quota: &Quota) -> [(HeaderName, HeaderValue); 3] {
@@ -74,7 +84,13 @@ pub async fn enforce(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let settings = req.app_data::<web::Data<Settings>>().cloned();
     let pool = req.app_data::<web::Data<PgPool>>().cloned();
     let limited = match (&settings, &pool) {
-        (Some(settings), Some(_)) => bucket(&req, settings).filter(|(_, limit)| *limit > 0),
+        (Some(settings), Some(_)) => match bucket(&req, settings).await {
+            Ok(bucket) => bucket.filter(|(_, limit)| *limit > 0),
+            Err(error) => {
+                tracing::warn!(%error, "API key lookup failed; request not rate limited");
+                None
+            }
+        },
         _ => None,
     };
     let Some((bucket, limit)) = limited else {

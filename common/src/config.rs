@@ -59,6 +59,9 @@ pub struct Settings {
     pub unsubscribe_secret: Secret,
     /// Requests per minute; 0 turns a limit off.
     pub rate_limits: RateLimits,
+    /// How long a claimed `Idempotency-Key` waits for its request's answer before a
+    /// retry may take it over (`IDEMPOTENCY_LEASE_MS`).
+    pub idempotency_lease: Duration,
     /// Take the client address from the first `X-Forwarded-For` entry (behind a
     /// trusted proxy only: otherwise clients choose their own address).
     pub trust_forwarded_for: bool,
@@ -120,6 +123,11 @@ pub struct RateLimits {
     pub usage: u32,
     /// Any other authenticated request, per API key.
     pub api: u32,
+    /// Requests without a live API key (status polls, the admin sign-in, unknown or
+    /// revoked keys), per client address.
+    pub anonymous: u32,
+    /// Stripe webhook deliveries, per client address (Stripe sends from a few).
+    pub webhooks: u32,
 }
 
 /// The development fallback for `EMAIL_UNSUBSCRIBE_SECRET`; production must set its own.
@@ -301,7 +309,10 @@ impl Settings {
                 onboard: r.parse("RATE_LIMIT_ONBOARD_PER_MINUTE", 10)?,
                 usage: r.parse("RATE_LIMIT_USAGE_PER_MINUTE", 100)?,
                 api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
+                anonymous: r.parse("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 120)?,
+                webhooks: r.parse("RATE_LIMIT_WEBHOOKS_PER_MINUTE", 10_000)?,
             },
+            idempotency_lease: r.millis("IDEMPOTENCY_LEASE_MS", 60_000)?,
             trust_forwarded_for: r.parse("TRUST_FORWARDED_FOR", false)?,
             trusted_proxy_hops: r.parse("TRUSTED_PROXY_HOPS", 1usize)?.max(1),
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),

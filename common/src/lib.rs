@@ -13,3 +13,11 @@ pub mod queue;
 pub mod stripe;
 pub mod telemetry;
 pub mod verify;
+
+/// Configures the failpoints named in `FAILPOINTS` (`name=action;…`), so crash tests can
+/// stop a real process at a chosen step. Only builds with the `failpoints` feature
+/// (the test suite's) have failpoints; elsewhere this does nothing.
+pub fn failpoints_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}

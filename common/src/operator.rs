@@ -5,13 +5,17 @@
 //! there is no adjustment without its audit line, nor the reverse. An adjustment posts
 //! once per idempotency key, however often it is sent (the admin API passes the
 //! request's `Idempotency-Key`), and never takes a balance below zero.
+//!
+//! Support also issues API keys: a customer whose only key was lost (the onboarding
+//! answer that carried it never arrived) gets a new one, shown once to the operator,
+//! within the same live-key cap, on the audit log.
 
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db;
-use crate::domain::LedgerSource;
+use crate::domain::{ApiKey, LedgerSource, MAX_LIVE_KEYS};
 use crate::ledger::{self, LedgerError, Posted, Posting};
 
 /// The largest single adjustment: a typo should not mint a fortune.
@@ -95,4 +99,51 @@ pub async fn adjust_credits(
         }
         Posted::InsufficientCredits { balance } => Err(AdjustError::WouldGoNegative { balance, wanted: amount }),
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueKeyError {
+    #[error("no customer {0}")]
+    CustomerNotFound(Uuid),
+    #[error("the customer has {MAX_LIVE_KEYS} live keys: revoke one first")]
+    TooManyKeys,
+    #[error("reason must be 1 to {REASON_MAX_CHARS} printable characters")]
+    Invalid,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Issues a new API key to `customer_id` by an operator's hand; the raw key is in the
+/// answer only (the database and the audit log hold its prefix).
+pub async fn issue_api_key(
+    pool: &PgPool,
+    actor: &str,
+    customer_id: Uuid,
+    reason: &str,
+) -> Result<(db::api_keys::KeyInfo, ApiKey), IssueKeyError> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > REASON_MAX_CHARS || reason.chars().any(char::is_control) {
+        return Err(IssueKeyError::Invalid);
+    }
+    let mut tx = pool.begin().await?;
+    if !db::customers::exists(&mut *tx, customer_id).await? {
+        return Err(IssueKeyError::CustomerNotFound(customer_id));
+    }
+    let key = ApiKey::generate();
+    let info = db::api_keys::create(
+        &mut tx,
+        customer_id,
+        "issued by support",
+        &key.hash(),
+        &key.display_prefix(),
+        MAX_LIVE_KEYS,
+    )
+    .await?
+    .ok_or(IssueKeyError::TooManyKeys)?;
+    let detail = json!({ "key_id": info.id, "prefix": info.prefix });
+    db::audit::record(&mut *tx, actor, "issue_api_key", &format!("customer:{customer_id}"), Some(reason), &detail)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(%customer_id, key_id = %info.id, actor, "API key issued by an operator");
+    Ok((info, key))
 }

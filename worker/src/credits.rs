@@ -1,5 +1,6 @@
-//! `rsolv-worker credits grant|revoke` and `rsolv-worker audit`: operators' credit
-//! adjustments from a shell, through the same code as the admin API, on the audit log.
+//! `rsolv-worker credits grant|revoke`, `rsolv-worker issue-key` and
+//! `rsolv-worker audit`: operators' credit adjustments and key re-issues from a shell,
+//! through the same code as the admin API, on the audit log.
 
 use common::db;
 use common::operator;
@@ -45,5 +46,21 @@ pub async fn audit(pool: &sqlx::PgPool) -> Result<(), Error> {
             e.reason.unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+const ISSUE_USAGE: &str = "usage: rsolv-worker issue-key --customer EMAIL|ID --reason TEXT";
+
+/// A new API key for a customer who lost theirs, printed once.
+pub async fn issue_key(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
+    let who = flag(args, "--customer").ok_or(ISSUE_USAGE)?;
+    let reason = flag(args, "--reason").ok_or(ISSUE_USAGE)?;
+    let customer = find_customer(pool, who).await?;
+    let (info, key) = operator::issue_api_key(pool, &actor(), customer.id, reason).await?;
+    println!(
+        "issued key {} ({}) to {}; give it to the customer, it is not shown again:",
+        info.id, info.prefix, customer.email
+    );
+    println!("{}", key.expose());
     Ok(())
 }

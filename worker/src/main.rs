@@ -14,6 +14,8 @@
 //!                                   schedule an email sequence (expiring_trial, re_engagement, …)
 //! rsolv-worker credits grant|revoke --customer EMAIL|ID --amount N --reason TEXT [--key KEY]
 //!                                   adjust credits through the ledger, on the audit log
+//! rsolv-worker issue-key --customer EMAIL|ID --reason TEXT
+//!                                   a new API key for a customer who lost theirs (printed once)
 //! rsolv-worker audit                the newest operator actions
 //! rsolv-worker reconcile [--customer EMAIL|ID]
 //!                                   compare with Stripe now and heal (as the nightly job does)
@@ -38,6 +40,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::failpoints_from_env();
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
@@ -64,12 +67,13 @@ async fn main() -> Result<(), Error> {
         Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
         Some("jobs") => ops::run(&pool, &args[1..]).await,
         Some("credits") => credits::run(&pool, &args[1..]).await,
+        Some("issue-key") => credits::issue_key(&pool, &args[1..]).await,
         Some("audit") => credits::audit(&pool).await,
         Some("verify") => verify(&pool, &args[1..]).await,
         Some("reconcile") => reconcile(pool, settings, &args[1..]).await,
         Some(other) => Err(format!(
             "unknown command {other:?}: expected run, migrate, seed, simulate-webhook, start-sequence, jobs, \
-             credits, audit, reconcile or verify"
+             credits, issue-key, audit, reconcile or verify"
         )
         .into()),
     }

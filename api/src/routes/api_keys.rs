@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use common::db;
-use common::domain::{ApiKey, ErrorCode};
+use common::domain::{ApiKey, ErrorCode, MAX_LIVE_KEYS};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -14,7 +14,6 @@ use crate::errors::ApiError;
 use crate::extract::JsonBody;
 
 /// Live keys a customer may hold at once.
-const MAX_LIVE_KEYS: i64 = 20;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewKey {

@@ -1,40 +1,62 @@
-//! Records of idempotent POSTs (`Idempotency-Key`): claimed before the request runs,
-//! completed with its response, replayed for 24 hours.
+//! Records of idempotent POSTs (`Idempotency-Key`): claimed under a lease before the
+//! request runs, completed with its response, replayed for 24 hours.
+//!
+//! A claim whose request never finished (the process died, the connection dropped, the
+//! answer could not be stored) is taken over by a retry once its lease has run out; the
+//! retry runs the request again, which every idempotent route answers truthfully (the
+//! effect exists once). The lease id fences the two: only the current holder stores
+//! the answer.
+
+use std::time::Duration;
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub enum Claim {
-    /// Ours: run the request, then `complete` or `release`.
-    Claimed,
+    /// Ours, under `lease`: run the request, then `complete` or `release`.
+    Claimed { lease: Uuid },
     /// Seen before with another request body.
     Mismatch,
-    /// The first request with this key has not finished.
+    /// The first request with this key has not finished and its lease still runs.
     InFlight,
     /// The first request's response.
     Replay { status: u16, body: Vec<u8> },
 }
 
-pub async fn claim(pool: &PgPool, scope: &str, key: &str, request_hash: &str) -> Result<Claim, sqlx::Error> {
-    // Past its 24 hours a key is new again.
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < now() - interval '24 hours'",
-    )
-    .bind(scope)
-    .bind(key)
-    .execute(pool)
-    .await?;
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+/// Claims `key` in `scope` for a request fingerprinted `request_hash`: a new key, one
+/// past its 24 hours, or one whose holder's lease ended (same request only).
+pub async fn claim(
+    pool: &PgPool,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+    lease_for: Duration,
+) -> Result<Claim, sqlx::Error> {
+    let lease = Uuid::new_v4();
+    let claimed: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, locked_until, lease)
+         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5)
+         ON CONFLICT (scope, key) DO UPDATE SET
+             request_hash = EXCLUDED.request_hash, locked_until = EXCLUDED.locked_until, lease = EXCLUDED.lease,
+             response_status = NULL, response_body = NULL,
+             created_at = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
+                               THEN now() ELSE idempotency_keys.created_at END
+         WHERE idempotency_keys.created_at < now() - interval '24 hours'
+            OR (idempotency_keys.response_status IS NULL
+                AND idempotency_keys.request_hash = EXCLUDED.request_hash
+                AND coalesce(idempotency_keys.locked_until, idempotency_keys.created_at) < now())
+         RETURNING lease",
     )
     .bind(scope)
     .bind(key)
     .bind(request_hash)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if claimed == 1 {
-        return Ok(Claim::Claimed);
+    .bind(lease_for.as_millis() as f64)
+    .bind(lease)
+    .fetch_optional(pool)
+    .await?;
+    if claimed == Some(lease) {
+        return Ok(Claim::Claimed { lease });
     }
     let existing: Option<(String, Option<i16>, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
@@ -52,24 +74,42 @@ pub async fn claim(pool: &PgPool, scope: &str, key: &str, request_hash: &str) ->
     })
 }
 
-pub async fn complete(pool: &PgPool, scope: &str, key: &str, status: u16, body: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET response_status = $3, response_body = $4 WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(key)
-        .bind(status as i16)
-        .bind(body)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Stores the answer, if `lease` still holds the key; whether it did.
+pub async fn complete(
+    pool: &PgPool,
+    scope: &str,
+    key: &str,
+    lease: Uuid,
+    status: u16,
+    body: &[u8],
+) -> Result<bool, sqlx::Error> {
+    fail::fail_point!("idempotency::before_complete");
+    let stored = sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $4, response_body = $5, locked_until = NULL
+         WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(lease)
+    .bind(status as i16)
+    .bind(body)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(stored == 1)
 }
 
-/// Forgets a claim whose request did not run to an answer worth replaying (5xx, 429).
-pub async fn release(pool: &PgPool, scope: &str, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-        .bind(scope)
-        .bind(key)
-        .execute(pool)
-        .await?;
+/// Forgets a claim whose request did not run to an answer worth replaying (5xx, 429),
+/// if `lease` still holds it.
+pub async fn release(pool: &PgPool, scope: &str, key: &str, lease: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(lease)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ mod email;
 mod error_code;
 mod ledger;
 
-pub use api_key::{ApiKey, ApiKeyHash};
+pub use api_key::{ApiKey, ApiKeyHash, MAX_LIVE_KEYS};
 pub use customer::{CustomerName, SubscriptionState, SubscriptionType, Warning};
 pub use email::Email;
 pub use error_code::ErrorCode;

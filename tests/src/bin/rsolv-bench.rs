@@ -531,8 +531,13 @@ async fn main() -> Result<(), Error> {
             clear(&pool).await?;
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let bind = format!("127.0.0.1:{port}");
-            let env =
-                [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0")];
+            let env = [
+                ("DATABASE_URL", url.as_str()),
+                ("BIND_ADDR", bind.as_str()),
+                ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
+                ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0"),
+                ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
+            ];
             let api = spawn(sibling("rsolv-api"), &[], &env);
             let worker = spawn(sibling("rsolv-worker"), &[], &env);
             let client = reqwest::Client::new();

@@ -6,7 +6,7 @@ use crate::helpers::TestApp;
 
 /// Starts counting in a window with time to spare, so a minute boundary cannot split
 /// a test's burst.
-async fn fresh_window() {
+pub(crate) async fn fresh_window() {
     use chrono::Timelike;
     let second = chrono::Utc::now().second();
     if second >= 50 {
@@ -145,4 +145,41 @@ async fn a_limit_of_zero_is_off() {
     let response = app.onboard("Unlimited", "unlimited@example.com").await;
     assert_eq!(response.status(), 202);
     assert_eq!(header(&response, "x-ratelimit-limit"), None);
+}
+
+#[tokio::test]
+async fn requests_without_a_live_key_are_limited_per_address() {
+    let app = TestApp::spawn(
+        &[
+            ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "2"),
+            ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "2"),
+            ("ADMIN_TOKEN", "an-admin-token-for-tests"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_limits"),
+        ],
+        false,
+    )
+    .await;
+    fresh_window().await;
+    let poll = || app.client.get(app.url("/api/v1/onboarding/00000000-0000-4000-8000-000000000000")).send();
+    assert_eq!(poll().await.unwrap().status(), 404);
+    assert_eq!(poll().await.unwrap().status(), 404);
+    // A missing key counts against the same address as the status polls.
+    let no_key = app.client.get(app.url("/api/v1/customers/me")).send().await.unwrap();
+    assert_limited(no_key, "2").await;
+
+    let sign_in = || {
+        app.client
+            .post(app.url("/admin/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("token=a-wrong-guess")
+            .send()
+    };
+    assert_limited(sign_in().await.unwrap(), "2").await;
+
+    let webhook = || {
+        app.client.post(app.url("/api/webhooks/stripe")).header("content-type", "application/json").body("{}").send()
+    };
+    assert_eq!(webhook().await.unwrap().status(), 400, "unsigned");
+    assert_eq!(webhook().await.unwrap().status(), 400);
+    assert_limited(webhook().await.unwrap(), "2").await;
 }

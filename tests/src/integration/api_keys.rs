@@ -100,3 +100,34 @@ async fn the_live_key_cap_holds_under_concurrent_creates() {
     assert_eq!(live, 20, "the onboarding key and 19 more");
     assert_eq!(created, 19);
 }
+
+#[tokio::test]
+async fn a_customer_who_never_saw_its_key_gets_a_new_one_from_support_on_the_audit_log() {
+    let app = TestApp::with_worker().await;
+    // The onboarding's answer (the only copy of the key) is lost on its way.
+    let (customer, _lost) = app.onboarded_customer("lost-answer@example.com").await;
+    let issued = std::process::Command::new(crate::helpers::binary("rsolv-worker"))
+        .args(["issue-key", "--customer", "lost-answer@example.com", "--reason", "ticket 88: onboarding answer lost"])
+        .env("DATABASE_URL", &app.db.url)
+        .env("RUST_LOG", "warn")
+        .env("USER", "support-ada")
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let stdout = String::from_utf8(issued.stdout).unwrap();
+    let key = stdout.lines().last().unwrap().trim();
+    let me = app.get_with_key("/api/v1/customers/me", key).await;
+    assert_eq!(me.status(), 200, "the issued key works");
+    let audit: (String, String, Option<String>) =
+        sqlx::query_as("SELECT actor, target, reason FROM audit_log WHERE action = 'issue_api_key'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        audit,
+        ("cli:support-ada".into(), format!("customer:{customer}"), Some("ticket 88: onboarding answer lost".into()))
+    );
+    let logged: String =
+        sqlx::query_scalar("SELECT detail::text FROM audit_log").fetch_one(&app.db.pool).await.unwrap();
+    assert!(!logged.contains(key), "the audit log never holds the key");
+}

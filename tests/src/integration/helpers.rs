@@ -62,6 +62,8 @@ pub fn settings(db_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
         ("RATE_LIMIT_USAGE_PER_MINUTE", "0"),
         ("RATE_LIMIT_API_PER_MINUTE", "0"),
+        ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
+        ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

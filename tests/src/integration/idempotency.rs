@@ -1,9 +1,13 @@
-//! `Idempotency-Key` on POSTs: one effect per key, replays, reuse refused, races, and
-//! across API processes.
+//! `Idempotency-Key` on POSTs: one effect per key, replays, reuse refused, races,
+//! across API processes, keys that belong to the customer and are checked before any
+//! replay, and a claim left by an API process killed mid-request.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, binary, wait_for};
 
 async fn create_key(app: &TestApp, base: &str, key: &str, idempotency: &str, name: &str) -> reqwest::Response {
     app.client
@@ -109,4 +113,166 @@ async fn a_billing_write_sent_twice_with_one_key_takes_effect_once() {
     assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'add_payment_method'").await, 1);
     app.finished_operation(&key, send().await.unwrap()).await;
     assert_eq!(app.balance(customer).await, 10);
+}
+
+#[tokio::test]
+async fn keys_belong_to_the_customer_and_a_revoked_key_is_never_answered_from_the_store() {
+    let app = TestApp::with_worker().await;
+    let (_, first) = app.onboarded_customer("scoped@example.com").await;
+    let created: Value = create_key(&app, &app.address, &first, "make-second", "second").await.json().await.unwrap();
+    let second = created["api_key"].as_str().unwrap().to_owned();
+
+    let original = create_key(&app, &app.address, &first, "make-third", "third").await;
+    assert_eq!(original.status(), 201);
+    let original: Value = original.json().await.unwrap();
+
+    // Another live key of the same customer: the same key space, so a replay.
+    let replayed = create_key(&app, &app.address, &second, "make-third", "third").await;
+    assert_eq!(replayed.status(), 201);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.unwrap()["id"], original["id"]);
+
+    // Revoke the first key: its retries are refused, not replayed.
+    let onboarding_key_id: String =
+        sqlx::query_scalar("SELECT id::text FROM api_keys WHERE name <> 'second' AND name <> 'third'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    let revoked = app
+        .client
+        .delete(app.url(&format!("/api/v1/api-keys/{onboarding_key_id}")))
+        .header("x-api-key", &second)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success(), "{}", revoked.status());
+    let refused = create_key(&app, &app.address, &first, "make-third", "third").await;
+    assert_eq!(refused.status(), 401, "a revoked key gets no stored answer");
+    assert!(refused.headers().get("idempotent-replayed").is_none());
+    assert_eq!(key_count(&app).await, 3);
+}
+
+#[tokio::test]
+async fn an_unknown_key_claims_nothing_and_gets_no_bucket_of_its_own() {
+    let app =
+        TestApp::spawn(&[("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "3"), ("RATE_LIMIT_API_PER_MINUTE", "100")], true).await;
+    crate::abuse::fresh_window().await;
+    let made_up = |i: usize| format!("rsolv_{}", format!("{i:0>43}"));
+    common::domain::ApiKey::parse(&made_up(0)).expect("the made-up keys are well formed");
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let response = create_key(&app, &app.address, &made_up(i), &format!("guess-{i}"), "guess").await;
+        statuses.push(response.status().as_u16());
+    }
+    // Five different made-up keys share their address's budget of three.
+    assert_eq!(statuses, [401, 401, 401, 429, 429], "{statuses:?}");
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0, "no idempotency rows");
+    assert_eq!(
+        app.count("SELECT count(*) FROM rate_limit_windows WHERE bucket NOT LIKE 'anon:%'").await,
+        0,
+        "no bucket per made-up key"
+    );
+}
+
+/// The API as its own process, so the test can kill it.
+struct ApiProcess(std::process::Child);
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_effect_once() {
+    let app = TestApp::with_worker().await;
+    let (customer, key) = app.onboarded_customer("killed-mid-request@example.com").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut api = ApiProcess(
+        Command::new(binary("rsolv-api"))
+            .env("DATABASE_URL", &app.db.url)
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("IDEMPOTENCY_LEASE_MS", "1500")
+            .env("RATE_LIMIT_USAGE_PER_MINUTE", "0")
+            // The fix is recorded, then the process stops before storing its answer.
+            .env("FAILPOINTS", "idempotency::before_complete=pause")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the API starts"),
+    );
+    let client = app.client.clone();
+    let ready = format!("{base}/ready");
+    wait_for("the API process to be ready", Duration::from_secs(20), || {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+
+    let report = json!({ "fix_id": "fix-cut-off", "repo": "acme/app" });
+    let send = |base: String| {
+        let (client, key, report) = (app.client.clone(), key.clone(), report.clone());
+        async move {
+            client
+                .post(format!("{base}/api/v1/usage/fixes"))
+                .header("x-api-key", key)
+                .header("idempotency-key", "report-fix-cut-off")
+                .json(&report)
+                .send()
+                .await
+        }
+    };
+    let cut_off = tokio::spawn(send(base.clone()));
+    let pool = app.db.pool.clone();
+    wait_for("the fix recorded and its answer not yet stored", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let (jobs, claims): (i64, i64) = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM jobs WHERE kind = 'record_usage'),
+                        (SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            jobs == 1 && claims == 1
+        }
+    })
+    .await;
+    api.0.kill().unwrap();
+    api.0.wait().unwrap();
+    assert!(cut_off.await.unwrap().is_err(), "the client never got its answer");
+
+    // The retry goes to another API process: 409 while the dead claim's lease runs,
+    // then it takes the key over and answers.
+    let mut statuses = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let response = send(app.address.clone()).await.unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() != 409 {
+            break (response.status().as_u16(), response.json::<Value>().await.unwrap());
+        }
+        assert!(std::time::Instant::now() < deadline, "the key was never taken over: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["fix_id"], "fix-cut-off");
+    assert_eq!(body["duplicate"], true, "the retry found the fix the dead process recorded");
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 409), "{statuses:?}");
+
+    // Replayed from now on, and the fix is debited once.
+    let again = send(app.address.clone()).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    crate::helpers::wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
+    let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
+        .bind(customer)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(balance, 4, "five trial credits, one fix");
 }

@@ -140,6 +140,8 @@ fn env_for(command: &mut Command, db_url: &str, stripe_url: &str) {
         .env("RATE_LIMIT_ONBOARD_PER_MINUTE", "0")
         .env("RATE_LIMIT_USAGE_PER_MINUTE", "0")
         .env("RATE_LIMIT_API_PER_MINUTE", "0")
+        .env("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0")
+        .env("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0")
         .env("METRICS_ADDR", "off")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
