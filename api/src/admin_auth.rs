@@ -1,31 +1,42 @@
-//! Admin authentication: the API takes `Authorization: Bearer <ADMIN_TOKEN>`; the page
-//! takes a session cookie derived from the token (HMAC), set by signing in with it.
+//! Admin authentication. The API takes `Authorization: Bearer <ADMIN_TOKEN>`. The page
+//! signs in with the token once and then holds a server-side session (`db::sessions`):
+//! a random cookie value stored hashed, `HttpOnly`, `SameSite=Strict`, `Secure` (unless
+//! `SESSION_COOKIE_SECURE=false` for local plain http), ending after
+//! `ADMIN_SESSION_TTL_MINUTES`, at sign-out, or when `ADMIN_TOKEN` changes.
+//!
+//! Every state-changing form carries the session's CSRF token, and a request whose
+//! `Origin` is another site or whose `Sec-Fetch-Site` says cross-site is refused before
+//! the token is even read (the sign-in form too: no login CSRF).
+//!
 //! With no `ADMIN_TOKEN` configured, admin does not exist (404). Comparisons are
 //! constant-time.
 
+use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::Payload;
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpRequest, web};
 use common::config::{Secret, Settings};
-use futures::future::{Ready, ready};
-use hmac::{Hmac, Mac};
+use common::db::sessions::{self, SessionToken};
+use common::domain::ErrorCode;
+use futures::future::{LocalBoxFuture, Ready, ready};
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use crate::errors::ApiError;
 
 pub const SESSION_COOKIE: &str = "rsolv_admin";
+const REALM: &str = "admin";
 
 /// Equal without revealing where they differ, nor (by hashing first) their lengths.
 pub fn same_secret(given: &str, expected: &Secret) -> bool {
     Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.expose().as_bytes())).into()
 }
 
-/// The cookie value that proves a sign-in with the token.
-pub fn session_value(token: &Secret) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.expose().as_bytes()).expect("any key length");
-    mac.update(b"rsolv-admin-session");
-    hex::encode(mac.finalize().into_bytes())
+/// Which admin token a session was opened with, without the token: a new token ends
+/// the sessions of the old one.
+fn fingerprint(token: &Secret) -> String {
+    hex::encode(&Sha256::digest([b"rsolv-admin-session\0".as_slice(), token.expose().as_bytes()].concat())[..16])
 }
 
 fn configured(req: &HttpRequest) -> Result<Secret, ApiError> {
@@ -58,22 +69,93 @@ impl FromRequest for AdminApi {
     }
 }
 
-/// Whether admin exists, and whether this browser is signed in.
+/// Whether admin exists, and whether this browser holds a live session.
 pub enum AdminPage {
-    SignedIn,
+    SignedIn(SessionToken),
     SignedOut,
+}
+
+impl AdminPage {
+    /// The CSRF token forms of this session carry (empty when signed out).
+    pub fn csrf_token(&self) -> String {
+        match self {
+            AdminPage::SignedIn(session) => session.csrf_token(),
+            AdminPage::SignedOut => String::new(),
+        }
+    }
+
+    /// Checks a state-changing form: same-site, and carrying this session's token.
+    pub fn check_form(&self, req: &HttpRequest, csrf: &str) -> Result<(), ApiError> {
+        same_site(req)?;
+        let expected = self.csrf_token();
+        if expected.is_empty() || !bool::from(csrf.as_bytes().ct_eq(expected.as_bytes())) {
+            tracing::warn!("admin form without this session's CSRF token refused");
+            return Err(forbidden("the form is stale or not from this site: reload the page and try again"));
+        }
+        Ok(())
+    }
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+}
+
+/// Refuses a request a browser marks as sent by another site.
+pub fn same_site(req: &HttpRequest) -> Result<(), ApiError> {
+    let cross_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| !matches!(site, "same-origin" | "none"));
+    let foreign_origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|origin| {
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
+        origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+    });
+    if cross_site || foreign_origin {
+        tracing::warn!("cross-site admin form refused");
+        return Err(forbidden("cross-site requests are refused"));
+    }
+    Ok(())
 }
 
 impl FromRequest for AdminPage {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(configured(req).map(|token| {
-            let signed_in = req
-                .cookie(SESSION_COOKIE)
-                .is_some_and(|c| bool::from(c.value().as_bytes().ct_eq(session_value(&token).as_bytes())));
-            if signed_in { AdminPage::SignedIn } else { AdminPage::SignedOut }
-        }))
+        let configured = configured(req);
+        let cookie = req.cookie(SESSION_COOKIE).map(|c| SessionToken::from_cookie(c.value()));
+        let pool = req.app_data::<web::Data<PgPool>>().cloned();
+        Box::pin(async move {
+            let token = configured?;
+            let (Some(session), Some(pool)) = (cookie, pool) else { return Ok(AdminPage::SignedOut) };
+            match sessions::find(pool.get_ref(), REALM, &session).await? {
+                Some(subject) if subject == fingerprint(&token) => Ok(AdminPage::SignedIn(session)),
+                _ => Ok(AdminPage::SignedOut),
+            }
+        })
     }
+}
+
+/// Opens a session for a sign-in with the right token; its cookie.
+pub async fn sign_in(pool: &PgPool, settings: &Settings, token: &Secret) -> Result<Cookie<'static>, sqlx::Error> {
+    let session = sessions::create(pool, REALM, &fingerprint(token), settings.admin_session_ttl).await?;
+    Ok(Cookie::build(SESSION_COOKIE, session.expose().to_owned())
+        .path("/admin")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(settings.session_cookie_secure)
+        .max_age(actix_web::cookie::time::Duration::seconds(settings.admin_session_ttl.as_secs() as i64))
+        .finish())
+}
+
+/// Ends the session (if any) and returns the cookie that clears it.
+pub async fn sign_out(pool: &PgPool, page: &AdminPage) -> Result<Cookie<'static>, sqlx::Error> {
+    if let AdminPage::SignedIn(session) = page {
+        sessions::revoke(pool, session).await?;
+    }
+    let mut cookie = Cookie::build(SESSION_COOKIE, "").path("/admin").finish();
+    cookie.make_removal();
+    Ok(cookie)
 }

@@ -10,5 +10,6 @@ pub mod idempotency;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
+pub mod security_headers;
 pub mod startup;
 pub mod url;

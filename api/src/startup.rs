@@ -44,6 +44,7 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(crate::rate_limit::enforce))
                 // Outside the limits and idempotency: refused before anything counts it.
                 .wrap(actix_web::middleware::from_fn(crate::edge::guard))
+                .wrap(actix_web::middleware::from_fn(crate::security_headers::add))
                 .wrap_fn(|req, srv| {
                     // Latency by route pattern (not raw path: ids would explode the labels).
                     let started = std::time::Instant::now();

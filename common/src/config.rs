@@ -70,6 +70,11 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// Bearer token of the admin API and page; `None` disables them (404).
     pub admin_token: Option<Secret>,
+    /// How long an admin page sign-in lasts (`ADMIN_SESSION_TTL_MINUTES`, 8 hours).
+    pub admin_session_ttl: Duration,
+    /// Session cookies carry `Secure` (`SESSION_COOKIE_SECURE`, on); only a local
+    /// plain-http setup (`scripts/run`) turns it off.
+    pub session_cookie_secure: bool,
     /// Where the worker serves `/metrics`; `None` (`METRICS_ADDR=off`) serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     pub jobs: JobSettings,
@@ -316,6 +321,8 @@ impl Settings {
             trust_forwarded_for: r.parse("TRUST_FORWARDED_FOR", false)?,
             trusted_proxy_hops: r.parse("TRUSTED_PROXY_HOPS", 1usize)?.max(1),
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
+            admin_session_ttl: Duration::from_secs(60 * r.parse("ADMIN_SESSION_TTL_MINUTES", 8 * 60u64)?),
+            session_cookie_secure: r.parse("SESSION_COOKIE_SECURE", true)?,
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
                 Some("off") => None,
                 _ => Some(r.parse("METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?),
@@ -369,6 +376,17 @@ impl Settings {
             if email.pool_max == 0 {
                 return fail("SMTP_POOL_MAX", "must be at least 1");
             }
+            // Anyone can forge unsubscribe links signed with the public development
+            // secret: it is for the local mail sink only.
+            if self.unsubscribe_secret.expose() == DEV_UNSUBSCRIBE_SECRET && !smtp_is_local(email.smtp_url.expose()) {
+                return fail(
+                    "EMAIL_UNSUBSCRIBE_SECRET",
+                    "must be set to a secret of your own when SMTP_URL sends real email (not localhost)",
+                );
+            }
+        }
+        if self.unsubscribe_secret.expose().len() < 16 {
+            return fail("EMAIL_UNSUBSCRIBE_SECRET", "must be at least 16 characters");
         }
         for (name, value) in [
             ("CREDITS_TRIAL_SIGNUP", self.credits.trial_signup),
@@ -390,6 +408,19 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Whether an SMTP URL (`smtp://user:pass@host:port`) points at this machine: the
+/// local sink of development and tests.
+fn smtp_is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The Stripe client joins paths onto the base, which needs the trailing slash.
@@ -441,6 +472,23 @@ mod tests {
         assert_eq!((s.credits.billing_added, s.credits.pro_invoice), (5, 60));
         assert_eq!((s.prices.fix_payg_cents, s.prices.fix_pro_overage_cents), (2_900, 1_500));
         assert!(s.stripe.is_none() && s.webhook_secrets.is_empty());
+    }
+
+    #[test]
+    fn a_worker_sending_real_email_needs_its_own_unsubscribe_secret() {
+        let real = [("DATABASE_URL", "postgres://x"), ("SMTP_URL", "smtps://apikey:pw@smtp.example.com:465")];
+        let error = settings(&real).unwrap_err();
+        assert_eq!(error.name, "EMAIL_UNSUBSCRIBE_SECRET");
+        let own = [real[0], real[1], ("EMAIL_UNSUBSCRIBE_SECRET", "a-long-random-secret-of-ours")];
+        assert!(settings(&own).is_ok());
+        for local in ["smtp://127.0.0.1:2525", "smtp://user:pw@localhost:25", "smtp://[::1]:2525"] {
+            assert!(
+                settings(&[real[0], ("SMTP_URL", local)]).is_ok(),
+                "{local}: the local sink may use the dev secret"
+            );
+        }
+        let short = [real[0], ("EMAIL_UNSUBSCRIBE_SECRET", "short")];
+        assert_eq!(settings(&short).unwrap_err().name, "EMAIL_UNSUBSCRIBE_SECRET");
     }
 
     #[test]

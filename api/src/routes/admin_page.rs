@@ -1,13 +1,12 @@
 //! The admin page at `/admin`: queues, dead letters and waiting jobs, with redrive,
 //! discard and cancel buttons; a credit adjustment form and the audit log. Every
 //! action is appended to the audit log with the actor `admin-page`.
-//! Server-rendered (minijinja), no script.
+//! Server-rendered (minijinja), no script. Sessions and CSRF: `admin_auth`.
 
 use std::sync::OnceLock;
 
-use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use common::config::Settings;
 use common::db;
 use common::queue::admin::{self, JobFilter};
@@ -21,7 +20,7 @@ use uuid::Uuid;
 const ACTOR: &str = "admin-page";
 
 use super::admin::kinds;
-use crate::admin_auth::{AdminPage, SESSION_COOKIE, same_secret, session_value};
+use crate::admin_auth::{self, AdminPage, same_secret};
 use crate::errors::ApiError;
 
 fn templates() -> &'static Environment<'static> {
@@ -87,7 +86,7 @@ pub async fn overview(
     Ok(page(
         StatusCode::OK,
         "overview.html",
-        context! { signed_in => true, flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting), audit => Serde(audit), drift => Serde(drift), adjustment_key => adjustment_key.to_string() },
+        context! { signed_in => true, csrf => auth.csrf_token(), flash => flash.into_inner().flash, queues => Serde(queues), dead => Serde(dead), waiting => Serde(waiting), audit => Serde(audit), drift => Serde(drift), adjustment_key => adjustment_key.to_string() },
     ))
 }
 
@@ -98,12 +97,16 @@ pub async fn job(auth: AdminPage, pool: web::Data<PgPool>, id: web::Path<i64>) -
     let job = admin::detail(pool.get_ref(), *id).await?.ok_or_else(|| ApiError::not_found("no such job"))?;
     let args = serde_json::to_string_pretty(&job.args).unwrap_or_default();
     let result = job.result.as_ref().map(|r| serde_json::to_string_pretty(r).unwrap_or_default());
-    Ok(page(StatusCode::OK, "job.html", context! { signed_in => true, job => Serde(job), args, result }))
+    Ok(page(
+        StatusCode::OK,
+        "job.html",
+        context! { signed_in => true, csrf => auth.csrf_token(), job => Serde(job), args, result },
+    ))
 }
 
 pub async fn login_form(auth: AdminPage) -> HttpResponse {
     match auth {
-        AdminPage::SignedIn => back("Signed in"),
+        AdminPage::SignedIn(_) => back("Signed in"),
         AdminPage::SignedOut => page(StatusCode::OK, "login.html", context! { signed_in => false }),
     }
 }
@@ -113,24 +116,47 @@ pub struct SignIn {
     token: String,
 }
 
-pub async fn login(_: AdminPage, settings: web::Data<Settings>, form: web::Form<SignIn>) -> HttpResponse {
-    let Some(token) = &settings.admin_token else { return HttpResponse::NotFound().finish() };
+pub async fn login(
+    _: AdminPage,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
+    form: web::Form<SignIn>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(token) = &settings.admin_token else { return Ok(HttpResponse::NotFound().finish()) };
+    admin_auth::same_site(&req)?;
     if !same_secret(form.token.trim(), token) {
         tracing::warn!("admin sign-in with a wrong token");
-        return page(StatusCode::UNAUTHORIZED, "login.html", context! { signed_in => false, flash => "Wrong token." });
+        return Ok(page(
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            context! { signed_in => false, flash => "Wrong token." },
+        ));
     }
-    let cookie = Cookie::build(SESSION_COOKIE, session_value(token))
-        .path("/admin")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .finish();
-    HttpResponse::SeeOther().cookie(cookie).insert_header((header::LOCATION, "/admin")).finish()
+    let cookie = admin_auth::sign_in(pool.get_ref(), &settings, token).await?;
+    tracing::info!("admin signed in");
+    Ok(HttpResponse::SeeOther().cookie(cookie).insert_header((header::LOCATION, "/admin")).finish())
 }
 
-pub async fn logout(_: AdminPage) -> HttpResponse {
-    let mut cookie = Cookie::build(SESSION_COOKIE, "").path("/admin").finish();
-    cookie.make_removal();
-    HttpResponse::SeeOther().cookie(cookie).insert_header((header::LOCATION, "/admin/login")).finish()
+/// The CSRF token every state-changing form of the page carries.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    auth: AdminPage,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, ApiError> {
+    if let AdminPage::SignedOut = auth {
+        return Ok(to_login());
+    }
+    auth.check_form(&req, &form.csrf)?;
+    let cookie = admin_auth::sign_out(pool.get_ref(), &auth).await?;
+    Ok(HttpResponse::SeeOther().cookie(cookie).insert_header((header::LOCATION, "/admin/login")).finish())
 }
 
 #[derive(Deserialize)]
@@ -141,12 +167,15 @@ pub struct JobAction {
 
 pub async fn act(
     auth: AdminPage,
+    req: HttpRequest,
     pool: web::Data<PgPool>,
     path: web::Path<JobAction>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
     if let AdminPage::SignedOut = auth {
         return Ok(to_login());
     }
+    auth.check_form(&req, &form.csrf)?;
     let JobAction { id, action } = path.into_inner();
     let pool = pool.get_ref();
     let result = match action.as_str() {
@@ -166,12 +195,15 @@ pub async fn act(
 
 pub async fn redrive_queue(
     auth: AdminPage,
+    req: HttpRequest,
     pool: web::Data<PgPool>,
     queue: web::Path<String>,
+    form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
     if let AdminPage::SignedOut = auth {
         return Ok(to_login());
     }
+    auth.check_form(&req, &form.csrf)?;
     let redriven = admin::redrive_all(pool.get_ref(), &queue, ACTOR).await.map_err(ApiError::from)?;
     Ok(back(&format!("{redriven} dead jobs of {queue} redriven")))
 }
@@ -183,16 +215,20 @@ pub struct AdjustForm {
     amount: String,
     reason: String,
     key: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub async fn adjust_credits(
     auth: AdminPage,
+    req: HttpRequest,
     pool: web::Data<PgPool>,
     form: web::Form<AdjustForm>,
 ) -> Result<HttpResponse, ApiError> {
     if let AdminPage::SignedOut = auth {
         return Ok(to_login());
     }
+    auth.check_form(&req, &form.csrf)?;
     let form = form.into_inner();
     let pool = pool.get_ref();
     let Some(customer) = db::customers::find_by_id_or_email(pool, &form.customer).await? else {

@@ -10,6 +10,7 @@ pub mod email_deliveries;
 pub mod idempotency;
 pub mod rate_limits;
 pub mod reconcile_drift;
+pub mod sessions;
 pub mod usage;
 
 use sqlx::PgPool;

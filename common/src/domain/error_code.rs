@@ -10,6 +10,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RequestHeadersTooLarge,
     Unauthorized,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     EmailTaken,

@@ -54,11 +54,10 @@ impl Job for PruneJobs {
                 }
             }
         }
-        // Ended rate-limit windows and idempotency records past their 24 hours.
+        // Ended rate-limit windows, idempotency records past their 24 hours, expired sessions.
         crate::db::rate_limits::prune(&ctx.pool).await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
-            .execute(&ctx.pool)
-            .await?;
+        crate::db::idempotency::prune(&ctx.pool).await?;
+        crate::db::sessions::prune(&ctx.pool).await?;
         if deleted.iter().any(|&n| n > 0) {
             tracing::info!(finished = deleted[0], dead = deleted[1], "pruned jobs");
         }

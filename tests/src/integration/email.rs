@@ -89,15 +89,26 @@ async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
     // The link works, and stops the remaining steps when they come due.
     let bad = app.client.get(app.url("/email/unsubscribe?token=nonsense")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
+    let is_unsubscribed = || async {
+        sqlx::query_scalar::<_, bool>("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
+            .bind(customer)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    // Following the link (as a mail scanner does) only asks.
     let page = app.client.get(&link).send().await.unwrap();
     assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"confirm-unsubscribe\"") && page.contains("method=\"post\""), "{page}");
+    assert!(!is_unsubscribed().await, "a GET changes nothing");
+    // The page's button posts the same URL.
+    let action = page.split("action=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().replace("&amp;", "&");
+    let confirmed = app.client.post(app.url(&action)).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(confirmed.status(), 200);
+    assert!(confirmed.text().await.unwrap().contains("You are unsubscribed"));
     assert!(app.customer(customer).await.credit_balance == 5);
-    let unsubscribed: bool = sqlx::query_scalar("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
-        .bind(customer)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert!(unsubscribed);
+    assert!(is_unsubscribed().await);
     sqlx::query("UPDATE jobs SET run_at = now() WHERE kind = 'send_email_step' AND args->>'step' = 'getting_started'")
         .execute(&app.db.pool)
         .await

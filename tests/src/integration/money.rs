@@ -786,13 +786,14 @@ async fn the_admin_page_adjusts_credits_once_per_form_and_shows_the_audit_log() 
     let cookie = answer.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
     let page = browser.get(app.url("/admin")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
     let key = page.split("name=\"key\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
 
     let submit = || {
         browser
             .post(app.url("/admin/credits"))
             .header("cookie", &cookie)
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("customer=page-credits%40example.com&amount=3&reason=support+ticket+9&key={key}"))
+            .body(format!("customer=page-credits%40example.com&amount=3&reason=support+ticket+9&key={key}&csrf={csrf}"))
             .send()
     };
     let first = submit().await.unwrap();

@@ -366,3 +366,114 @@ async fn the_queue_gauges_agree_with_the_overview() {
     assert_eq!((grants.depth, grants.dead), (3, 2));
     assert!(grants.oldest_waiting_seconds >= 90.0);
 }
+
+/// Signs in to the admin page; the session cookie (`name=value`) and the Set-Cookie line.
+async fn sign_in(app: &TestApp, browser: &reqwest::Client) -> (String, String) {
+    let answer = browser
+        .post(app.url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", app.address.clone())
+        .header("sec-fetch-site", "same-origin")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let set_cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    (set_cookie.split(';').next().unwrap().to_owned(), set_cookie)
+}
+
+#[tokio::test]
+async fn admin_sessions_are_random_hashed_expiring_revocable_and_forms_need_their_csrf_token() {
+    let app = app_with_admin().await;
+    let (id, _) = dead_grant(&app).await;
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let (cookie, set_cookie) = sign_in(&app, &browser).await;
+    let (other, _) = sign_in(&app, &browser).await;
+    assert_ne!(cookie, other, "every sign-in gets its own session");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/admin", "Max-Age=28800"] {
+        assert!(set_cookie.contains(attribute), "{attribute} in {set_cookie}");
+    }
+    let value = cookie.split_once('=').unwrap().1;
+    let stored: String =
+        sqlx::query_scalar("SELECT string_agg(token_hash, ' ') FROM sessions").fetch_one(&app.db.pool).await.unwrap();
+    assert!(!stored.contains(value), "only the cookie's hash is stored");
+
+    let overview = |cookie: String| {
+        let browser = browser.clone();
+        let url = app.url("/admin");
+        async move { browser.get(url).header("cookie", cookie).send().await.unwrap() }
+    };
+    let page = overview(cookie.clone()).await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let page = page.text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap().to_owned();
+    assert!(csrf.len() >= 32);
+
+    // A form without the token, with another session's token, or from another site:
+    // refused, and the dead job stays dead.
+    let redrive = |cookie: &str, body: String, origin: &str| {
+        browser
+            .post(app.url(&format!("/admin/jobs/{id}/redrive")))
+            .header("cookie", cookie)
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let own = app.address.clone();
+    assert_eq!(redrive(&cookie, String::new(), &own).await.unwrap().status(), 403);
+    let other_page = overview(other.clone()).await.text().await.unwrap();
+    let other_csrf = other_page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    assert_eq!(redrive(&cookie, format!("csrf={other_csrf}"), &own).await.unwrap().status(), 403);
+    assert_eq!(redrive(&cookie, format!("csrf={csrf}"), "https://evil.example").await.unwrap().status(), 403);
+    assert_eq!(job_status(&app, id).await.as_deref(), Some("dead"));
+    let done = redrive(&cookie, format!("csrf={csrf}"), &own).await.unwrap();
+    assert_eq!(done.status(), 303);
+    assert_ne!(job_status(&app, id).await.as_deref(), Some("dead"), "with its token the form works");
+
+    // Signing out ends that session only.
+    let out = browser
+        .post(app.url("/admin/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        overview(cookie.clone()).await.headers()["location"],
+        "/admin/login",
+        "a signed-out cookie opens nothing"
+    );
+    assert_eq!(overview(other.clone()).await.status(), 200);
+    // An expired session opens nothing either.
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'").execute(&app.db.pool).await.unwrap();
+    assert_eq!(overview(other).await.headers()["location"], "/admin/login");
+
+    // A sign-in form posted from another site is refused (no login CSRF).
+    let forged = browser
+        .post(app.url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "cross-site")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+}
+
+#[tokio::test]
+async fn pages_send_a_csp_and_the_docs_page_loads_no_script() {
+    let app = TestApp::api_only().await;
+    let docs = app.client.get(app.url("/api/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert_eq!(docs.headers()["x-content-type-options"], "nosniff");
+    let html = docs.text().await.unwrap();
+    assert!(!html.contains("<script"), "no script, from anywhere");
+    assert!(html.contains("/api/v1/usage/fixes") && html.contains("NO_BILLING_INFO"), "the operations are listed");
+}
