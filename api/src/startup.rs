@@ -32,6 +32,11 @@ impl Application {
             Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(std::io::Error::other)?),
             None => None,
         };
+        if let Some(addr) = settings.api_metrics_addr {
+            let metrics = metrics::own_server(TcpListener::bind(addr)?, settings.clone())?;
+            tokio::spawn(metrics);
+            tracing::info!(%addr, "metrics at /metrics on their own address");
+        }
         let waker = web::Data::new(JobWaker::spawn(pool.clone()));
         let pool = web::Data::new(pool);
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));

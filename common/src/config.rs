@@ -77,6 +77,10 @@ pub struct Settings {
     pub session_cookie_secure: bool,
     /// Where the worker serves `/metrics`; `None` (`METRICS_ADDR=off`) serves nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the API serves `/metrics` instead of its public port (`API_METRICS_ADDR`).
+    pub api_metrics_addr: Option<SocketAddr>,
+    /// The bearer token `/metrics` asks for (`METRICS_TOKEN`); `None`: open.
+    pub metrics_token: Option<Secret>,
     pub jobs: JobSettings,
 }
 
@@ -327,6 +331,11 @@ impl Settings {
                 Some("off") => None,
                 _ => Some(r.parse("METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?),
             },
+            api_metrics_addr: match r.string("API_METRICS_ADDR") {
+                None => None,
+                Some(_) => Some(r.parse("API_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9092)))?),
+            },
+            metrics_token: r.string("METRICS_TOKEN").map(Secret::new),
             renewal_schedule: r
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             reconcile_schedule: r

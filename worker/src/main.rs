@@ -24,6 +24,7 @@
 //! ```
 
 mod credits;
+mod metrics_http;
 mod ops;
 mod simulate;
 
@@ -48,9 +49,9 @@ async fn main() -> Result<(), Error> {
     match args.first().map(String::as_str) {
         None | Some("run") => {
             if let Some(addr) = settings.metrics_addr {
-                match common::telemetry::metrics::serve(addr) {
+                match metrics_http::serve(addr, settings.metrics_token.clone()) {
                     Ok(()) => tracing::info!(%addr, "metrics at /metrics"),
-                    Err(error) => tracing::warn!(%error, "metrics are not served"),
+                    Err(error) => tracing::warn!(%error, %addr, "metrics are not served"),
                 }
             }
             let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();

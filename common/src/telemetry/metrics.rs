@@ -1,5 +1,7 @@
 //! Prometheus metrics. Code records through the `metrics` facade; each process exposes
-//! them at `/metrics` (the API on its own port, the worker on `METRICS_ADDR`).
+//! them at `/metrics`: the worker on `METRICS_ADDR`, the API on its public port or, with
+//! `API_METRICS_ADDR`, on that address only. With `METRICS_TOKEN` set, both ask for
+//! `Authorization: Bearer <METRICS_TOKEN>`.
 //!
 //! | metric | labels |
 //! |---|---|
@@ -9,12 +11,15 @@
 //! | `rsolv_queue_depth`, `rsolv_queue_oldest_waiting_seconds`, `rsolv_queue_dead` (gauges) | `queue` |
 //! | `rsolv_ledger_postings_total` | `source` |
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
 
 const DURATION_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -31,9 +36,12 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| builder().install_recorder().expect("no other metrics recorder is installed"))
 }
 
-/// Installs the recorder with its own HTTP listener serving `/metrics` (the worker).
-pub fn serve(addr: SocketAddr) -> Result<(), String> {
-    builder().with_http_listener(addr).install().map_err(|e| format!("metrics listener on {addr}: {e}"))
+/// Whether a scrape's `Authorization` header may read the metrics: anyone when no
+/// `METRICS_TOKEN` is set, else only its bearer (compared in constant time).
+pub fn scrape_allowed(authorization: Option<&str>, token: Option<&Secret>) -> bool {
+    let Some(token) = token else { return true };
+    let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
+    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.expose().as_bytes())).into()
 }
 
 /// Keeps the per-queue gauges current from the jobs table.

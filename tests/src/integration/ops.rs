@@ -477,3 +477,23 @@ async fn pages_send_a_csp_and_the_docs_page_loads_no_script() {
     assert!(!html.contains("<script"), "no script, from anywhere");
     assert!(html.contains("/api/v1/usage/fixes") && html.contains("NO_BILLING_INFO"), "the operations are listed");
 }
+
+#[tokio::test]
+async fn api_metrics_can_need_a_token_and_move_to_an_address_of_their_own() {
+    let guarded = TestApp::spawn(&[("METRICS_TOKEN", "scrape-token-0123456789")], false).await;
+    assert_eq!(guarded.client.get(guarded.url("/metrics")).send().await.unwrap().status(), 401);
+    let scraped =
+        guarded.client.get(guarded.url("/metrics")).bearer_auth("scrape-token-0123456789").send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let own = format!("127.0.0.1:{port}");
+    let apart = TestApp::spawn(&[("API_METRICS_ADDR", own.as_str())], false).await;
+    assert_eq!(apart.client.get(apart.url("/metrics")).send().await.unwrap().status(), 404, "not on the public port");
+    let url = format!("http://{own}/metrics");
+    wait_for("the metrics listener", Duration::from_secs(10), || {
+        let (client, url) = (apart.client.clone(), url.clone());
+        async move { client.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}

@@ -231,7 +231,8 @@ async fn the_worker_process_serves_its_metrics() {
     let app = TestApp::api_only().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
-    let _worker = WorkerProcess::start_with(&app.db.url, &[("METRICS_ADDR", addr.as_str())]);
+    let token = "a-metrics-token-for-scrapers";
+    let _worker = WorkerProcess::start_with(&app.db.url, &[("METRICS_ADDR", addr.as_str()), ("METRICS_TOKEN", token)]);
     let (customer, _) = app.onboarded_customer("worker-metrics@example.com").await;
     assert!(common::db::customers::exists(&app.db.pool, customer).await.unwrap());
     let url = format!("http://{addr}/metrics");
@@ -239,13 +240,17 @@ async fn the_worker_process_serves_its_metrics() {
     wait_for("the worker's metrics to show the job and the queues", Duration::from_secs(20), || {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            let Ok(response) = client.get(&url).send().await else { return false };
+            let Ok(response) = client.get(&url).bearer_auth(token).send().await else { return false };
             let text = response.text().await.unwrap_or_default();
             text.contains("rsolv_jobs_succeeded_total{kind=\"provision_customer\"} 1")
                 && text.contains("rsolv_queue_depth{queue=\"grant_credits\"}")
         }
     })
     .await;
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "METRICS_TOKEN set: a scrape needs it");
+    let wrong = client.get(&url).bearer_auth("a-guess").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
 }
 
 /// Runs a binary with `RUST_LOG=trace`, keeping everything it prints.
