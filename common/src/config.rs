@@ -201,15 +201,17 @@ pub struct JobSettings {
 pub struct KindSettings {
     pub concurrency: usize,
     pub max_attempts: i32,
+    pub timeout: Duration,
 }
 
 impl JobSettings {
     /// The queue settings of a job kind: its own environment overrides, else its defaults.
     pub fn kind(&self, kind: &str, policy: &RetryPolicy) -> KindSettings {
-        self.kinds
-            .get(kind)
-            .copied()
-            .unwrap_or(KindSettings { concurrency: policy.concurrency, max_attempts: policy.max_attempts })
+        self.kinds.get(kind).copied().unwrap_or(KindSettings {
+            concurrency: policy.concurrency,
+            max_attempts: policy.max_attempts,
+            timeout: policy.timeout,
+        })
     }
 
     pub fn retry_policy(&self, kind: &str, defaults: &RetryPolicy) -> RetryPolicy {
@@ -219,6 +221,7 @@ impl JobSettings {
             concurrency: k.concurrency,
             backoff_base: self.backoff_base,
             backoff_max: self.backoff_max,
+            timeout: k.timeout,
         }
     }
 }
@@ -242,11 +245,12 @@ impl Settings {
             let settings = KindSettings {
                 concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
                 max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
+                timeout: r.millis(&format!("JOB_{upper}_TIMEOUT_MS"), defaults.timeout.as_millis() as u64)?,
             };
-            if settings.concurrency == 0 || settings.max_attempts < 1 {
+            if settings.concurrency == 0 || settings.max_attempts < 1 || settings.timeout.is_zero() {
                 return Err(ConfigError {
                     name: format!("JOB_{upper}_*"),
-                    message: "concurrency and max attempts must be at least 1".into(),
+                    message: "concurrency and max attempts must be at least 1, the timeout above 0".into(),
                 });
             }
             kinds.insert(kind.to_owned(), settings);
@@ -537,10 +541,16 @@ mod tests {
             ("DATABASE_URL", "postgres://x"),
             ("JOB_RECORD_USAGE_CONCURRENCY", "3"),
             ("JOB_RECORD_USAGE_MAX_ATTEMPTS", "7"),
+            ("JOB_RECORD_USAGE_TIMEOUT_MS", "4500"),
         ])
         .unwrap();
         let policy = RetryPolicy::default();
-        assert_eq!(s.jobs.kind("record_usage", &policy), KindSettings { concurrency: 3, max_attempts: 7 });
+        assert_eq!(
+            s.jobs.kind("record_usage", &policy),
+            KindSettings { concurrency: 3, max_attempts: 7, timeout: Duration::from_millis(4500) }
+        );
+        let defaults = s.jobs.kind("grant_credits", &policy);
+        assert_eq!(defaults.timeout, Duration::from_secs(60), "the kind's own run timeout");
         let err = settings(&[("DATABASE_URL", "postgres://x"), ("BIND_ADDR", "nowhere")]).unwrap_err();
         assert_eq!(err.name, "BIND_ADDR");
         let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();

@@ -2,6 +2,8 @@
 //! consent, make a trial pay-as-you-go, and grant the billing-added credits once per
 //! customer (the ledger key is per customer, so a second card grants nothing).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -24,7 +26,7 @@ pub struct AddPaymentMethod {
 
 impl JobKind for AddPaymentMethod {
     const KIND: &'static str = "add_payment_method";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.operation_id.to_string())

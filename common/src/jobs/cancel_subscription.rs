@@ -1,6 +1,8 @@
 //! Cancel Pro, now (then as `customer.subscription.deleted`: pay-as-you-go, credits
 //! kept) or at the period's end (Pro stays until Stripe deletes the subscription).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,7 +19,7 @@ pub struct CancelSubscription {
 
 impl JobKind for CancelSubscription {
     const KIND: &'static str = "cancel_subscription";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.operation_id.to_string())

@@ -2,6 +2,8 @@
 //! Enqueued by provisioning in its transaction; idempotent through the recorded id and
 //! Stripe's `Idempotency-Key` (`rsolv-customer-{id}`).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -16,7 +18,7 @@ pub struct CreateStripeCustomer {
 
 impl JobKind for CreateStripeCustomer {
     const KIND: &'static str = "create_stripe_customer";
-    const RETRY: RetryPolicy = RetryPolicy::new(15, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(15, 5).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.customer_id.to_string())

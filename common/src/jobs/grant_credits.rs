@@ -1,6 +1,8 @@
 //! Grant (or, with a negative amount, take back) credits through the ledger, once per
 //! idempotency key however often the job runs.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -22,7 +24,7 @@ pub struct GrantCredits {
 
 impl JobKind for GrantCredits {
     const KIND: &'static str = "grant_credits";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 10);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 10).timeout(Duration::from_secs(60));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.idempotency_key.clone())

@@ -10,6 +10,8 @@
 //! the API (webhooks only), a payload's state is applied only if it is newer (event
 //! `created`, then stage rank) than the last one applied.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -40,7 +42,7 @@ impl ProcessStripeEvent {
 
 impl JobKind for ProcessStripeEvent {
     const KIND: &'static str = "process_stripe_event";
-    const RETRY: RetryPolicy = RetryPolicy::new(20, 10);
+    const RETRY: RetryPolicy = RetryPolicy::new(20, 10).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.event_id.clone())

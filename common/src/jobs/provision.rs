@@ -3,6 +3,8 @@
 //! onboarding emails) are enqueued in the same transaction as their own jobs, each with
 //! its own idempotency, so provisioning never calls out while holding the transaction.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -25,7 +27,7 @@ pub struct ProvisionCustomer {
 
 impl JobKind for ProvisionCustomer {
     const KIND: &'static str = "provision_customer";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 10);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 10).timeout(Duration::from_secs(60));
 
     /// One provisioning per email: the API's duplicate check.
     fn unique_key(&self) -> Option<String> {

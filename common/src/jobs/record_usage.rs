@@ -23,6 +23,8 @@
 //! `STRIPE_TIMEOUT_MS`), so two runs of one fix never pay side by side; the customer's
 //! row is locked only for the short transactions before and after.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -64,7 +66,7 @@ impl RecordUsage {
 
 impl JobKind for RecordUsage {
     const KIND: &'static str = "record_usage";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 10);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 10).timeout(Duration::from_secs(180));
 
     fn unique_key(&self) -> Option<String> {
         Some(Self::unique_key_for(self.customer_id, &self.fix_id))

@@ -1,6 +1,8 @@
 //! Resume Pro: withdraw a scheduled cancellation (`cancel_at_period_end = false`), so
 //! the subscription renews as before.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -16,7 +18,7 @@ pub struct ResumeSubscription {
 
 impl JobKind for ResumeSubscription {
     const KIND: &'static str = "resume_subscription";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.operation_id.to_string())

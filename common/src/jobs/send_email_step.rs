@@ -1,6 +1,8 @@
 //! Send one step of an email sequence, at most once (see `email` for the guarantee),
 //! after re-checking the sequence's stop condition.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -25,7 +27,7 @@ pub struct SendEmailStep {
 
 impl JobKind for SendEmailStep {
     const KIND: &'static str = "send_email_step";
-    const RETRY: RetryPolicy = RetryPolicy::new(12, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(12, 5).timeout(Duration::from_secs(120));
 
     fn unique_key(&self) -> Option<String> {
         Some(format!("{}:{}:{}:{}", self.customer_id, self.sequence, self.step, self.occurrence))

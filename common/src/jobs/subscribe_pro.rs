@@ -8,6 +8,8 @@
 //! whose answer was lost (a crash after Stripe's success, a timeout) is adopted rather
 //! than doubled. Stripe's Idempotency-Key is sent too, but not relied on.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -24,7 +26,7 @@ pub struct SubscribePro {
 
 impl JobKind for SubscribePro {
     const KIND: &'static str = "subscribe_pro";
-    const RETRY: RetryPolicy = RetryPolicy::new(10, 5);
+    const RETRY: RetryPolicy = RetryPolicy::new(10, 5).timeout(Duration::from_secs(180));
 
     fn unique_key(&self) -> Option<String> {
         Some(self.operation_id.to_string())

@@ -5,6 +5,7 @@
 //! is bounded: when acknowledgements fall behind, new runs wait instead of piling up
 //! finished-but-unrecorded jobs in memory.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use apalis_core::error::BoxDynError;
@@ -16,6 +17,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt};
 use serde::Serialize;
 
+use super::store::Slots;
 use super::table::{Finished, job_id};
 
 /// What the acknowledger receives, in the order it was sent.
@@ -28,11 +30,12 @@ pub(super) enum AckMessage {
 #[derive(Clone)]
 pub struct AckLayer {
     sender: Sender<AckMessage>,
+    slots: Arc<Slots>,
 }
 
 impl AckLayer {
-    pub(super) fn new(sender: Sender<AckMessage>) -> Self {
-        Self { sender }
+    pub(super) fn new(sender: Sender<AckMessage>, slots: Arc<Slots>) -> Self {
+        Self { sender, slots }
     }
 }
 
@@ -40,7 +43,7 @@ impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
 
     fn layer(&self, inner: S) -> AckService<S> {
-        AckService { inner, sender: self.sender.clone() }
+        AckService { inner, sender: self.sender.clone(), slots: self.slots.clone() }
     }
 }
 
@@ -48,6 +51,7 @@ impl<S> Layer<S> for AckLayer {
 pub struct AckService<S> {
     inner: S,
     sender: Sender<AckMessage>,
+    slots: Arc<Slots>,
 }
 
 impl<S, Args> Service<Task<Args>> for AckService<S>
@@ -72,10 +76,15 @@ where
 
     fn call(&mut self, task: Task<Args>) -> Self::Future {
         let id = task.ctx().task_id().and_then(job_id);
+        // The attempt the claim gave this run (apalis counts it up once the run starts).
+        let attempt = i32::try_from(task.ctx().attempt()).unwrap_or(i32::MAX);
         let mut sender = self.sender.clone();
+        let slots = self.slots.clone();
         let run = self.inner.call(task);
         async move {
             let result = run.await.map_err(Into::into);
+            // Its slot is free for the claimer as soon as the run is over.
+            slots.finished();
             match id {
                 Some(id) => {
                     let report = match &result {
@@ -83,7 +92,7 @@ where
                         Err(error) => Err(error.to_string()),
                     };
                     // Only fails once the store is gone; the job then falls to orphan rescue.
-                    let _ = sender.send(AckMessage::Finished(Finished { id, result: report })).await;
+                    let _ = sender.send(AckMessage::Finished(Finished { id, attempt, result: report })).await;
                 }
                 None => tracing::error!("a finished task without a job id cannot be acknowledged"),
             }

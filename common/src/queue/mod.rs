@@ -37,6 +37,8 @@ mod ack;
 pub mod admin;
 pub mod cron;
 mod enqueue;
+#[cfg(feature = "failpoints")]
+pub mod hooks;
 mod notifier;
 mod store;
 mod table;
@@ -86,7 +88,10 @@ pub trait Job: JobKind {
     fn run(self, ctx: Self::Context) -> impl Future<Output = Result<Outcome, JobError>> + Send;
 }
 
-/// Retry settings of a kind.
+/// How a kind runs and retries: attempts, concurrency, backoff, and how long one run
+/// may take (River's `Timeout`). A run that overruns is stopped (its future dropped, so
+/// an open transaction rolls back), counted as a failed attempt and retried after its
+/// backoff; its slot is free at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: i32,
@@ -94,11 +99,25 @@ pub struct RetryPolicy {
     pub concurrency: usize,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The longest one run may take (`JOB_<KIND>_TIMEOUT_MS` overrides it).
+    pub timeout: Duration,
 }
 
 impl RetryPolicy {
+    /// Five minutes a run, unless the kind says otherwise ([`RetryPolicy::timeout`]).
     pub const fn new(max_attempts: i32, concurrency: usize) -> Self {
-        Self { max_attempts, concurrency, backoff_base: Duration::from_secs(1), backoff_max: Duration::from_secs(3600) }
+        Self {
+            max_attempts,
+            concurrency,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 

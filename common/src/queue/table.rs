@@ -136,47 +136,70 @@ pub(super) fn job_id(task_id: &TaskId) -> Option<i64> {
     }
 }
 
-/// A finished run as the worker reports it: the handler's answer, or its error.
+/// A finished run as the worker reports it: which claim of the job it ran (the
+/// attempt number the claim gave it), and the handler's answer or its error.
 pub(super) struct Finished {
     pub(super) id: i64,
+    pub(super) attempt: i32,
     pub(super) result: Result<Value, String>,
+}
+
+/// One outcome's acknowledgements, as the columns its statement unnests.
+pub(super) struct Columns<T> {
+    ids: Vec<i64>,
+    attempts: Vec<i32>,
+    values: Vec<T>,
+}
+
+impl<T> Default for Columns<T> {
+    fn default() -> Self {
+        Self { ids: Vec::new(), attempts: Vec::new(), values: Vec::new() }
+    }
+}
+
+impl<T> Columns<T> {
+    fn push(&mut self, id: i64, attempt: i32, value: T) {
+        self.ids.push(id);
+        self.attempts.push(attempt);
+        self.values.push(value);
+    }
 }
 
 /// Acknowledgements sorted by what they do to the row.
 #[derive(Default)]
 pub(super) struct Acks {
-    done: (Vec<i64>, Vec<Value>),
-    snoozed: (Vec<i64>, Vec<i64>),
-    cancelled: (Vec<i64>, Vec<String>),
-    failed: (Vec<i64>, Vec<String>),
+    done: Columns<Value>,
+    snoozed: Columns<i64>,
+    cancelled: Columns<String>,
+    failed: Columns<String>,
 }
 
 impl Acks {
     pub(super) fn sort(results: impl IntoIterator<Item = Finished>) -> Self {
         let mut acks = Self::default();
-        for Finished { id, result } in results {
+        for Finished { id, attempt, result } in results {
             match result {
                 Ok(value) => match Outcome::deserialize(&value) {
-                    Ok(Outcome::Done { detail }) => push(&mut acks.done, id, detail),
+                    Ok(Outcome::Done { detail }) => acks.done.push(id, attempt, detail),
                     Ok(Outcome::Snooze { seconds }) => {
-                        push(&mut acks.snoozed, id, i64::try_from(seconds).unwrap_or(i64::MAX))
+                        acks.snoozed.push(id, attempt, i64::try_from(seconds).unwrap_or(i64::MAX))
                     }
-                    Ok(Outcome::Cancel { reason }) => push(&mut acks.cancelled, id, reason),
+                    Ok(Outcome::Cancel { reason }) => acks.cancelled.push(id, attempt, reason),
                     // A handler that answered something else still finished.
-                    Err(_) => push(&mut acks.done, id, value),
+                    Err(_) => acks.done.push(id, attempt, value),
                 },
-                Err(error) => push(&mut acks.failed, id, error),
+                Err(error) => acks.failed.push(id, attempt, error),
             }
         }
         acks
     }
 
     pub(super) fn ids(&self) -> impl Iterator<Item = i64> + '_ {
-        [&self.done.0, &self.snoozed.0, &self.cancelled.0, &self.failed.0].into_iter().flatten().copied()
+        [&self.done.ids, &self.snoozed.ids, &self.cancelled.ids, &self.failed.ids].into_iter().flatten().copied()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.done.0.len() + self.snoozed.0.len() + self.cancelled.0.len() + self.failed.0.len()
+        self.done.ids.len() + self.snoozed.ids.len() + self.cancelled.ids.len() + self.failed.ids.len()
     }
 }
 
@@ -196,20 +219,18 @@ pub const CLAIM: &str = "WITH next AS (
      FROM next WHERE j.id = next.id
      RETURNING j.id, j.args, j.attempts";
 
-/// Completes jobs `$1` with results `$2`, where worker `$3` still holds them.
+/// Completes jobs `$1` with results `$3`, where worker `$4` still holds the claims
+/// that gave them attempts `$2`.
 pub const COMPLETE: &str =
     "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
-     FROM UNNEST($1::bigint[], $2::jsonb[]) AS u(id, result)
-     WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3";
+     FROM UNNEST($1::bigint[], $2::int[], $3::jsonb[]) AS u(id, attempt, result)
+     WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4";
 
 impl JobTable {
-    pub(super) async fn claim(&self, worker: &str) -> Result<Vec<Task<Value>>, sqlx::Error> {
-        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
-            .bind(self.kind())
-            .bind(self.config.batch_size as i64)
-            .bind(worker)
-            .fetch_all(&self.pool)
-            .await?;
+    /// Claims up to `limit` due jobs for `worker`.
+    pub(super) async fn claim(&self, worker: &str, limit: usize) -> Result<Vec<Task<Value>>, sqlx::Error> {
+        let rows: Vec<ClaimedRow> =
+            sqlx::query_as(CLAIM).bind(self.kind()).bind(limit as i64).bind(worker).fetch_all(&self.pool).await?;
 
         let mut tasks = Vec::with_capacity(rows.len());
         let mut poison = (Vec::new(), Vec::new());
@@ -241,13 +262,19 @@ impl JobTable {
     }
 
     pub(super) async fn release(&self, tasks: &[Task<Value>], worker: &str) -> Result<u64, sqlx::Error> {
-        // Claimed but never started (the worker is shutting down): give the attempt back.
-        let ids: Vec<i64> = tasks.iter().filter_map(|t| t.task_id().and_then(job_id)).collect();
+        // Claimed but never started (the worker is shutting down): give the attempt back,
+        // where the claim is still the one that gave it.
+        let (ids, attempts): (Vec<i64>, Vec<i32>) = tasks
+            .iter()
+            .filter_map(|t| Some((t.task_id().and_then(job_id)?, i32::try_from(t.ctx().attempt()).ok()?)))
+            .unzip();
         let released = sqlx::query(
-            "UPDATE jobs SET status = 'available', attempts = attempts - 1, locked_by = NULL
-             WHERE id = ANY($1) AND status = 'running' AND locked_by = $2",
+            "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL
+             FROM UNNEST($1::bigint[], $2::int[]) AS u(id, attempt)
+             WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $3",
         )
         .bind(&ids)
+        .bind(&attempts)
         .bind(worker)
         .execute(&self.pool)
         .await?
@@ -256,73 +283,99 @@ impl JobTable {
     }
 
     pub(super) async fn acknowledge(&self, acks: &Acks, worker: &str) -> Result<(), sqlx::Error> {
-        // Each update only touches rows this worker still holds: if the job was rescued
-        // from us meanwhile, its new owner decides its fate. That also makes each one safe
-        // to repeat, so they commit on their own: a batch is usually all one outcome, and
-        // one statement is one round trip.
-        if !acks.done.0.is_empty() {
-            sqlx::query(COMPLETE).bind(&acks.done.0).bind(&acks.done.1).bind(worker).execute(&self.pool).await?;
+        // Each update touches only the claim the run came from: the row is still running
+        // under this worker with the attempt number that claim gave it. A run that
+        // stalled while its job was rescued (and perhaps claimed again, even by this
+        // same worker) finds another attempt there and changes nothing: the newer
+        // attempt decides. That also makes each one safe to repeat, so they commit on
+        // their own: a batch is usually all one outcome, and one statement is one round
+        // trip.
+        let mut written = 0;
+        if !acks.done.ids.is_empty() {
+            written += sqlx::query(COMPLETE)
+                .bind(&acks.done.ids)
+                .bind(&acks.done.attempts)
+                .bind(&acks.done.values)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
-        if !acks.snoozed.0.is_empty() {
-            sqlx::query(
+        if !acks.snoozed.ids.is_empty() {
+            written += sqlx::query(
                 "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
                      run_at = now() + u.seconds * interval '1 second'
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, seconds)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
+                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(id, attempt, seconds)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4",
             )
-            .bind(&acks.snoozed.0)
-            .bind(&acks.snoozed.1)
+            .bind(&acks.snoozed.ids)
+            .bind(&acks.snoozed.attempts)
+            .bind(&acks.snoozed.values)
             .bind(worker)
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
         }
-        if !acks.cancelled.0.is_empty() {
-            sqlx::query(
+        if !acks.cancelled.ids.is_empty() {
+            written += sqlx::query(
                 "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.reason))
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, reason)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3",
+                 FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS u(id, attempt, reason)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4",
             )
-            .bind(&acks.cancelled.0)
-            .bind(&acks.cancelled.1)
+            .bind(&acks.cancelled.ids)
+            .bind(&acks.cancelled.attempts)
+            .bind(&acks.cancelled.values)
             .bind(worker)
             .execute(&self.pool)
-            .await?;
+            .await?
+            .rows_affected();
         }
-        if !acks.failed.0.is_empty() {
+        if !acks.failed.ids.is_empty() {
             let policy = &self.config.policy;
             // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
             // capped, then scaled by a random 75-100% so retries of a burst spread out.
-            let dead = sqlx::query(
+            let failed = sqlx::query(
                 "UPDATE jobs j SET
-                     status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN 'dead' ELSE 'retryable' END,
-                     finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN now() END,
-                     run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $4) THEN j.run_at
-                              ELSE now() + least($5::float8 * power(2, j.attempts - 1), $6::float8)
+                     status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN 'dead' ELSE 'retryable' END,
+                     finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN now() END,
+                     run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN j.run_at
+                              ELSE now() + least($6::float8 * power(2, j.attempts - 1), $7::float8)
                                          * (0.75 + random() * 0.25) * interval '1 millisecond' END,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.error)),
                      locked_by = NULL
-                 FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error)
-                 WHERE j.id = u.id AND j.status = 'running' AND j.locked_by = $3
-                 RETURNING j.status",
+                 FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS u(id, attempt, error)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4
+                 RETURNING j.id, j.status",
             )
-            .bind(&acks.failed.0)
-            .bind(&acks.failed.1)
+            .bind(&acks.failed.ids)
+            .bind(&acks.failed.attempts)
+            .bind(&acks.failed.values)
             .bind(worker)
             .bind(policy.max_attempts)
             .bind(policy.backoff_base.as_millis() as f64)
             .bind(policy.backoff_max.as_millis() as f64)
             .fetch_all(&self.pool)
             .await?;
-            let died = dead.iter().filter(|row| row.get::<&str, _>(0) == "dead").count();
+            written += failed.len() as u64;
+            let died = failed.iter().filter(|row| row.get::<&str, _>(1) == "dead").count();
             if died > 0 {
                 metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
             }
-            for (id, error) in acks.failed.0.iter().zip(&acks.failed.1) {
+            for (id, error) in acks.failed.ids.iter().zip(&acks.failed.values) {
                 tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
             }
+        }
+        let ignored = acks.len() as u64 - written.min(acks.len() as u64);
+        if ignored > 0 {
+            metrics::counter!("rsolv_jobs_stale_acks_total", "kind" => self.kind()).increment(ignored);
+            tracing::warn!(
+                kind = self.kind(),
+                ignored,
+                "results of runs whose claim had ended were ignored (the job was rescued, or an operator changed it)"
+            );
         }
         Ok(())
     }

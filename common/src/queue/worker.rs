@@ -72,15 +72,31 @@ pub fn register_with<J: Job>(
             .backend(store)
             .catch_panic()
             .concurrency(policy.concurrency)
-            .build(move |job: J| observed(job, ctx.clone()))
+            .build(move |job: J| observed(job, ctx.clone(), policy.timeout))
     })
 }
 
-/// Runs a job, recording its start, duration and outcome.
-async fn observed<J: Job>(job: J, ctx: J::Context) -> Result<Outcome, JobError> {
+/// Runs a job within its kind's timeout, recording its start, duration and outcome.
+async fn observed<J: Job>(job: J, ctx: J::Context, timeout: std::time::Duration) -> Result<Outcome, JobError> {
     let started = std::time::Instant::now();
     metrics::counter!("rsolv_jobs_started_total", "kind" => J::KIND).increment(1);
-    let result = job.run(ctx).await;
+    let result = match tokio::time::timeout(timeout, job.run(ctx)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!("rsolv_jobs_timed_out_total", "kind" => J::KIND).increment(1);
+            Err(JobError::new(format!(
+                "timed out after {} ms (JOB_{}_TIMEOUT_MS): stopped, to be retried",
+                timeout.as_millis(),
+                J::KIND.to_uppercase()
+            )))
+        }
+    };
+    // Fault tests hold a run here: its effect is done, its result not yet reported.
+    #[cfg(feature = "failpoints")]
+    let result = match super::hooks::after_run(J::KIND).await {
+        Ok(()) => result,
+        Err(error) => Err(JobError::new(error)),
+    };
     metrics::histogram!("rsolv_job_duration_seconds", "kind" => J::KIND).record(started.elapsed().as_secs_f64());
     let outcome = match &result {
         Ok(Outcome::Done { .. } | Outcome::Snooze { .. }) => "rsolv_jobs_succeeded_total",

@@ -469,9 +469,11 @@ async fn main() -> Result<(), Error> {
                                 break;
                             }
                             let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+                            let attempts: Vec<i32> = claimed.iter().map(|c| c.2).collect();
                             let results = vec![json!({"outcome": "done", "detail": null}); ids.len()];
                             sqlx::query(queue::statements::COMPLETE)
                                 .bind(&ids)
+                                .bind(&attempts)
                                 .bind(&results)
                                 .bind(&worker)
                                 .execute(&mut conn)

@@ -126,6 +126,13 @@ impl TestApp {
         JobContext::new(self.db.pool.clone(), self.settings.clone()).unwrap()
     }
 
+    /// Starts the in-process worker (again).
+    pub fn start_worker(&mut self) {
+        if self.worker.is_none() {
+            self.worker = Some(InProcessWorker::start(&self.db.pool, &self.settings));
+        }
+    }
+
     pub async fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
             worker.stop().await;

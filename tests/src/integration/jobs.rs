@@ -280,15 +280,19 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
     let mut app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("buffered@example.com").await;
     let balance_before = app.count("SELECT credit_balance FROM customers").await;
-    // Hold the customer's row: the grants that start block on it, the rest of the claimed
-    // batch waits in the worker's buffer, `running` under its name but not started.
+    // Hold the customer's row: the grants that start (ten slots) block on it, and ten
+    // more (two per slot that was free when claimed) wait in the worker's buffer,
+    // `running` under its name but not started; the other ten stay in the queue.
     let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     let jobs = 30;
+    // Enqueued before the worker starts, so its first claim finds all ten slots free.
+    app.stop_worker().await;
     for n in 0..jobs {
         queue::enqueue(&app.db.pool, &grant(customer_id, &format!("buffered-{n}"), 1)).await.unwrap();
     }
+    app.start_worker();
     let pool = app.db.pool.clone();
-    wait_for("every grant to be claimed, ten of them blocked", Duration::from_secs(10), || {
+    wait_for("twenty grants claimed, ten of them blocked", Duration::from_secs(10), || {
         let pool = pool.clone();
         async move {
             let (running, blocked): (i64, i64) = sqlx::query_as(
@@ -299,7 +303,7 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
             .fetch_one(&pool)
             .await
             .unwrap();
-            running == jobs && blocked == 10
+            running == 20 && blocked == 10
         }
     })
     .await;
@@ -321,4 +325,122 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
         "a job never started keeps its attempt and has no error: {given_back:?}"
     );
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 10);
+}
+
+async fn inserted(app: &TestApp, job: &common::jobs::GrantCredits) -> i64 {
+    match queue::enqueue(&app.db.pool, job).await.unwrap() {
+        Enqueued::Inserted(id) => id,
+        Enqueued::Duplicate => panic!("a fresh job"),
+    }
+}
+
+#[tokio::test]
+async fn a_run_that_overruns_its_timeout_is_stopped_retried_and_frees_its_slot() {
+    let app =
+        TestApp::spawn(&[("JOB_GRANT_CREDITS_TIMEOUT_MS", "300"), ("JOB_GRANT_CREDITS_CONCURRENCY", "1")], true).await;
+    let (stuck, _) = app.onboarded_customer("stuck@example.com").await;
+    let (other, _) = app.onboarded_customer("free@example.com").await;
+    // The grant waits for the customer's row, longer than its kind allows.
+    let held = hold_customer_row(&app.db.pool, stuck).await;
+    let stuck_job = inserted(&app, &grant(stuck, "stuck-grant", 2)).await;
+    wait_for("the stuck run to time out", Duration::from_secs(10), || async {
+        job(&app, stuck_job).await.errors.as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let timed_out = job(&app, stuck_job).await;
+    assert!(timed_out.errors[0]["error"].as_str().unwrap().contains("timed out after 300 ms"), "{:?}", timed_out);
+
+    // One slot for the kind, and it is free again: another grant runs meanwhile.
+    let free_job = inserted(&app, &grant(other, "free-grant", 1)).await;
+    wait_for("the other grant to complete", Duration::from_secs(10), || async {
+        job(&app, free_job).await.status == "completed"
+    })
+    .await;
+    assert_ne!(job(&app, stuck_job).await.status, "completed");
+
+    held.rollback().await.unwrap();
+    wait_for("the stuck grant to complete once its row is free", Duration::from_secs(20), || async {
+        job(&app, stuck_job).await.status == "completed"
+    })
+    .await;
+    assert_eq!(app.customer(stuck).await.credit_balance, 5 + 2, "granted once");
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    let app = TestApp::with_worker().await;
+    let (customer, _) = app.onboarded_customer("stalled@example.com").await;
+    // The first run stalls after its effect, before its result is reported; the second
+    // run (a newer attempt of the same job, claimed by the same worker) stalls too and
+    // then fails.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (counted, first_gate, second_gate) = (hits.clone(), first.clone(), second.clone());
+    queue::hooks::hold_after_run(
+        "grant_credits",
+        Arc::new(move || {
+            let hit = counted.fetch_add(1, Ordering::SeqCst);
+            let (first, second) = (first_gate.clone(), second_gate.clone());
+            Box::pin(async move {
+                match hit {
+                    0 => first.notified().await,
+                    1 => {
+                        second.notified().await;
+                        return Err("the newer attempt fails".to_owned());
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+        }),
+    );
+
+    let id = inserted(&app, &grant(customer, "stalled-grant", 3)).await;
+    wait_for("the first run to stall", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 1 }).await;
+    // A sibling's heartbeat takes the worker for dead and rescues the job, as
+    // RESCUE_ORPHANS does; the same worker then claims it again.
+    sqlx::query(
+        "UPDATE jobs SET status = 'retryable', locked_by = NULL, run_at = now(),
+             errors = errors || '[{\"error\": \"rescued from a stalled worker\"}]'::jsonb
+         WHERE id = $1 AND status = 'running' AND attempts = 1",
+    )
+    .bind(id)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    wait_for("the newer attempt to run", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 2 }).await;
+    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), ("running".into(), 2));
+
+    // The stalled run reports success: the newer attempt is still running, untouched.
+    first.notify_one();
+    let stale_acks = || {
+        common::telemetry::metrics::handle()
+            .render()
+            .lines()
+            .any(|l| l.starts_with("rsolv_jobs_stale_acks_total{kind=\"grant_credits\"}"))
+    };
+    wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
+        stale_acks() || job(&app, id).await.status != "running"
+    })
+    .await;
+    let row = job(&app, id).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("running", 2), "the stale run finished nothing: {row:?}");
+
+    // The newer attempt's failure is what counts; the job retries and completes.
+    second.notify_one();
+    wait_for("the job to complete on its third attempt", Duration::from_secs(20), || async {
+        job(&app, id).await.status == "completed"
+    })
+    .await;
+    let row = job(&app, id).await;
+    assert_eq!(row.attempts, 3);
+    assert!(row.errors.to_string().contains("the newer attempt fails"), "{}", row.errors);
+    assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'stalled-grant'").await, 1);
+    queue::hooks::clear("grant_credits");
 }

@@ -391,3 +391,36 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         assert!(!logs.contains(secret), "{what} appears in the logs");
     }
 }
+
+#[tokio::test]
+async fn a_busy_process_claims_ahead_only_a_few_jobs_per_free_slot_and_a_killed_one_is_charged_for_those_only() {
+    let app = TestApp::with_worker().await;
+    let (customer_id, _) = app.onboarded_customer("claim-ahead@example.com").await;
+    let mut app = app;
+    app.stop_worker().await;
+    // Every grant waits for the customer's row: the process's two slots stay busy.
+    let blocker = hold_customer_row(&app.db.pool, customer_id).await;
+    let jobs = 40;
+    for i in 0..jobs {
+        queue::enqueue(&app.db.pool, &grant(customer_id, &format!("ahead-{i}"), 1)).await.unwrap();
+    }
+    let concurrency = 2;
+    let mut busy = WorkerProcess::start_with(&app.db.url, &[("JOB_GRANT_CREDITS_CONCURRENCY", "2")]);
+    let claimed = || app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'");
+    wait_for("both slots to be busy", Duration::from_secs(15), || async { claimed().await >= concurrency }).await;
+    let held = claimed().await;
+    // Two running, and at most CLAIM_AHEAD (2) waiting per slot that was free.
+    assert!(held <= concurrency * 3, "{held} of {jobs} jobs claimed by a process with {concurrency} slots");
+    busy.kill();
+    blocker.rollback().await.unwrap();
+
+    let _other = WorkerProcess::start(&app.db.url);
+    wait_for("every grant to complete", Duration::from_secs(30), || async {
+        app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'").await == jobs
+    })
+    .await;
+    let attempts = app.count("SELECT sum(attempts)::bigint FROM jobs WHERE kind = 'grant_credits'").await;
+    assert!(attempts <= jobs + held, "{attempts} attempts: only the jobs the killed process held are charged");
+    assert_eq!(app.count("SELECT credit_balance FROM customers").await, 5 + jobs);
+    assert_ledger_consistent(&app.db.pool).await;
+}
