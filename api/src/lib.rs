@@ -7,6 +7,7 @@ pub mod edge;
 pub mod errors;
 pub mod extract;
 pub mod idempotency;
+pub mod job_failure;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;

@@ -189,8 +189,20 @@ pub async fn act(
             tracing::info!(job_id = id, %action, "admin page action");
             back(&format!("Job {id}: {action} done"))
         }
-        Err(error) => back(&error.to_string()),
+        Err(error) => back(&flash_for(error)),
     })
+}
+
+/// An admin action's failure, for the flash line: what was wrong with the request, or,
+/// for a database failure, a short note (the details go to the log, not the page).
+fn flash_for(error: admin::AdminError) -> String {
+    match error {
+        admin::AdminError::Database(detail) => {
+            tracing::error!(%detail, "admin page action failed");
+            "The database is unavailable; nothing changed. Try again.".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 pub async fn redrive_queue(
@@ -204,8 +216,10 @@ pub async fn redrive_queue(
         return Ok(to_login());
     }
     auth.check_form(&req, &form.csrf)?;
-    let redriven = admin::redrive_all(pool.get_ref(), &queue, ACTOR).await.map_err(ApiError::from)?;
-    Ok(back(&format!("{redriven} dead jobs of {queue} redriven")))
+    Ok(match admin::redrive_all(pool.get_ref(), &queue, ACTOR).await {
+        Ok(redriven) => back(&format!("{redriven} dead jobs of {queue} redriven")),
+        Err(error) => back(&flash_for(error)),
+    })
 }
 
 #[derive(Deserialize)]

@@ -221,7 +221,7 @@ pub async fn invoices(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": invoices })))
 }
 
-#[utoipa::path(get, path = "/api/v1/billing/operations/{operation_id}", tag = "billing", security(("api_key" = [])), params(("operation_id" = i64, Path)), responses((status = 200, description = "`{status: pending | succeeded | failed, result, error}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/billing/operations/{operation_id}", tag = "billing", security(("api_key" = [])), params(("operation_id" = i64, Path)), responses((status = 200, description = "`{status: pending | succeeded | failed, result, error}`; `error` is `{code, message}` when failed"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn operation(
     pool: web::Data<PgPool>,
     auth: Authenticated,
@@ -235,7 +235,7 @@ pub async fn operation(
         status::DEAD | status::CANCELLED => "failed",
         _ => "pending",
     };
-    let error = (state == "failed").then_some(job.last_error);
+    let error = (state == "failed").then(|| crate::job_failure::describe(&job));
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "operation_id": job.id,
         "operation": kind,

@@ -67,7 +67,7 @@ pub async fn onboard(
 #[utoipa::path(get, path = "/api/v1/onboarding/{customer_id}", tag = "onboarding", params(("customer_id" = String, Path, description = "From the onboarding response")), responses((status = 200, description = "`{status: pending | provisioned | failed}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
 pub async fn status(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let customer_id = Uuid::parse_str(&path).map_err(|_| ApiError::not_found("no onboarding with this id"))?;
-    let answer = |status: &str, error: Option<String>| {
+    let answer = |status: &str, error: Option<serde_json::Value>| {
         HttpResponse::Ok().json(serde_json::json!({ "customer_id": customer_id, "status": status, "error": error }))
     };
     if db::customers::exists(pool.get_ref(), customer_id).await? {
@@ -77,7 +77,7 @@ pub async fn status(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<
     match job {
         None => Err(ApiError::not_found("no onboarding with this id")),
         Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => {
-            Ok(answer("failed", job.last_error))
+            Ok(answer("failed", Some(crate::job_failure::describe(&job))))
         }
         // Completed without a customer row cannot happen in one transaction; everything
         // else is on its way.

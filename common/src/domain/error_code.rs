@@ -28,5 +28,11 @@ pub enum ErrorCode {
     RateLimited,
     ServiceUnavailable,
     InternalError,
+    /// A background operation ended without its effect (its details are for operators).
+    OperationFailed,
+    /// Stripe refused the card or the payment method.
+    PaymentMethodRefused,
+    /// Stripe refused a subscription change.
+    StripeRefused,
     Conflict,
 }

@@ -168,3 +168,40 @@ async fn the_api_wakes_the_worker_itself_with_no_polling_to_fall_back_on() {
         app.onboarded_customer(&format!("woken-{n}@example.com")).await;
     }
 }
+
+#[tokio::test]
+async fn a_failed_operation_is_told_as_a_code_never_as_its_raw_error() {
+    let app = TestApp::with_worker().await;
+    let (customer, key) = app.onboarded_customer("told-politely@example.com").await;
+    let raw = "database: error returned from database: relation \"charges\" at 10.0.3.7:5432 (req_8sKq)";
+    let insert = |kind: &'static str, status: &'static str, customer: Uuid| {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO jobs (kind, args, status, attempts, customer_id, errors, finished_at)
+             VALUES ($1, '{}', $2, 10, $3, jsonb_build_array(jsonb_build_object('attempt', 10, 'error', $4::text)), now())
+             RETURNING id",
+        )
+        .bind(kind)
+        .bind(status)
+        .bind(customer)
+        .bind(raw)
+        .fetch_one(&app.db.pool)
+    };
+    // An onboarding whose provisioning died.
+    let lost = Uuid::new_v4();
+    insert("provision_customer", "dead", lost).await.unwrap();
+    let status = app.client.get(app.url(&format!("/api/v1/onboarding/{lost}"))).send().await.unwrap();
+    let body = status.text().await.unwrap();
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "failed");
+    assert_eq!(json["error"]["code"], "OPERATION_FAILED");
+    assert!(!body.contains("10.0.3.7") && !body.contains("charges") && !body.contains("req_8sKq"), "{body}");
+
+    // A billing operation that died.
+    let operation = insert("add_payment_method", "dead", customer).await.unwrap();
+    let answer = app.get_with_key(&format!("/api/v1/billing/operations/{operation}"), &key).await;
+    let body = answer.text().await.unwrap();
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["status"], "failed");
+    assert_eq!(json["error"]["code"], "OPERATION_FAILED");
+    assert!(!body.contains("10.0.3.7") && !body.contains("req_8sKq"), "{body}");
+}
