@@ -35,7 +35,7 @@ pub fn client_address(req: &actix_web::HttpRequest, settings: &Settings) -> Stri
             let header = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
             let entries: Vec<&str> =
                 header.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
-            let index = entries.len().checked_sub(settings.trusted_proxy_hops).unwrap_or(0);
+            let index = entries.len().saturating_sub(settings.trusted_proxy_hops);
             entries.get(index).map(|s| (*s).to_owned())
         })
         .flatten();

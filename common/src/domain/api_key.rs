@@ -9,13 +9,14 @@ const PREFIX: &str = "rsolv_";
 /// 32 random bytes as URL-safe base64 without padding.
 const BODY_LEN: usize = 43;
 
+/// Live keys a customer may hold at once (`TOO_MANY_KEYS` beyond).
+pub const MAX_LIVE_KEYS: i64 = 20;
+
 /// A raw API key: `rsolv_` + 32 random bytes, URL-safe base64 without padding.
 ///
 /// It is shown to its owner once and never stored, logged or put in a job; its `Debug`
 /// output is redacted so that it cannot leak through a stray `{:?}`.
 
-/// Live keys a customer may hold at once (`TOO_MANY_KEYS` beyond).
-pub const MAX_LIVE_KEYS: i64 = 20;
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
 

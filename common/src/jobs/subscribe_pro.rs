@@ -64,17 +64,17 @@ impl Job for SubscribePro {
                 tracing::warn!(customer_id = %customer.id, subscription_id = %subscription.id, "adopting the live Pro subscription Stripe already has");
                 subscription
             }
-            None => match {
+            None => {
                 // A test build can widen the window between looking and creating here.
                 fail::fail_point!("subscribe_pro::before_create");
-                stripe.create_pro_subscription(&stripe_customer, self.operation_id).await
-            } {
-                Ok(subscription) => subscription,
-                Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
-                    return Ok(Outcome::cancel(format!("subscription refused: {error}")));
+                match stripe.create_pro_subscription(&stripe_customer, self.operation_id).await {
+                    Ok(subscription) => subscription,
+                    Err(error @ (CallError::Declined { .. } | CallError::Rejected { .. })) => {
+                        return Ok(Outcome::cancel(format!("subscription refused: {error}")));
+                    }
+                    Err(error) => return Err(stripe_failure(error)),
                 }
-                Err(error) => return Err(stripe_failure(error)),
-            },
+            }
         };
         fail::fail_point!("subscribe_pro::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
         // Read under the lock: what Stripe answered is its current state.

@@ -143,24 +143,28 @@ pub struct JobDetail {
     pub locked_at: Option<DateTime<Utc>>,
 }
 
+/// A `jobs` row as the detail view reads it.
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    id: i64,
+    kind: String,
+    status: String,
+    attempts: i32,
+    max_attempts: Option<i32>,
+    run_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    customer_id: Option<Uuid>,
+    args: Value,
+    result: Option<Value>,
+    errors: Value,
+    unique_key: Option<String>,
+    locked_by: Option<String>,
+    locked_at: Option<DateTime<Utc>>,
+}
+
 pub async fn detail<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<JobDetail>, sqlx::Error> {
-    let row: Option<(
-        i64,
-        String,
-        String,
-        i32,
-        Option<i32>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<Uuid>,
-        Value,
-        Option<Value>,
-        Value,
-        Option<String>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let row: Option<DetailRow> = sqlx::query_as(
         "SELECT id, kind, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
                     args, result, errors, unique_key, locked_by, locked_at
              FROM jobs WHERE id = $1",
@@ -169,23 +173,23 @@ pub async fn detail<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<JobDe
     .fetch_optional(db)
     .await?;
     Ok(row.map(
-        |(
-            id,
-            queue,
-            status,
-            attempts,
-            max_attempts,
-            run_at,
-            created_at,
-            finished_at,
-            customer_id,
-            args,
-            result,
-            errors,
-            unique_key,
-            locked_by,
-            locked_at,
-        )| {
+        |DetailRow {
+             id,
+             kind: queue,
+             status,
+             attempts,
+             max_attempts,
+             run_at,
+             created_at,
+             finished_at,
+             customer_id,
+             args,
+             result,
+             errors,
+             unique_key,
+             locked_by,
+             locked_at,
+         }| {
             let last_error =
                 errors.as_array().and_then(|e| e.last()).and_then(|e| e["error"].as_str()).map(str::to_owned);
             JobDetail {

@@ -51,16 +51,21 @@ pub async fn for_customer<'e>(
     id: i64,
     customer_id: Uuid,
 ) -> Result<Option<(String, JobState)>, sqlx::Error> {
-    let row: Option<(String, i64, String, i32, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT kind, id, status, attempts, errors -> -1 ->> 'error', result FROM jobs WHERE id = $1 AND customer_id = $2",
+    #[derive(sqlx::FromRow)]
+    struct KindAndState {
+        kind: String,
+        #[sqlx(flatten)]
+        state: JobState,
+    }
+    let row: Option<KindAndState> = sqlx::query_as(
+        "SELECT kind, id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
+         FROM jobs WHERE id = $1 AND customer_id = $2",
     )
     .bind(id)
     .bind(customer_id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|(kind, id, status, attempts, last_error, result)| {
-        (kind, JobState { id, status, attempts, last_error, result })
-    }))
+    Ok(row.map(|row| (row.kind, row.state)))
 }
 
 /// The oldest unfinished (waiting, running or retrying) job of `kind` about a customer

@@ -544,3 +544,50 @@ async fn a_postgres_crash_under_job_load_loses_no_job_and_applies_none_twice() {
     assert_eq!(entries, grants as i64);
     assert_ledger_consistent(&app.db.pool).await;
 }
+
+#[tokio::test]
+async fn a_stripe_call_that_never_answers_is_timed_out_and_retried() {
+    // A "Stripe" that accepts connections and never answers.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", black_hole.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = black_hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = TestApp::spawn(
+        &[
+            ("STRIPE_SECRET_KEY", "sk_test_black_hole"),
+            ("STRIPE_API_BASE", base.as_str()),
+            ("STRIPE_TIMEOUT_MS", "300"),
+        ],
+        true,
+    )
+    .await;
+    app.onboarded_customer("hung-stripe@example.com").await;
+    let pool = app.db.pool.clone();
+    wait_for("the hung Stripe call to fail its attempt", Duration::from_secs(15), || {
+        let pool = pool.clone();
+        async move {
+            let (status, errors): (String, i64) = sqlx::query_as(
+                "SELECT status, jsonb_array_length(errors)::bigint FROM jobs WHERE kind = 'create_stripe_customer'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            status != "running" && errors >= 1
+        }
+    })
+    .await;
+    let (status, error): (String, String) =
+        sqlx::query_as("SELECT status, errors -> 0 ->> 'error' FROM jobs WHERE kind = 'create_stripe_customer'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(status == "retryable" || status == "running", "retried, not dead: {status}");
+    assert!(
+        !error.contains("JOB_CREATE_STRIPE_CUSTOMER_TIMEOUT_MS"),
+        "Stripe's own timeout ended it, not the run's: {error}"
+    );
+}

@@ -157,7 +157,7 @@ async fn an_unknown_key_claims_nothing_and_gets_no_bucket_of_its_own() {
     let app =
         TestApp::spawn(&[("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "3"), ("RATE_LIMIT_API_PER_MINUTE", "100")], true).await;
     crate::abuse::fresh_window().await;
-    let made_up = |i: usize| format!("rsolv_{}", format!("{i:0>43}"));
+    let made_up = |i: usize| format!("rsolv_{i:0>43}");
     common::domain::ApiKey::parse(&made_up(0)).expect("the made-up keys are well formed");
     let mut statuses = Vec::new();
     for i in 0..5 {

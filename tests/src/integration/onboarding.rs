@@ -31,7 +31,7 @@ async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
     assert_eq!(entries[0]["amount"], 5);
 
     let status: Value =
-        app.client.get(app.url(&body["status_url"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+        app.client.get(app.url(body["status_url"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "provisioned");
 
     let trial_entries = app.count("SELECT count(*) FROM credit_ledger WHERE source = 'trial_signup'").await;
