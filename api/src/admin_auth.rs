@@ -33,10 +33,11 @@ pub fn same_secret(given: &str, expected: &Secret) -> bool {
     Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.expose().as_bytes())).into()
 }
 
-/// Which admin token a session was opened with, without the token: a new token ends
-/// the sessions of the old one.
+/// Which admin token a session was opened with: a new token ends the sessions of the
+/// old one. Two bytes only: enough to tell a rotation (1 in 65,536 would slip), too few
+/// to test guesses of the token against a copy of the sessions table.
 fn fingerprint(token: &Secret) -> String {
-    hex::encode(&Sha256::digest([b"rsolv-admin-session\0".as_slice(), token.expose().as_bytes()].concat())[..16])
+    hex::encode(&Sha256::digest([b"rsolv-admin-session\0".as_slice(), token.expose().as_bytes()].concat())[..2])
 }
 
 fn configured(req: &HttpRequest) -> Result<Secret, ApiError> {
@@ -100,7 +101,17 @@ fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
 }
 
-/// Refuses a request a browser marks as sent by another site.
+/// The origin (`scheme://host[:port]`) of a URL.
+fn origin_of(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
+        None => url,
+    }
+}
+
+/// Refuses a request a browser marks as sent by another site: `Sec-Fetch-Site` other
+/// than same-origin, or an `Origin` that is neither `PUBLIC_BASE_URL`'s nor the host
+/// the request was sent to (behind a proxy that rewrites `Host`, set `PUBLIC_BASE_URL`).
 pub fn same_site(req: &HttpRequest) -> Result<(), ApiError> {
     let cross_site = req
         .headers()
@@ -108,9 +119,12 @@ pub fn same_site(req: &HttpRequest) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|site| !matches!(site, "same-origin" | "none"));
     let foreign_origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|origin| {
-        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
-        origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+        let public = req.app_data::<web::Data<Settings>>().map(|s| origin_of(&s.public_base_url).to_owned());
+        let ours = public.is_some_and(|public| origin.eq_ignore_ascii_case(&public));
+        let info = req.connection_info();
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let same_host = origin_host.eq_ignore_ascii_case(info.host());
+        origin == "null" || !(ours || same_host)
     });
     if cross_site || foreign_origin {
         tracing::warn!("cross-site admin form refused");

@@ -21,7 +21,7 @@
 
 use actix_web::body::{self, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpResponse, ResponseError, web};
@@ -36,6 +36,11 @@ use crate::errors::ApiError;
 use crate::extract::BodyLimit;
 
 const HEADER: &str = "idempotency-key";
+
+/// The `Idempotency-Key` of the request being run (in its extensions), for routes that
+/// record it with their effect (API key creation).
+#[derive(Debug, Clone)]
+pub struct RequestKey(pub String);
 /// The one route that takes the header without an API key.
 const ONBOARD_PATH: &str = "/api/v1/customers/onboard";
 
@@ -118,14 +123,16 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
                 "this Idempotency-Key was used with another request",
             ),
         ),
-        Claim::InFlight => reject(
-            req,
-            ApiError::new(
+        Claim::InFlight => {
+            let mut response = ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Conflict,
                 "a request with this Idempotency-Key is in progress; retry shortly",
-            ),
-        ),
+            )
+            .error_response();
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(req.into_response(response))
+        }
         Claim::Replay { status, body } => {
             let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
             response.insert_header((CONTENT_TYPE, "application/json"));
@@ -133,11 +140,39 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
             Ok(req.into_response(response.body(body)))
         }
         Claim::Claimed { lease } => {
-            let response = next.call(req).await?;
+            req.extensions_mut().insert(RequestKey(key.clone()));
+            // The lease is renewed while the request runs: only a request that stopped
+            // (its process died) loses its key to a retry, not a slow one.
+            let lease_for = settings.idempotency_lease;
+            let renew = async {
+                loop {
+                    tokio::time::sleep(lease_for / 3).await;
+                    if let Err(error) = idempotency::renew(&pool, &scope, &key, lease, lease_for).await {
+                        tracing::warn!(%error, "idempotency lease not renewed");
+                    }
+                }
+            };
+            let ran = tokio::select! {
+                ran = next.call(req) => ran,
+                never = renew => never,
+            };
+            let response = match ran {
+                Ok(response) => response,
+                Err(error) => {
+                    forget(&pool, &scope, &key, lease).await;
+                    return Err(error);
+                }
+            };
             let status = response.status();
             let (request, response) = response.into_parts();
             let (head, body) = response.into_parts();
-            let bytes = body::to_bytes(body).await.map_err(|e| actix_web::error::ErrorInternalServerError(e.into()))?;
+            let bytes = match body::to_bytes(body).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    forget(&pool, &scope, &key, lease).await;
+                    return Err(actix_web::error::ErrorInternalServerError(error.into()));
+                }
+            };
             let stored = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                 idempotency::release(&pool, &scope, &key, lease).await.map(|()| true)
             } else {
@@ -145,11 +180,18 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
             };
             match stored {
                 Ok(true) => {}
-                // Slower than its lease: a retry took the key over and answers for it.
+                // Taken over meanwhile (its renewals failed): the retry answers for it.
                 Ok(false) => tracing::warn!(status = status.as_u16(), "idempotency lease lost before the answer"),
                 Err(error) => tracing::error!(%error, "idempotency record not saved; a retry after the lease re-runs"),
             }
             Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()))
         }
+    }
+}
+
+/// Gives the key back after a request that ended without an answer.
+async fn forget(pool: &PgPool, scope: &str, key: &str, lease: uuid::Uuid) {
+    if let Err(error) = idempotency::release(pool, scope, key, lease).await {
+        tracing::warn!(%error, "idempotency claim not released; it frees itself when its lease ends");
     }
 }

@@ -32,6 +32,9 @@ impl Application {
             Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(std::io::Error::other)?),
             None => None,
         };
+        if settings.metrics_token.is_none() && settings.api_metrics_addr.is_none() {
+            tracing::warn!("/metrics is open on the public port: set METRICS_TOKEN or API_METRICS_ADDR in production");
+        }
         if let Some(addr) = settings.api_metrics_addr {
             let metrics = metrics::own_server(TcpListener::bind(addr)?, settings.clone())?;
             tokio::spawn(metrics);

@@ -178,11 +178,12 @@ pub struct JobSettings {
     /// First retry delay; each further attempt doubles it, up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Jobs claimed per query (at least the kind's concurrency). Larger batches mean
-    /// fewer round trips (see BENCHMARKS.md); up to two batches wait in the worker's
-    /// buffer, the next claimed while the last runs (released on shutdown, rescued if
-    /// the process dies).
+    /// The most jobs one claim asks for (at least the kind's concurrency); a worker keeps
+    /// at most `queue::CLAIM_AHEAD` claimed jobs waiting per free slot, claiming the next
+    /// while the last run (released on shutdown, rescued if the process dies).
     pub fetch_batch: usize,
+    /// The longest statement a job may run (`JOB_STATEMENT_TIMEOUT_MS`): see `db::job_pool`.
+    pub statement_timeout: Duration,
     /// Whether claims, acknowledgements and heartbeats wait for their commit to reach
     /// disk. Off by default: see `queue::bookkeeping_pool` for why that loses no job.
     pub bookkeeping_sync_commit: bool,
@@ -352,6 +353,7 @@ impl Settings {
                 backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
                 backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
                 fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
+                statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
                 bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
                 retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
                 retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
@@ -376,6 +378,15 @@ impl Settings {
         if self.admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return fail("ADMIN_TOKEN", "must be at least 16 characters");
         }
+        if self.idempotency_lease < Duration::from_secs(1) {
+            return fail("IDEMPOTENCY_LEASE_MS", "must be at least 1000");
+        }
+        if self.admin_session_ttl.is_zero() {
+            return fail("ADMIN_SESSION_TTL_MINUTES", "must be at least 1");
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return fail("METRICS_TOKEN", "must be at least 16 characters");
+        }
         if self.jobs.prune_batch == 0 {
             return fail("JOB_PRUNE_BATCH", "must be at least 1");
         }
@@ -389,14 +400,18 @@ impl Settings {
             if email.pool_max == 0 {
                 return fail("SMTP_POOL_MAX", "must be at least 1");
             }
-            // Anyone can forge unsubscribe links signed with the public development
-            // secret: it is for the local mail sink only.
-            if self.unsubscribe_secret.expose() == DEV_UNSUBSCRIBE_SECRET && !smtp_is_local(email.smtp_url.expose()) {
-                return fail(
-                    "EMAIL_UNSUBSCRIBE_SECRET",
-                    "must be set to a secret of your own when SMTP_URL sends real email (not localhost)",
-                );
-            }
+        }
+        // Anyone can forge unsubscribe links signed with the public development secret:
+        // it is for this machine only (a local mail sink, links to localhost). A process
+        // that sends real email or serves real links needs a secret of its own.
+        let real_email = self.email.as_ref().is_some_and(|e| !url_is_local(e.smtp_url.expose()));
+        if self.unsubscribe_secret.expose() == DEV_UNSUBSCRIBE_SECRET
+            && (real_email || !url_is_local(&self.public_base_url))
+        {
+            return fail(
+                "EMAIL_UNSUBSCRIBE_SECRET",
+                "must be set to a secret of your own when SMTP_URL or PUBLIC_BASE_URL is not on this machine",
+            );
         }
         if self.unsubscribe_secret.expose().len() < 16 {
             return fail("EMAIL_UNSUBSCRIBE_SECRET", "must be at least 16 characters");
@@ -423,9 +438,9 @@ impl Settings {
     }
 }
 
-/// Whether an SMTP URL (`smtp://user:pass@host:port`) points at this machine: the
-/// local sink of development and tests.
-fn smtp_is_local(url: &str) -> bool {
+/// Whether a URL (`smtp://user:pass@host:port`, `http://host:port/path`) points at this
+/// machine: the local mail sink and demo of development and tests.
+fn url_is_local(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);

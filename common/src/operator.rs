@@ -130,16 +130,17 @@ pub async fn issue_api_key(
         return Err(IssueKeyError::CustomerNotFound(customer_id));
     }
     let key = ApiKey::generate();
-    let info = db::api_keys::create(
+    let created = db::api_keys::create(
         &mut tx,
         customer_id,
         "issued by support",
         &key.hash(),
         &key.display_prefix(),
         MAX_LIVE_KEYS,
+        None,
     )
-    .await?
-    .ok_or(IssueKeyError::TooManyKeys)?;
+    .await?;
+    let db::api_keys::KeyCreated::New(info) = created else { return Err(IssueKeyError::TooManyKeys) };
     let detail = json!({ "key_id": info.id, "prefix": info.prefix });
     db::audit::record(&mut *tx, actor, "issue_api_key", &format!("customer:{customer_id}"), Some(reason), &detail)
         .await?;

@@ -56,7 +56,7 @@ async fn main() -> Result<(), Error> {
             }
             let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
             common::telemetry::metrics::spawn_queue_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
-            let ctx = JobContext::new(pool, Arc::new(settings))?;
+            let ctx = JobContext::new(db::job_pool(&settings)?, Arc::new(settings))?;
             jobs::run_workers(ctx, shutdown_signal()).await
         }
         Some("migrate") => {

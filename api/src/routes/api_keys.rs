@@ -2,8 +2,9 @@
 //! that creates it; listings never show a key; a revoked key is refused at once.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use common::db;
+use common::db::api_keys::KeyCreated;
 use common::domain::{ApiKey, ErrorCode, MAX_LIVE_KEYS};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -12,8 +13,7 @@ use uuid::Uuid;
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::extract::JsonBody;
-
-/// Live keys a customer may hold at once.
+use crate::idempotency::RequestKey;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewKey {
@@ -26,6 +26,7 @@ pub struct NewKey {
               (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody),
               (status = 409, description = "TOO_MANY_KEYS", body = crate::openapi::ErrorBody)))]
 pub async fn create(
+    req: HttpRequest,
     pool: web::Data<PgPool>,
     auth: Authenticated,
     JsonBody(body): JsonBody<NewKey>,
@@ -35,22 +36,36 @@ pub async fn create(
         return Err(ApiError::validation("name must be 1 to 100 printable characters"));
     }
     let key = ApiKey::generate();
+    // The request's Idempotency-Key goes on the row: re-run after its answer was lost,
+    // this request finds the key it made rather than making a second one.
+    let request_key = req.extensions().get::<RequestKey>().map(|k| k.0.clone());
     let mut tx = pool.begin().await?;
-    let created =
-        db::api_keys::create(&mut tx, auth.customer_id, name, &key.hash(), &key.display_prefix(), MAX_LIVE_KEYS)
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    ErrorCode::TooManyKeys,
-                    format!("at most {MAX_LIVE_KEYS} live keys: revoke one first"),
-                )
-            })?;
+    let created = db::api_keys::create(
+        &mut tx,
+        auth.customer_id,
+        name,
+        &key.hash(),
+        &key.display_prefix(),
+        MAX_LIVE_KEYS,
+        request_key.as_deref(),
+    )
+    .await?;
     tx.commit().await?;
-    tracing::info!(customer_id = %auth.customer_id, key_id = %created.id, "API key created");
-    let mut body = serde_json::to_value(&created).unwrap_or_default();
-    body["api_key"] = serde_json::Value::from(key.expose());
-    Ok(HttpResponse::Created().json(body))
+    match created {
+        KeyCreated::New(created) => {
+            tracing::info!(customer_id = %auth.customer_id, key_id = %created.id, "API key created");
+            let mut body = serde_json::to_value(&created).unwrap_or_default();
+            body["api_key"] = serde_json::Value::from(key.expose());
+            Ok(HttpResponse::Created().json(body))
+        }
+        // As a replay answers: everything but the key, which was shown once (or lost).
+        KeyCreated::Earlier(earlier) => Ok(HttpResponse::Created().json(earlier)),
+        KeyCreated::TooMany => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::TooManyKeys,
+            format!("at most {MAX_LIVE_KEYS} live keys: revoke one first"),
+        )),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "api keys", security(("api_key" = [])),

@@ -55,6 +55,16 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<
 /// taken under the customer's row lock (its own statement, so it sees every key
 /// committed before the lock was granted): concurrent creates take turns and the cap
 /// holds.
+/// What creating a key did.
+#[derive(Debug)]
+pub enum KeyCreated {
+    New(KeyInfo),
+    /// The request with this Idempotency-Key made this key before (its answer was lost).
+    Earlier(KeyInfo),
+    /// The customer has `max_live` live keys already.
+    TooMany,
+}
+
 pub async fn create(
     tx: &mut sqlx::PgConnection,
     customer_id: Uuid,
@@ -62,11 +72,24 @@ pub async fn create(
     hash: &ApiKeyHash,
     prefix: &str,
     max_live: i64,
-) -> Result<Option<KeyInfo>, sqlx::Error> {
+    request_key: Option<&str>,
+) -> Result<KeyCreated, sqlx::Error> {
     sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE").bind(customer_id).execute(&mut *tx).await?;
-    sqlx::query_as(
-        "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix)
-         SELECT $1, $2, $3, $4, $5
+    if let Some(request_key) = request_key {
+        let earlier: Option<KeyInfo> = sqlx::query_as(
+            "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 AND request_key = $2",
+        )
+        .bind(customer_id)
+        .bind(request_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(earlier) = earlier {
+            return Ok(KeyCreated::Earlier(earlier));
+        }
+    }
+    let created: Option<KeyInfo> = sqlx::query_as(
+        "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix, request_key)
+         SELECT $1, $2, $3, $4, $5, $7
          WHERE (SELECT count(*) FROM api_keys WHERE customer_id = $2 AND revoked_at IS NULL) < $6
          RETURNING id, name, prefix, created_at, revoked_at",
     )
@@ -76,8 +99,10 @@ pub async fn create(
     .bind(hash.as_str())
     .bind(prefix)
     .bind(max_live)
+    .bind(request_key)
     .fetch_optional(&mut *tx)
-    .await
+    .await?;
+    Ok(created.map_or(KeyCreated::TooMany, KeyCreated::New))
 }
 
 /// Revokes one of the customer's keys; `false` if there is no such live key.

@@ -99,6 +99,21 @@ pub async fn complete(
     Ok(stored == 1)
 }
 
+/// Extends the lease of a request still running.
+pub async fn renew(pool: &PgPool, scope: &str, key: &str, lease: Uuid, lease_for: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET locked_until = now() + $4 * interval '1 millisecond'
+         WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(lease)
+    .bind(lease_for.as_millis() as f64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Forgets a claim whose request did not run to an answer worth replaying (5xx, 429),
 /// if `lease` still holds it.
 pub async fn release(pool: &PgPool, scope: &str, key: &str, lease: Uuid) -> Result<(), sqlx::Error> {

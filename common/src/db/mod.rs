@@ -24,6 +24,21 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// A pool whose connections are made lazily, so a process starts (and can answer
 /// `/health`) while the database is still coming up.
+/// The pool jobs run their own statements on: as [`pool`], with `statement_timeout`
+/// (`JOB_STATEMENT_TIMEOUT_MS`, 60 s). A run that overruns its kind's timeout is dropped
+/// by the worker, but Postgres would go on running (or waiting for a lock with) the
+/// statement it was in, holding its locks; this ends such a statement on the server.
+pub fn job_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.expose().parse()?;
+    let statement_timeout = settings.jobs.statement_timeout.as_millis().to_string();
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database_max_connections)
+        .acquire_timeout(settings.database_acquire_timeout)
+        .connect_lazy_with(
+            options.application_name("rsolv-jobs").options([("statement_timeout", statement_timeout.as_str())]),
+        ))
+}
+
 pub fn pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = settings.database_url.expose().parse()?;
     Ok(PgPoolOptions::new()

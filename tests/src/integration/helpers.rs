@@ -186,8 +186,9 @@ struct InProcessWorker {
 }
 
 impl InProcessWorker {
-    fn start(pool: &PgPool, settings: &Arc<Settings>) -> Self {
-        let ctx = JobContext::new(pool.clone(), settings.clone()).unwrap();
+    fn start(_: &PgPool, settings: &Arc<Settings>) -> Self {
+        // The worker's own pool, as `rsolv-worker` makes it (statement timeout included).
+        let ctx = JobContext::new(common::db::job_pool(settings).unwrap(), settings.clone()).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             jobs::run_workers(ctx, async move {

@@ -276,3 +276,63 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
         .unwrap();
     assert_eq!(balance, 4, "five trial credits, one fix");
 }
+
+#[tokio::test]
+async fn a_key_creation_re_run_after_its_answer_was_lost_finds_the_key_it_made() {
+    let app = TestApp::with_worker().await;
+    let (_, key) = app.onboarded_customer("rerun-key@example.com").await;
+    let first = create_key(&app, &app.address, &key, "make-ci-key", "ci").await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // As if the process died before storing the answer, and the lease ran out.
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = NULL, response_body = NULL,
+             locked_until = now() - interval '1 second'",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let rerun = create_key(&app, &app.address, &key, "make-ci-key", "ci").await;
+    assert_eq!(rerun.status(), 201);
+    assert!(rerun.headers().get("idempotent-replayed").is_none(), "run again, not replayed");
+    let rerun: Value = rerun.json().await.unwrap();
+    assert_eq!(rerun["id"], first["id"], "the key the first run made");
+    assert!(rerun.get("api_key").is_none(), "a key is shown once");
+    assert_eq!(key_count(&app).await, 2, "no second key");
+}
+
+#[tokio::test]
+async fn a_slow_request_keeps_its_key_past_the_lease_while_it_runs() {
+    let app = TestApp::spawn(&[("IDEMPOTENCY_LEASE_MS", "1000")], true).await;
+    let (customer, key) = app.onboarded_customer("slow-request@example.com").await;
+    // Creating a key waits for the customer's row, held here.
+    let held = crate::helpers::hold_customer_row(&app.db.pool, customer).await;
+    let slow = tokio::spawn({
+        let (client, base, key) = (app.client.clone(), app.address.clone(), key.clone());
+        async move {
+            client
+                .post(format!("{base}/api/v1/api-keys"))
+                .header("x-api-key", key)
+                .header("idempotency-key", "slow-create")
+                .json(&json!({ "name": "slow" }))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    wait_for("the slow request to claim its key", Duration::from_secs(10), || async {
+        app.count("SELECT count(*) FROM idempotency_keys").await == 1
+    })
+    .await;
+    // Twice the lease: a claim that was not renewed would be free for the taking.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let retry = create_key(&app, &app.address, &key, "slow-create", "slow").await;
+    assert_eq!(retry.status(), 409, "still running: the key is not taken over");
+    assert_eq!(retry.headers()["retry-after"], "1");
+    held.rollback().await.unwrap();
+    let first: Value = slow.await.unwrap().json().await.unwrap();
+    let replayed = create_key(&app, &app.address, &key, "slow-create", "slow").await;
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(replayed.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(key_count(&app).await, 2, "one key made");
+}

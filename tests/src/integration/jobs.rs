@@ -444,3 +444,20 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'stalled-grant'").await, 1);
     queue::hooks::clear("grant_credits");
 }
+
+#[tokio::test]
+async fn a_job_statement_stuck_in_postgres_is_ended_by_the_statement_timeout() {
+    let app = TestApp::spawn(&[("JOB_STATEMENT_TIMEOUT_MS", "300")], true).await;
+    let (customer, _) = app.onboarded_customer("stuck-statement@example.com").await;
+    let held = hold_customer_row(&app.db.pool, customer).await;
+    let id = inserted(&app, &grant(customer, "stuck-statement", 1)).await;
+    wait_for("the stuck statement to be cancelled by Postgres", Duration::from_secs(10), || async {
+        job(&app, id).await.errors.as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let row = job(&app, id).await;
+    assert!(row.errors[0]["error"].as_str().unwrap().contains("statement timeout"), "{row:?}");
+    held.rollback().await.unwrap();
+    wait_for("the grant to complete", Duration::from_secs(20), || async { job(&app, id).await.status == "completed" })
+        .await;
+}

@@ -464,6 +464,17 @@ async fn admin_sessions_are_random_hashed_expiring_revocable_and_forms_need_thei
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
+    // Behind a proxy that rewrites Host, the public origin (PUBLIC_BASE_URL) is ours.
+    let proxied = browser
+        .post(app.url("/admin/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("host", "rsolv-api.internal:8080")
+        .header("origin", app.address.clone())
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 303);
 }
 
 #[tokio::test]
