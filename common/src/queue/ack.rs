@@ -18,7 +18,7 @@ use futures::{FutureExt, SinkExt};
 use serde::Serialize;
 
 use super::store::Slots;
-use super::table::{Finished, job_id};
+use super::table::{Finished, claim_of, job_id};
 
 /// What the acknowledger receives, in the order it was sent.
 pub(super) enum AckMessage {
@@ -75,9 +75,8 @@ where
     }
 
     fn call(&mut self, task: Task<Args>) -> Self::Future {
-        let id = task.ctx().task_id().and_then(job_id);
-        // The attempt the claim gave this run (apalis counts it up once the run starts).
-        let attempt = i32::try_from(task.ctx().attempt()).unwrap_or(i32::MAX);
+        // The job, and the claim this run came from (what fences its result).
+        let id = task.ctx().task_id().and_then(job_id).zip(claim_of(&task));
         let mut sender = self.sender.clone();
         let slots = self.slots.clone();
         let run = self.inner.call(task);
@@ -86,13 +85,13 @@ where
             // Its slot is free for the claimer as soon as the run is over.
             slots.finished();
             match id {
-                Some(id) => {
+                Some((id, claim)) => {
                     let report = match &result {
                         Ok(response) => serde_json::to_value(response).map_err(|e| e.to_string()),
                         Err(error) => Err(error.to_string()),
                     };
                     // Only fails once the store is gone; the job then falls to orphan rescue.
-                    let _ = sender.send(AckMessage::Finished(Finished { id, attempt, result: report })).await;
+                    let _ = sender.send(AckMessage::Finished(Finished { id, claim, result: report })).await;
                 }
                 None => tracing::error!("a finished task without a job id cannot be acknowledged"),
             }

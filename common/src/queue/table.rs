@@ -7,6 +7,7 @@ use std::sync::{Arc, LazyLock};
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -127,6 +128,21 @@ struct ClaimedRow {
     id: i64,
     args: Value,
     attempts: i32,
+    locked_at: DateTime<Utc>,
+}
+
+/// Which claim a run came from: the attempt number and the time it was claimed (the
+/// row's `locked_at`, set by the claim and nothing else). A redrive resets attempts, so
+/// the number alone could match a newer claim; the time cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ClaimToken {
+    pub(super) attempt: i32,
+    pub(super) claimed_at: DateTime<Utc>,
+}
+
+/// The claim a task came from (set by [`JobTable::claim`]).
+pub(super) fn claim_of<Args>(task: &Task<Args>) -> Option<ClaimToken> {
+    task.ctx().data().get::<ClaimToken>().copied()
 }
 
 pub(super) fn job_id(task_id: &TaskId) -> Option<i64> {
@@ -140,7 +156,7 @@ pub(super) fn job_id(task_id: &TaskId) -> Option<i64> {
 /// attempt number the claim gave it), and the handler's answer or its error.
 pub(super) struct Finished {
     pub(super) id: i64,
-    pub(super) attempt: i32,
+    pub(super) claim: ClaimToken,
     pub(super) result: Result<Value, String>,
 }
 
@@ -148,19 +164,21 @@ pub(super) struct Finished {
 pub(super) struct Columns<T> {
     ids: Vec<i64>,
     attempts: Vec<i32>,
+    claimed_at: Vec<DateTime<Utc>>,
     values: Vec<T>,
 }
 
 impl<T> Default for Columns<T> {
     fn default() -> Self {
-        Self { ids: Vec::new(), attempts: Vec::new(), values: Vec::new() }
+        Self { ids: Vec::new(), attempts: Vec::new(), claimed_at: Vec::new(), values: Vec::new() }
     }
 }
 
 impl<T> Columns<T> {
-    fn push(&mut self, id: i64, attempt: i32, value: T) {
+    fn push(&mut self, id: i64, claim: ClaimToken, value: T) {
         self.ids.push(id);
-        self.attempts.push(attempt);
+        self.attempts.push(claim.attempt);
+        self.claimed_at.push(claim.claimed_at);
         self.values.push(value);
     }
 }
@@ -177,18 +195,18 @@ pub(super) struct Acks {
 impl Acks {
     pub(super) fn sort(results: impl IntoIterator<Item = Finished>) -> Self {
         let mut acks = Self::default();
-        for Finished { id, attempt, result } in results {
+        for Finished { id, claim, result } in results {
             match result {
                 Ok(value) => match Outcome::deserialize(&value) {
-                    Ok(Outcome::Done { detail }) => acks.done.push(id, attempt, detail),
+                    Ok(Outcome::Done { detail }) => acks.done.push(id, claim, detail),
                     Ok(Outcome::Snooze { seconds }) => {
-                        acks.snoozed.push(id, attempt, i64::try_from(seconds).unwrap_or(i64::MAX))
+                        acks.snoozed.push(id, claim, i64::try_from(seconds).unwrap_or(i64::MAX))
                     }
-                    Ok(Outcome::Cancel { reason }) => acks.cancelled.push(id, attempt, reason),
+                    Ok(Outcome::Cancel { reason }) => acks.cancelled.push(id, claim, reason),
                     // A handler that answered something else still finished.
-                    Err(_) => acks.done.push(id, attempt, value),
+                    Err(_) => acks.done.push(id, claim, value),
                 },
-                Err(error) => acks.failed.push(id, attempt, error),
+                Err(error) => acks.failed.push(id, claim, error),
             }
         }
         acks
@@ -217,14 +235,15 @@ pub const CLAIM: &str = "WITH next AS (
          FOR UPDATE SKIP LOCKED)
      UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, locked_by = $3, locked_at = now()
      FROM next WHERE j.id = next.id
-     RETURNING j.id, j.args, j.attempts";
+     RETURNING j.id, j.args, j.attempts, j.locked_at";
 
-/// Completes jobs `$1` with results `$3`, where worker `$4` still holds the claims
-/// that gave them attempts `$2`.
+/// Completes jobs `$1` with results `$4`, where worker `$5` still holds the claims that
+/// gave them attempts `$2` at `$3` (see [`ClaimToken`]).
 pub const COMPLETE: &str =
     "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
-     FROM UNNEST($1::bigint[], $2::int[], $3::jsonb[]) AS u(id, attempt, result)
-     WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4";
+     FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::jsonb[]) AS u(id, attempt, claimed_at, result)
+     WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
+       AND j.status = 'running' AND j.locked_by = $5";
 
 impl JobTable {
     /// Claims up to `limit` due jobs for `worker`.
@@ -240,6 +259,7 @@ impl JobTable {
                     TaskBuilder::new(row.args)
                         .task_id(TaskId::Int(row.id as u64))
                         .attempt(row.attempts as usize)
+                        .data(ClaimToken { attempt: row.attempts, claimed_at: row.locked_at })
                         .build(),
                 ),
                 Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
@@ -264,17 +284,21 @@ impl JobTable {
     pub(super) async fn release(&self, tasks: &[Task<Value>], worker: &str) -> Result<u64, sqlx::Error> {
         // Claimed but never started (the worker is shutting down): give the attempt back,
         // where the claim is still the one that gave it.
-        let (ids, attempts): (Vec<i64>, Vec<i32>) = tasks
-            .iter()
-            .filter_map(|t| Some((t.task_id().and_then(job_id)?, i32::try_from(t.ctx().attempt()).ok()?)))
-            .unzip();
+        let mut claims = Columns::<()>::default();
+        for task in tasks {
+            if let (Some(id), Some(claim)) = (task.task_id().and_then(job_id), claim_of(task)) {
+                claims.push(id, claim, ());
+            }
+        }
         let released = sqlx::query(
             "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL
-             FROM UNNEST($1::bigint[], $2::int[]) AS u(id, attempt)
-             WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $3",
+             FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[]) AS u(id, attempt, claimed_at)
+             WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
+               AND j.status = 'running' AND j.locked_by = $4",
         )
-        .bind(&ids)
-        .bind(&attempts)
+        .bind(&claims.ids)
+        .bind(&claims.attempts)
+        .bind(&claims.claimed_at)
         .bind(worker)
         .execute(&self.pool)
         .await?
@@ -295,6 +319,7 @@ impl JobTable {
             written += sqlx::query(COMPLETE)
                 .bind(&acks.done.ids)
                 .bind(&acks.done.attempts)
+                .bind(&acks.done.claimed_at)
                 .bind(&acks.done.values)
                 .bind(worker)
                 .execute(&self.pool)
@@ -305,13 +330,15 @@ impl JobTable {
             written += sqlx::query(
                 "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
                      run_at = now() + u.seconds * interval '1 second'
-                 FROM UNNEST($1::bigint[], $2::int[], $3::bigint[]) AS u(id, attempt, seconds)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4",
+                 FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::bigint[]) AS u(id, attempt, claimed_at, seconds)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
+                   AND j.status = 'running' AND j.locked_by = $4",
             )
             .bind(&acks.snoozed.ids)
             .bind(&acks.snoozed.attempts)
             .bind(&acks.snoozed.values)
             .bind(worker)
+            .bind(&acks.snoozed.claimed_at)
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -321,13 +348,15 @@ impl JobTable {
                 "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.reason))
-                 FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS u(id, attempt, reason)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4",
+                 FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, reason)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
+                   AND j.status = 'running' AND j.locked_by = $4",
             )
             .bind(&acks.cancelled.ids)
             .bind(&acks.cancelled.attempts)
             .bind(&acks.cancelled.values)
             .bind(worker)
+            .bind(&acks.cancelled.claimed_at)
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -346,8 +375,9 @@ impl JobTable {
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.error)),
                      locked_by = NULL
-                 FROM UNNEST($1::bigint[], $2::int[], $3::text[]) AS u(id, attempt, error)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.status = 'running' AND j.locked_by = $4
+                 FROM UNNEST($1::bigint[], $2::int[], $8::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, error)
+                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
+                   AND j.status = 'running' AND j.locked_by = $4
                  RETURNING j.id, j.status",
             )
             .bind(&acks.failed.ids)
@@ -357,6 +387,7 @@ impl JobTable {
             .bind(policy.max_attempts)
             .bind(policy.backoff_base.as_millis() as f64)
             .bind(policy.backoff_max.as_millis() as f64)
+            .bind(&acks.failed.claimed_at)
             .fetch_all(&self.pool)
             .await?;
             written += failed.len() as u64;

@@ -458,22 +458,25 @@ async fn main() -> Result<(), Error> {
                         }
                         let worker = format!("alone-{n}");
                         loop {
-                            let claimed: Vec<(i64, Value, i32)> = sqlx::query_as(queue::statements::CLAIM)
-                                .bind(Noop::KIND)
-                                .bind(100_i64)
-                                .bind(&worker)
-                                .fetch_all(&mut conn)
-                                .await
-                                .unwrap();
+                            let claimed: Vec<(i64, Value, i32, chrono::DateTime<chrono::Utc>)> =
+                                sqlx::query_as(queue::statements::CLAIM)
+                                    .bind(Noop::KIND)
+                                    .bind(100_i64)
+                                    .bind(&worker)
+                                    .fetch_all(&mut conn)
+                                    .await
+                                    .unwrap();
                             if claimed.is_empty() {
                                 break;
                             }
                             let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
                             let attempts: Vec<i32> = claimed.iter().map(|c| c.2).collect();
+                            let claimed_at: Vec<_> = claimed.iter().map(|c| c.3).collect();
                             let results = vec![json!({"outcome": "done", "detail": null}); ids.len()];
                             sqlx::query(queue::statements::COMPLETE)
                                 .bind(&ids)
                                 .bind(&attempts)
+                                .bind(&claimed_at)
                                 .bind(&results)
                                 .bind(&worker)
                                 .execute(&mut conn)

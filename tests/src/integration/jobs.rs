@@ -461,3 +461,75 @@ async fn a_job_statement_stuck_in_postgres_is_ended_by_the_statement_timeout() {
     wait_for("the grant to complete", Duration::from_secs(20), || async { job(&app, id).await.status == "completed" })
         .await;
 }
+
+#[tokio::test]
+async fn a_stalled_runs_result_never_finishes_the_same_attempt_number_after_a_redrive() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Notify;
+
+    let app = TestApp::with_worker().await;
+    let (customer, _) = app.onboarded_customer("redriven-stall@example.com").await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (counted, first_gate, second_gate) = (hits.clone(), first.clone(), second.clone());
+    queue::hooks::hold_after_run(
+        "grant_credits",
+        Arc::new(move || {
+            let hit = counted.fetch_add(1, Ordering::SeqCst);
+            let (first, second) = (first_gate.clone(), second_gate.clone());
+            Box::pin(async move {
+                match hit {
+                    0 => first.notified().await,
+                    1 => {
+                        second.notified().await;
+                        return Err("the redriven run fails".to_owned());
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+        }),
+    );
+    let job_args = grant(customer, "redriven-stall", 2);
+    let Enqueued::Inserted(id) =
+        queue::enqueue_with(&app.db.pool, &job_args, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
+            .await
+            .unwrap()
+    else {
+        panic!("a fresh job")
+    };
+    wait_for("the first run to stall", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 1 }).await;
+    // Rescued to dead (its one attempt spent), then redriven by an operator: attempts
+    // start again at 0, and the same worker claims it as attempt 1 once more.
+    sqlx::query("UPDATE jobs SET status = 'dead', locked_by = NULL, finished_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    queue::admin::redrive(&app.db.pool, id, "test").await.unwrap();
+    wait_for("the redriven run to start", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 2 }).await;
+    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), ("running".into(), 1));
+
+    first.notify_one();
+    let stale_acks = || {
+        common::telemetry::metrics::handle()
+            .render()
+            .lines()
+            .any(|l| l.starts_with("rsolv_jobs_stale_acks_total{kind=\"grant_credits\"}"))
+    };
+    wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
+        stale_acks() || job(&app, id).await.status != "running"
+    })
+    .await;
+    let row = job(&app, id).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("running", 1), "the stale run finished nothing: {row:?}");
+    second.notify_one();
+    wait_for("the redriven run's failure to count", Duration::from_secs(10), || async {
+        job(&app, id).await.status == "dead"
+    })
+    .await;
+    assert!(job(&app, id).await.errors.to_string().contains("the redriven run fails"));
+    queue::hooks::clear("grant_credits");
+}
