@@ -367,20 +367,18 @@ async fn a_run_that_overruns_its_timeout_is_stopped_retried_and_frees_its_slot()
     assert_ledger_consistent(&app.db.pool).await;
 }
 
-#[tokio::test]
-async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
+/// Holds the first two runs of grant jobs after their effect: the first until `first`
+/// is notified, the second until `second` is, and then fails it with `second_error`.
+/// Returns how many runs have reached the hold.
+fn hold_two_grant_runs(
+    first: &std::sync::Arc<tokio::sync::Notify>,
+    second: &std::sync::Arc<tokio::sync::Notify>,
+    second_error: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tokio::sync::Notify;
-
-    let app = TestApp::with_worker().await;
-    let (customer, _) = app.onboarded_customer("stalled@example.com").await;
-    // The first run stalls after its effect, before its result is reported; the second
-    // run (a newer attempt of the same job, claimed by the same worker) stalls too and
-    // then fails.
     let hits = Arc::new(AtomicUsize::new(0));
-    let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (counted, first_gate, second_gate) = (hits.clone(), first.clone(), second.clone());
     queue::hooks::hold_after_run(
         "grant_credits",
@@ -392,7 +390,7 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
                     0 => first.notified().await,
                     1 => {
                         second.notified().await;
-                        return Err("the newer attempt fails".to_owned());
+                        return Err(second_error.to_owned());
                     }
                     _ => {}
                 }
@@ -400,6 +398,31 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
             })
         }),
     );
+    hits
+}
+
+/// Whether the worker has ignored a stale result of a grant job.
+fn stale_grant_acks() -> bool {
+    common::telemetry::metrics::handle()
+        .render()
+        .lines()
+        .any(|l| l.starts_with("rsolv_jobs_stale_acks_total{kind=\"grant_credits\"}"))
+}
+
+#[tokio::test]
+async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use tokio::sync::Notify;
+
+    let app = TestApp::with_worker().await;
+    let (customer, _) = app.onboarded_customer("stalled@example.com").await;
+    // The first run stalls after its effect, before its result is reported; the second
+    // run (a newer attempt of the same job, claimed by the same worker) stalls too and
+    // then fails.
+    let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let hits = hold_two_grant_runs(&first, &second, "the newer attempt fails");
 
     let id = inserted(&app, &grant(customer, "stalled-grant", 3)).await;
     wait_for("the first run to stall", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 1 }).await;
@@ -419,14 +442,8 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
 
     // The stalled run reports success: the newer attempt is still running, untouched.
     first.notify_one();
-    let stale_acks = || {
-        common::telemetry::metrics::handle()
-            .render()
-            .lines()
-            .any(|l| l.starts_with("rsolv_jobs_stale_acks_total{kind=\"grant_credits\"}"))
-    };
     wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
-        stale_acks() || job(&app, id).await.status != "running"
+        stale_grant_acks() || job(&app, id).await.status != "running"
     })
     .await;
     let row = job(&app, id).await;
@@ -465,33 +482,14 @@ async fn a_job_statement_stuck_in_postgres_is_ended_by_the_statement_timeout() {
 #[tokio::test]
 async fn a_stalled_runs_result_never_finishes_the_same_attempt_number_after_a_redrive() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use tokio::sync::Notify;
 
     let app = TestApp::with_worker().await;
     let (customer, _) = app.onboarded_customer("redriven-stall@example.com").await;
-    let hits = Arc::new(AtomicUsize::new(0));
     let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let (counted, first_gate, second_gate) = (hits.clone(), first.clone(), second.clone());
-    queue::hooks::hold_after_run(
-        "grant_credits",
-        Arc::new(move || {
-            let hit = counted.fetch_add(1, Ordering::SeqCst);
-            let (first, second) = (first_gate.clone(), second_gate.clone());
-            Box::pin(async move {
-                match hit {
-                    0 => first.notified().await,
-                    1 => {
-                        second.notified().await;
-                        return Err("the redriven run fails".to_owned());
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })
-        }),
-    );
+    let hits = hold_two_grant_runs(&first, &second, "the redriven run fails");
     let job_args = grant(customer, "redriven-stall", 2);
     let Enqueued::Inserted(id) =
         queue::enqueue_with(&app.db.pool, &job_args, EnqueueOptions { max_attempts: Some(1), ..Default::default() })
@@ -513,14 +511,8 @@ async fn a_stalled_runs_result_never_finishes_the_same_attempt_number_after_a_re
     assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), ("running".into(), 1));
 
     first.notify_one();
-    let stale_acks = || {
-        common::telemetry::metrics::handle()
-            .render()
-            .lines()
-            .any(|l| l.starts_with("rsolv_jobs_stale_acks_total{kind=\"grant_credits\"}"))
-    };
     wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
-        stale_acks() || job(&app, id).await.status != "running"
+        stale_grant_acks() || job(&app, id).await.status != "running"
     })
     .await;
     let row = job(&app, id).await;
