@@ -1,4 +1,6 @@
-//! The middleware that reports each finished run to its store's acknowledger.
+//! The middleware that reports each finished run to its store's acknowledger, and runs
+//! it in a `job` span (kind, job id, attempt) so that its log lines say which job wrote
+//! them.
 //!
 //! It sits outermost in a worker's service stack (apalis puts a backend's middleware
 //! there), so it sees the handler's final answer after panics were caught. The channel
@@ -16,6 +18,7 @@ use futures::channel::oneshot;
 use futures::future::BoxFuture;
 use futures::{FutureExt, SinkExt};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::store::Slots;
 use super::table::{Finished, claim_of, job_id};
@@ -29,13 +32,14 @@ pub(super) enum AckMessage {
 
 #[derive(Clone)]
 pub struct AckLayer {
+    kind: &'static str,
     sender: Sender<AckMessage>,
     slots: Arc<Slots>,
 }
 
 impl AckLayer {
-    pub(super) fn new(sender: Sender<AckMessage>, slots: Arc<Slots>) -> Self {
-        Self { sender, slots }
+    pub(super) fn new(kind: &'static str, sender: Sender<AckMessage>, slots: Arc<Slots>) -> Self {
+        Self { kind, sender, slots }
     }
 }
 
@@ -43,13 +47,14 @@ impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
 
     fn layer(&self, inner: S) -> AckService<S> {
-        AckService { inner, sender: self.sender.clone(), slots: self.slots.clone() }
+        AckService { inner, kind: self.kind, sender: self.sender.clone(), slots: self.slots.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct AckService<S> {
     inner: S,
+    kind: &'static str,
     sender: Sender<AckMessage>,
     slots: Arc<Slots>,
 }
@@ -77,9 +82,14 @@ where
     fn call(&mut self, task: Task<Args>) -> Self::Future {
         // The job, and the claim this run came from (what fences its result).
         let id = task.ctx().task_id().and_then(job_id).zip(claim_of(&task));
+        // Every line the run logs names its job: kind, id and attempt.
+        let span = match id {
+            Some((id, claim)) => tracing::info_span!("job", kind = %self.kind, job_id = id, attempt = claim.attempt),
+            None => tracing::info_span!("job", kind = %self.kind),
+        };
         let mut sender = self.sender.clone();
         let slots = self.slots.clone();
-        let run = self.inner.call(task);
+        let run = self.inner.call(task).instrument(span);
         async move {
             let result = run.await.map_err(Into::into);
             // Its slot is free for the claimer as soon as the run is over.

@@ -420,7 +420,7 @@ impl<J> BackendConfig for JobStore<J> {
     }
 
     fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
-        AckLayer::new(self.acks.clone(), self.slots.clone())
+        AckLayer::new(self.table.kind(), self.acks.clone(), self.slots.clone())
     }
 }
 

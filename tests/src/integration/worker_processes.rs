@@ -378,6 +378,16 @@ async fn no_secret_reaches_the_logs_at_any_level() {
 
     let logs = std::fs::read_to_string(dir.join("api.log")).unwrap()
         + &std::fs::read_to_string(dir.join("worker.log")).unwrap();
+    // A job's lines name the job they come from (colours stripped).
+    let plain = logs
+        .split('\x1b')
+        .map(|part| part.split_once('m').filter(|_| part.starts_with('[')).map_or(part, |(_, rest)| rest))
+        .collect::<String>();
+    assert!(
+        plain.lines().any(|l| l.contains("job{kind=create_stripe_customer job_id=") && l.contains("attempt=")),
+        "job log lines carry the job's kind, id and attempt: {}",
+        plain.lines().filter(|l| l.contains("job{")).take(5).collect::<Vec<_>>().join("\n")
+    );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were captured at every level");
     for (what, secret) in [
