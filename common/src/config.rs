@@ -96,6 +96,14 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret: constant time, and (by hashing first) without
+    /// revealing its length either.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(self.0.as_bytes())).into()
+    }
 }
 
 impl std::fmt::Debug for Secret {

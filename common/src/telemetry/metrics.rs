@@ -15,9 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 
@@ -41,7 +39,7 @@ pub fn handle() -> &'static PrometheusHandle {
 pub fn scrape_allowed(authorization: Option<&str>, token: Option<&Secret>) -> bool {
     let Some(token) = token else { return true };
     let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
-    Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(token.expose().as_bytes())).into()
+    token.matches(given)
 }
 
 /// Keeps the per-queue gauges current from the jobs table.
