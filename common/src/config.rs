@@ -187,8 +187,8 @@ pub struct JobSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// The most jobs one claim asks for (at least the kind's concurrency); a worker keeps
-    /// at most `queue::CLAIM_AHEAD` claimed jobs waiting per free slot, claiming the next
-    /// while the last run (released on shutdown, rescued if the process dies).
+    /// at most `queue::CLAIM_AHEAD` claimed jobs waiting per run slot, claiming more
+    /// while the last ones run (released on shutdown, rescued if the process dies).
     pub fetch_batch: usize,
     /// The longest statement a job may run (`JOB_STATEMENT_TIMEOUT_MS`): see `db::job_pool`.
     pub statement_timeout: Duration,

@@ -7,7 +7,6 @@
 //! is bounded: when acknowledgements fall behind, new runs wait instead of piling up
 //! finished-but-unrecorded jobs in memory.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use apalis_core::error::BoxDynError;
@@ -20,7 +19,6 @@ use futures::{FutureExt, SinkExt};
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::store::Slots;
 use super::table::{Finished, claim_of, job_id};
 
 /// What the acknowledger receives, in the order it was sent.
@@ -34,12 +32,11 @@ pub(super) enum AckMessage {
 pub struct AckLayer {
     kind: &'static str,
     sender: Sender<AckMessage>,
-    slots: Arc<Slots>,
 }
 
 impl AckLayer {
-    pub(super) fn new(kind: &'static str, sender: Sender<AckMessage>, slots: Arc<Slots>) -> Self {
-        Self { kind, sender, slots }
+    pub(super) fn new(kind: &'static str, sender: Sender<AckMessage>) -> Self {
+        Self { kind, sender }
     }
 }
 
@@ -47,7 +44,7 @@ impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
 
     fn layer(&self, inner: S) -> AckService<S> {
-        AckService { inner, kind: self.kind, sender: self.sender.clone(), slots: self.slots.clone() }
+        AckService { inner, kind: self.kind, sender: self.sender.clone() }
     }
 }
 
@@ -56,7 +53,6 @@ pub struct AckService<S> {
     inner: S,
     kind: &'static str,
     sender: Sender<AckMessage>,
-    slots: Arc<Slots>,
 }
 
 impl<S, Args> Service<Task<Args>> for AckService<S>
@@ -88,12 +84,9 @@ where
             None => tracing::info_span!("job", kind = %self.kind),
         };
         let mut sender = self.sender.clone();
-        let slots = self.slots.clone();
         let run = self.inner.call(task).instrument(span);
         async move {
             let result = run.await.map_err(Into::into);
-            // Its slot is free for the claimer as soon as the run is over.
-            slots.finished();
             match id {
                 Some((id, claim)) => {
                     let report = match &result {

@@ -226,6 +226,26 @@ fn push<T>(columns: &mut (Vec<i64>, Vec<T>), id: i64, value: T) {
     columns.1.push(value);
 }
 
+/// The claim a result belongs to (see [`ClaimToken`]): the job `u.id` is still `running`
+/// under the worker named by parameter `$worker`, at the attempt `u.attempt` that claim
+/// gave it and claimed at `u.claimed_at`.
+///
+/// The attempt and the claim time are compared with `IS NOT DISTINCT FROM` (never null
+/// here, so the same as `=`) on purpose: as plain equalities they make three join
+/// clauses whose estimate, when the statistics still say no job runs (a burst after a
+/// bulk insert), sends the planner to a nested loop over every job the worker holds per
+/// result. Measured: 11.7 s instead of 15 ms for 2,000 results against 40,000 claims.
+/// Here only `id` joins (a hash join), and the fence is a filter on its rows.
+macro_rules! claim_fence {
+    ($worker:literal) => {
+        concat!(
+            "j.id = u.id AND (j.attempts, j.locked_at) IS NOT DISTINCT FROM (u.attempt, u.claimed_at)
+               AND j.status = 'running' AND j.locked_by = ",
+            $worker
+        )
+    };
+}
+
 /// Claims up to `$2` due jobs of kind `$1` for worker `$3`.
 pub const CLAIM: &str = "WITH next AS (
          SELECT id FROM jobs
@@ -239,11 +259,12 @@ pub const CLAIM: &str = "WITH next AS (
 
 /// Completes jobs `$1` with results `$4`, where worker `$5` still holds the claims that
 /// gave them attempts `$2` at `$3` (see [`ClaimToken`]).
-pub const COMPLETE: &str =
+pub const COMPLETE: &str = concat!(
     "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
      FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::jsonb[]) AS u(id, attempt, claimed_at, result)
-     WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
-       AND j.status = 'running' AND j.locked_by = $5";
+     WHERE ",
+    claim_fence!("$5")
+);
 
 impl JobTable {
     /// Claims up to `limit` due jobs for `worker`.
@@ -290,12 +311,12 @@ impl JobTable {
                 claims.push(id, claim, ());
             }
         }
-        let released = sqlx::query(
+        let released = sqlx::query(concat!(
             "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL
              FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[]) AS u(id, attempt, claimed_at)
-             WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
-               AND j.status = 'running' AND j.locked_by = $4",
-        )
+             WHERE ",
+            claim_fence!("$4")
+        ))
         .bind(&claims.ids)
         .bind(&claims.attempts)
         .bind(&claims.claimed_at)
@@ -327,13 +348,13 @@ impl JobTable {
                 .rows_affected();
         }
         if !acks.snoozed.ids.is_empty() {
-            written += sqlx::query(
+            written += sqlx::query(concat!(
                 "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
                      run_at = now() + u.seconds * interval '1 second'
                  FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::bigint[]) AS u(id, attempt, claimed_at, seconds)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
-                   AND j.status = 'running' AND j.locked_by = $4",
-            )
+                 WHERE ",
+                claim_fence!("$4")
+            ))
             .bind(&acks.snoozed.ids)
             .bind(&acks.snoozed.attempts)
             .bind(&acks.snoozed.values)
@@ -344,14 +365,14 @@ impl JobTable {
             .rows_affected();
         }
         if !acks.cancelled.ids.is_empty() {
-            written += sqlx::query(
+            written += sqlx::query(concat!(
                 "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.reason))
                  FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, reason)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
-                   AND j.status = 'running' AND j.locked_by = $4",
-            )
+                 WHERE ",
+                claim_fence!("$4")
+            ))
             .bind(&acks.cancelled.ids)
             .bind(&acks.cancelled.attempts)
             .bind(&acks.cancelled.values)
@@ -365,7 +386,7 @@ impl JobTable {
             let policy = &self.config.policy;
             // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
             // capped, then scaled by a random 75-100% so retries of a burst spread out.
-            let failed = sqlx::query(
+            let failed = sqlx::query(concat!(
                 "UPDATE jobs j SET
                      status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN 'dead' ELSE 'retryable' END,
                      finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN now() END,
@@ -376,10 +397,10 @@ impl JobTable {
                          'attempt', j.attempts, 'at', now(), 'error', u.error)),
                      locked_by = NULL
                  FROM UNNEST($1::bigint[], $2::int[], $8::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, error)
-                 WHERE j.id = u.id AND j.attempts = u.attempt AND j.locked_at = u.claimed_at
-                   AND j.status = 'running' AND j.locked_by = $4
-                 RETURNING j.id, j.status",
-            )
+                 WHERE ",
+                claim_fence!("$4"),
+                " RETURNING j.id, j.status"
+            ))
             .bind(&acks.failed.ids)
             .bind(&acks.failed.attempts)
             .bind(&acks.failed.values)

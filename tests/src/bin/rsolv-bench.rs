@@ -235,6 +235,8 @@ async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
         "JOB_FETCH_BATCH" | "JOB_BOOKKEEPING_SYNC_COMMIT" => std::env::var(k).ok(),
         _ => None,
     })?;
+    // The workers' warnings reach the bench's stderr (its spawner sets RUST_LOG=warn).
+    common::telemetry::init(settings.log_format);
     let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
     let notifier = JobNotifier::listen(&pool).await?;
     let bookkeeping = queue::bookkeeping_pool(&pool, settings.jobs.bookkeeping_sync_commit);

@@ -403,7 +403,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
 }
 
 #[tokio::test]
-async fn a_busy_process_claims_ahead_only_a_few_jobs_per_free_slot_and_a_killed_one_is_charged_for_those_only() {
+async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_is_charged_for_those_only() {
     let app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("claim-ahead@example.com").await;
     let mut app = app;
@@ -419,7 +419,7 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_free_slot_and_a_killed_
     let claimed = || app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'");
     wait_for("both slots to be busy", Duration::from_secs(15), || async { claimed().await >= concurrency }).await;
     let held = claimed().await;
-    // Two running, and at most CLAIM_AHEAD (2) waiting per slot that was free.
+    // Two running, and at most CLAIM_AHEAD (2) waiting per slot.
     assert!(held <= concurrency * 3, "{held} of {jobs} jobs claimed by a process with {concurrency} slots");
     busy.kill();
     blocker.rollback().await.unwrap();
