@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod job_failure;
 pub mod openapi;
 pub mod rate_limit;
+pub mod request_id;
 pub mod routes;
 pub mod security_headers;
 pub mod startup;

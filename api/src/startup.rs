@@ -67,6 +67,8 @@ impl Application {
                         Ok(response)
                     }
                 })
+                // Outermost: every answer names its request, whatever refused it.
+                .wrap(actix_web::middleware::from_fn(crate::request_id::assign))
                 .app_data(pool.clone())
                 .app_data(waker.clone())
                 .app_data(limit.clone())

@@ -1,6 +1,6 @@
 //! The middleware that reports each finished run to its store's acknowledger, and runs
-//! it in a `job` span (kind, job id, attempt) so that its log lines say which job wrote
-//! them.
+//! it in a `job` span (kind, job id, attempt, customer, request id) so that its log lines
+//! say which job wrote them, as part of the request that caused the job.
 //!
 //! It sits outermost in a worker's service stack (apalis puts a backend's middleware
 //! there), so it sees the handler's final answer after panics were caught. The channel
@@ -19,7 +19,8 @@ use futures::{FutureExt, SinkExt};
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::table::{Finished, claim_of, job_id};
+use super::table::{Finished, claim_of, job_id, origin_of};
+use crate::correlation;
 
 /// What the acknowledger receives, in the order it was sent.
 pub(super) enum AckMessage {
@@ -78,13 +79,22 @@ where
     fn call(&mut self, task: Task<Args>) -> Self::Future {
         // The job, and the claim this run came from (what fences its result).
         let id = task.ctx().task_id().and_then(job_id).zip(claim_of(&task));
-        // Every line the run logs names its job: kind, id and attempt.
-        let span = match id {
-            Some((id, claim)) => tracing::info_span!("job", kind = %self.kind, job_id = id, attempt = claim.attempt),
-            None => tracing::info_span!("job", kind = %self.kind),
-        };
+        let origin = origin_of(&task);
+        let customer = origin.as_ref().and_then(|origin| origin.customer_id);
+        let request_id = origin.and_then(|origin| origin.request_id);
+        // Every line the run logs names its job (kind, id, attempt), its customer and the
+        // request that caused it.
+        let span = tracing::info_span!(
+            "job",
+            kind = %self.kind,
+            job_id = id.map(|(id, _)| id),
+            attempt = id.map(|(_, claim)| claim.attempt),
+            customer = customer.map(tracing::field::display),
+            request_id = request_id.as_ref().map(tracing::field::display),
+        );
         let mut sender = self.sender.clone();
-        let run = self.inner.call(task).instrument(span);
+        // What the run enqueues is part of the same request.
+        let run = correlation::scope(request_id, self.inner.call(task)).instrument(span);
         async move {
             let result = run.await.map_err(Into::into);
             match id {

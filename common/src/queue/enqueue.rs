@@ -41,16 +41,17 @@ pub enum WakeUp {
     Deferred,
 }
 
-const INSERT: &str = "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
-     VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+const INSERT: &str = "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id, request_id)
+     VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $7)
      ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
      DO NOTHING
      RETURNING id";
 
 /// As `INSERT`, telling the `jobs` trigger not to notify: `rsolv.wake_up` is set for the
 /// rest of the transaction, which is why this is only for a transaction of its own.
-const INSERT_DEFERRING_WAKE_UP: &str = "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id)
-     SELECT $1, $2, $3, coalesce($4, now()), $5, $6
+const INSERT_DEFERRING_WAKE_UP: &str =
+    "INSERT INTO jobs (kind, args, max_attempts, run_at, unique_key, customer_id, request_id)
+     SELECT $1, $2, $3, coalesce($4, now()), $5, $6, $7
      FROM (SELECT set_config('rsolv.wake_up', 'deferred', true)) AS wake_up
      ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
      DO NOTHING
@@ -78,6 +79,8 @@ pub async fn enqueue_with<'e, J: JobKind>(
         .bind(options.run_at)
         .bind(job.unique_key())
         .bind(job.customer_id())
+        // The request (or the job run) this is part of: see `correlation`.
+        .bind(crate::correlation::current().map(|id| id.to_string()))
         .fetch_optional(executor)
         .await?;
     Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted))

@@ -13,6 +13,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use super::{Outcome, StoreConfig};
+use crate::correlation::RequestId;
 
 /// One kind's rows in the `jobs` table, as its worker sees them.
 #[derive(Clone)]
@@ -129,6 +130,21 @@ struct ClaimedRow {
     args: Value,
     attempts: i32,
     locked_at: DateTime<Utc>,
+    customer_id: Option<uuid::Uuid>,
+    request_id: Option<String>,
+}
+
+/// Whom a job is for and which request caused it: what its run's log lines name, and
+/// the request the jobs it enqueues are part of (see `correlation`).
+#[derive(Debug, Clone)]
+pub(super) struct JobOrigin {
+    pub(super) customer_id: Option<uuid::Uuid>,
+    pub(super) request_id: Option<RequestId>,
+}
+
+/// Where a task's job came from (set by [`JobTable::claim`]).
+pub(super) fn origin_of<Args>(task: &Task<Args>) -> Option<JobOrigin> {
+    task.ctx().data().get::<JobOrigin>().cloned()
 }
 
 /// Which claim a run came from: the attempt number and the time it was claimed (the
@@ -255,7 +271,7 @@ pub const CLAIM: &str = "WITH next AS (
          FOR UPDATE SKIP LOCKED)
      UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, locked_by = $3, locked_at = now()
      FROM next WHERE j.id = next.id
-     RETURNING j.id, j.args, j.attempts, j.locked_at";
+     RETURNING j.id, j.args, j.attempts, j.locked_at, j.customer_id, j.request_id";
 
 /// Completes jobs `$1` with results `$4`, where worker `$5` still holds the claims that
 /// gave them attempts `$2` at `$3` (see [`ClaimToken`]).
@@ -281,6 +297,10 @@ impl JobTable {
                         .task_id(TaskId::Int(row.id as u64))
                         .attempt(row.attempts as usize)
                         .data(ClaimToken { attempt: row.attempts, claimed_at: row.locked_at })
+                        .data(JobOrigin {
+                            customer_id: row.customer_id,
+                            request_id: row.request_id.as_deref().and_then(RequestId::parse),
+                        })
                         .build(),
                 ),
                 Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),

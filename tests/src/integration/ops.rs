@@ -508,3 +508,73 @@ async fn api_metrics_can_need_a_token_and_move_to_an_address_of_their_own() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn every_answer_names_its_request_keeping_a_sane_client_id_and_replacing_any_other() {
+    let app = TestApp::api_only().await;
+    let id_of = |response: &reqwest::Response| {
+        response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned()).expect("x-request-id answered")
+    };
+    let generated = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+
+    let kept = app.client.get(app.url("/health")).header("x-request-id", "lb-7f3a:trace_01.b").send().await.unwrap();
+    assert_eq!(id_of(&kept), "lb-7f3a:trace_01.b");
+    let (first, second) = (
+        app.client.get(app.url("/health")).send().await.unwrap(),
+        app.client.get(app.url("/health")).send().await.unwrap(),
+    );
+    assert!(generated(&id_of(&first)) && id_of(&first) != id_of(&second), "each request gets a new id");
+    for unsafe_id in ["two words", "<script>", &"a".repeat(65)] {
+        let replaced = app.client.get(app.url("/health")).header("x-request-id", unsafe_id).send().await.unwrap();
+        let id = id_of(&replaced);
+        assert!(generated(&id), "{unsafe_id:?} is replaced by a new id, not echoed: {id}");
+    }
+    // Refused at the edge, unauthenticated, unknown route: the id is there all the same.
+    for (path, status) in [("/api/v1/usage/fixes/%00", 400), ("/api/v1/customers/me", 401), ("/nowhere", 404)] {
+        let refused = app.client.get(app.url(path)).header("x-request-id", "refused-1").send().await.unwrap();
+        assert_eq!(refused.status(), status, "{path}");
+        assert_eq!(id_of(&refused), "refused-1", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_follows_the_request_into_its_jobs_and_the_jobs_they_enqueue() {
+    // With Stripe, provisioning enqueues the Stripe customer's creation.
+    let app = TestApp::with_billing().await;
+    let response = app
+        .client
+        .post(app.url("/api/v1/customers/onboard"))
+        .header("x-request-id", "signup-trace-42")
+        .json(&serde_json::json!({ "name": "Traced", "email": "traced@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-request-id"], "signup-trace-42");
+    // Provisioning was enqueued by the request; the Stripe customer and the onboarding
+    // email by the provisioning job's run.
+    let pool = app.db.pool.clone();
+    wait_for("the provisioning job's own jobs", Duration::from_secs(20), || {
+        let pool = pool.clone();
+        async move {
+            let kinds: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT kind, request_id FROM jobs ORDER BY id").fetch_all(&pool).await.unwrap();
+            kinds.len() > 1 && kinds.iter().any(|(kind, _)| kind == "create_stripe_customer")
+        }
+    })
+    .await;
+    let jobs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT kind, request_id FROM jobs ORDER BY id").fetch_all(&app.db.pool).await.unwrap();
+    assert_eq!(jobs[0].0, "provision_customer");
+    assert!(
+        jobs.iter().all(|(_, request_id)| request_id.as_deref() == Some("signup-trace-42")),
+        "every job of the signup names its request: {jobs:?}"
+    );
+    // A job enqueued outside any request (cron, operator, tests) names none.
+    queue::enqueue(&app.db.pool, &grant(Uuid::new_v4(), "untraced", 1)).await.unwrap();
+    let untraced: Option<String> = sqlx::query_scalar("SELECT request_id FROM jobs ORDER BY id DESC LIMIT 1")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(untraced, None);
+}

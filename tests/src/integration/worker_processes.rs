@@ -340,6 +340,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .post(format!("{base}/api/webhooks/stripe"))
         .header("content-type", "application/json")
         .header("stripe-signature", &signature)
+        .header("x-request-id", "webhook-trace-7")
         .body(body)
         .send()
         .await
@@ -387,6 +388,14 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         plain.lines().any(|l| l.contains("job{kind=create_stripe_customer job_id=") && l.contains("attempt=")),
         "job log lines carry the job's kind, id and attempt: {}",
         plain.lines().filter(|l| l.contains("job{")).take(5).collect::<Vec<_>>().join("\n")
+    );
+    // One grep follows the webhook from its request into the run of the job it caused.
+    let traced: Vec<_> = plain.lines().filter(|l| l.contains("webhook-trace-7")).collect();
+    assert!(traced.iter().any(|l| l.contains("request{request_id=webhook-trace-7")), "the request's lines");
+    assert!(
+        traced.iter().any(|l| l.contains("job{kind=process_stripe_event") && l.contains("request_id=webhook-trace-7")),
+        "the job's lines name the request: {}",
+        plain.lines().filter(|l| l.contains("job{kind=process_stripe_event")).take(3).collect::<Vec<_>>().join("\n")
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "logs were captured at every level");
