@@ -274,7 +274,7 @@ pub const CLAIM: &str = "WITH next AS (
      RETURNING j.id, j.args, j.attempts, j.locked_at, j.customer_id, j.request_id";
 
 /// Completes jobs `$1` with results `$4`, where worker `$5` still holds the claims that
-/// gave them attempts `$2` at `$3` (see [`ClaimToken`]).
+/// gave them attempts `$2` at `$3` (see `ClaimToken`).
 pub const COMPLETE: &str = concat!(
     "UPDATE jobs j SET status = 'completed', result = u.result, finished_at = now(), locked_by = NULL
      FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::jsonb[]) AS u(id, attempt, claimed_at, result)
