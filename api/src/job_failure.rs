@@ -4,13 +4,13 @@
 //! `rsolv-worker jobs show`), who find it by the operation id the answer carries.
 
 use common::domain::ErrorCode;
-use common::queue::{JobState, status};
+use common::queue::{JobState, JobStatus};
 use serde_json::{Value, json};
 
 /// The error of a failed (dead or cancelled) job, as the customer sees it.
 pub fn describe(job: &JobState) -> Value {
     let reason = job.last_error.as_deref().unwrap_or_default();
-    let (code, message) = if job.status == status::CANCELLED {
+    let (code, message) = if job.status == JobStatus::Cancelled {
         cancelled(reason)
     } else {
         (ErrorCode::OperationFailed, "the operation could not be completed; contact support with its id")
@@ -40,20 +40,23 @@ fn cancelled(reason: &str) -> (ErrorCode, &'static str) {
 mod tests {
     use super::*;
 
-    fn job(status: &str, error: &str) -> JobState {
-        JobState { id: 7, status: status.into(), attempts: 3, last_error: Some(error.into()), result: None }
+    fn job(status: JobStatus, error: &str) -> JobState {
+        JobState { id: 7, status, attempts: 3, last_error: Some(error.into()), result: None }
     }
 
     #[test]
     fn raw_errors_become_codes_and_short_messages() {
         let raw = "database: error returned from database: relation \"customers\" ... at 10.0.3.7:5432";
-        let told = describe(&job(status::DEAD, raw));
+        let told = describe(&job(JobStatus::Dead, raw));
         assert_eq!(told["code"], "OPERATION_FAILED");
         assert!(!told.to_string().contains("database") && !told.to_string().contains("10.0.3.7"));
-        let refused = describe(&job(status::CANCELLED, "payment method not attached: req_123 card_declined"));
+        let refused = describe(&job(JobStatus::Cancelled, "payment method not attached: req_123 card_declined"));
         assert_eq!(refused["code"], "PAYMENT_METHOD_REFUSED");
         assert!(!refused.to_string().contains("req_123"));
-        assert_eq!(describe(&job(status::CANCELLED, "NO_ACTIVE_SUBSCRIPTION"))["code"], "NO_ACTIVE_SUBSCRIPTION");
-        assert_eq!(describe(&job(status::CANCELLED, "email a@b.c belongs to another customer"))["code"], "EMAIL_TAKEN");
+        assert_eq!(describe(&job(JobStatus::Cancelled, "NO_ACTIVE_SUBSCRIPTION"))["code"], "NO_ACTIVE_SUBSCRIPTION");
+        assert_eq!(
+            describe(&job(JobStatus::Cancelled, "email a@b.c belongs to another customer"))["code"],
+            "EMAIL_TAKEN"
+        );
     }
 }

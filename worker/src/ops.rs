@@ -1,6 +1,7 @@
 //! `rsolv-worker jobs …`: the admin API's operations from a shell.
 
 use common::jobs;
+use common::queue::JobStatus;
 use common::queue::admin::{self, JobFilter};
 
 use crate::Error;
@@ -37,7 +38,7 @@ pub async fn run(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
         Some("dead") => {
             let filter = JobFilter {
                 queue: args.get(1).cloned(),
-                status: Some("dead".into()),
+                status: Some(JobStatus::Dead),
                 limit: 200,
                 ..Default::default()
             };

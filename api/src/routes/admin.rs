@@ -8,6 +8,7 @@ use common::db;
 use common::domain::ErrorCode;
 use common::jobs;
 use common::operator::{self, AdjustError};
+use common::queue::JobStatus;
 use common::queue::admin::{self, AdminError, JobFilter};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -67,25 +68,21 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-const STATES: [&str; 6] = ["available", "running", "retryable", "completed", "cancelled", "dead"];
-
 pub async fn list(_: AdminApi, req: HttpRequest, pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::validation(format!("query: {e}")))?
         .into_inner();
-    if let Some(state) = &query.state
-        && !STATES.contains(&state.as_str())
-    {
-        return Err(ApiError::validation(format!("state must be one of {}", STATES.join(", "))));
-    }
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    let filter = JobFilter {
-        queue: query.queue,
-        status: query.state,
-        customer_id: query.customer_id,
-        before_id: query.before,
-        limit,
+    let status = match query.state.as_deref().map(|state| JobStatus::parse(state).ok_or(state)) {
+        None => None,
+        Some(Ok(status)) => Some(status),
+        Some(Err(_)) => {
+            let states: Vec<_> = JobStatus::ALL.iter().map(|status| status.as_str()).collect();
+            return Err(ApiError::validation(format!("state must be one of {}", states.join(", "))));
+        }
     };
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let filter =
+        JobFilter { queue: query.queue, status, customer_id: query.customer_id, before_id: query.before, limit };
     let jobs = admin::list(pool.get_ref(), &filter).await?;
     let next = (jobs.len() as i64 == limit).then(|| jobs.last().map(|j| j.id)).flatten();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "jobs": jobs, "next_before": next })))

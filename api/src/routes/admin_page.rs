@@ -9,6 +9,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::config::Settings;
 use common::db;
+use common::queue::JobStatus;
 use common::queue::admin::{self, JobFilter};
 use minijinja::value::Serde;
 use minijinja::{Environment, context};
@@ -73,11 +74,12 @@ pub async fn overview(
     }
     let pool = pool.get_ref();
     let queues = admin::overview(pool, &kinds()).await?;
-    let dead = admin::list(pool, &JobFilter { status: Some("dead".into()), limit: 100, ..Default::default() }).await?;
+    let dead =
+        admin::list(pool, &JobFilter { status: Some(JobStatus::Dead), limit: 100, ..Default::default() }).await?;
     let mut waiting =
-        admin::list(pool, &JobFilter { status: Some("retryable".into()), limit: 50, ..Default::default() }).await?;
+        admin::list(pool, &JobFilter { status: Some(JobStatus::Retryable), limit: 50, ..Default::default() }).await?;
     waiting.extend(
-        admin::list(pool, &JobFilter { status: Some("available".into()), limit: 50, ..Default::default() }).await?,
+        admin::list(pool, &JobFilter { status: Some(JobStatus::Available), limit: 50, ..Default::default() }).await?,
     );
     let audit = db::audit::recent(pool, None, 50).await?;
     let drift = db::reconcile_drift::recent(pool, 50).await?;

@@ -8,7 +8,7 @@ use chrono::Utc;
 use common::db::{self, customers::Customer};
 use common::domain::ErrorCode;
 use common::jobs::{AddPaymentMethod, CancelSubscription, ResumeSubscription, SubscribePro};
-use common::queue::{self, Enqueued, JobKind, JobWaker, status};
+use common::queue::{self, Enqueued, JobKind, JobStatus, JobWaker};
 use common::stripe::StripeApi;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -230,9 +230,9 @@ pub async fn operation(
     let Some((kind, job)) = queue::for_customer(pool.get_ref(), path.into_inner(), auth.customer_id).await? else {
         return Err(ApiError::not_found("no such operation"));
     };
-    let state = match job.status.as_str() {
-        status::COMPLETED => "succeeded",
-        status::DEAD | status::CANCELLED => "failed",
+    let state = match job.status {
+        JobStatus::Completed => "succeeded",
+        status if status.is_failed() => "failed",
         _ => "pending",
     };
     let error = (state == "failed").then(|| crate::job_failure::describe(&job));

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use common::db;
 use common::domain::{ApiKey, CustomerName, Email, ErrorCode};
 use common::jobs::ProvisionCustomer;
-use common::queue::{self, JobKind, JobWaker, status};
+use common::queue::{self, JobKind, JobWaker};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -76,9 +76,7 @@ pub async fn status(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<
     let job = queue::latest_for_customer(pool.get_ref(), ProvisionCustomer::KIND, customer_id).await?;
     match job {
         None => Err(ApiError::not_found("no onboarding with this id")),
-        Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => {
-            Ok(answer("failed", Some(crate::job_failure::describe(&job))))
-        }
+        Some(job) if job.status.is_failed() => Ok(answer("failed", Some(crate::job_failure::describe(&job)))),
         // Completed without a customer row cannot happen in one transaction; everything
         // else is on its way.
         Some(_) => Ok(answer("pending", None)),

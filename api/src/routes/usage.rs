@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use common::db::{self, charges::ChargeStatus};
 use common::domain::{ErrorCode, Warning};
 use common::jobs::RecordUsage;
-use common::queue::{self, JobKind, JobWaker, status};
+use common::queue::{self, JobKind, JobWaker};
 use serde::Deserialize;
 use sqlx::PgPool;
 
@@ -92,7 +92,7 @@ pub async fn fix_status(
     let key = RecordUsage::unique_key_for(auth.customer_id, &fix_id);
     match queue::by_unique_key(pool.get_ref(), RecordUsage::KIND, &key).await? {
         None => Err(ApiError::not_found("no fix reported with this id")),
-        Some(job) if job.status == status::DEAD || job.status == status::CANCELLED => Ok(answer("failed", None)),
+        Some(job) if job.status.is_failed() => Ok(answer("failed", None)),
         Some(_) => Ok(answer("pending", None)),
     }
 }

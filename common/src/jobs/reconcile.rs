@@ -206,7 +206,7 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
     for charge in db::charges::unresolved(&ctx.pool, Some(customer_id)).await? {
         let key = RecordUsage::unique_key_for(customer_id, &charge.fix_id);
         let job = queue::by_unique_key(&ctx.pool, RecordUsage::KIND, &key).await?;
-        let job_will_settle = job.is_some_and(|j| ["available", "running", "retryable"].contains(&j.status.as_str()));
+        let job_will_settle = job.is_some_and(|j| j.status.is_unfinished());
         if charge.status == ChargeStatus::Pending && job_will_settle {
             continue;
         }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::JobStatus;
 use super::notifier::CHANNEL;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -90,7 +91,7 @@ pub async fn gauges<'e>(db: impl PgExecutor<'e>, kinds: &[&str]) -> Result<Vec<Q
 pub struct JobSummary {
     pub id: i64,
     pub queue: String,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub max_attempts: Option<i32>,
     pub run_at: DateTime<Utc>,
@@ -103,7 +104,7 @@ pub struct JobSummary {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub queue: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     pub customer_id: Option<Uuid>,
     /// Keyset paging: jobs with a smaller id than this.
     pub before_id: Option<i64>,
@@ -129,9 +130,10 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec
     .await
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JobDetail {
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub summary: JobSummary,
     /// With secrets (key hashes, tokens, passwords) replaced by `[redacted]`.
     pub args: Value,
@@ -141,79 +143,21 @@ pub struct JobDetail {
     pub unique_key: Option<String>,
     pub locked_by: Option<String>,
     pub locked_at: Option<DateTime<Utc>>,
-}
-
-/// A `jobs` row as the detail view reads it.
-#[derive(sqlx::FromRow)]
-struct DetailRow {
-    id: i64,
-    kind: String,
-    status: String,
-    attempts: i32,
-    max_attempts: Option<i32>,
-    run_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    customer_id: Option<Uuid>,
-    args: Value,
-    result: Option<Value>,
-    errors: Value,
-    unique_key: Option<String>,
-    locked_by: Option<String>,
-    locked_at: Option<DateTime<Utc>>,
+    /// The request that caused the job (its `X-Request-Id`), if one did.
+    pub request_id: Option<String>,
 }
 
 pub async fn detail<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<JobDetail>, sqlx::Error> {
-    let row: Option<DetailRow> = sqlx::query_as(
-        "SELECT id, kind, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
-                    args, result, errors, unique_key, locked_by, locked_at
-             FROM jobs WHERE id = $1",
+    let detail: Option<JobDetail> = sqlx::query_as(
+        "SELECT id, kind AS queue, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
+                errors -> -1 ->> 'error' AS last_error,
+                args, result, errors, unique_key, locked_by, locked_at, request_id
+         FROM jobs WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(
-        |DetailRow {
-             id,
-             kind: queue,
-             status,
-             attempts,
-             max_attempts,
-             run_at,
-             created_at,
-             finished_at,
-             customer_id,
-             args,
-             result,
-             errors,
-             unique_key,
-             locked_by,
-             locked_at,
-         }| {
-            let last_error =
-                errors.as_array().and_then(|e| e.last()).and_then(|e| e["error"].as_str()).map(str::to_owned);
-            JobDetail {
-                summary: JobSummary {
-                    id,
-                    queue,
-                    status,
-                    attempts,
-                    max_attempts,
-                    run_at,
-                    created_at,
-                    finished_at,
-                    customer_id,
-                    last_error,
-                },
-                args: redact(args),
-                result,
-                errors,
-                unique_key,
-                locked_by,
-                locked_at,
-            }
-        },
-    ))
+    Ok(detail.map(|detail| JobDetail { args: redact(detail.args), ..detail }))
 }
 
 /// Replaces the values of secret-looking keys, at any depth.
@@ -242,7 +186,7 @@ pub enum AdminError {
     #[error("no job {0}")]
     NotFound(i64),
     #[error("job {id} is {status}; {action} needs a job that is {wanted}")]
-    WrongState { id: i64, status: String, action: &'static str, wanted: &'static str },
+    WrongState { id: i64, status: JobStatus, action: &'static str, wanted: &'static str },
     #[error("job {0} holds a unique key that a newer job has taken; discard one of them")]
     KeyTaken(i64),
     #[error("database: {0}")]
@@ -262,7 +206,7 @@ async fn refused(
     action: &'static str,
     wanted: &'static str,
 ) -> Result<(), AdminError> {
-    let status: Option<String> =
+    let status: Option<JobStatus> =
         sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(conn).await?;
     let status = status.ok_or(AdminError::NotFound(id))?;
     Err(AdminError::WrongState { id, status, action, wanted })

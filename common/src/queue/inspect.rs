@@ -3,11 +3,13 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::JobStatus;
+
 /// Where a job stands, with its last error if it failed.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct JobState {
     pub id: i64,
-    pub status: String,
+    pub status: JobStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub result: Option<serde_json::Value>,

@@ -170,15 +170,8 @@ impl From<sqlx::Error> for JobError {
     }
 }
 
-/// The statuses a job row moves through.
-pub mod status {
-    pub const AVAILABLE: &str = "available";
-    pub const RUNNING: &str = "running";
-    pub const RETRYABLE: &str = "retryable";
-    pub const COMPLETED: &str = "completed";
-    pub const CANCELLED: &str = "cancelled";
-    pub const DEAD: &str = "dead";
-}
+mod state;
+pub use state::JobStatus;
 
 mod inspect;
 pub use inspect::{

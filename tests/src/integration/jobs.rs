@@ -587,3 +587,32 @@ async fn acknowledging_a_burst_compares_each_result_with_its_own_claim_only() {
         .unwrap();
     assert_eq!(completed, 2_000, "every result was written");
 }
+
+/// `JobStatus` is the one mapping of the `jobs.status` column: the values its CHECK
+/// allows are exactly the enum's, and each decodes from a row and binds as a filter.
+#[tokio::test]
+async fn job_statuses_in_rust_are_exactly_those_the_table_allows() {
+    let db = crate::helpers::TestDb::fresh().await;
+    let check: String =
+        sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'jobs_status_check'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let mut allowed: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
+    allowed.sort_unstable();
+    let mut ours: Vec<&str> = queue::JobStatus::ALL.iter().map(|status| status.as_str()).collect();
+    ours.sort_unstable();
+    assert_eq!(allowed, ours, "from {check}");
+
+    for status in queue::JobStatus::ALL {
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (kind, args, status) VALUES ('probe', '{}', $1) RETURNING id")
+                .bind(status)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let read: queue::JobStatus =
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
+        assert_eq!(read, status);
+    }
+}
