@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::db::{self, customers::Observed};
-use crate::domain::{ApiKey, CustomerName, Email, LedgerSource};
+use crate::domain::{ApiKey, CustomerName, Email, LedgerSource, SubscriptionState};
 use crate::ledger::{self, LedgerError, Posting};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub async fn create(
             &mut *tx,
             id,
             &subscription,
-            "active",
+            SubscriptionState::Active,
             cancel_later,
             Some(period_end),
             Observed::now(1),

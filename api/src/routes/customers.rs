@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 use common::db;
-use common::domain::{SubscriptionState, Warning};
+use common::domain::Warning;
 use sqlx::PgPool;
 
 use crate::auth::Authenticated;
@@ -14,9 +14,12 @@ const RECENT_ENTRIES: i64 = 10;
 pub async fn me(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResponse, ApiError> {
     let customer = auth.customer(pool.get_ref()).await?;
     let entries = db::customers::recent_ledger(pool.get_ref(), customer.id, RECENT_ENTRIES).await?;
-    let state = customer.subscription_state.as_deref().and_then(|s| SubscriptionState::parse(s).ok());
-    let warnings =
-        Warning::derive(customer.credit_balance, customer.has_payment_method(), state, customer.cancel_at_period_end);
+    let warnings = Warning::derive(
+        customer.credit_balance,
+        customer.has_payment_method(),
+        customer.subscription_state,
+        customer.cancel_at_period_end,
+    );
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "customer_id": customer.id,
         "name": customer.name,

@@ -3,7 +3,7 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::domain::{CustomerName, Email};
+use crate::domain::{CustomerName, Email, SubscriptionState, SubscriptionType};
 
 /// Inserts a trial customer; `false` when the id or the email is already taken.
 pub async fn insert_trial<'e>(
@@ -41,8 +41,8 @@ pub struct Customer {
     pub id: Uuid,
     pub name: String,
     pub email: String,
-    pub subscription_type: String,
-    pub subscription_state: Option<String>,
+    pub subscription_type: SubscriptionType,
+    pub subscription_state: Option<SubscriptionState>,
     pub cancel_at_period_end: bool,
     pub credit_balance: i64,
     pub stripe_customer_id: Option<String>,
@@ -193,7 +193,7 @@ pub async fn apply_subscription<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
     subscription_id: &str,
-    status: &str,
+    status: SubscriptionState,
     cancel_at_period_end: bool,
     period_end: Option<i64>,
     observed: Observed,
@@ -358,19 +358,12 @@ pub async fn apply_stripe_subscription<'e>(
     subscription: &crate::stripe::Subscription,
     observed: Observed,
 ) -> Result<bool, sqlx::Error> {
-    if matches!(subscription.status.as_str(), "canceled" | "incomplete_expired") {
+    // A status Stripe adds later is refused here, by name, rather than by the table's CHECK.
+    let status = SubscriptionState::parse(&subscription.status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if matches!(status, SubscriptionState::Canceled | SubscriptionState::IncompleteExpired) {
         apply_subscription_ended(db, id, &subscription.id, observed).await
     } else {
         let end = subscription.period_end();
-        apply_subscription(
-            db,
-            id,
-            &subscription.id,
-            &subscription.status,
-            subscription.cancel_at_period_end,
-            end,
-            observed,
-        )
-        .await
+        apply_subscription(db, id, &subscription.id, status, subscription.cancel_at_period_end, end, observed).await
     }
 }

@@ -42,8 +42,9 @@ impl From<CustomerName> for String {
     }
 }
 
-/// The plan tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The plan tier (`customers.subscription_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionType {
     Trial,
@@ -70,8 +71,9 @@ impl SubscriptionType {
     }
 }
 
-/// Stripe's status of the Pro subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Stripe's status of the Pro subscription (`customers.subscription_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionState {
     Incomplete,

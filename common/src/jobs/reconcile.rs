@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::process_webhook::{InvoiceCredits, grant_invoice_credits};
 use super::{JobContext, RecordUsage, apply_current_subscription, stripe_failure};
 use crate::db::{self, charges::ChargeStatus, customers::Observed};
+use crate::domain::SubscriptionState;
 use crate::ledger::Posted;
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
@@ -142,7 +143,7 @@ pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<R
         }
         (_, Some(theirs)) => {
             let differs = tracked.is_none()
-                || customer.subscription_state.as_deref() != Some(theirs.status.as_str())
+                || customer.subscription_state.map(SubscriptionState::as_str) != Some(theirs.status.as_str())
                 || customer.cancel_at_period_end != theirs.cancel_at_period_end;
             if differs {
                 let mut tx = ctx.pool.begin().await?;

@@ -127,7 +127,7 @@ impl Job for RecordUsage {
             }
             Posted::InsufficientCredits { .. } if can_be_charged(&customer) && ctx.stripe.is_some() => {
                 let prices = &ctx.settings.prices;
-                let amount = if customer.subscription_type == SubscriptionType::Pro.as_str() {
+                let amount = if customer.subscription_type == SubscriptionType::Pro {
                     prices.fix_pro_overage_cents
                 } else {
                     prices.fix_payg_cents

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::JobContext;
 use crate::db::{self, email_deliveries::DeliveryKey};
+use crate::domain::SubscriptionType;
 use crate::email::sequences::{self, StopCondition};
 use crate::email::{self, SendError};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
@@ -86,7 +87,7 @@ impl Job for SendEmailStep {
             None => false,
             Some(StopCondition::Unsubscribed) => unsubscribed,
             Some(StopCondition::UnsubscribedOrUpgraded) => {
-                unsubscribed || customer.has_payment_method() || customer.subscription_type == "pro"
+                unsubscribed || customer.has_payment_method() || customer.subscription_type == SubscriptionType::Pro
             }
         };
         if stop {

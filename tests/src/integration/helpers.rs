@@ -251,6 +251,18 @@ pub fn release_after(held: sqlx::Transaction<'static, sqlx::Postgres>, delay: Du
 }
 
 /// Job assertions that read like the spec (River's "require inserted").
+/// The values a `CHECK (column IN (...))` constraint allows, sorted.
+pub async fn allowed_by_check(pool: &PgPool, constraint: &str) -> Vec<String> {
+    let check: String = sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1")
+        .bind(constraint)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let mut values: Vec<String> = check.split('\'').skip(1).step_by(2).map(str::to_owned).collect();
+    values.sort_unstable();
+    values
+}
+
 pub async fn job_statuses(pool: &PgPool, kind: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id").bind(kind).fetch_all(pool).await.unwrap()
 }

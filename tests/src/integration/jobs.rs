@@ -593,16 +593,8 @@ async fn acknowledging_a_burst_compares_each_result_with_its_own_claim_only() {
 #[tokio::test]
 async fn job_statuses_in_rust_are_exactly_those_the_table_allows() {
     let db = crate::helpers::TestDb::fresh().await;
-    let check: String =
-        sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'jobs_status_check'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    let mut allowed: Vec<&str> = check.split('\'').skip(1).step_by(2).collect();
-    allowed.sort_unstable();
-    let mut ours: Vec<&str> = queue::JobStatus::ALL.iter().map(|status| status.as_str()).collect();
-    ours.sort_unstable();
-    assert_eq!(allowed, ours, "from {check}");
+    let ours = queue::JobStatus::ALL.iter().map(|status| status.as_str());
+    assert_eq!(crate::helpers::allowed_by_check(&db.pool, "jobs_status_check").await, sorted(ours));
 
     for status in queue::JobStatus::ALL {
         let id: i64 =
@@ -614,5 +606,42 @@ async fn job_statuses_in_rust_are_exactly_those_the_table_allows() {
         let read: queue::JobStatus =
             sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_one(&db.pool).await.unwrap();
         assert_eq!(read, status);
+    }
+}
+
+fn sorted<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut values: Vec<String> = values.map(str::to_owned).collect();
+    values.sort_unstable();
+    values
+}
+
+/// The plan tier and Stripe's subscription states are mapped once, as the table allows.
+#[tokio::test]
+async fn subscription_types_and_states_in_rust_are_exactly_those_the_table_allows() {
+    use common::domain::{SubscriptionState as State, SubscriptionType as Type};
+    let db = crate::helpers::TestDb::fresh().await;
+    let types = [Type::Trial, Type::PayAsYouGo, Type::Pro];
+    let states = [
+        State::Incomplete,
+        State::IncompleteExpired,
+        State::Trialing,
+        State::Active,
+        State::PastDue,
+        State::Canceled,
+        State::Unpaid,
+        State::Paused,
+    ];
+    assert_eq!(
+        crate::helpers::allowed_by_check(&db.pool, "customers_subscription_type_check").await,
+        sorted(types.iter().map(|t| t.as_str()))
+    );
+    assert_eq!(
+        crate::helpers::allowed_by_check(&db.pool, "customers_subscription_state_check").await,
+        sorted(states.iter().map(|s| s.as_str()))
+    );
+    for (kind, state) in types.iter().zip(states) {
+        let read: (Type, Option<State>) =
+            sqlx::query_as("SELECT $1::text, $2::text").bind(kind).bind(state).fetch_one(&db.pool).await.unwrap();
+        assert_eq!(read, (*kind, Some(state)));
     }
 }
