@@ -82,7 +82,7 @@ pub async fn fix_status(
         HttpResponse::Ok().json(serde_json::json!({ "fix_id": fix_id, "status": status, "refusal_code": code }))
     };
     if let Some(record) = db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await? {
-        return Ok(answer(&record.outcome, record.refusal_code.as_deref()));
+        return Ok(answer(record.outcome.as_str(), record.refusal_code.as_deref()));
     }
     if let Some(charge) = db::charges::find_for_fix(pool.get_ref(), auth.customer_id, &fix_id).await? {
         // Being paid for (a settled charge is recorded with its fix, found above).

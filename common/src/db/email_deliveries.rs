@@ -3,6 +3,45 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+/// Where one email step's delivery stands (`email_deliveries.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Recorded, not yet handed to SMTP.
+    Pending,
+    /// In the SMTP conversation (one run at a time).
+    Sending,
+    /// Accepted by the server.
+    Sent,
+    /// Not accepted; the step is retried.
+    Failed,
+    /// Refused for good.
+    Rejected,
+    /// A stop condition held (unsubscribed, upgraded).
+    Skipped,
+    /// The run stopped during the SMTP conversation: the server may have the message,
+    /// so it is not sent again.
+    Uncertain,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [Self; 7] =
+        [Self::Pending, Self::Sending, Self::Sent, Self::Failed, Self::Rejected, Self::Skipped, Self::Uncertain];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Skipped => "skipped",
+            Self::Uncertain => "uncertain",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct DeliveryKey<'a> {
     pub customer_id: Uuid,
@@ -13,8 +52,12 @@ pub struct DeliveryKey<'a> {
 
 /// Creates the step's record as `pending` if there is none; returns its status and
 /// how many seconds ago it last changed.
-pub async fn open(db: &sqlx::PgPool, key: DeliveryKey<'_>, recipient: &str) -> Result<(String, f64), sqlx::Error> {
-    let created: Option<(String, f64)> = sqlx::query_as(
+pub async fn open(
+    db: &sqlx::PgPool,
+    key: DeliveryKey<'_>,
+    recipient: &str,
+) -> Result<(DeliveryStatus, f64), sqlx::Error> {
+    let created: Option<(DeliveryStatus, f64)> = sqlx::query_as(
         "INSERT INTO email_deliveries (customer_id, sequence, step, occurrence, status, recipient)
          VALUES ($1, $2, $3, $4, 'pending', $5)
          ON CONFLICT DO NOTHING
@@ -49,12 +92,11 @@ pub async fn open(db: &sqlx::PgPool, key: DeliveryKey<'_>, recipient: &str) -> R
 pub async fn transition<'e>(
     db: impl PgExecutor<'e>,
     key: DeliveryKey<'_>,
-    from: &[&str],
-    to: &str,
+    from: &[DeliveryStatus],
+    to: DeliveryStatus,
     message_id: Option<&str>,
     error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
     let moved = sqlx::query(
         "UPDATE email_deliveries SET status = $6, updated_at = now(),
              message_id = coalesce($7, message_id),
@@ -67,7 +109,7 @@ pub async fn transition<'e>(
     .bind(key.sequence)
     .bind(key.step)
     .bind(key.occurrence)
-    .bind(&from)
+    .bind(from)
     .bind(to)
     .bind(message_id)
     .bind(error)

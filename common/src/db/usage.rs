@@ -1,9 +1,31 @@
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+/// What became of a reported fix (`usage_fixes.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum FixOutcome {
+    /// Paid for: a credit debited, or a pay-as-you-go charge that succeeded.
+    Consumed,
+    /// Not paid for, with a refusal code (no credits and no card, a declined card, …).
+    Refused,
+}
+
+impl FixOutcome {
+    pub const ALL: [Self; 2] = [Self::Consumed, Self::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consumed => "consumed",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct FixRecord {
-    pub outcome: String,
+    pub outcome: FixOutcome,
     pub refusal_code: Option<String>,
 }
 

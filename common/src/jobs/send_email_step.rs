@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::JobContext;
-use crate::db::{self, email_deliveries::DeliveryKey};
+use crate::db;
+use crate::db::email_deliveries::{DeliveryKey, DeliveryStatus as Delivery};
 use crate::domain::SubscriptionType;
 use crate::email::sequences::{self, StopCondition};
 use crate::email::{self, SendError};
@@ -59,27 +60,27 @@ impl Job for SendEmailStep {
         };
         let (status, idle_seconds) = db::email_deliveries::open(&ctx.pool, key, &customer.email).await?;
         let done = |what: &str| Ok(Outcome::done(serde_json::json!({ "delivery": what })));
-        match status.as_str() {
-            "pending" | "failed" => {}
+        match status {
+            Delivery::Pending | Delivery::Failed => {}
             // Another run is in its SMTP conversation now: look again once it has ended.
-            "sending" if idle_seconds < email::SENDING_DEADLINE.as_secs_f64() => {
+            Delivery::Sending if idle_seconds < email::SENDING_DEADLINE.as_secs_f64() => {
                 return Ok(Outcome::Snooze { seconds: email::SENDING_DEADLINE.as_secs() });
             }
             // Longer than any SMTP conversation lasts: its run stopped mid-send, and the
             // server may have accepted the message.
-            "sending" => {
+            Delivery::Sending => {
                 db::email_deliveries::transition(
                     &ctx.pool,
                     key,
-                    &["sending"],
-                    "uncertain",
+                    &[Delivery::Sending],
+                    Delivery::Uncertain,
                     None,
                     Some("interrupted mid-send"),
                 )
                 .await?;
-                return done("uncertain");
+                return done(Delivery::Uncertain.as_str());
             }
-            settled => return done(settled),
+            settled => return done(settled.as_str()),
         }
 
         let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true);
@@ -91,8 +92,16 @@ impl Job for SendEmailStep {
             }
         };
         if stop {
-            db::email_deliveries::transition(&ctx.pool, key, &["pending", "failed"], "skipped", None, None).await?;
-            return done("skipped");
+            db::email_deliveries::transition(
+                &ctx.pool,
+                key,
+                &[Delivery::Pending, Delivery::Failed],
+                Delivery::Skipped,
+                None,
+                None,
+            )
+            .await?;
+            return done(Delivery::Skipped.as_str());
         }
 
         let rendered =
@@ -101,8 +110,8 @@ impl Job for SendEmailStep {
             db::email_deliveries::transition(
                 &ctx.pool,
                 key,
-                &["pending", "failed"],
-                "failed",
+                &[Delivery::Pending, Delivery::Failed],
+                Delivery::Failed,
                 None,
                 Some(&error.to_string()),
             )
@@ -111,28 +120,60 @@ impl Job for SendEmailStep {
         }
         let message_id = format!("<{}.{}.{}@rsolv>", sequence.name, step.key, Uuid::new_v4().simple());
         // Only the run that moves the record to `sending` may talk to SMTP.
-        if !db::email_deliveries::transition(&ctx.pool, key, &["pending", "failed"], "sending", Some(&message_id), None)
-            .await?
+        if !db::email_deliveries::transition(
+            &ctx.pool,
+            key,
+            &[Delivery::Pending, Delivery::Failed],
+            Delivery::Sending,
+            Some(&message_id),
+            None,
+        )
+        .await?
         {
             return done("taken by another run");
         }
         match mailer.send(&customer.email, &rendered, &message_id).await {
             Ok(()) => {
-                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "sent", None, None).await?;
+                db::email_deliveries::transition(&ctx.pool, key, &[Delivery::Sending], Delivery::Sent, None, None)
+                    .await?;
                 tracing::info!(customer_id = %customer.id, sequence = sequence.name, step = step.key, "email sent");
-                done("sent")
+                done(Delivery::Sent.as_str())
             }
             Err(SendError::NotSent(error)) => {
-                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "failed", None, Some(&error)).await?;
+                db::email_deliveries::transition(
+                    &ctx.pool,
+                    key,
+                    &[Delivery::Sending],
+                    Delivery::Failed,
+                    None,
+                    Some(&error),
+                )
+                .await?;
                 Err(JobError::new(format!("email not sent: {error}")))
             }
             Err(SendError::Rejected(error)) => {
-                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "rejected", None, Some(&error)).await?;
+                db::email_deliveries::transition(
+                    &ctx.pool,
+                    key,
+                    &[Delivery::Sending],
+                    Delivery::Rejected,
+                    None,
+                    Some(&error),
+                )
+                .await?;
                 Ok(Outcome::cancel(format!("email rejected: {error}")))
             }
             Err(SendError::Uncertain(error)) => {
                 tracing::error!(customer_id = %customer.id, sequence = sequence.name, step = step.key, %error, "email delivery uncertain; not resent");
-                db::email_deliveries::transition(&ctx.pool, key, &["sending"], "uncertain", None, Some(&error)).await?;
+                db::email_deliveries::transition(
+                    &ctx.pool,
+                    key,
+                    &[Delivery::Sending],
+                    Delivery::Uncertain,
+                    None,
+                    Some(&error),
+                )
+                .await?;
                 Ok(Outcome::cancel(format!("email delivery uncertain: {error}")))
             }
         }

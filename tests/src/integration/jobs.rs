@@ -615,9 +615,10 @@ fn sorted<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
     values
 }
 
-/// The plan tier and Stripe's subscription states are mapped once, as the table allows.
+/// The plan tier, Stripe's subscription states, email deliveries and fix outcomes are
+/// each mapped once, as their table allows.
 #[tokio::test]
-async fn subscription_types_and_states_in_rust_are_exactly_those_the_table_allows() {
+async fn customer_delivery_and_fix_states_in_rust_are_exactly_those_the_tables_allow() {
     use common::domain::{SubscriptionState as State, SubscriptionType as Type};
     let db = crate::helpers::TestDb::fresh().await;
     let types = [Type::Trial, Type::PayAsYouGo, Type::Pro];
@@ -638,6 +639,15 @@ async fn subscription_types_and_states_in_rust_are_exactly_those_the_table_allow
     assert_eq!(
         crate::helpers::allowed_by_check(&db.pool, "customers_subscription_state_check").await,
         sorted(states.iter().map(|s| s.as_str()))
+    );
+    use common::db::{email_deliveries::DeliveryStatus, usage::FixOutcome};
+    assert_eq!(
+        crate::helpers::allowed_by_check(&db.pool, "email_deliveries_status_check").await,
+        sorted(DeliveryStatus::ALL.iter().map(|s| s.as_str()))
+    );
+    assert_eq!(
+        crate::helpers::allowed_by_check(&db.pool, "usage_fixes_outcome_check").await,
+        sorted(FixOutcome::ALL.iter().map(|s| s.as_str()))
     );
     for (kind, state) in types.iter().zip(states) {
         let read: (Type, Option<State>) =
