@@ -172,6 +172,8 @@ impl From<sqlx::Error> for JobError {
 
 mod state;
 pub use state::JobStatus;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 mod inspect;
 pub use inspect::{

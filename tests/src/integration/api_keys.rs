@@ -48,7 +48,7 @@ async fn no_route_shows_or_changes_another_customers_data() {
             .status(),
         202
     );
-    crate::helpers::wait_for_jobs_finished(&app.db.pool, "record_usage", std::time::Duration::from_secs(10)).await;
+    crate::helpers::wait_for_kind_finished(&app.db.pool, "record_usage", std::time::Duration::from_secs(10)).await;
 
     let me: Value = app.get_with_key("/api/v1/customers/me", &bob_key).await.json().await.unwrap();
     assert_eq!(me["email"], "bob@example.com");

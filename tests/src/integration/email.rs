@@ -6,11 +6,11 @@ use chrono::{DateTime, Utc};
 use common::domain::Email;
 use common::factories::{self, CustomerState};
 use common::jobs::SendEmailStep;
-use common::queue::Job;
+use common::queue::{self, Job};
 use common::stripe::events::{Handled, Simulated};
 use uuid::Uuid;
 
-use crate::helpers::{MailSink, PRO_PRICE, TestApp, WEBHOOK_SECRET, wait_for_jobs_finished};
+use crate::helpers::{MailSink, PRO_PRICE, TestApp, WEBHOOK_SECRET, wait_for_kind_finished};
 
 async fn app_with_email(sink: &MailSink) -> TestApp {
     let url = sink.smtp_url();
@@ -63,16 +63,12 @@ async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
     assert_eq!(welcome.list_unsubscribe_post.as_deref(), Some("List-Unsubscribe=One-Click"));
 
     // The other steps wait in the queue at their days after signup.
-    let scheduled: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT args->>'step', run_at FROM jobs WHERE kind = 'send_email_step' AND customer_id = $1 ORDER BY run_at",
-    )
-    .bind(customer)
-    .fetch_all(&app.db.pool)
-    .await
-    .unwrap();
-    let start = scheduled[0].1;
+    let mut scheduled = queue::testing::inserted::<SendEmailStep>(&app.db.pool).await;
+    scheduled.retain(|job| job.args.customer_id == customer);
+    scheduled.sort_by_key(|job| job.run_at);
+    let start = scheduled[0].run_at;
     let plan: Vec<(&str, i64)> =
-        scheduled.iter().map(|(step, at)| (step.as_str(), (*at - start).num_seconds())).collect();
+        scheduled.iter().map(|job| (job.args.step.as_str(), (job.run_at - start).num_seconds())).collect();
     let day = 86_400;
     assert_eq!(
         plan,
@@ -241,12 +237,12 @@ async fn the_dunning_email_carries_the_amount_and_the_next_attempt_even_after_un
     assert!(dunning.html.contains("$599.00"));
 
     // Redelivered: the same failed invoice sends no second dunning email.
-    wait_for_jobs_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
     let mut again = event.clone();
     again["id"] = serde_json::json!("evt_redelivered_as_new");
     assert_eq!(app.deliver(&again, WEBHOOK_SECRET).await.status(), 200);
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
-    wait_for_jobs_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "send_email_step", Duration::from_secs(10)).await;
     assert_eq!(sink.messages().len(), 1);
 }
 

@@ -263,29 +263,7 @@ pub async fn allowed_by_check(pool: &PgPool, constraint: &str) -> Vec<String> {
     values
 }
 
-pub async fn job_statuses(pool: &PgPool, kind: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM jobs WHERE kind = $1 ORDER BY id").bind(kind).fetch_all(pool).await.unwrap()
-}
-
-pub async fn wait_for_jobs_finished(pool: &PgPool, kind: &str, deadline: Duration) {
-    let pool = pool.clone();
-    let kind = kind.to_owned();
-    wait_for(&format!("every {kind} job to finish"), deadline, || {
-        let pool = pool.clone();
-        let kind = kind.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE kind = $1 AND status IN ('available', 'running', 'retryable')",
-            )
-            .bind(&kind)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            waiting == 0
-        }
-    })
-    .await;
-}
+pub use common::queue::testing::wait_for_kind_finished;
 
 /// Asserts every money invariant (`rsolv-worker verify`'s checks): balance = sum of
 /// entries and never negative, the ledger chain, plans and subscriptions, each Pro

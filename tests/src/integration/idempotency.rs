@@ -266,7 +266,7 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
     // Replayed from now on, and the fix is debited once.
     let again = send(app.address.clone()).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    crate::helpers::wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
+    crate::helpers::wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
     assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
     let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")

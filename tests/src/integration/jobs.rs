@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, assert_ledger_consistent, grant, hold_customer_row, release_after, wait_for, wait_for_jobs_finished,
+    TestApp, assert_ledger_consistent, grant, hold_customer_row, release_after, wait_for, wait_for_kind_finished,
 };
 
 #[derive(sqlx::FromRow, Debug)]
@@ -113,7 +113,7 @@ async fn a_poison_job_dies_at_once_and_does_not_block_its_queue() {
         .await
         .unwrap();
     queue::enqueue(&app.db.pool, &grant(customer_id, "after-poison", 3)).await.unwrap();
-    wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
     let statuses: Vec<(String, Value)> =
         sqlx::query_as("SELECT status, errors FROM jobs WHERE kind = 'grant_credits' ORDER BY id")
             .fetch_all(&app.db.pool)
@@ -132,7 +132,7 @@ async fn a_job_that_can_never_succeed_is_cancelled_not_retried() {
     let app = TestApp::with_worker().await;
     let (customer_id, _) = app.onboarded_customer("overdraw@example.com").await;
     queue::enqueue(&app.db.pool, &grant(customer_id, "overdraw", -6)).await.unwrap();
-    wait_for_jobs_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
     let (status, attempts): (String, i32) =
         sqlx::query_as("SELECT status, attempts FROM jobs WHERE kind = 'grant_credits'")
             .fetch_one(&app.db.pool)

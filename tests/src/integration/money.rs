@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, grant, localstripe, stripe_base,
-    wait_for_jobs_finished,
+    wait_for_kind_finished,
 };
 
 /// The customer's subscriptions at Stripe, canceled ones included.
@@ -121,7 +121,7 @@ async fn ten_concurrent_subscribes_create_one_subscription_and_one_paid_invoice(
     operations.dedup();
     assert_eq!(operations.len(), 1, "every 202 names the one pending operation");
     assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'subscribe_pro'").await, 1);
-    wait_for_jobs_finished(&app.db.pool, "subscribe_pro", Duration::from_secs(20)).await;
+    wait_for_kind_finished(&app.db.pool, "subscribe_pro", Duration::from_secs(20)).await;
 
     let subscriptions = stripe_subscriptions(&stripe_id).await;
     assert_eq!(subscriptions.len(), 1, "one subscription at Stripe: {subscriptions:?}");
@@ -139,7 +139,7 @@ async fn ten_concurrent_subscribes_create_one_subscription_and_one_paid_invoice(
         let response = app.deliver(&paid.event(Handled::InvoicePaymentSucceeded), WEBHOOK_SECRET).await;
         assert_eq!(response.status(), 200);
     }
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     assert_eq!(app.balance(id).await, 10 + 60);
 
     // Once live, a further subscribe is refused without reaching Stripe.
@@ -198,7 +198,7 @@ async fn cancel_and_resume_are_intents_too() {
         assert_eq!(response.status(), 202);
         operations.push(response.json::<Value>().await.unwrap()["operation_id"].as_i64().unwrap());
     }
-    wait_for_jobs_finished(&app.db.pool, "cancel_subscription", Duration::from_secs(20)).await;
+    wait_for_kind_finished(&app.db.pool, "cancel_subscription", Duration::from_secs(20)).await;
     // Racing requests share the pending one; a request after it finished starts anew.
     let distinct: std::collections::BTreeSet<_> = operations.iter().collect();
     let jobs = app.count("SELECT count(*) FROM jobs WHERE kind = 'cancel_subscription'").await;
@@ -210,7 +210,7 @@ async fn cancel_and_resume_are_intents_too() {
     let answers = futures::future::join_all(resumes).await;
     let accepted = answers.into_iter().map(|r| r.unwrap()).filter(|r| r.status() == 202).count();
     assert!(accepted >= 1);
-    wait_for_jobs_finished(&app.db.pool, "resume_subscription", Duration::from_secs(20)).await;
+    wait_for_kind_finished(&app.db.pool, "resume_subscription", Duration::from_secs(20)).await;
     let customer = app.customer(id).await;
     assert_eq!((customer.subscription_type.as_str(), customer.cancel_at_period_end), ("pro", false));
     let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
@@ -312,7 +312,7 @@ async fn a_charge_that_needs_authentication_waits_for_the_customer_visibly() {
     let (id, key, _) = payg_at_zero(&app, "three-ds@example.com", card).await;
     let report = app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "sca-fix", "repo": "r" })).await;
     assert_eq!(report.status(), 202);
-    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
+    wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
     let status: Value = app.get_with_key("/api/v1/usage/fixes/sca-fix", &key).await.json().await.unwrap();
     assert_eq!(status["status"], "requires_action", "{status}");
     let charge = common::db::charges::find_for_fix(&app.db.pool, id, "sca-fix").await.unwrap().unwrap();
@@ -341,7 +341,7 @@ async fn credits_come_only_from_pro_invoices_of_the_customers_own_subscriptions(
     // An invoice of another price on its own subscription: ignored.
     let other_price = Simulated::new(&stripe_customer, &subscription, "price_other", 1_000);
     assert_eq!(app.deliver(&other_price.event(Handled::InvoicePaymentSucceeded), WEBHOOK_SECRET).await.status(), 200);
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     assert_eq!(app.balance(pro).await, before);
 
     // A subscription of another price never makes a pay-as-you-go customer Pro.
@@ -349,7 +349,7 @@ async fn credits_come_only_from_pro_invoices_of_the_customers_own_subscriptions(
     let (payg_stripe, _) = crate::billing::stripe_ids(&app, payg).await;
     let other = Simulated::new(&payg_stripe, "sub_other_product", "price_other", 1_000);
     assert_eq!(app.deliver(&other.event(Handled::SubscriptionCreated), WEBHOOK_SECRET).await.status(), 200);
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     let customer = app.customer(payg).await;
     assert_eq!(customer.subscription_type.as_str(), "pay_as_you_go");
     assert_eq!(customer.stripe_subscription_id, None);
@@ -725,7 +725,7 @@ async fn events_are_notifications_and_stripes_current_state_wins_whatever_their_
                 assert_eq!(app.deliver(&events[*i], WEBHOOK_SECRET).await.status(), 200);
             }
         }
-        wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(15)).await;
+        wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(15)).await;
         let customer = app.customer(id).await;
         assert_eq!(
             (
@@ -880,13 +880,13 @@ async fn an_event_for_a_second_subscription_never_switches_the_customer_to_it() 
     let other = other["id"].as_str().unwrap().to_owned();
     let created = Simulated::new(&stripe_id, &other, PRO_PRICE, 59_900).event(Handled::SubscriptionCreated);
     assert_eq!(app.deliver(&created, WEBHOOK_SECRET).await.status(), 200);
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     assert_eq!(app.customer(id).await.stripe_subscription_id.as_deref(), Some(ours.as_str()));
     // The duplicate is cancelled: the customer stays Pro on theirs.
     stripe_write(reqwest::Method::DELETE, &format!("subscriptions/{other}"), "").await;
     let deleted = Simulated::new(&stripe_id, &other, PRO_PRICE, 59_900).event(Handled::SubscriptionDeleted);
     assert_eq!(app.deliver(&deleted, WEBHOOK_SECRET).await.status(), 200);
-    wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     let customer = app.customer(id).await;
     assert_eq!((customer.subscription_type.as_str(), customer.stripe_subscription_id), ("pro", Some(ours)));
     let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM billing_events ORDER BY received_at")

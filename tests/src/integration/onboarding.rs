@@ -3,7 +3,9 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, job_statuses, wait_for};
+use common::queue;
+
+use crate::helpers::{TestApp, assert_ledger_consistent, wait_for};
 
 #[tokio::test]
 async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
@@ -37,8 +39,8 @@ async fn onboarding_provisions_a_trial_customer_whose_key_works_at_once() {
     let trial_entries = app.count("SELECT count(*) FROM credit_ledger WHERE source = 'trial_signup'").await;
     assert_eq!(trial_entries, 1);
     // The job's acknowledgement is written just after its effect commits.
-    crate::helpers::wait_for_jobs_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
-    assert_eq!(job_statuses(&app.db.pool, "provision_customer").await, ["completed"]);
+    crate::helpers::wait_for_kind_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
+    assert_eq!(queue::testing::statuses(&app.db.pool, "provision_customer").await, [queue::JobStatus::Completed]);
     assert_ledger_consistent(&app.db.pool).await;
 }
 
@@ -142,7 +144,7 @@ async fn twenty_concurrent_submissions_of_one_email_provision_one_customer() {
         }
     })
     .await;
-    crate::helpers::wait_for_jobs_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
+    crate::helpers::wait_for_kind_finished(&app.db.pool, "provision_customer", Duration::from_secs(10)).await;
     assert_eq!(app.count("SELECT count(*) FROM customers").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM api_keys").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger").await, 1);

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_ledger_consistent, wait_for_jobs_finished};
+use crate::helpers::{TestApp, assert_ledger_consistent, wait_for_kind_finished};
 
 #[tokio::test]
 async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
@@ -31,7 +31,7 @@ async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
         }
     }
     assert_eq!(accepted + refused_at_once, 200);
-    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(30)).await;
+    wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(30)).await;
 
     let consumed = app.count("SELECT count(*) FROM usage_fixes WHERE outcome = 'consumed'").await;
     let refused_by_job = app
@@ -68,11 +68,11 @@ async fn one_fix_reported_twice_is_debited_once() {
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["status"], "recorded");
-    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
     let second: Value = app.post_with_key("/api/v1/usage/fixes", &key, &report).await.json().await.unwrap();
     assert_eq!(second["status"], "recorded");
     assert_eq!(second["duplicate"], true);
-    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
 
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
     let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
@@ -101,7 +101,7 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
         app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "mine", "repo": "r" })).await.status(),
         202
     );
-    wait_for_jobs_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
+    wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(10)).await;
     assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &key).await.status(), 200);
     assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &other_key).await.status(), 404);
 }

@@ -184,7 +184,7 @@ async fn the_webhook_simulator_signs_and_posts_a_realistic_event() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    crate::helpers::wait_for_jobs_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
+    crate::helpers::wait_for_kind_finished(&app.db.pool, "process_stripe_event", Duration::from_secs(10)).await;
     let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
         .bind(seeded.customer_id)
         .fetch_one(&app.db.pool)
