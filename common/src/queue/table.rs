@@ -10,9 +10,9 @@ use apalis_core::task::task_id::TaskId;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use super::{Outcome, StoreConfig};
+use super::{JobStatus, Outcome, StoreConfig};
 use crate::correlation::RequestId;
 
 /// One kind's rows in the `jobs` table, as its worker sees them.
@@ -282,6 +282,46 @@ pub const COMPLETE: &str = concat!(
     claim_fence!("$5")
 );
 
+/// Snoozes jobs `$1` by `$4` seconds, giving back the attempt (parameters as `COMPLETE`).
+const SNOOZE: &str = concat!(
+    "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
+         run_at = now() + u.seconds * interval '1 second'
+     FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::bigint[]) AS u(id, attempt, claimed_at, seconds)
+     WHERE ",
+    claim_fence!("$5")
+);
+
+/// Cancels jobs `$1` for reasons `$4`, kept in their history (parameters as `COMPLETE`).
+const CANCEL: &str = concat!(
+    "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
+         errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempts, 'at', now(), 'error', u.reason))
+     FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::text[]) AS u(id, attempt, claimed_at, reason)
+     WHERE ",
+    claim_fence!("$5")
+);
+
+/// Fails jobs `$1` with errors `$4` (parameters as `COMPLETE`): `dead` once a job has
+/// had its attempts (its own `max_attempts`, else the kind's `$6`), otherwise
+/// `retryable` after an exponential backoff with jitter persisted in `run_at`:
+/// base `$7` × 2^(attempt−1) ms, capped at `$8`, scaled by a random 75–100 % so the
+/// retries of a burst spread out.
+const FAIL: &str = concat!(
+    "UPDATE jobs j SET
+         status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $6) THEN 'dead' ELSE 'retryable' END,
+         finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $6) THEN now() END,
+         run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $6) THEN j.run_at
+                  ELSE now() + least($7::float8 * power(2, j.attempts - 1), $8::float8)
+                             * (0.75 + random() * 0.25) * interval '1 millisecond' END,
+         errors = j.errors || jsonb_build_array(jsonb_build_object(
+             'attempt', j.attempts, 'at', now(), 'error', u.error)),
+         locked_by = NULL
+     FROM UNNEST($1::bigint[], $2::int[], $3::timestamptz[], $4::text[]) AS u(id, attempt, claimed_at, error)
+     WHERE ",
+    claim_fence!("$5"),
+    " RETURNING j.id, j.status"
+);
+
 impl JobTable {
     /// Claims up to `limit` due jobs for `worker`.
     pub(super) async fn claim(&self, worker: &str, limit: usize) -> Result<Vec<Task<Value>>, sqlx::Error> {
@@ -357,88 +397,16 @@ impl JobTable {
         // trip.
         let mut written = 0;
         if !acks.done.ids.is_empty() {
-            written += sqlx::query(COMPLETE)
-                .bind(&acks.done.ids)
-                .bind(&acks.done.attempts)
-                .bind(&acks.done.claimed_at)
-                .bind(&acks.done.values)
-                .bind(worker)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+            written += self.write(COMPLETE, &acks.done, worker).await?;
         }
         if !acks.snoozed.ids.is_empty() {
-            written += sqlx::query(concat!(
-                "UPDATE jobs j SET status = 'available', attempts = j.attempts - 1, locked_by = NULL,
-                     run_at = now() + u.seconds * interval '1 second'
-                 FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::bigint[]) AS u(id, attempt, claimed_at, seconds)
-                 WHERE ",
-                claim_fence!("$4")
-            ))
-            .bind(&acks.snoozed.ids)
-            .bind(&acks.snoozed.attempts)
-            .bind(&acks.snoozed.values)
-            .bind(worker)
-            .bind(&acks.snoozed.claimed_at)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            written += self.write(SNOOZE, &acks.snoozed, worker).await?;
         }
         if !acks.cancelled.ids.is_empty() {
-            written += sqlx::query(concat!(
-                "UPDATE jobs j SET status = 'cancelled', finished_at = now(), locked_by = NULL,
-                     errors = j.errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', j.attempts, 'at', now(), 'error', u.reason))
-                 FROM UNNEST($1::bigint[], $2::int[], $5::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, reason)
-                 WHERE ",
-                claim_fence!("$4")
-            ))
-            .bind(&acks.cancelled.ids)
-            .bind(&acks.cancelled.attempts)
-            .bind(&acks.cancelled.values)
-            .bind(worker)
-            .bind(&acks.cancelled.claimed_at)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            written += self.write(CANCEL, &acks.cancelled, worker).await?;
         }
         if !acks.failed.ids.is_empty() {
-            let policy = &self.config.policy;
-            // Exponential backoff with jitter, persisted in run_at: base * 2^(attempt-1),
-            // capped, then scaled by a random 75-100% so retries of a burst spread out.
-            let failed = sqlx::query(concat!(
-                "UPDATE jobs j SET
-                     status = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN 'dead' ELSE 'retryable' END,
-                     finished_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN now() END,
-                     run_at = CASE WHEN j.attempts >= coalesce(j.max_attempts, $5) THEN j.run_at
-                              ELSE now() + least($6::float8 * power(2, j.attempts - 1), $7::float8)
-                                         * (0.75 + random() * 0.25) * interval '1 millisecond' END,
-                     errors = j.errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', j.attempts, 'at', now(), 'error', u.error)),
-                     locked_by = NULL
-                 FROM UNNEST($1::bigint[], $2::int[], $8::timestamptz[], $3::text[]) AS u(id, attempt, claimed_at, error)
-                 WHERE ",
-                claim_fence!("$4"),
-                " RETURNING j.id, j.status"
-            ))
-            .bind(&acks.failed.ids)
-            .bind(&acks.failed.attempts)
-            .bind(&acks.failed.values)
-            .bind(worker)
-            .bind(policy.max_attempts)
-            .bind(policy.backoff_base.as_millis() as f64)
-            .bind(policy.backoff_max.as_millis() as f64)
-            .bind(&acks.failed.claimed_at)
-            .fetch_all(&self.pool)
-            .await?;
-            written += failed.len() as u64;
-            let died = failed.iter().filter(|row| row.get::<&str, _>(1) == "dead").count();
-            if died > 0 {
-                metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
-            }
-            for (id, error) in acks.failed.ids.iter().zip(&acks.failed.values) {
-                tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
-            }
+            written += self.fail(&acks.failed, worker).await?;
         }
         let ignored = acks.len() as u64 - written.min(acks.len() as u64);
         if ignored > 0 {
@@ -450,5 +418,49 @@ impl JobTable {
             );
         }
         Ok(())
+    }
+
+    /// One outcome's results (`COMPLETE`, `SNOOZE` or `CANCEL`): the rows written.
+    async fn write<T>(&self, statement: &'static str, acks: &Columns<T>, worker: &str) -> Result<u64, sqlx::Error>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + sqlx::postgres::PgHasArrayType
+            + Send
+            + Sync,
+    {
+        Ok(sqlx::query(statement)
+            .bind(&acks.ids)
+            .bind(&acks.attempts)
+            .bind(&acks.claimed_at)
+            .bind(&acks.values)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// Failed runs: retried after their backoff, or dead after their last attempt.
+    async fn fail(&self, acks: &Columns<String>, worker: &str) -> Result<u64, sqlx::Error> {
+        let policy = &self.config.policy;
+        let failed: Vec<(i64, JobStatus)> = sqlx::query_as(FAIL)
+            .bind(&acks.ids)
+            .bind(&acks.attempts)
+            .bind(&acks.claimed_at)
+            .bind(&acks.values)
+            .bind(worker)
+            .bind(policy.max_attempts)
+            .bind(policy.backoff_base.as_millis() as f64)
+            .bind(policy.backoff_max.as_millis() as f64)
+            .fetch_all(&self.pool)
+            .await?;
+        let died = failed.iter().filter(|(_, status)| *status == JobStatus::Dead).count();
+        if died > 0 {
+            metrics::counter!("rsolv_jobs_dead_total", "kind" => self.kind()).increment(died as u64);
+        }
+        for (id, error) in acks.ids.iter().zip(&acks.values) {
+            tracing::warn!(kind = self.kind(), job_id = id, %error, "job attempt failed");
+        }
+        Ok(failed.len() as u64)
     }
 }
