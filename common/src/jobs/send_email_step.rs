@@ -59,49 +59,14 @@ impl Job for SendEmailStep {
             occurrence: &self.occurrence,
         };
         let (status, idle_seconds) = db::email_deliveries::open(&ctx.pool, key, &customer.email).await?;
-        let done = |what: &str| Ok(Outcome::done(serde_json::json!({ "delivery": what })));
-        match status {
-            Delivery::Pending | Delivery::Failed => {}
-            // Another run is in its SMTP conversation now: look again once it has ended.
-            Delivery::Sending if idle_seconds < email::SENDING_DEADLINE.as_secs_f64() => {
-                return Ok(Outcome::Snooze { seconds: email::SENDING_DEADLINE.as_secs() });
-            }
-            // Longer than any SMTP conversation lasts: its run stopped mid-send, and the
-            // server may have accepted the message.
-            Delivery::Sending => {
-                db::email_deliveries::transition(
-                    &ctx.pool,
-                    key,
-                    &[Delivery::Sending],
-                    Delivery::Uncertain,
-                    None,
-                    Some("interrupted mid-send"),
-                )
-                .await?;
-                return done(Delivery::Uncertain.as_str());
-            }
-            settled => return done(settled.as_str()),
+        if let Some(outcome) = settle_unless_sendable(&ctx, key, status, idle_seconds).await? {
+            return Ok(outcome);
         }
-
         let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true);
-        let stop = match sequence.stop {
-            None => false,
-            Some(StopCondition::Unsubscribed) => unsubscribed,
-            Some(StopCondition::UnsubscribedOrUpgraded) => {
-                unsubscribed || customer.has_payment_method() || customer.subscription_type == SubscriptionType::Pro
-            }
-        };
-        if stop {
-            db::email_deliveries::transition(
-                &ctx.pool,
-                key,
-                &[Delivery::Pending, Delivery::Failed],
-                Delivery::Skipped,
-                None,
-                None,
-            )
-            .await?;
-            return done(Delivery::Skipped.as_str());
+        if stops(sequence.stop, &customer, unsubscribed) {
+            let from = [Delivery::Pending, Delivery::Failed];
+            db::email_deliveries::transition(&ctx.pool, key, &from, Delivery::Skipped, None, None).await?;
+            return Ok(delivered(Delivery::Skipped.as_str()));
         }
 
         let rendered =
@@ -130,52 +95,89 @@ impl Job for SendEmailStep {
         )
         .await?
         {
-            return done("taken by another run");
+            return Ok(delivered("taken by another run"));
         }
-        match mailer.send(&customer.email, &rendered, &message_id).await {
+        let sent = mailer.send(&customer.email, &rendered, &message_id).await;
+        match &sent {
             Ok(()) => {
-                db::email_deliveries::transition(&ctx.pool, key, &[Delivery::Sending], Delivery::Sent, None, None)
-                    .await?;
-                tracing::info!(customer_id = %customer.id, sequence = sequence.name, step = step.key, "email sent");
-                done(Delivery::Sent.as_str())
-            }
-            Err(SendError::NotSent(error)) => {
-                db::email_deliveries::transition(
-                    &ctx.pool,
-                    key,
-                    &[Delivery::Sending],
-                    Delivery::Failed,
-                    None,
-                    Some(&error),
-                )
-                .await?;
-                Err(JobError::new(format!("email not sent: {error}")))
-            }
-            Err(SendError::Rejected(error)) => {
-                db::email_deliveries::transition(
-                    &ctx.pool,
-                    key,
-                    &[Delivery::Sending],
-                    Delivery::Rejected,
-                    None,
-                    Some(&error),
-                )
-                .await?;
-                Ok(Outcome::cancel(format!("email rejected: {error}")))
+                tracing::info!(customer_id = %customer.id, sequence = sequence.name, step = step.key, "email sent")
             }
             Err(SendError::Uncertain(error)) => {
-                tracing::error!(customer_id = %customer.id, sequence = sequence.name, step = step.key, %error, "email delivery uncertain; not resent");
-                db::email_deliveries::transition(
-                    &ctx.pool,
-                    key,
-                    &[Delivery::Sending],
-                    Delivery::Uncertain,
-                    None,
-                    Some(&error),
-                )
-                .await?;
-                Ok(Outcome::cancel(format!("email delivery uncertain: {error}")))
+                tracing::error!(customer_id = %customer.id, sequence = sequence.name, step = step.key, %error, "email delivery uncertain; not resent")
             }
+            Err(_) => {}
+        }
+        record_sent(&ctx, key, sent).await
+    }
+}
+
+/// A run's answer about its delivery.
+fn delivered(what: &str) -> Outcome {
+    Outcome::done(serde_json::json!({ "delivery": what }))
+}
+
+/// What a run does about a delivery that is not waiting to be sent (`None`: it is, go
+/// on): another run's SMTP conversation is looked at again once it must have ended;
+/// one older than that stopped mid-send, and the server may have the message, so it is
+/// settled as uncertain rather than sent twice; anything else is settled already.
+async fn settle_unless_sendable(
+    ctx: &JobContext,
+    key: DeliveryKey<'_>,
+    status: Delivery,
+    idle_seconds: f64,
+) -> Result<Option<Outcome>, JobError> {
+    Ok(Some(match status {
+        Delivery::Pending | Delivery::Failed => return Ok(None),
+        Delivery::Sending if idle_seconds < email::SENDING_DEADLINE.as_secs_f64() => {
+            Outcome::Snooze { seconds: email::SENDING_DEADLINE.as_secs() }
+        }
+        Delivery::Sending => {
+            let interrupted = Some("interrupted mid-send");
+            db::email_deliveries::transition(
+                &ctx.pool,
+                key,
+                &[Delivery::Sending],
+                Delivery::Uncertain,
+                None,
+                interrupted,
+            )
+            .await?;
+            delivered(Delivery::Uncertain.as_str())
+        }
+        settled => delivered(settled.as_str()),
+    }))
+}
+
+/// Records what the SMTP conversation ended in, and answers for the run: sent; not
+/// sent (retried); rejected for good; or uncertain (the server may have the message,
+/// so it is never sent again).
+async fn record_sent(ctx: &JobContext, key: DeliveryKey<'_>, sent: Result<(), SendError>) -> Result<Outcome, JobError> {
+    let (to, error, answer) = match sent {
+        Ok(()) => (Delivery::Sent, None, Ok(delivered(Delivery::Sent.as_str()))),
+        Err(SendError::NotSent(error)) => {
+            let answer = Err(JobError::new(format!("email not sent: {error}")));
+            (Delivery::Failed, Some(error), answer)
+        }
+        Err(SendError::Rejected(error)) => {
+            let answer = Ok(Outcome::cancel(format!("email rejected: {error}")));
+            (Delivery::Rejected, Some(error), answer)
+        }
+        Err(SendError::Uncertain(error)) => {
+            let answer = Ok(Outcome::cancel(format!("email delivery uncertain: {error}")));
+            (Delivery::Uncertain, Some(error), answer)
+        }
+    };
+    db::email_deliveries::transition(&ctx.pool, key, &[Delivery::Sending], to, None, error.as_deref()).await?;
+    answer
+}
+
+/// Whether the sequence's stop condition holds for the customer now.
+fn stops(condition: Option<StopCondition>, customer: &db::customers::Customer, unsubscribed: bool) -> bool {
+    match condition {
+        None => false,
+        Some(StopCondition::Unsubscribed) => unsubscribed,
+        Some(StopCondition::UnsubscribedOrUpgraded) => {
+            unsubscribed || customer.has_payment_method() || customer.subscription_type == SubscriptionType::Pro
         }
     }
 }
