@@ -248,22 +248,6 @@ impl Settings {
             name: "DATABASE_URL".into(),
             message: "must be set (scripts/run starts a local Postgres and sets it)".into(),
         })?;
-        let mut kinds = HashMap::new();
-        for (kind, defaults) in crate::jobs::kinds() {
-            let upper = kind.to_uppercase();
-            let settings = KindSettings {
-                concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
-                max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
-                timeout: r.millis(&format!("JOB_{upper}_TIMEOUT_MS"), defaults.timeout.as_millis() as u64)?,
-            };
-            if settings.concurrency == 0 || settings.max_attempts < 1 || settings.timeout.is_zero() {
-                return Err(ConfigError {
-                    name: format!("JOB_{upper}_*"),
-                    message: "concurrency and max attempts must be at least 1, the timeout above 0".into(),
-                });
-            }
-            kinds.insert(kind.to_owned(), settings);
-        }
         let settings = Self {
             database_url: Secret::new(database_url),
             database_max_connections: r.parse("DATABASE_MAX_CONNECTIONS", 20)?,
@@ -287,13 +271,7 @@ impl Settings {
                 billing_added: r.parse("CREDITS_BILLING_ADDED", 5)?,
                 pro_invoice: r.parse("CREDITS_PRO_INVOICE", 60)?,
             },
-            prices: PriceSettings {
-                pro_price_id: r.string("STRIPE_PRO_PRICE_ID").unwrap_or_else(|| "price_rsolv_pro_monthly".into()),
-                currency: r.string("PRICE_CURRENCY").unwrap_or_else(|| "usd".into()).to_lowercase(),
-                pro_monthly_cents: r.parse("PRICE_PRO_MONTHLY_CENTS", 59_900)?,
-                fix_payg_cents: r.parse("PRICE_FIX_PAYG_CENTS", 2_900)?,
-                fix_pro_overage_cents: r.parse("PRICE_FIX_PRO_OVERAGE_CENTS", 1_500)?,
-            },
+            prices: PriceSettings::read(&r)?,
             stripe: match r.string("STRIPE_SECRET_KEY") {
                 None => None,
                 Some(key) => Some(StripeSettings {
@@ -327,13 +305,7 @@ impl Settings {
             unsubscribe_secret: Secret::new(
                 r.string("EMAIL_UNSUBSCRIBE_SECRET").unwrap_or_else(|| DEV_UNSUBSCRIBE_SECRET.into()),
             ),
-            rate_limits: RateLimits {
-                onboard: r.parse("RATE_LIMIT_ONBOARD_PER_MINUTE", 10)?,
-                usage: r.parse("RATE_LIMIT_USAGE_PER_MINUTE", 100)?,
-                api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
-                anonymous: r.parse("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 120)?,
-                webhooks: r.parse("RATE_LIMIT_WEBHOOKS_PER_MINUTE", 10_000)?,
-            },
+            rate_limits: RateLimits::read(&r)?,
             idempotency_lease: r.millis("IDEMPOTENCY_LEASE_MS", 60_000)?,
             trust_forwarded_for: r.parse("TRUST_FORWARDED_FOR", false)?,
             trusted_proxy_hops: r.parse("TRUSTED_PROXY_HOPS", 1usize)?.max(1),
@@ -353,23 +325,7 @@ impl Settings {
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             reconcile_schedule: r
                 .parse("RECONCILE_CRON", cron::Schedule::from_str("0 30 3 * * *").expect("valid default"))?,
-            jobs: JobSettings {
-                poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
-                heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,
-                orphan_after: r.millis("JOB_ORPHAN_AFTER_MS", 30_000)?,
-                shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
-                backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
-                backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
-                fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
-                statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
-                bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
-                retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
-                retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
-                prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
-                prune_schedule: r
-                    .parse("PRUNE_CRON", cron::Schedule::from_str("0 */10 * * * *").expect("valid default"))?,
-                kinds,
-            },
+            jobs: JobSettings::read(&r)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -462,6 +418,73 @@ fn url_is_local(url: &str) -> bool {
 /// The Stripe client joins paths onto the base, which needs the trailing slash.
 fn with_trailing_slash(url: String) -> String {
     if url.ends_with('/') { url } else { format!("{url}/") }
+}
+
+impl JobSettings {
+    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
+            heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,
+            orphan_after: r.millis("JOB_ORPHAN_AFTER_MS", 30_000)?,
+            shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
+            backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
+            backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
+            fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
+            statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
+            bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
+            retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
+            retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
+            prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
+            prune_schedule: r
+                .parse("PRUNE_CRON", cron::Schedule::from_str("0 */10 * * * *").expect("valid default"))?,
+            kinds: Self::read_kinds(r)?,
+        })
+    }
+
+    /// Each job kind's settings: its defaults, overridden by `JOB_<KIND>_*`.
+    fn read_kinds(r: &Reader<'_>) -> Result<HashMap<String, KindSettings>, ConfigError> {
+        let mut kinds = HashMap::new();
+        for (kind, defaults) in crate::jobs::kinds() {
+            let upper = kind.to_uppercase();
+            let settings = KindSettings {
+                concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
+                max_attempts: r.parse(&format!("JOB_{upper}_MAX_ATTEMPTS"), defaults.max_attempts)?,
+                timeout: r.millis(&format!("JOB_{upper}_TIMEOUT_MS"), defaults.timeout.as_millis() as u64)?,
+            };
+            if settings.concurrency == 0 || settings.max_attempts < 1 || settings.timeout.is_zero() {
+                return Err(ConfigError {
+                    name: format!("JOB_{upper}_*"),
+                    message: "concurrency and max attempts must be at least 1, the timeout above 0".into(),
+                });
+            }
+            kinds.insert(kind.to_owned(), settings);
+        }
+        Ok(kinds)
+    }
+}
+
+impl RateLimits {
+    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            onboard: r.parse("RATE_LIMIT_ONBOARD_PER_MINUTE", 10)?,
+            usage: r.parse("RATE_LIMIT_USAGE_PER_MINUTE", 100)?,
+            api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
+            anonymous: r.parse("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 120)?,
+            webhooks: r.parse("RATE_LIMIT_WEBHOOKS_PER_MINUTE", 10_000)?,
+        })
+    }
+}
+
+impl PriceSettings {
+    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            pro_price_id: r.string("STRIPE_PRO_PRICE_ID").unwrap_or_else(|| "price_rsolv_pro_monthly".into()),
+            currency: r.string("PRICE_CURRENCY").unwrap_or_else(|| "usd".into()).to_lowercase(),
+            pro_monthly_cents: r.parse("PRICE_PRO_MONTHLY_CENTS", 59_900)?,
+            fix_payg_cents: r.parse("PRICE_FIX_PAYG_CENTS", 2_900)?,
+            fix_pro_overage_cents: r.parse("PRICE_FIX_PRO_OVERAGE_CENTS", 1_500)?,
+        })
+    }
 }
 
 struct Reader<'a> {
