@@ -122,7 +122,7 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec
          ORDER BY id DESC LIMIT $5",
     )
     .bind(&filter.queue)
-    .bind(&filter.status)
+    .bind(filter.status)
     .bind(filter.customer_id)
     .bind(filter.before_id)
     .bind(filter.limit.clamp(1, 500))
