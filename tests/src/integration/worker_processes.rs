@@ -427,10 +427,12 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_i
     let mut busy = WorkerProcess::start_with(&app.db.url, &[("JOB_GRANT_CREDITS_CONCURRENCY", "2")]);
     let claimed = || app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'");
     wait_for("both slots to be busy", Duration::from_secs(15), || async { claimed().await >= concurrency }).await;
+    busy.kill();
+    // Nothing finishes while the row is held: what is running now is what the killed
+    // process held, its two runs and what it had claimed ahead.
     let held = claimed().await;
     // Two running, and at most CLAIM_AHEAD (2) waiting per slot.
     assert!(held <= concurrency * 3, "{held} of {jobs} jobs claimed by a process with {concurrency} slots");
-    busy.kill();
     blocker.rollback().await.unwrap();
 
     let _other = WorkerProcess::start(&app.db.url);
@@ -438,8 +440,15 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_i
         app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'").await == jobs
     })
     .await;
-    let attempts = app.count("SELECT sum(attempts)::bigint FROM jobs WHERE kind = 'grant_credits'").await;
-    assert!(attempts <= jobs + held, "{attempts} attempts: only the jobs the killed process held are charged");
+    // An attempt is charged for the kill only to the jobs the process held. (Other failed
+    // attempts, such as a pool timeout on a loaded machine, are charged as any failure.)
+    let charged_for_the_kill = app
+        .count(
+            "SELECT count(*) FROM jobs, jsonb_array_elements(errors) AS e
+             WHERE kind = 'grant_credits' AND e->>'error' LIKE '%stopped while running the job%'",
+        )
+        .await;
+    assert!(charged_for_the_kill <= held, "{charged_for_the_kill} attempts charged for the kill; it held {held}");
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 5 + jobs);
     assert_ledger_consistent(&app.db.pool).await;
 }
