@@ -76,8 +76,13 @@ pub async fn not_found() -> HttpResponse {
     ApiError::not_found("no such route").error_response()
 }
 
-/// For a known path with a method it does not serve.
-pub async fn method_not_allowed() -> HttpResponse {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "method not allowed on this route")
-        .error_response()
+/// For a known path with a method it does not serve; `allow` names the ones it does.
+pub fn method_not_allowed(allow: &str) -> HttpResponse {
+    let mut response =
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "method not allowed on this route")
+            .error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }

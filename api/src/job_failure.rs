@@ -5,17 +5,18 @@
 
 use common::domain::ErrorCode;
 use common::queue::{JobState, JobStatus};
-use serde_json::{Value, json};
+
+use crate::openapi::ErrorDetail;
 
 /// The error of a failed (dead or cancelled) job, as the customer sees it.
-pub fn describe(job: &JobState) -> Value {
+pub fn describe(job: &JobState) -> ErrorDetail {
     let reason = job.last_error.as_deref().unwrap_or_default();
     let (code, message) = if job.status == JobStatus::Cancelled {
         cancelled(reason)
     } else {
         (ErrorCode::OperationFailed, "the operation could not be completed; contact support with its id")
     };
-    json!({ "code": code, "message": message })
+    ErrorDetail { code, message: message.to_owned() }
 }
 
 /// A job's own decision to stop: its reasons start with a code or a known phrase.
@@ -40,6 +41,10 @@ fn cancelled(reason: &str) -> (ErrorCode, &'static str) {
 mod tests {
     use super::*;
 
+    fn describe_json(job: &JobState) -> serde_json::Value {
+        serde_json::to_value(describe(job)).unwrap()
+    }
+
     fn job(status: JobStatus, error: &str) -> JobState {
         JobState { id: 7, status, attempts: 3, last_error: Some(error.into()), result: None }
     }
@@ -47,15 +52,18 @@ mod tests {
     #[test]
     fn raw_errors_become_codes_and_short_messages() {
         let raw = "database: error returned from database: relation \"customers\" ... at 10.0.3.7:5432";
-        let told = describe(&job(JobStatus::Dead, raw));
+        let told = describe_json(&job(JobStatus::Dead, raw));
         assert_eq!(told["code"], "OPERATION_FAILED");
         assert!(!told.to_string().contains("database") && !told.to_string().contains("10.0.3.7"));
-        let refused = describe(&job(JobStatus::Cancelled, "payment method not attached: req_123 card_declined"));
+        let refused = describe_json(&job(JobStatus::Cancelled, "payment method not attached: req_123 card_declined"));
         assert_eq!(refused["code"], "PAYMENT_METHOD_REFUSED");
         assert!(!refused.to_string().contains("req_123"));
-        assert_eq!(describe(&job(JobStatus::Cancelled, "NO_ACTIVE_SUBSCRIPTION"))["code"], "NO_ACTIVE_SUBSCRIPTION");
         assert_eq!(
-            describe(&job(JobStatus::Cancelled, "email a@b.c belongs to another customer"))["code"],
+            describe_json(&job(JobStatus::Cancelled, "NO_ACTIVE_SUBSCRIPTION"))["code"],
+            "NO_ACTIVE_SUBSCRIPTION"
+        );
+        assert_eq!(
+            describe_json(&job(JobStatus::Cancelled, "email a@b.c belongs to another customer"))["code"],
             "EMAIL_TAKEN"
         );
     }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod edge;
 pub mod errors;
 pub mod extract;
+pub mod fields;
 pub mod idempotency;
 pub mod job_failure;
 pub mod openapi;

@@ -12,11 +12,12 @@ use common::queue::JobWaker;
 use common::stripe::StripeApi;
 use sqlx::PgPool;
 
-use crate::errors::{ApiError, method_not_allowed, not_found};
+use utoipa_actix_web::AppExt;
+
+use crate::errors::ApiError;
 use crate::extract::BodyLimit;
-use crate::routes::{
-    admin, admin_page, api_keys, billing, customers, email, health, metrics, onboarding, usage, webhooks,
-};
+use crate::openapi::ApiSurface;
+use crate::routes::{self, metrics};
 
 pub struct Application {
     server: Server,
@@ -46,8 +47,11 @@ impl Application {
         let webhook_limit = settings.webhook_max_body_bytes;
         let stripe = web::Data::new(stripe);
         let settings = web::Data::from(settings);
+        // The document, collected once from the registration every worker repeats below.
+        let surface = web::Data::from(ApiSurface::collect(|cfg| routes::api(cfg, webhook_limit)));
         let server = HttpServer::new(move || {
-            App::new()
+            let (app, _) = App::new().into_utoipa_app().configure(|cfg| routes::api(cfg, webhook_limit)).split_for_parts();
+            app
                 .wrap(actix_web::middleware::from_fn(crate::idempotency::guard))
                 .wrap(actix_web::middleware::from_fn(crate::rate_limit::enforce))
                 // Outside the limits and idempotency: refused before anything counts it.
@@ -74,11 +78,12 @@ impl Application {
                 .app_data(limit.clone())
                 .app_data(stripe.clone())
                 .app_data(settings.clone())
+                .app_data(surface.clone())
                 .app_data(
                     web::PathConfig::default().error_handler(|_, _| ApiError::not_found("no such resource").into()),
                 )
-                .configure(|cfg| routes(cfg, webhook_limit))
-                .default_service(web::to(not_found))
+                .configure(routes::pages)
+                .default_service(web::to(crate::openapi::unrouted))
         })
         .listen(listener)?
         .run();
@@ -92,69 +97,4 @@ impl Application {
     pub fn server(self) -> Server {
         self.server
     }
-}
-
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
-}
-
-/// `webhook_limit`: the body limit of the webhook route (`WEBHOOK_MAX_BODY_BYTES`).
-fn routes(cfg: &mut web::ServiceConfig, webhook_limit: usize) {
-    cfg.service(resource("/health").route(web::get().to(health::health)))
-        .service(resource("/ready").route(web::get().to(health::ready)))
-        .service(resource("/api/v1/customers/onboard").route(web::post().to(onboarding::onboard)))
-        .service(resource("/api/v1/onboarding/{customer_id}").route(web::get().to(onboarding::status)))
-        .service(resource("/api/v1/customers/me").route(web::get().to(customers::me)))
-        .service(resource("/api/v1/usage/fixes").route(web::post().to(usage::report_fix)))
-        .service(resource("/api/v1/usage/fixes/{fix_id}").route(web::get().to(usage::fix_status)))
-        .service(
-            resource("/api/v1/api-keys").route(web::post().to(api_keys::create)).route(web::get().to(api_keys::list)),
-        )
-        .service(resource("/api/v1/api-keys/{key_id}").route(web::delete().to(api_keys::revoke)))
-        .service(resource("/api/v1/billing/payment-methods").route(web::post().to(billing::add_payment_method)))
-        .service(
-            resource("/api/v1/billing/subscription")
-                .route(web::post().to(billing::subscribe))
-                .route(web::delete().to(billing::cancel)),
-        )
-        .service(resource("/api/v1/billing/subscription/resume").route(web::post().to(billing::resume)))
-        .service(resource("/api/v1/billing/invoices").route(web::get().to(billing::invoices)))
-        .service(resource("/api/v1/billing/operations/{operation_id}").route(web::get().to(billing::operation)))
-        .service(
-            resource("/api/webhooks/stripe")
-                .app_data(web::Data::new(BodyLimit(webhook_limit)))
-                .route(web::post().to(webhooks::stripe)),
-        )
-        .service(resource("/metrics").route(web::get().to(metrics::metrics)))
-        .service(resource("/api/openapi.json").route(web::get().to(crate::openapi::document)))
-        .service(resource("/api/docs").route(web::get().to(crate::openapi::docs_page)))
-        .service(resource("/admin/api/queues").route(web::get().to(admin::queues)))
-        .service(resource("/admin/api/queues/{queue}/redrive").route(web::post().to(admin::redrive_queue)))
-        .service(resource("/admin/api/jobs").route(web::get().to(admin::list)))
-        .service(
-            resource("/admin/api/jobs/{id}")
-                .route(web::get().to(admin::detail))
-                .route(web::delete().to(admin::discard)),
-        )
-        .service(resource("/admin/api/jobs/{id}/redrive").route(web::post().to(admin::redrive)))
-        .service(resource("/admin/api/jobs/{id}/discard").route(web::post().to(admin::discard)))
-        .service(resource("/admin/api/jobs/{id}/cancel").route(web::post().to(admin::cancel)))
-        .service(resource("/admin/api/customers/{id}/credits").route(web::post().to(admin::adjust_credits)))
-        .service(resource("/admin/api/audit").route(web::get().to(admin::audit)))
-        .service(resource("/admin").route(web::get().to(admin_page::overview)))
-        .service(resource("/admin/credits").route(web::post().to(admin_page::adjust_credits)))
-        .service(
-            resource("/admin/login")
-                .route(web::get().to(admin_page::login_form))
-                .route(web::post().to(admin_page::login)),
-        )
-        .service(resource("/admin/logout").route(web::post().to(admin_page::logout)))
-        .service(resource("/admin/jobs/{id}").route(web::get().to(admin_page::job)))
-        .service(resource("/admin/jobs/{id}/{action}").route(web::post().to(admin_page::act)))
-        .service(resource("/admin/queues/{queue}/redrive").route(web::post().to(admin_page::redrive_queue)))
-        .service(
-            resource("/email/unsubscribe")
-                .route(web::get().to(email::unsubscribe_page))
-                .route(web::post().to(email::unsubscribe_one_click)),
-        );
 }

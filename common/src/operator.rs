@@ -22,7 +22,7 @@ use crate::ledger::{self, LedgerError, Posted, Posting};
 pub const MAX_ADJUSTMENT: i64 = 1_000_000;
 const REASON_MAX_CHARS: usize = 500;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Adjusted {
     pub entry_id: i64,
     pub amount: i64,

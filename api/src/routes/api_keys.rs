@@ -2,39 +2,70 @@
 //! that creates it; listings never show a key; a revoked key is refused at once.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, delete, get, post, web};
 use common::db;
-use common::db::api_keys::KeyCreated;
+use common::db::api_keys::{KeyCreated, KeyInfo};
 use common::domain::{ApiKey, ErrorCode, MAX_LIVE_KEYS};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::extract::JsonBody;
 use crate::idempotency::RequestKey;
+use crate::openapi::ErrorBody;
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct NewKey {
-    /// What the key is for, e.g. "ci".
+    /// What the key is for, e.g. "ci". Used trimmed.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/api-keys", tag = "api keys", security(("api_key" = [])), request_body = NewKey,
-    responses((status = 201, description = "`{id, name, prefix, created_at, api_key}`: the key is shown only here"),
-              (status = 422, description = "VALIDATION_FAILED", body = crate::openapi::ErrorBody),
-              (status = 409, description = "TOO_MANY_KEYS", body = crate::openapi::ErrorBody)))]
+const NAME_MAX_CHARS: usize = 100;
+
+/// A key just made.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    key: KeyInfo,
+    /// The key itself, shown only in the answer that made it: absent when the answer is
+    /// a replay (`Idempotency-Key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    /// Newest first; never the keys themselves.
+    api_keys: Vec<KeyInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RevokedKey {
+    id: Uuid,
+    revoked: bool,
+}
+
+/// Make an API key (at most 10 live ones).
+#[utoipa::path(operation_id = "create_api_key", tag = "api keys", security(("api_key" = [])), request_body = NewKey,
+    responses((status = 201, description = "Created: the key is shown only here", body = CreatedKey),
+              (status = 422, description = "VALIDATION_FAILED", body = ErrorBody),
+              (status = 409, description = "TOO_MANY_KEYS: revoke one first", body = ErrorBody)))]
+#[post("/api/v1/api-keys")]
 pub async fn create(
     req: HttpRequest,
     pool: web::Data<PgPool>,
     auth: Authenticated,
     JsonBody(body): JsonBody<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::validation("name must be 1 to 100 printable characters"));
-    }
+    let name = crate::fields::line("name", &body.name, NAME_MAX_CHARS)?;
     let key = ApiKey::generate();
     // The request's Idempotency-Key goes on the row: re-run after its answer was lost,
     // this request finds the key it made rather than making a second one.
@@ -43,7 +74,7 @@ pub async fn create(
     let created = db::api_keys::create(
         &mut tx,
         auth.customer_id,
-        name,
+        &name,
         &key.hash(),
         &key.display_prefix(),
         MAX_LIVE_KEYS,
@@ -54,12 +85,10 @@ pub async fn create(
     match created {
         KeyCreated::New(created) => {
             tracing::info!(customer_id = %auth.customer_id, key_id = %created.id, "API key created");
-            let mut body = serde_json::to_value(&created).unwrap_or_default();
-            body["api_key"] = serde_json::Value::from(key.expose());
-            Ok(HttpResponse::Created().json(body))
+            Ok(HttpResponse::Created().json(CreatedKey { key: created, api_key: Some(key.expose().to_owned()) }))
         }
         // As a replay answers: everything but the key, which was shown once (or lost).
-        KeyCreated::Earlier(earlier) => Ok(HttpResponse::Created().json(earlier)),
+        KeyCreated::Earlier(earlier) => Ok(HttpResponse::Created().json(CreatedKey { key: earlier, api_key: None })),
         KeyCreated::TooMany => Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::TooManyKeys,
@@ -68,16 +97,19 @@ pub async fn create(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/api-keys", tag = "api keys", security(("api_key" = [])),
-    responses((status = 200, description = "`{api_keys: [{id, name, prefix, created_at, revoked_at}]}`")))]
+/// The customer's keys, revoked ones included.
+#[utoipa::path(operation_id = "list_api_keys", tag = "api keys", security(("api_key" = [])), responses((status = 200, description = "The keys", body = KeyList)))]
+#[get("/api/v1/api-keys")]
 pub async fn list(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpResponse, ApiError> {
-    let keys = db::api_keys::list(pool.get_ref(), auth.customer_id).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "api_keys": keys })))
+    let api_keys = db::api_keys::list(pool.get_ref(), auth.customer_id).await?;
+    Ok(HttpResponse::Ok().json(KeyList { api_keys }))
 }
 
-#[utoipa::path(delete, path = "/api/v1/api-keys/{key_id}", tag = "api keys", security(("api_key" = [])),
-    params(("key_id" = String, Path)),
-    responses((status = 200, description = "`{id, revoked: true}`"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
+/// Revoke a key: refused at once, everywhere.
+#[utoipa::path(operation_id = "revoke_api_key", tag = "api keys", security(("api_key" = [])),
+    params(("key_id" = Uuid, Path)),
+    responses((status = 200, description = "Revoked", body = RevokedKey), (status = 404, description = "NOT_FOUND: no such live key of this customer", body = ErrorBody)))]
+#[delete("/api/v1/api-keys/{key_id}")]
 pub async fn revoke(
     pool: web::Data<PgPool>,
     auth: Authenticated,
@@ -88,5 +120,5 @@ pub async fn revoke(
         return Err(ApiError::not_found("no such key"));
     }
     tracing::info!(customer_id = %auth.customer_id, key_id = %id, "API key revoked");
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "revoked": true })))
+    Ok(HttpResponse::Ok().json(RevokedKey { id, revoked: true }))
 }

@@ -2,7 +2,7 @@
 //! and the status of each billing operation. Each write is a job: 202 with a status URL.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::Utc;
 
 use common::db::{self, customers::Customer};
@@ -10,13 +10,30 @@ use common::domain::ErrorCode;
 use common::jobs::{AddPaymentMethod, CancelSubscription, ResumeSubscription, SubscribePro};
 use common::queue::{self, Enqueued, JobKind, JobStatus, JobWaker};
 use common::stripe::StripeApi;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Authenticated;
 use crate::errors::ApiError;
 use crate::extract::JsonBody;
+use crate::openapi::{ErrorBody, ErrorDetail};
+
+/// `202` for a billing write: follow `status_url`.
+#[derive(Serialize, ToSchema)]
+pub struct OperationAccepted {
+    /// Always `pending`.
+    #[schema(example = "pending")]
+    status: &'static str,
+    /// What is being done, e.g. `subscribe_pro`.
+    operation: &'static str,
+    /// Absent only when an identical request is already queued under its unique key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operation_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_url: Option<String>,
+}
 
 fn billing_disabled() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable, "billing is not configured")
@@ -28,24 +45,31 @@ fn require_billing(stripe: &Option<StripeApi>) -> Result<&StripeApi, ApiError> {
 
 /// 202 with where to follow the operation.
 fn accepted<J: JobKind>(enqueued: Enqueued) -> HttpResponse {
-    match enqueued {
-        Enqueued::Inserted(id) => HttpResponse::Accepted().json(serde_json::json!({
-            "status": "pending",
-            "operation": J::KIND,
-            "operation_id": id,
-            "status_url": format!("/api/v1/billing/operations/{id}"),
-        })),
-        Enqueued::Duplicate => {
-            HttpResponse::Accepted().json(serde_json::json!({ "status": "pending", "operation": J::KIND }))
-        }
-    }
+    let operation_id = match enqueued {
+        Enqueued::Inserted(id) => Some(id),
+        Enqueued::Duplicate => None,
+    };
+    HttpResponse::Accepted().json(OperationAccepted {
+        status: "pending",
+        operation: J::KIND,
+        operation_id,
+        status_url: operation_id.map(|id| format!("/api/v1/billing/operations/{id}")),
+    })
 }
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct PaymentMethodRequest {
+    /// A Stripe payment method id, from Stripe.js.
+    #[schema(pattern = "^pm_[A-Za-z0-9_]{1,100}$")]
     payment_method_id: String,
+    /// The customer's consent to be billed with this payment method: must be `true`.
     #[serde(default)]
+    #[schema(schema_with = must_be_true, required = true)]
     consent: Option<bool>,
+}
+
+fn must_be_true() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::Boolean).enum_values(Some([true])).build()
 }
 
 fn valid_payment_method_id(id: &str) -> bool {
@@ -54,7 +78,9 @@ fn valid_payment_method_id(id: &str) -> bool {
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/payment-methods", tag = "billing", security(("api_key" = [])), request_body = PaymentMethodRequest, responses((status = 202, description = "Accepted: poll `status_url`", body = crate::openapi::OperationAccepted), (status = 422, description = "BILLING_CONSENT_REQUIRED or VALIDATION_FAILED", body = crate::openapi::ErrorBody), (status = 503, description = "Billing not configured", body = crate::openapi::ErrorBody)))]
+/// Add a payment method (the customer's consent required); the first one grants 5 credits.
+#[utoipa::path(tag = "billing", security(("api_key" = [])), request_body = PaymentMethodRequest, responses((status = 202, description = "Accepted: poll `status_url`", body = OperationAccepted), (status = 422, description = "BILLING_CONSENT_REQUIRED or VALIDATION_FAILED", body = ErrorBody), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured", body = ErrorBody)))]
+#[post("/api/v1/billing/payment-methods")]
 pub async fn add_payment_method(
     pool: web::Data<PgPool>,
     waker: web::Data<JobWaker>,
@@ -112,7 +138,9 @@ fn no_active_subscription() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NoActiveSubscription, "no active subscription")
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`. While a subscribe is pending, every further subscribe answers this same operation.", body = crate::openapi::OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = crate::openapi::ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = crate::openapi::ErrorBody)))]
+/// Subscribe to Pro (one subscription per customer).
+#[utoipa::path(operation_id = "subscribe", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: poll `status_url`. While a subscribe is pending, every further subscribe answers this same operation.", body = OperationAccepted), (status = 422, description = "NO_PAYMENT_METHOD", body = ErrorBody), (status = 409, description = "ALREADY_SUBSCRIBED", body = ErrorBody), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured", body = ErrorBody)))]
+#[post("/api/v1/billing/subscription")]
 pub async fn subscribe(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -140,7 +168,9 @@ pub struct CancelQuery {
     at_period_end: Option<bool>,
 }
 
-#[utoipa::path(delete, path = "/api/v1/billing/subscription", tag = "billing", security(("api_key" = [])), params(("at_period_end" = Option<bool>, Query, description = "Default true")), responses((status = 202, description = "Accepted: poll `status_url`. While the same cancellation is pending, a repeat answers that operation.", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody)))]
+/// Cancel Pro, at the end of the paid period (default) or now.
+#[utoipa::path(operation_id = "cancel_subscription", tag = "billing", security(("api_key" = [])), params(("at_period_end" = Option<bool>, Query, description = "Default true: keep Pro until the paid period ends")), responses((status = 202, description = "Accepted: poll `status_url`. While the same cancellation is pending, a repeat answers that operation.", body = OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = ErrorBody), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured", body = ErrorBody)))]
+#[delete("/api/v1/billing/subscription")]
 pub async fn cancel(
     req: HttpRequest,
     pool: web::Data<PgPool>,
@@ -161,7 +191,9 @@ pub async fn cancel(
     .await
 }
 
-#[utoipa::path(post, path = "/api/v1/billing/subscription/resume", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: the scheduled cancellation is being withdrawn; poll `status_url`", body = crate::openapi::OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = crate::openapi::ErrorBody), (status = 409, description = "NO_SCHEDULED_CANCELLATION", body = crate::openapi::ErrorBody)))]
+/// Withdraw a cancellation scheduled for the period's end.
+#[utoipa::path(operation_id = "resume_subscription", tag = "billing", security(("api_key" = [])), responses((status = 202, description = "Accepted: the scheduled cancellation is being withdrawn; poll `status_url`", body = OperationAccepted), (status = 404, description = "NO_ACTIVE_SUBSCRIPTION", body = ErrorBody), (status = 409, description = "NO_SCHEDULED_CANCELLATION", body = ErrorBody), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured", body = ErrorBody)))]
+#[post("/api/v1/billing/subscription/resume")]
 pub async fn resume(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -184,7 +216,29 @@ pub async fn resume(
     .await
 }
 
-#[utoipa::path(get, path = "/api/v1/billing/invoices", tag = "billing", security(("api_key" = [])), responses((status = 200, description = "`{invoices: [{id, status, amount_due, amount_paid, currency, period_start, period_end, hosted_invoice_url}]}`"), (status = 503, description = "Stripe unavailable", body = crate::openapi::ErrorBody)))]
+#[derive(Serialize, ToSchema)]
+pub struct Invoice {
+    id: String,
+    /// Stripe's invoice status, e.g. `paid`, `open`.
+    status: Option<String>,
+    /// In the currency's smallest unit (cents).
+    amount_due: i64,
+    amount_paid: i64,
+    currency: Option<String>,
+    /// Unix seconds.
+    period_start: Option<i64>,
+    period_end: Option<i64>,
+    hosted_invoice_url: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InvoiceList {
+    invoices: Vec<Invoice>,
+}
+
+/// The customer's invoices at Stripe, newest first.
+#[utoipa::path(operation_id = "list_invoices", tag = "billing", security(("api_key" = [])), responses((status = 200, description = "The invoices", body = InvoiceList), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured or Stripe is unreachable", body = ErrorBody)))]
+#[get("/api/v1/billing/invoices")]
 pub async fn invoices(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
@@ -193,7 +247,7 @@ pub async fn invoices(
     let stripe = require_billing(&stripe)?;
     let customer = auth.customer(&pool).await?;
     let Some(stripe_customer) = customer.stripe_customer_id else {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": [] })));
+        return Ok(HttpResponse::Ok().json(InvoiceList { invoices: Vec::new() }));
     };
     let invoices = stripe.invoices(&stripe_customer, None).await.map_err(|error| {
         tracing::warn!(customer_id = %customer.id, %error, "listing invoices failed");
@@ -203,25 +257,45 @@ pub async fn invoices(
             "invoices are unavailable, retry shortly",
         )
     })?;
-    let invoices: Vec<_> = invoices
+    let invoices = invoices
         .iter()
-        .map(|i| {
-            serde_json::json!({
-                "id": i.id,
-                "status": i.status,
-                "amount_due": i.amount_due,
-                "amount_paid": i.amount_paid,
-                "currency": i.currency,
-                "period_start": i.period_start,
-                "period_end": i.period_end,
-                "hosted_invoice_url": i.hosted_invoice_url,
-            })
+        .map(|i| Invoice {
+            id: i.id.clone(),
+            status: i.status.clone(),
+            amount_due: i.amount_due,
+            amount_paid: i.amount_paid,
+            currency: i.currency.clone(),
+            period_start: i.period_start,
+            period_end: i.period_end,
+            hosted_invoice_url: i.hosted_invoice_url.clone(),
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "invoices": invoices })))
+    Ok(HttpResponse::Ok().json(InvoiceList { invoices }))
 }
 
-#[utoipa::path(get, path = "/api/v1/billing/operations/{operation_id}", tag = "billing", security(("api_key" = [])), params(("operation_id" = i64, Path)), responses((status = 200, description = "`{status: pending | succeeded | failed, result, error}`; `error` is `{code, message}` when failed"), (status = 404, description = "NOT_FOUND", body = crate::openapi::ErrorBody)))]
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OperationStatus {
+    operation_id: i64,
+    /// What is being done, e.g. `subscribe_pro`.
+    operation: String,
+    status: OperationState,
+    /// What the operation produced (`succeeded` only).
+    result: Option<serde_json::Value>,
+    /// Why it failed (`failed` only).
+    error: Option<ErrorDetail>,
+}
+
+/// Where a billing operation stands.
+#[utoipa::path(operation_id = "show_operation", tag = "billing", security(("api_key" = [])), params(("operation_id" = i64, Path, minimum = 1)), responses((status = 200, description = "Pending, succeeded or failed", body = OperationStatus), (status = 404, description = "NOT_FOUND: no such operation of this customer", body = ErrorBody)))]
+#[get("/api/v1/billing/operations/{operation_id}")]
 pub async fn operation(
     pool: web::Data<PgPool>,
     auth: Authenticated,
@@ -231,16 +305,16 @@ pub async fn operation(
         return Err(ApiError::not_found("no such operation"));
     };
     let state = match job.status {
-        JobStatus::Completed => "succeeded",
-        status if status.is_failed() => "failed",
-        _ => "pending",
+        JobStatus::Completed => OperationState::Succeeded,
+        status if status.is_failed() => OperationState::Failed,
+        _ => OperationState::Pending,
     };
-    let error = (state == "failed").then(|| crate::job_failure::describe(&job));
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "operation_id": job.id,
-        "operation": kind,
-        "status": state,
-        "result": job.result.and_then(|r| if state == "succeeded" { Some(r) } else { None }),
-        "error": error,
-    })))
+    let error = (state == OperationState::Failed).then(|| crate::job_failure::describe(&job));
+    Ok(HttpResponse::Ok().json(OperationStatus {
+        operation_id: job.id,
+        operation: kind,
+        status: state,
+        result: job.result.filter(|_| state == OperationState::Succeeded),
+        error,
+    }))
 }

@@ -4,32 +4,57 @@
 //! clients send for `List-Unsubscribe-Post` (RFC 8058).
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use common::config::Settings;
 use common::db;
 use common::domain::ErrorCode;
 use common::email::unsubscribe;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::errors::ApiError;
+use crate::openapi::ErrorBody;
+
+#[derive(Serialize, ToSchema)]
+pub struct Unsubscribed {
+    customer_id: Uuid,
+    unsubscribed: bool,
+}
 
 #[derive(Deserialize)]
 struct TokenQuery {
     token: String,
 }
 
-fn bad_token() -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, "the unsubscribe link is invalid")
+fn malformed_token() -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, "the unsubscribe link is malformed")
+}
+
+/// Well formed, but not ours or for no customer: the link is wrong, not the request.
+fn unknown_token() -> ApiError {
+    ApiError::not_found("the unsubscribe link is not valid")
+}
+
+/// The token's shape: the customer id (32 hex digits), a dot, its MAC (64 hex digits).
+fn well_formed(token: &str) -> bool {
+    token.split_once('.').is_some_and(|(id, mac)| {
+        id.len() == 32
+            && mac.len() == 64
+            && id.bytes().chain(mac.bytes()).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The customer a link's token names, if it is valid and the customer exists.
 async fn customer_of(req: &HttpRequest, pool: &PgPool, settings: &Settings) -> Result<Uuid, ApiError> {
-    let query = web::Query::<TokenQuery>::from_query(req.query_string()).map_err(|_| bad_token())?;
-    let customer_id = unsubscribe::verify(&settings.unsubscribe_secret, &query.token).ok_or_else(bad_token)?;
+    let query = web::Query::<TokenQuery>::from_query(req.query_string()).map_err(|_| malformed_token())?;
+    if !well_formed(&query.token) {
+        return Err(malformed_token());
+    }
+    let customer_id = unsubscribe::verify(&settings.unsubscribe_secret, &query.token).ok_or_else(unknown_token)?;
     if db::customers::unsubscribed(pool, customer_id).await?.is_none() {
-        return Err(bad_token());
+        return Err(unknown_token());
     }
     Ok(customer_id)
 }
@@ -42,7 +67,9 @@ fn page(title: &str, body: &str) -> HttpResponse {
     ))
 }
 
-#[utoipa::path(get, path = "/email/unsubscribe", tag = "email", params(("token" = String, Query)), responses((status = 200, description = "HTML page asking to confirm; changes nothing"), (status = 400, description = "Invalid token", body = crate::openapi::ErrorBody)))]
+/// The page an email's unsubscribe link opens: it asks to confirm and changes nothing.
+#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-f]{32}\\.[0-9a-f]{64}$", description = "From the email's link")), responses((status = 200, description = "HTML page asking to confirm", content_type = "text/html"), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
+#[get("/email/unsubscribe")]
 pub async fn unsubscribe_page(
     req: HttpRequest,
     pool: web::Data<PgPool>,
@@ -61,7 +88,9 @@ pub async fn unsubscribe_page(
     ))
 }
 
-#[utoipa::path(post, path = "/email/unsubscribe", tag = "email", params(("token" = String, Query)), responses((status = 200, description = "Unsubscribed: an HTML page for browsers, `{customer_id, unsubscribed: true}` otherwise (one-click, RFC 8058)"), (status = 400, description = "Invalid token", body = crate::openapi::ErrorBody)))]
+/// Unsubscribe: the confirmation page's button, or a mail client's one-click `POST` (RFC 8058).
+#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-f]{32}\\.[0-9a-f]{64}$", description = "From the email's link")), responses((status = 200, description = "Unsubscribed: an HTML page for browsers (`Accept: text/html`), JSON otherwise", content((Unsubscribed = "application/json"), (String = "text/html"))), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
+#[post("/email/unsubscribe")]
 pub async fn unsubscribe_one_click(
     req: HttpRequest,
     pool: web::Data<PgPool>,
@@ -79,5 +108,5 @@ pub async fn unsubscribe_one_click(
              payments still reach you.</p>",
         ));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "customer_id": customer_id, "unsubscribed": true })))
+    Ok(HttpResponse::Ok().json(Unsubscribed { customer_id, unsubscribed: true }))
 }

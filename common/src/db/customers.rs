@@ -304,7 +304,7 @@ pub async fn due_for_renewal<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, D
     .await
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub id: i64,
     pub amount: i64,

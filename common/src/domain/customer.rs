@@ -2,7 +2,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ParseError;
 
-/// A customer's display name: trimmed, 1 to 100 characters, no control characters.
+/// A customer's display name: at most 100 characters, not blank, no control characters;
+/// stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CustomerName(String);
@@ -15,7 +16,8 @@ impl CustomerName {
         if trimmed.is_empty() {
             return Err(ParseError::new("name must not be empty"));
         }
-        if trimmed.chars().count() > NAME_MAX_CHARS {
+        // Counted as sent, as the API's schema (`maxLength`) counts it.
+        if raw.chars().count() > NAME_MAX_CHARS {
             return Err(ParseError::new(format!("name must be at most {NAME_MAX_CHARS} characters")));
         }
         if trimmed.chars().any(char::is_control) {
@@ -43,7 +45,7 @@ impl From<CustomerName> for String {
 }
 
 /// The plan tier (`customers.subscription_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionType {
@@ -72,7 +74,7 @@ impl SubscriptionType {
 }
 
 /// Stripe's status of the Pro subscription (`customers.subscription_state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionState {
@@ -118,7 +120,7 @@ impl SubscriptionState {
 }
 
 /// What the usage summary warns a customer about; all derived, none stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Warning {
     /// Balance 0 and no payment method: fixes are refused until a card is added.

@@ -1,7 +1,7 @@
 use serde::Serialize;
 
 /// The `code` of the error body `{"error": {"message", "code"}}` the API answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     ValidationFailed,

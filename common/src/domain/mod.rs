@@ -7,12 +7,14 @@ mod api_key;
 mod customer;
 mod email;
 mod error_code;
+mod integer;
 mod ledger;
 
 pub use api_key::{ApiKey, ApiKeyHash, MAX_LIVE_KEYS};
 pub use customer::{CustomerName, SubscriptionState, SubscriptionType, Warning};
 pub use email::Email;
 pub use error_code::ErrorCode;
+pub use integer::integral;
 pub use ledger::LedgerSource;
 
 /// A reason a value could not be parsed; the message is meant for the API client.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::JobStatus;
 use super::notifier::CHANNEL;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QueueStats {
     pub queue: String,
     /// Due now and waiting for a worker.
@@ -87,7 +87,7 @@ pub async fn gauges<'e>(db: impl PgExecutor<'e>, kinds: &[&str]) -> Result<Vec<Q
     .await
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobSummary {
     pub id: i64,
     pub queue: String,
@@ -130,7 +130,7 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec
     .await
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     #[sqlx(flatten)]

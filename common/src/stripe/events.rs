@@ -11,6 +11,7 @@ pub struct Envelope {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(deserialize_with = "crate::domain::integral")]
     pub created: i64,
     pub data: EventData,
 }

@@ -84,7 +84,10 @@ async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
 
     // The link works, and stops the remaining steps when they come due.
     let bad = app.client.get(app.url("/email/unsubscribe?token=nonsense")).send().await.unwrap();
-    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.status(), 400, "a malformed link");
+    let forged = format!("/email/unsubscribe?token={}.{}", uuid::Uuid::new_v4().simple(), "ab".repeat(32));
+    let forged = app.client.post(app.url(&forged)).send().await.unwrap();
+    assert_eq!(forged.status(), 404, "a well-formed link that is not ours");
     let is_unsubscribed = || async {
         sqlx::query_scalar::<_, bool>("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
             .bind(customer)
@@ -269,5 +272,5 @@ async fn one_click_unsubscribe_by_post() {
         .unwrap();
     assert!(unsubscribed);
     let tampered = link.replace(&customer.simple().to_string(), &Uuid::new_v4().simple().to_string());
-    assert_eq!(app.client.post(&tampered).send().await.unwrap().status(), 400);
+    assert_eq!(app.client.post(&tampered).send().await.unwrap().status(), 404, "well formed, but not genuine");
 }

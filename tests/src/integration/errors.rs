@@ -70,6 +70,26 @@ async fn unknown_routes_and_methods_get_the_error_body() {
     assert_error(app.client.delete(app.url("/health")).send().await.unwrap(), 405, "METHOD_NOT_ALLOWED").await;
     assert_error(app.client.get(app.url("/api/v1/onboarding/not-a-uuid")).send().await.unwrap(), 404, "NOT_FOUND")
         .await;
+    // A 405 names exactly the methods the path serves: the documented ones for the API
+    // (one path, two handlers; a path with a parameter), a page's own for pages.
+    let allow = |method: reqwest::Method, path: &'static str| {
+        let request = app.client.request(method, app.url(path));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 405, "{path}");
+            let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+            assert_error(response, 405, "METHOD_NOT_ALLOWED").await;
+            allow.unwrap_or_default()
+        }
+    };
+    assert_eq!(allow(reqwest::Method::GET, "/api/v1/customers/onboard").await, "POST");
+    assert_eq!(allow(reqwest::Method::PUT, "/api/v1/api-keys").await, "GET, POST");
+    assert_eq!(allow(reqwest::Method::PATCH, "/api/v1/billing/subscription").await, "POST, DELETE");
+    assert_eq!(allow(reqwest::Method::GET, "/api/v1/api-keys/0e0b6c55-1d4e-4d7c-9a4c-5c5a3e9e4b11").await, "DELETE");
+    assert_eq!(allow(reqwest::Method::GET, "/api/webhooks/stripe").await, "POST");
+    assert_eq!(allow(reqwest::Method::PUT, "/admin/api/jobs/7").await, "GET, DELETE");
+    assert_eq!(allow(reqwest::Method::DELETE, "/admin/login").await, "GET, POST");
+    assert_eq!(allow(reqwest::Method::POST, "/api/openapi.json").await, "GET");
 }
 
 #[tokio::test]
