@@ -75,7 +75,7 @@ impl FromRequest for RawJsonBody {
 
 /// Whether a JSON value holds a NUL character in any string or key: Postgres stores
 /// neither in `text` nor in `jsonb`, so such input is refused up front.
-fn holds_nul(value: &serde_json::Value) -> bool {
+pub fn holds_nul(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => s.contains('\0'),
         serde_json::Value::Array(items) => items.iter().any(holds_nul),

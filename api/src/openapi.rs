@@ -18,7 +18,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Content, HttpMethod, ObjectBuilder, OpenApi, Ref, RefOr, Required, Type};
+use utoipa::openapi::{Content, ObjectBuilder, OpenApi, Ref, RefOr, Required, Type};
 use utoipa::{Modify, OpenApi as _, ToSchema};
 use utoipa_actix_web::AppExt;
 
@@ -81,9 +81,19 @@ pub struct ApiSurface {
 
 impl ApiSurface {
     /// Collects the document from the routes `register` adds (the ones the server uses).
-    pub fn collect(register: impl FnOnce(&mut utoipa_actix_web::service_config::ServiceConfig)) -> Arc<Self> {
+    /// Without `admin` (no `ADMIN_TOKEN`) the admin API does not exist: it is left out.
+    pub fn collect(
+        register: impl FnOnce(&mut utoipa_actix_web::service_config::ServiceConfig),
+        admin: bool,
+    ) -> Arc<Self> {
         let (_, mut document) =
             actix_web::App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(register).split_for_parts();
+        if !admin {
+            document.paths.paths.retain(|path, _| !path.starts_with("/admin/"));
+            if let Some(components) = document.components.as_mut() {
+                components.security_schemes.remove("admin_token");
+            }
+        }
         add_shared_answers(&mut document);
         let methods = document
             .paths
@@ -181,30 +191,40 @@ fn idempotency_key() -> Parameter {
 /// meet them; a handler's own description of the same status wins.
 fn add_shared_answers(document: &mut OpenApi) {
     for (path, item) in document.paths.paths.iter_mut() {
-        let limited = rate_limited(path);
-        for method in [HttpMethod::Get, HttpMethod::Post, HttpMethod::Put, HttpMethod::Patch, HttpMethod::Delete] {
-            let slot = match method {
-                HttpMethod::Get => &mut item.get,
-                HttpMethod::Post => &mut item.post,
-                HttpMethod::Put => &mut item.put,
-                HttpMethod::Patch => &mut item.patch,
-                HttpMethod::Delete => &mut item.delete,
-                _ => continue,
-            };
+        let route = Route {
+            limited: rate_limited(path),
+            // The webhook reads its body raw (its signature covers the bytes): a body
+            // that is not the event it documents is its own 400, never a 422.
+            raw_body: path == "/api/webhooks/stripe",
+        };
+        for (method, slot) in [
+            ("POST", &mut item.post),
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ] {
             let Some(operation) = slot.as_mut() else { continue };
-            let idempotent = method == HttpMethod::Post && path.starts_with("/api/v1/");
-            add_to_operation(operation, limited, idempotent);
+            let idempotent = method == "POST" && path.starts_with("/api/v1/");
+            add_to_operation(operation, route, idempotent);
         }
     }
 }
 
-fn add_to_operation(operation: &mut Operation, limited: bool, idempotent: bool) {
-    let mut shared: Vec<(&str, &str)> = vec![
+#[derive(Clone, Copy)]
+struct Route {
+    limited: bool,
+    raw_body: bool,
+}
+
+/// What the layers in front of an operation's handler can answer it with.
+fn shared_answers(operation: &mut Operation, route: Route, idempotent: bool) -> Vec<(&'static str, &'static str)> {
+    let mut shared = vec![
         ("400", "VALIDATION_FAILED: a control character in the path or query, or a malformed parameter"),
+        ("431", "REQUEST_HEADERS_TOO_LARGE: the headers are larger than MAX_HEADER_BYTES"),
         ("503", "SERVICE_UNAVAILABLE: the database (or a service the route needs) is unreachable; retry"),
     ];
-    let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
-    if secured {
+    if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         shared.push(("401", "UNAUTHORIZED: no credentials, or credentials that are not live"));
     }
     let queried =
@@ -213,44 +233,55 @@ fn add_to_operation(operation: &mut Operation, limited: bool, idempotent: bool) 
         shared.push(("422", "VALIDATION_FAILED: a query parameter is not of its type"));
     }
     if operation.request_body.is_some() {
-        shared.push(("400", "INVALID_JSON: the body is not JSON"));
         shared.push(("413", "PAYLOAD_TOO_LARGE: the body is larger than the limit"));
         shared.push(("415", "UNSUPPORTED_MEDIA_TYPE: the body is not application/json"));
-        shared.push(("422", "VALIDATION_FAILED: the body does not match its schema"));
+        if !route.raw_body {
+            shared.push(("400", "INVALID_JSON: the body is not JSON"));
+            shared.push(("422", "VALIDATION_FAILED: the body does not match its schema, or a string holds NUL"));
+        }
     }
-    if limited {
+    if route.limited {
         shared.push(("429", "RATE_LIMITED: over the per-minute limit; `Retry-After` says when to retry"));
     }
     if idempotent {
         operation.parameters.get_or_insert_with(Vec::new).push(RefOr::T(idempotency_key()));
-        shared.push((
-            "409",
-            "CONFLICT: a request with this Idempotency-Key is still running; `Retry-After` says when to retry",
-        ));
-        shared.push((
-            "422",
-            "IDEMPOTENCY_KEY_REUSED, or an Idempotency-Key that is not 1 to 255 printable ASCII characters",
-        ));
+        shared
+            .push(("409", "CONFLICT: a request with this Idempotency-Key is still running; retry after `Retry-After`"));
+        shared.push(("422", "IDEMPOTENCY_KEY_REUSED, or an Idempotency-Key that is not 1 to 255 printable ASCII"));
     }
-    for (status, description) in shared {
-        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| error_response(description));
+    shared
+}
+
+fn add_to_operation(operation: &mut Operation, route: Route, idempotent: bool) {
+    // Each status keeps the handler's own description, followed by the shared ones.
+    for (status, description) in shared_answers(operation, route, idempotent) {
+        match operation.responses.responses.get_mut(status) {
+            Some(RefOr::T(response)) if !response.description.contains(description) => {
+                response.description = format!("{}; {description}", response.description);
+            }
+            Some(_) => {}
+            None => {
+                operation.responses.responses.insert(status.to_owned(), error_response(description));
+            }
+        }
     }
-    for response in operation.responses.responses.values_mut() {
+    for (status, response) in operation.responses.responses.iter_mut() {
         let RefOr::T(response) = response else { continue };
         response.headers.insert(
             "X-Request-Id".into(),
             header(Type::String, "Names this request in the logs and in the jobs it enqueued"),
         );
-        if limited {
+        if route.limited {
             response.headers.insert("X-RateLimit-Limit".into(), header(Type::Integer, "Requests allowed per minute"));
             response.headers.insert("X-RateLimit-Remaining".into(), header(Type::Integer, "Requests left this minute"));
             response
                 .headers
                 .insert("X-RateLimit-Reset".into(), header(Type::Integer, "When the minute ends (unix seconds)"));
         }
-    }
-    if limited && let Some(RefOr::T(response)) = operation.responses.responses.get_mut("429") {
-        response.headers.insert("Retry-After".into(), header(Type::Integer, "Seconds until a retry can succeed"));
+        let retry_after = (status == "429" && route.limited) || (status == "409" && idempotent);
+        if retry_after {
+            response.headers.insert("Retry-After".into(), header(Type::Integer, "Seconds until a retry can succeed"));
+        }
     }
 }
 
@@ -315,7 +346,8 @@ pub async fn docs_page(surface: web::Data<ApiSurface>) -> HttpResponse {
 
 /// What no route took: 405 with `Allow` on a documented path, else 404.
 pub async fn unrouted(req: HttpRequest, surface: web::Data<ApiSurface>) -> HttpResponse {
-    match surface.allowed(req.path()) {
+    // The path as the router matched it (percent-decoded as routing decodes it).
+    match surface.allowed(req.match_info().as_str()) {
         Some(allow) => crate::errors::method_not_allowed(allow),
         None => crate::errors::not_found().await,
     }
@@ -332,7 +364,7 @@ mod tests {
 
     #[test]
     fn every_operation_documents_a_body_and_the_request_id_for_each_answer() {
-        let surface = ApiSurface::collect(|cfg| crate::routes::api(cfg, 1024));
+        let surface = ApiSurface::collect(|cfg| crate::routes::api(cfg, 1024), true);
         let paths = &surface.document().paths.paths;
         assert!(paths.len() > 20, "the routes were collected");
         let mut ids = std::collections::BTreeSet::new();
@@ -353,5 +385,8 @@ mod tests {
         assert_eq!(surface.allowed("/api/v1/usage/fixes/abc"), Some("GET"));
         assert_eq!(surface.allowed("/admin"), None, "pages are not API");
         assert_eq!(surface.allowed("/nope"), None);
+        let without_admin = ApiSurface::collect(|cfg| crate::routes::api(cfg, 1024), false);
+        assert_eq!(without_admin.allowed("/admin/api/jobs"), None, "no ADMIN_TOKEN: no admin API");
+        assert!(without_admin.document().paths.paths.keys().all(|path| !path.starts_with("/admin/")));
     }
 }

@@ -48,7 +48,8 @@ impl Application {
         let stripe = web::Data::new(stripe);
         let settings = web::Data::from(settings);
         // The document, collected once from the registration every worker repeats below.
-        let surface = web::Data::from(ApiSurface::collect(|cfg| routes::api(cfg, webhook_limit)));
+        let admin = settings.admin_token.is_some();
+        let surface = web::Data::from(ApiSurface::collect(|cfg| routes::api(cfg, webhook_limit), admin));
         let server = HttpServer::new(move || {
             let (app, _) = App::new().into_utoipa_app().configure(|cfg| routes::api(cfg, webhook_limit)).split_for_parts();
             app

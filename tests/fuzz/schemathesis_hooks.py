@@ -7,9 +7,10 @@ more, so every check judges the API and not the fuzzer's habits:
   ("0") across unrelated requests; the contract answers such reuse with 422
   IDEMPOTENCY_KEY_REUSED, which is right, but would count as a valid request refused.
   Replays are tested on their own (idempotency.rs). Invalid keys are sent as generated.
-- a present `Stripe-Signature` is replaced by a genuine one over the exact body, as Stripe
-  signs, so valid events reach the code behind the signature check. A missing header
-  stays missing.
+- in a request generated as valid, a present `Stripe-Signature` is replaced by a genuine
+  one over the exact body, as Stripe signs, so valid events reach the code behind the
+  signature check. Requests generated as invalid keep the fuzzer's signature (and must
+  be refused); a missing header stays missing.
 """
 
 import hashlib
@@ -36,7 +37,9 @@ def before_call(context, case, kwargs):
     key = headers.get("Idempotency-Key")
     if _valid_key(key):
         headers["Idempotency-Key"] = f"{key[:200]}-{uuid.uuid4().hex}"
-    if "Stripe-Signature" in headers and isinstance(case.body, (dict, list, str, int, float, bool)):
+    meta = case.meta
+    positive = meta is not None and meta.generation.mode.is_positive
+    if positive and "Stripe-Signature" in headers and isinstance(case.body, (dict, list, str, int, float, bool)):
         # What `requests` sends for a JSON body (no simplejson here): json.dumps, UTF-8.
         payload = json.dumps(case.body, allow_nan=False)
         timestamp = int(time.time())

@@ -37,12 +37,11 @@ fn unknown_token() -> ApiError {
     ApiError::not_found("the unsubscribe link is not valid")
 }
 
-/// The token's shape: the customer id (32 hex digits), a dot, its MAC (64 hex digits).
+/// The token's shape: the customer id (32 hex digits), a dot, its MAC (64 hex digits);
+/// either case, as a mail gateway may rewrite it.
 fn well_formed(token: &str) -> bool {
     token.split_once('.').is_some_and(|(id, mac)| {
-        id.len() == 32
-            && mac.len() == 64
-            && id.bytes().chain(mac.bytes()).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        id.len() == 32 && mac.len() == 64 && id.bytes().chain(mac.bytes()).all(|b| b.is_ascii_hexdigit())
     })
 }
 
@@ -68,7 +67,7 @@ fn page(title: &str, body: &str) -> HttpResponse {
 }
 
 /// The page an email's unsubscribe link opens: it asks to confirm and changes nothing.
-#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-f]{32}\\.[0-9a-f]{64}$", description = "From the email's link")), responses((status = 200, description = "HTML page asking to confirm", content_type = "text/html"), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
+#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-fA-F]{32}\\.[0-9a-fA-F]{64}$", description = "From the email's link")), responses((status = 200, description = "HTML page asking to confirm", content_type = "text/html"), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
 #[get("/email/unsubscribe")]
 pub async fn unsubscribe_page(
     req: HttpRequest,
@@ -89,7 +88,7 @@ pub async fn unsubscribe_page(
 }
 
 /// Unsubscribe: the confirmation page's button, or a mail client's one-click `POST` (RFC 8058).
-#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-f]{32}\\.[0-9a-f]{64}$", description = "From the email's link")), responses((status = 200, description = "Unsubscribed: an HTML page for browsers (`Accept: text/html`), JSON otherwise", content((Unsubscribed = "application/json"), (String = "text/html"))), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
+#[utoipa::path(tag = "email", params(("token" = String, Query, pattern = "^[0-9a-fA-F]{32}\\.[0-9a-fA-F]{64}$", description = "From the email's link")), responses((status = 200, description = "Unsubscribed: an HTML page for browsers (`Accept: text/html`), JSON otherwise", content((Unsubscribed = "application/json"), (String = "text/html"))), (status = 400, description = "VALIDATION_FAILED: the link is malformed", body = ErrorBody), (status = 404, description = "NOT_FOUND: the link is not valid", body = ErrorBody)))]
 #[post("/email/unsubscribe")]
 pub async fn unsubscribe_one_click(
     req: HttpRequest,

@@ -28,7 +28,7 @@ pub struct StripeEvent {
     id: String,
     /// e.g. `invoice.payment_succeeded`; types we do not handle are recorded and ignored.
     #[serde(rename = "type")]
-    #[schema(max_length = 100, pattern = "^[a-z_]+(\\.[a-z_]+)*$")]
+    #[schema(max_length = 100, pattern = "^[a-z0-9_]+(\\.[a-z0-9_]+)*$")]
     kind: String,
     /// Unix seconds.
     created: i64,
@@ -51,10 +51,9 @@ fn well_formed(envelope: &Envelope) -> Result<(), String> {
         return Err("id must be a Stripe event id (evt_…)".into());
     }
     let kind_ok = envelope.kind.len() <= 100
-        && envelope
-            .kind
-            .split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        && envelope.kind.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
     if !kind_ok {
         return Err("type must be a Stripe event type (e.g. invoice.paid)".into());
     }
@@ -95,14 +94,21 @@ pub async fn stripe(
         tracing::warn!(%error, "webhook refused");
         return Err(ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSignature, error.to_string()));
     }
-    let invalid = |e: serde_json::Error| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, format!("not a Stripe event: {e}"))
-    };
-    let envelope = Envelope::decode(&body).map_err(invalid)?;
-    well_formed(&envelope).map_err(|reason| {
+    // Signed, so from Stripe: a refusal here is retried by Stripe for days and must reach
+    // an operator, so each one is logged with what the event says it is.
+    let invalid = |reason: String| {
+        let id =
+            serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["id"].as_str().map(str::to_owned));
+        tracing::warn!(event_id = ?id, %reason, "signed webhook refused: not a Stripe event we can store");
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, format!("not a Stripe event: {reason}"))
-    })?;
-    let payload: serde_json::Value = serde_json::from_slice(&body).map_err(invalid)?;
+    };
+    let envelope = Envelope::decode(&body).map_err(|e| invalid(e.to_string()))?;
+    well_formed(&envelope).map_err(invalid)?;
+    let payload: serde_json::Value = serde_json::from_slice(&body).map_err(|e| invalid(e.to_string()))?;
+    // Postgres stores no NUL in jsonb: refused here, not failed as a 500 at the insert.
+    if crate::extract::holds_nul(&payload) {
+        return Err(invalid("a string holds NUL (U+0000)".into()));
+    }
     let enqueued = waker.enqueue(pool.get_ref(), &ProcessStripeEvent::from_envelope(&envelope, payload)).await?;
     tracing::info!(event_id = %envelope.id, kind = %envelope.kind, duplicate = enqueued.is_duplicate(), "webhook accepted");
     Ok(HttpResponse::Ok().json(WebhookReceived { received: true, duplicate: enqueued.is_duplicate() }))

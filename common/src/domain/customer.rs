@@ -2,8 +2,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ParseError;
 
-/// A customer's display name: at most 100 characters, not blank, no control characters;
-/// stored trimmed.
+/// A customer's display name: a line of text of at most 100 characters
+/// ([`super::text`]), stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CustomerName(String);
@@ -12,17 +12,11 @@ const NAME_MAX_CHARS: usize = 100;
 
 impl CustomerName {
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
-            return Err(ParseError::new("name must not be empty"));
-        }
-        // Counted as sent, as the API's schema (`maxLength`) counts it.
-        if raw.chars().count() > NAME_MAX_CHARS {
-            return Err(ParseError::new(format!("name must be at most {NAME_MAX_CHARS} characters")));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(ParseError::new("name must not contain control characters"));
-        }
+        let trimmed = super::text::line(raw, NAME_MAX_CHARS).ok_or_else(|| {
+            ParseError::new(format!(
+                "name must be 1 to {NAME_MAX_CHARS} characters, not blank, without control or invisible characters"
+            ))
+        })?;
         Ok(Self(trimmed.to_owned()))
     }
 

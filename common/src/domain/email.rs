@@ -31,7 +31,8 @@ impl Email {
         if normalized.is_empty() {
             return Err(ParseError::new("email must not be empty"));
         }
-        if normalized.len() > MAX_LEN {
+        // Counted as sent, as the API's schema (`maxLength`) counts it.
+        if raw.chars().count() > MAX_LEN {
             return Err(ParseError::new(format!("email must be at most {MAX_LEN} characters")));
         }
         let parsed: email_address::EmailAddress =

@@ -9,6 +9,7 @@ mod email;
 mod error_code;
 mod integer;
 mod ledger;
+pub mod text;
 
 pub use api_key::{ApiKey, ApiKeyHash, MAX_LIVE_KEYS};
 pub use customer::{CustomerName, SubscriptionState, SubscriptionType, Warning};

@@ -320,6 +320,26 @@ async fn forged_stale_and_missing_signatures_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn signed_events_we_cannot_store_are_refused_with_a_clear_error_and_store_nothing() {
+    let app = TestApp::with_worker_and_webhooks().await;
+    let event = Simulated::new("cus_x", "sub_x", PRO_PRICE, 59_900).event(Handled::InvoicePaymentSucceeded);
+    let mut with_nul = event.clone();
+    with_nul["data"]["object"]["description"] = json!("a\u{0}b");
+    let mut not_an_event = event.clone();
+    not_an_event["id"] = json!("not-an-event-id");
+    let mut object_is_a_list = event.clone();
+    object_is_a_list["data"]["object"] = json!([1, 2]);
+    for (what, bad) in [("NUL", with_nul), ("id", not_an_event), ("object", object_is_a_list)] {
+        assert_eq!(error_code(app.deliver(&bad, WEBHOOK_SECRET).await, 400).await, "INVALID_PAYLOAD", "{what}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    // A type with digits is a Stripe type like any other.
+    let mut digits = event;
+    digits["type"] = json!("v1.billing.meter.error_report_triggered");
+    assert_eq!(app.deliver(&digits, WEBHOOK_SECRET).await.status(), 200);
+}
+
+#[tokio::test]
 async fn other_event_types_are_recorded_and_ignored_and_unknown_customers_retried() {
     let app = TestApp::with_worker_and_webhooks().await;
     let mut other = Simulated::new("cus_nobody", "sub_x", PRO_PRICE, 100).event(Handled::InvoicePaymentSucceeded);
