@@ -10,12 +10,12 @@ use common::{db, telemetry};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::failpoints_from_env();
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env(&common::jobs::kinds())?;
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
     let kinds = common::jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
-    common::telemetry::metrics::spawn_queue_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
+    common::queue::admin::spawn_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
     let listener = TcpListener::bind(settings.bind_addr)?;
     let addr = settings.bind_addr;
     let app = Application::build(listener, pool, Arc::new(settings))?;

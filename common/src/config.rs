@@ -9,13 +9,50 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::queue::RetryPolicy;
-
 #[derive(Debug, thiserror::Error)]
 #[error("configuration {name}: {message}")]
 pub struct ConfigError {
     pub name: String,
     pub message: String,
+}
+
+/// How a kind runs and retries: attempts, concurrency, backoff, and how long one run
+/// may take (River's `Timeout`). A run that overruns is stopped (its future dropped, so
+/// an open transaction rolls back), counted as a failed attempt and retried after its
+/// backoff; its slot is free at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: i32,
+    /// Jobs of this kind run at once in one worker process.
+    pub concurrency: usize,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// The longest one run may take (`JOB_<KIND>_TIMEOUT_MS` overrides it).
+    pub timeout: Duration,
+}
+
+impl RetryPolicy {
+    /// Five minutes a run, unless the kind says otherwise ([`RetryPolicy::timeout`]).
+    pub const fn new(max_attempts: i32, concurrency: usize) -> Self {
+        Self {
+            max_attempts,
+            concurrency,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new(10, 10)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,12 +274,17 @@ impl JobSettings {
 
 impl Settings {
     /// Reads the process environment, after loading `.env` if there is one.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// `kinds`: every job kind with its defaults (`jobs::kinds()`), whose per-kind
+    /// settings (`JOB_<KIND>_…`) are read.
+    pub fn from_env(kinds: &[(&'static str, RetryPolicy)]) -> Result<Self, ConfigError> {
         let _ = dotenvy::dotenv();
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(|name| std::env::var(name).ok(), kinds)
     }
 
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        kinds: &[(&'static str, RetryPolicy)],
+    ) -> Result<Self, ConfigError> {
         let r = Reader { lookup: &lookup };
         let database_url = r.string("DATABASE_URL").ok_or_else(|| ConfigError {
             name: "DATABASE_URL".into(),
@@ -325,7 +367,7 @@ impl Settings {
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
             reconcile_schedule: r
                 .parse("RECONCILE_CRON", cron::Schedule::from_str("0 30 3 * * *").expect("valid default"))?,
-            jobs: JobSettings::read(&r)?,
+            jobs: JobSettings::read(&r, kinds)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -421,8 +463,8 @@ fn with_trailing_slash(url: String) -> String {
 }
 
 impl JobSettings {
-    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
-        Ok(Self {
+    fn read(r: &Reader<'_>, kinds: &[(&'static str, RetryPolicy)]) -> Result<Self, ConfigError> {
+        let settings = Self {
             poll_interval: r.millis("JOB_POLL_INTERVAL_MS", 1_000)?,
             heartbeat_interval: r.millis("JOB_HEARTBEAT_MS", 5_000)?,
             orphan_after: r.millis("JOB_ORPHAN_AFTER_MS", 30_000)?,
@@ -437,14 +479,28 @@ impl JobSettings {
             prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
             prune_schedule: r
                 .parse("PRUNE_CRON", cron::Schedule::from_str("0 */10 * * * *").expect("valid default"))?,
-            kinds: Self::read_kinds(r)?,
-        })
+            kinds: Self::read_kinds(r, kinds)?,
+        };
+        // Zero would spin a polling loop, or stop heartbeats and rescue every running job.
+        for (name, value) in [
+            ("JOB_POLL_INTERVAL_MS", settings.poll_interval),
+            ("JOB_HEARTBEAT_MS", settings.heartbeat_interval),
+            ("JOB_ORPHAN_AFTER_MS", settings.orphan_after),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError { name: name.into(), message: "must be above 0".into() });
+            }
+        }
+        Ok(settings)
     }
 
     /// Each job kind's settings: its defaults, overridden by `JOB_<KIND>_*`.
-    fn read_kinds(r: &Reader<'_>) -> Result<HashMap<String, KindSettings>, ConfigError> {
+    fn read_kinds(
+        r: &Reader<'_>,
+        known: &[(&'static str, RetryPolicy)],
+    ) -> Result<HashMap<String, KindSettings>, ConfigError> {
         let mut kinds = HashMap::new();
-        for (kind, defaults) in crate::jobs::kinds() {
+        for &(kind, defaults) in known {
             let upper = kind.to_uppercase();
             let settings = KindSettings {
                 concurrency: r.parse(&format!("JOB_{upper}_CONCURRENCY"), defaults.concurrency)?,
@@ -519,7 +575,12 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::from_lookup(|k| map.get(k).cloned())
+        // Two kinds with their defaults, as `jobs::kinds()` lists every kind.
+        let kinds = [
+            ("record_usage", RetryPolicy::new(10, 10)),
+            ("grant_credits", RetryPolicy::new(10, 10).timeout(Duration::from_secs(60))),
+        ];
+        Settings::from_lookup(|k| map.get(k).cloned(), &kinds)
     }
 
     #[test]
@@ -601,5 +662,13 @@ mod tests {
         assert_eq!(err.name, "BIND_ADDR");
         let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();
         assert!(err.name.starts_with("JOB_GRANT_CREDITS"));
+    }
+
+    #[test]
+    fn intervals_of_zero_are_refused_rather_than_spun_or_never_beaten() {
+        for name in ["JOB_POLL_INTERVAL_MS", "JOB_HEARTBEAT_MS", "JOB_ORPHAN_AFTER_MS"] {
+            let err = settings(&[("DATABASE_URL", "postgres://x"), (name, "0")]).unwrap_err();
+            assert_eq!(err.name, name);
+        }
     }
 }

@@ -49,14 +49,14 @@ pub enum LedgerError {
 }
 
 pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, LedgerError> {
-    let locked: Option<i64> = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1 FOR UPDATE")
-        .bind(posting.customer_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let locked: Option<i64> =
+        sqlx::query_scalar!("SELECT credit_balance FROM customers WHERE id = $1 FOR UPDATE", posting.customer_id,)
+            .fetch_optional(&mut *tx)
+            .await?;
     let Some(balance_under_lock) = locked else {
         return Err(LedgerError::CustomerNotFound(posting.customer_id));
     };
-    let (posted_id, balance_after, existing_id): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+    let outcome = sqlx::query!(
         "WITH existing AS (
              SELECT id FROM credit_ledger WHERE idempotency_key = $4),
          moved AS (
@@ -67,16 +67,17 @@ pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, Le
              INSERT INTO credit_ledger (customer_id, amount, balance_after, source, metadata, idempotency_key)
              SELECT $1, $2, credit_balance, $3, $5, $4 FROM moved
              RETURNING id, balance_after)
-         SELECT (SELECT id FROM entry), (SELECT balance_after FROM entry), (SELECT id FROM existing)",
+         SELECT (SELECT id FROM entry) AS posted_id, (SELECT balance_after FROM entry) AS balance_after,
+                (SELECT id FROM existing) AS existing_id",
+        posting.customer_id,
+        posting.amount,
+        posting.source.as_str(),
+        &posting.idempotency_key,
+        &posting.metadata,
     )
-    .bind(posting.customer_id)
-    .bind(posting.amount)
-    .bind(posting.source.as_str())
-    .bind(&posting.idempotency_key)
-    .bind(&posting.metadata)
     .fetch_one(&mut *tx)
     .await?;
-    Ok(match (posted_id, balance_after, existing_id) {
+    Ok(match (outcome.posted_id, outcome.balance_after, outcome.existing_id) {
         (Some(entry_id), Some(balance_after), _) => {
             metrics::counter!("rsolv_ledger_postings_total", "source" => posting.source.as_str()).increment(1);
             Posted::Posted { entry_id, balance_after }

@@ -57,10 +57,9 @@ pub async fn adjust_credits(
     if amount == 0 || amount.unsigned_abs() > MAX_ADJUSTMENT as u64 {
         return Err(AdjustError::Invalid(format!("amount must be non-zero and at most {MAX_ADJUSTMENT} either way")));
     }
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > REASON_MAX_CHARS || reason.chars().any(char::is_control) {
+    let Some(reason) = crate::domain::text::line(reason, REASON_MAX_CHARS) else {
         return Err(AdjustError::Invalid(format!("reason must be 1 to {REASON_MAX_CHARS} printable characters")));
-    }
+    };
     let key = match key {
         Some(key) => format!("admin_adjustment:{customer_id}:{key}"),
         None => format!("admin_adjustment:{customer_id}:{}", Uuid::new_v4()),
@@ -87,11 +86,10 @@ pub async fn adjust_credits(
             Ok(Adjusted { entry_id, amount, balance_after, duplicate: false })
         }
         Posted::AlreadyPosted { entry_id } => {
-            let (posted, balance_after): (i64, i64) =
-                sqlx::query_as("SELECT amount, balance_after FROM credit_ledger WHERE id = $1")
-                    .bind(entry_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let entry = sqlx::query!("SELECT amount, balance_after FROM credit_ledger WHERE id = $1", entry_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let (posted, balance_after) = (entry.amount, entry.balance_after);
             if posted != amount {
                 return Err(AdjustError::KeyReused { posted, wanted: amount });
             }
@@ -121,10 +119,9 @@ pub async fn issue_api_key(
     customer_id: Uuid,
     reason: &str,
 ) -> Result<(db::api_keys::KeyInfo, ApiKey), IssueKeyError> {
-    let reason = reason.trim();
-    if reason.is_empty() || reason.chars().count() > REASON_MAX_CHARS || reason.chars().any(char::is_control) {
+    let Some(reason) = crate::domain::text::line(reason, REASON_MAX_CHARS) else {
         return Err(IssueKeyError::Invalid);
-    }
+    };
     let mut tx = pool.begin().await?;
     if !db::customers::exists(&mut *tx, customer_id).await? {
         return Err(IssueKeyError::CustomerNotFound(customer_id));

@@ -42,7 +42,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     common::failpoints_from_env();
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env(&jobs::kinds())?;
     telemetry::init(settings.log_format);
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Error> {
                 }
             }
             let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
-            common::telemetry::metrics::spawn_queue_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
+            common::queue::admin::spawn_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
             let ctx = JobContext::new(db::job_pool(&settings)?, Arc::new(settings))?;
             jobs::run_workers(ctx, shutdown_signal()).await
         }
@@ -122,7 +122,7 @@ async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> R
         let report = match jobs::reconcile_customer(&ctx, customer_id).await {
             Ok(report) => report,
             Err(error) => {
-                eprintln!("{customer_id} FAILED     {}", error.0);
+                eprintln!("{customer_id} FAILED     {error}");
                 failed += 1;
                 continue;
             }
@@ -150,8 +150,15 @@ async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Erro
     let customer = simulate::find_customer(pool, who).await?;
     let mut tx = pool.begin().await?;
     let occurrence = new_occurrence();
-    common::email::schedule(&mut tx, customer.id, sequence, chrono::Utc::now(), &occurrence, serde_json::json!({}))
-        .await?;
+    common::jobs::SendEmailStep::schedule(
+        &mut tx,
+        customer.id,
+        sequence,
+        chrono::Utc::now(),
+        &occurrence,
+        serde_json::json!({}),
+    )
+    .await?;
     tx.commit().await?;
     println!("{} scheduled for {} ({} steps)", sequence.name, customer.email, sequence.steps.len());
     Ok(())

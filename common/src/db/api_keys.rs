@@ -10,15 +10,15 @@ pub async fn insert<'e>(
     hash: &ApiKeyHash,
     prefix: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (key_hash) DO NOTHING",
+        Uuid::new_v4(),
+        customer_id,
+        name,
+        hash.as_str(),
+        prefix,
     )
-    .bind(Uuid::new_v4())
-    .bind(customer_id)
-    .bind(name)
-    .bind(hash.as_str())
-    .bind(prefix)
     .execute(db)
     .await?;
     Ok(())
@@ -26,8 +26,7 @@ pub async fn insert<'e>(
 
 /// The customer a live (not revoked) key belongs to.
 pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-        .bind(hash.as_str())
+    sqlx::query_scalar!("SELECT customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash.as_str())
         .fetch_optional(db)
         .await
 }
@@ -43,10 +42,11 @@ pub struct KeyInfo {
 
 /// A customer's keys, newest first; never the key itself.
 pub async fn list<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<KeyInfo>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        KeyInfo,
         "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 ORDER BY created_at DESC, id",
+        customer_id,
     )
-    .bind(customer_id)
     .fetch_all(db)
     .await
 }
@@ -74,32 +74,34 @@ pub async fn create(
     max_live: i64,
     request_key: Option<&str>,
 ) -> Result<KeyCreated, sqlx::Error> {
-    sqlx::query("SELECT 1 FROM customers WHERE id = $1 FOR UPDATE").bind(customer_id).execute(&mut *tx).await?;
+    sqlx::query!("SELECT id FROM customers WHERE id = $1 FOR UPDATE", customer_id).fetch_optional(&mut *tx).await?;
     if let Some(request_key) = request_key {
-        let earlier: Option<KeyInfo> = sqlx::query_as(
+        let earlier = sqlx::query_as!(
+            KeyInfo,
             "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 AND request_key = $2",
+            customer_id,
+            request_key,
         )
-        .bind(customer_id)
-        .bind(request_key)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(earlier) = earlier {
             return Ok(KeyCreated::Earlier(earlier));
         }
     }
-    let created: Option<KeyInfo> = sqlx::query_as(
+    let created = sqlx::query_as!(
+        KeyInfo,
         "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix, request_key)
          SELECT $1, $2, $3, $4, $5, $7
          WHERE (SELECT count(*) FROM api_keys WHERE customer_id = $2 AND revoked_at IS NULL) < $6
          RETURNING id, name, prefix, created_at, revoked_at",
+        Uuid::new_v4(),
+        customer_id,
+        name,
+        hash.as_str(),
+        prefix,
+        max_live,
+        request_key,
     )
-    .bind(Uuid::new_v4())
-    .bind(customer_id)
-    .bind(name)
-    .bind(hash.as_str())
-    .bind(prefix)
-    .bind(max_live)
-    .bind(request_key)
     .fetch_optional(&mut *tx)
     .await?;
     Ok(created.map_or(KeyCreated::TooMany, KeyCreated::New))
@@ -107,12 +109,13 @@ pub async fn create(
 
 /// Revokes one of the customer's keys; `false` if there is no such live key.
 pub async fn revoke<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
-    let revoked =
-        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND customer_id = $2 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(customer_id)
-            .execute(db)
-            .await?
-            .rows_affected();
+    let revoked = sqlx::query!(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND customer_id = $2 AND revoked_at IS NULL",
+        id,
+        customer_id,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
     Ok(revoked == 1)
 }

@@ -24,14 +24,16 @@ pub async fn record<'e>(
     reason: Option<&str>,
     detail: &Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_log (actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(reason)
-        .bind(detail)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO audit_log (actor, action, target, reason, detail) VALUES ($1, $2, $3, $4, $5)",
+        actor,
+        action,
+        target,
+        reason,
+        detail,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -41,12 +43,13 @@ pub async fn recent<'e>(
     before_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        AuditEntry,
         "SELECT id, actor, action, target, reason, detail, at FROM audit_log
          WHERE $1::bigint IS NULL OR id < $1 ORDER BY id DESC LIMIT $2",
+        before_id,
+        limit,
     )
-    .bind(before_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeStatus {
     Pending,
@@ -31,15 +32,7 @@ impl ChargeStatus {
         }
     }
 
-    fn parse(raw: &str) -> Self {
-        match raw {
-            "requires_action" => Self::RequiresAction,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            // The table's CHECK allows nothing else.
-            _ => Self::Pending,
-        }
-    }
+    pub const ALL: [Self; 4] = [Self::Pending, Self::RequiresAction, Self::Succeeded, Self::Failed];
 
     /// Whether Stripe still has to be asked what happened.
     pub fn is_unresolved(self) -> bool {
@@ -62,28 +55,18 @@ pub struct Charge {
     pub created_at: DateTime<Utc>,
 }
 
-type Row = (Uuid, Uuid, String, String, i64, String, String, String, Option<String>, Option<String>, DateTime<Utc>);
-
-impl From<Row> for Charge {
-    fn from(r: Row) -> Self {
-        Self {
-            id: r.0,
-            customer_id: r.1,
-            fix_id: r.2,
-            repo: r.3,
-            amount_cents: r.4,
-            currency: r.5,
-            idempotency_key: r.6,
-            status: ChargeStatus::parse(&r.7),
-            payment_intent_id: r.8,
-            failure_code: r.9,
-            created_at: r.10,
-        }
-    }
+/// A checked `SELECT` of [`Charge`]s, followed by the rest of the statement.
+macro_rules! select_charges {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Charge,
+            "SELECT id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key,
+                    status AS \"status: ChargeStatus\", payment_intent_id, failure_code, created_at
+             FROM charges " + $rest
+            $(, $arg)*
+        )
+    };
 }
-
-const COLUMNS: &str = "id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key, status, \
-                       payment_intent_id, failure_code, created_at";
 
 /// Writes a charge down; an existing charge of the same fix is returned instead (one
 /// charge per fix, whoever decided first).
@@ -96,17 +79,17 @@ pub async fn insert_pending(
     currency: &str,
 ) -> Result<Charge, sqlx::Error> {
     let id = Uuid::new_v4();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO charges (id, customer_id, fix_id, repo, amount_cents, currency, idempotency_key)
-         VALUES ($1, $2, $3, $4, $5, $6, 'rsolv-charge-' || $1::text)
+         VALUES ($1, $2, $3, $4, $5, $6, 'rsolv-charge-' || $1::uuid::text)
          ON CONFLICT (customer_id, fix_id) DO NOTHING",
+        id,
+        customer_id,
+        fix_id,
+        repo,
+        amount_cents,
+        currency,
     )
-    .bind(id)
-    .bind(customer_id)
-    .bind(fix_id)
-    .bind(repo)
-    .bind(amount_cents)
-    .bind(currency)
     .execute(&mut *tx)
     .await?;
     // Read in a new statement: a conflicting row committed meanwhile is visible here.
@@ -118,38 +101,24 @@ pub async fn find_for_fix<'e>(
     customer_id: Uuid,
     fix_id: &str,
 ) -> Result<Option<Charge>, sqlx::Error> {
-    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM charges WHERE customer_id = $1 AND fix_id = $2"
-    )))
-    .bind(customer_id)
-    .bind(fix_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(Charge::from))
+    select_charges!("WHERE customer_id = $1 AND fix_id = $2", customer_id, fix_id).fetch_optional(db).await
 }
 
 /// The charge, locked for its settlement; fails at once with Postgres's
 /// `lock_not_available` if another transaction holds it.
 pub async fn lock_nowait<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Charge>, sqlx::Error> {
-    let row: Option<Row> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM charges WHERE id = $1 FOR UPDATE NOWAIT")))
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(Charge::from))
+    select_charges!("WHERE id = $1 FOR UPDATE NOWAIT", id).fetch_optional(db).await
 }
 
 /// Charges Stripe has not settled yet, oldest first (for reconciliation).
 pub async fn unresolved<'e>(db: impl PgExecutor<'e>, customer_id: Option<Uuid>) -> Result<Vec<Charge>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM charges
-         WHERE status IN ('pending', 'requires_action') AND ($1::uuid IS NULL OR customer_id = $1)
-         ORDER BY created_at"
-    )))
-    .bind(customer_id)
+    select_charges!(
+        "WHERE status IN ('pending', 'requires_action') AND ($1::uuid IS NULL OR customer_id = $1)
+         ORDER BY created_at",
+        customer_id,
+    )
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(Charge::from).collect())
+    .await
 }
 
 /// Records what Stripe did with a charge.
@@ -160,15 +129,15 @@ pub async fn resolve<'e>(
     payment_intent_id: Option<&str>,
     failure_code: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE charges SET status = $2, payment_intent_id = coalesce($3, payment_intent_id), failure_code = $4,
              resolved_at = CASE WHEN $2 IN ('succeeded', 'failed') THEN now() END
          WHERE id = $1",
+        id,
+        status as _,
+        payment_intent_id,
+        failure_code,
     )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(payment_intent_id)
-    .bind(failure_code)
     .execute(db)
     .await?;
     Ok(())
@@ -176,8 +145,10 @@ pub async fn resolve<'e>(
 
 /// The PaymentIntents our charges are known by, of one customer.
 pub async fn payment_intents<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT payment_intent_id FROM charges WHERE customer_id = $1 AND payment_intent_id IS NOT NULL")
-        .bind(customer_id)
-        .fetch_all(db)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT payment_intent_id AS "payment_intent_id!" FROM charges WHERE customer_id = $1 AND payment_intent_id IS NOT NULL"#,
+        customer_id,
+    )
+    .fetch_all(db)
+    .await
 }

@@ -13,27 +13,32 @@ pub async fn insert_trial<'e>(
     email: &Email,
     source: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted =
-        sqlx::query("INSERT INTO customers (id, name, email, source) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .bind(name.as_str())
-            .bind(email.as_str())
-            .bind(source)
-            .execute(db)
-            .await?
-            .rows_affected();
+    let inserted = sqlx::query!(
+        "INSERT INTO customers (id, name, email, source) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        id,
+        name.as_str(),
+        email.as_str(),
+        source,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
     Ok(inserted == 1)
 }
 
 pub async fn exists<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)").bind(id).fetch_one(db).await
+    sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1) AS "exists!""#, id,)
+        .fetch_one(db)
+        .await
 }
 
 pub async fn email_taken<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE lower(email) = $1)")
-        .bind(email.as_str())
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM customers WHERE lower(email) = $1) AS "exists!""#,
+        email.as_str(),
+    )
+    .fetch_one(db)
+    .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -58,31 +63,35 @@ impl Customer {
     }
 }
 
-const CUSTOMER_COLUMNS: &str = "id, name, email, subscription_type, subscription_state, cancel_at_period_end,
-    credit_balance, stripe_customer_id, stripe_payment_method_id, stripe_subscription_id,
-    subscription_period_end, created_at";
+/// A checked `SELECT` of [`Customer`]s, followed by the rest of the statement (sqlx's
+/// macros take a literal, or literals joined by `+`, so the column list is written once
+/// here as a macro).
+macro_rules! select_customers {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Customer,
+            "SELECT id, name, email, subscription_type AS \"subscription_type: SubscriptionType\",
+                    subscription_state AS \"subscription_state: SubscriptionState\", cancel_at_period_end,
+                    credit_balance, stripe_customer_id, stripe_payment_method_id, stripe_subscription_id,
+                    subscription_period_end, created_at
+             FROM customers " + $rest
+            $(, $arg)*
+        )
+    };
+}
 
 pub async fn find<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    select_customers!("WHERE id = $1", id).fetch_optional(db).await
 }
 
 /// The customer, its row locked until the transaction ends: every decision about its
 /// money (postings, charges, subscription intents) is taken under this lock.
 pub async fn lock<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1 FOR UPDATE")))
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    select_customers!("WHERE id = $1 FOR UPDATE", id).fetch_optional(db).await
 }
 
 pub async fn find_by_email<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE lower(email) = $1")))
-        .bind(email.as_str())
-        .fetch_optional(db)
-        .await
+    select_customers!("WHERE lower(email) = $1", email.as_str()).fetch_optional(db).await
 }
 
 /// A customer named the way operators name one: its id, or its email.
@@ -99,21 +108,16 @@ pub async fn find_by_stripe_customer<'e>(
     db: impl PgExecutor<'e>,
     stripe_id: &str,
 ) -> Result<Option<Customer>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE stripe_customer_id = $1"
-    )))
-    .bind(stripe_id)
-    .fetch_optional(db)
-    .await
+    select_customers!("WHERE stripe_customer_id = $1", stripe_id).fetch_optional(db).await
 }
 
 /// Records the Stripe customer unless one is recorded already; `false` if one was.
 pub async fn set_stripe_customer<'e>(db: impl PgExecutor<'e>, id: Uuid, stripe_id: &str) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE customers SET stripe_customer_id = $2, updated_at = now() WHERE id = $1 AND stripe_customer_id IS NULL",
+        id,
+        stripe_id,
     )
-    .bind(id)
-    .bind(stripe_id)
     .execute(db)
     .await?
     .rows_affected();
@@ -128,15 +132,15 @@ pub async fn set_payment_method<'e>(
     payment_method_id: &str,
     consent_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE customers SET stripe_payment_method_id = $2, billing_consent_given = true,
              billing_consent_at = $3, updated_at = now(),
              subscription_type = CASE WHEN subscription_type = 'trial' THEN 'pay_as_you_go' ELSE subscription_type END
          WHERE id = $1",
+        id,
+        payment_method_id,
+        consent_at,
     )
-    .bind(id)
-    .bind(payment_method_id)
-    .bind(consent_at)
     .execute(db)
     .await?;
     Ok(())
@@ -178,9 +182,8 @@ impl Observed {
 pub async fn lock_stripe_state(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     // A holder stuck on Stripe is bounded by STRIPE_TIMEOUT_MS; waiters give up after
     // this much (and their job retries) rather than queue up holding connections.
-    sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *conn).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-stripe-state:' || $1::text, 0))")
-        .bind(id)
+    sqlx::query!("SET LOCAL lock_timeout = '30s'").execute(&mut *conn).await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('rsolv-stripe-state:' || $1::uuid::text, 0))", id,)
         .execute(conn)
         .await?;
     Ok(())
@@ -198,7 +201,7 @@ pub async fn apply_subscription<'e>(
     period_end: Option<i64>,
     observed: Observed,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "WITH known AS (INSERT INTO subscriptions (id, customer_id) VALUES ($2, $1) ON CONFLICT DO NOTHING)
          UPDATE customers SET stripe_subscription_id = $2, subscription_type = 'pro',
              subscription_state = $3, cancel_at_period_end = $4,
@@ -210,15 +213,15 @@ pub async fn apply_subscription<'e>(
            AND (stripe_subscription_id IS NULL OR stripe_subscription_id = $2)
            AND ($8 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($6, $7))",
+        id,
+        subscription_id,
+        status as _,
+        cancel_at_period_end,
+        period_end,
+        observed.created,
+        observed.rank,
+        observed.current,
     )
-    .bind(id)
-    .bind(subscription_id)
-    .bind(status)
-    .bind(cancel_at_period_end)
-    .bind(period_end)
-    .bind(observed.created)
-    .bind(observed.rank)
-    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();
@@ -234,7 +237,7 @@ pub async fn apply_subscription_ended<'e>(
     subscription_id: &str,
     observed: Observed,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "WITH known AS (INSERT INTO subscriptions (id, customer_id) VALUES ($2, $1) ON CONFLICT DO NOTHING)
          UPDATE customers SET subscription_type = 'pay_as_you_go', subscription_state = NULL,
              stripe_subscription_id = NULL, cancel_at_period_end = false, subscription_period_end = NULL,
@@ -243,12 +246,12 @@ pub async fn apply_subscription_ended<'e>(
            AND (stripe_subscription_id = $2 OR stripe_subscription_id IS NULL)
            AND ($5 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($3, $4))",
+        id,
+        subscription_id,
+        observed.created,
+        observed.rank,
+        observed.current,
     )
-    .bind(id)
-    .bind(subscription_id)
-    .bind(observed.created)
-    .bind(observed.rank)
-    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();
@@ -257,17 +260,17 @@ pub async fn apply_subscription_ended<'e>(
 
 /// A failed Pro payment: `past_due`, unless a newer observation was applied.
 pub async fn apply_past_due<'e>(db: impl PgExecutor<'e>, id: Uuid, observed: Observed) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE customers SET subscription_state = 'past_due',
              subscription_event_created = $2, subscription_event_rank = $3, updated_at = now()
          WHERE id = $1 AND stripe_subscription_id IS NOT NULL
            AND ($4 OR subscription_event_created IS NULL
                 OR (subscription_event_created, subscription_event_rank) <= ($2, $3))",
+        id,
+        observed.created,
+        observed.rank,
+        observed.current,
     )
-    .bind(id)
-    .bind(observed.created)
-    .bind(observed.rank)
-    .bind(observed.current)
     .execute(db)
     .await?
     .rows_affected();
@@ -281,27 +284,30 @@ pub async fn owns_subscription<'e>(
     customer_id: Uuid,
     subscription_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions WHERE id = $1 AND customer_id = $2)")
-        .bind(subscription_id)
-        .bind(customer_id)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM subscriptions WHERE id = $1 AND customer_id = $2) AS "exists!""#,
+        subscription_id,
+        customer_id,
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// Every customer Stripe knows: the reconciliation sweep's work list.
 pub async fn with_stripe_customer<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM customers WHERE stripe_customer_id IS NOT NULL ORDER BY id").fetch_all(db).await
+    sqlx::query_scalar!("SELECT id FROM customers WHERE stripe_customer_id IS NOT NULL ORDER BY id").fetch_all(db).await
 }
 
 /// Pro customers whose current period has ended: the renewal sweep's work list.
 pub async fn due_for_renewal<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, subscription_period_end FROM customers
+    let due = sqlx::query!(
+        r#"SELECT id, subscription_period_end AS "subscription_period_end!" FROM customers
          WHERE stripe_subscription_id IS NOT NULL AND subscription_period_end <= now()
-         ORDER BY subscription_period_end",
+         ORDER BY subscription_period_end"#,
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(due.into_iter().map(|row| (row.id, row.subscription_period_end)).collect())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -319,22 +325,23 @@ pub async fn recent_ledger<'e>(
     customer_id: Uuid,
     limit: i64,
 ) -> Result<Vec<LedgerEntry>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        LedgerEntry,
         "SELECT id, amount, balance_after, source, metadata, created_at FROM credit_ledger
          WHERE customer_id = $1 ORDER BY id DESC LIMIT $2",
+        customer_id,
+        limit,
     )
-    .bind(customer_id)
-    .bind(limit)
     .fetch_all(db)
     .await
 }
 
 /// Stops sequence email for a customer; `false` if already unsubscribed.
 pub async fn unsubscribe<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE customers SET unsubscribed_at = now(), updated_at = now() WHERE id = $1 AND unsubscribed_at IS NULL",
+        id,
     )
-    .bind(id)
     .execute(db)
     .await?
     .rows_affected();
@@ -343,27 +350,7 @@ pub async fn unsubscribe<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, 
 
 /// Whether the customer exists and has unsubscribed; `None` if there is no such customer.
 pub async fn unsubscribed<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar("SELECT unsubscribed_at IS NOT NULL FROM customers WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar!(r#"SELECT unsubscribed_at IS NOT NULL AS "unsubscribed!" FROM customers WHERE id = $1"#, id,)
         .fetch_optional(db)
         .await
-}
-
-/// Applies a subscription as Stripe reports it: ended (canceled, incomplete_expired)
-/// ends Pro; anything else is Pro with Stripe's status. `false` if a newer observation
-/// was applied already.
-pub async fn apply_stripe_subscription<'e>(
-    db: impl PgExecutor<'e>,
-    id: Uuid,
-    subscription: &crate::stripe::Subscription,
-    observed: Observed,
-) -> Result<bool, sqlx::Error> {
-    // A status Stripe adds later is refused here, by name, rather than by the table's CHECK.
-    let status = SubscriptionState::parse(&subscription.status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    if matches!(status, SubscriptionState::Canceled | SubscriptionState::IncompleteExpired) {
-        apply_subscription_ended(db, id, &subscription.id, observed).await
-    } else {
-        let end = subscription.period_end();
-        apply_subscription(db, id, &subscription.id, status, subscription.cancel_at_period_end, end, observed).await
-    }
 }

@@ -57,34 +57,36 @@ pub async fn open(
     key: DeliveryKey<'_>,
     recipient: &str,
 ) -> Result<(DeliveryStatus, f64), sqlx::Error> {
-    let created: Option<(DeliveryStatus, f64)> = sqlx::query_as(
-        "INSERT INTO email_deliveries (customer_id, sequence, step, occurrence, status, recipient)
+    let created = sqlx::query_scalar!(
+        r#"INSERT INTO email_deliveries (customer_id, sequence, step, occurrence, status, recipient)
          VALUES ($1, $2, $3, $4, 'pending', $5)
          ON CONFLICT DO NOTHING
-         RETURNING status, 0::float8",
+         RETURNING status AS "status: DeliveryStatus""#,
+        key.customer_id,
+        key.sequence,
+        key.step,
+        key.occurrence,
+        recipient,
     )
-    .bind(key.customer_id)
-    .bind(key.sequence)
-    .bind(key.step)
-    .bind(key.occurrence)
-    .bind(recipient)
     .fetch_optional(db)
     .await?;
     if let Some(status) = created {
-        return Ok(status);
+        return Ok((status, 0.0));
     }
     // A separate statement: one racing insert's row is invisible to the snapshot of
     // the statement that conflicted with it.
-    sqlx::query_as(
-        "SELECT status, extract(epoch FROM now() - updated_at)::float8 FROM email_deliveries
-         WHERE customer_id = $1 AND sequence = $2 AND step = $3 AND occurrence = $4",
+    let existing = sqlx::query!(
+        r#"SELECT status AS "status: DeliveryStatus", extract(epoch FROM now() - updated_at)::float8 AS "age!"
+         FROM email_deliveries
+         WHERE customer_id = $1 AND sequence = $2 AND step = $3 AND occurrence = $4"#,
+        key.customer_id,
+        key.sequence,
+        key.step,
+        key.occurrence,
     )
-    .bind(key.customer_id)
-    .bind(key.sequence)
-    .bind(key.step)
-    .bind(key.occurrence)
     .fetch_one(db)
-    .await
+    .await?;
+    Ok((existing.status, existing.age))
 }
 
 /// Moves the record from one of `from` to `to`; `false` if it was in another state
@@ -97,22 +99,22 @@ pub async fn transition<'e>(
     message_id: Option<&str>,
     error: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         "UPDATE email_deliveries SET status = $6, updated_at = now(),
              message_id = coalesce($7, message_id),
              last_error = coalesce($8, last_error),
              attempts = attempts + CASE WHEN $6 = 'sending' THEN 1 ELSE 0 END,
              sent_at = CASE WHEN $6 = 'sent' THEN now() ELSE sent_at END
          WHERE customer_id = $1 AND sequence = $2 AND step = $3 AND occurrence = $4 AND status = ANY($5)",
+        key.customer_id,
+        key.sequence,
+        key.step,
+        key.occurrence,
+        from as _,
+        to as _,
+        message_id,
+        error,
     )
-    .bind(key.customer_id)
-    .bind(key.sequence)
-    .bind(key.step)
-    .bind(key.occurrence)
-    .bind(from)
-    .bind(to)
-    .bind(message_id)
-    .bind(error)
     .execute(db)
     .await?
     .rows_affected();

@@ -34,8 +34,8 @@ pub async fn claim(
     lease_for: Duration,
 ) -> Result<Claim, sqlx::Error> {
     let lease = Uuid::new_v4();
-    let claimed: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, locked_until, lease)
+    let claimed: Option<Uuid> = sqlx::query_scalar!(
+        r#"INSERT INTO idempotency_keys (scope, key, request_hash, locked_until, lease)
          VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5)
          ON CONFLICT (scope, key) DO UPDATE SET
              request_hash = EXCLUDED.request_hash, locked_until = EXCLUDED.locked_until, lease = EXCLUDED.lease,
@@ -46,31 +46,33 @@ pub async fn claim(
             OR (idempotency_keys.response_status IS NULL
                 AND idempotency_keys.request_hash = EXCLUDED.request_hash
                 AND coalesce(idempotency_keys.locked_until, idempotency_keys.created_at) < now())
-         RETURNING lease",
+         RETURNING lease AS "lease!""#,
+        scope,
+        key,
+        request_hash,
+        lease_for.as_millis() as f64,
+        lease,
     )
-    .bind(scope)
-    .bind(key)
-    .bind(request_hash)
-    .bind(lease_for.as_millis() as f64)
-    .bind(lease)
     .fetch_optional(pool)
     .await?;
     if claimed == Some(lease) {
         return Ok(Claim::Claimed { lease });
     }
-    let existing: Option<(String, Option<i16>, Option<Vec<u8>>)> = sqlx::query_as(
+    let existing = sqlx::query!(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        scope,
+        key,
     )
-    .bind(scope)
-    .bind(key)
     .fetch_optional(pool)
     .await?;
     Ok(match existing {
         // Released between our insert and this read: the caller may simply retry.
         None => Claim::InFlight,
-        Some((hash, _, _)) if hash != request_hash => Claim::Mismatch,
-        Some((_, None, _)) => Claim::InFlight,
-        Some((_, Some(status), body)) => Claim::Replay { status: status as u16, body: body.unwrap_or_default() },
+        Some(row) if row.request_hash != request_hash => Claim::Mismatch,
+        Some(row) => match row.response_status {
+            None => Claim::InFlight,
+            Some(status) => Claim::Replay { status: status as u16, body: row.response_body.unwrap_or_default() },
+        },
     })
 }
 
@@ -84,15 +86,15 @@ pub async fn complete(
     body: &[u8],
 ) -> Result<bool, sqlx::Error> {
     fail::fail_point!("idempotency::before_complete");
-    let stored = sqlx::query(
+    let stored = sqlx::query!(
         "UPDATE idempotency_keys SET response_status = $4, response_body = $5, locked_until = NULL
          WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+        scope,
+        key,
+        lease,
+        status as i16,
+        body,
     )
-    .bind(scope)
-    .bind(key)
-    .bind(lease)
-    .bind(status as i16)
-    .bind(body)
     .execute(pool)
     .await?
     .rows_affected();
@@ -101,14 +103,14 @@ pub async fn complete(
 
 /// Extends the lease of a request still running.
 pub async fn renew(pool: &PgPool, scope: &str, key: &str, lease: Uuid, lease_for: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE idempotency_keys SET locked_until = now() + $4 * interval '1 millisecond'
          WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+        scope,
+        key,
+        lease,
+        lease_for.as_millis() as f64,
     )
-    .bind(scope)
-    .bind(key)
-    .bind(lease)
-    .bind(lease_for.as_millis() as f64)
     .execute(pool)
     .await?;
     Ok(())
@@ -117,19 +119,19 @@ pub async fn renew(pool: &PgPool, scope: &str, key: &str, lease: Uuid, lease_for
 /// Forgets a claim whose request did not run to an answer worth replaying (5xx, 429),
 /// if `lease` still holds it.
 pub async fn release(pool: &PgPool, scope: &str, key: &str, lease: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND lease = $3 AND response_status IS NULL",
+        scope,
+        key,
+        lease,
     )
-    .bind(scope)
-    .bind(key)
-    .bind(lease)
     .execute(pool)
     .await?;
     Ok(())
 }
 
 pub async fn prune(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+    Ok(sqlx::query!("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
         .execute(pool)
         .await?
         .rows_affected())

@@ -24,20 +24,20 @@ impl Quota {
 
 /// Counts a request in the bucket's current minute.
 pub async fn hit<'e>(db: impl PgExecutor<'e>, bucket: &str, limit: u32) -> Result<Quota, sqlx::Error> {
-    let (hits, window_start): (i32, DateTime<Utc>) = sqlx::query_as(
+    let window = sqlx::query!(
         "INSERT INTO rate_limit_windows (bucket, window_start, hits) VALUES ($1, date_trunc('minute', now()), 1)
          ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
          RETURNING hits, window_start",
+        bucket,
     )
-    .bind(bucket)
     .fetch_one(db)
     .await?;
-    Ok(Quota { limit, hits: hits.max(0) as u32, resets_at: window_start + chrono::Duration::minutes(1) })
+    Ok(Quota { limit, hits: window.hits.max(0) as u32, resets_at: window.window_start + chrono::Duration::minutes(1) })
 }
 
 /// Forgets windows that have ended.
 pub async fn prune<'e>(db: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'")
+    Ok(sqlx::query!("DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'")
         .execute(db)
         .await?
         .rows_affected())

@@ -21,21 +21,24 @@ pub async fn record<'e>(
     detail: &str,
     healed: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO reconcile_drift (customer_id, kind, detail, healed) VALUES ($1, $2, $3, $4)")
-        .bind(customer_id)
-        .bind(kind)
-        .bind(detail)
-        .bind(healed)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO reconcile_drift (customer_id, kind, detail, healed) VALUES ($1, $2, $3, $4)",
+        customer_id,
+        kind,
+        detail,
+        healed,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 pub async fn recent<'e>(db: impl PgExecutor<'e>, limit: i64) -> Result<Vec<DriftRecord>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        DriftRecord,
         "SELECT id, customer_id, kind, detail, healed, found_at FROM reconcile_drift ORDER BY id DESC LIMIT $1",
+        limit,
     )
-    .bind(limit)
     .fetch_all(db)
     .await
 }

@@ -51,14 +51,14 @@ pub async fn create<'e>(
     ttl: Duration,
 ) -> Result<SessionToken, sqlx::Error> {
     let token = SessionToken::generate();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO sessions (token_hash, realm, subject, expires_at)
          VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')",
+        token.hash(),
+        realm,
+        subject,
+        ttl.as_millis() as f64,
     )
-    .bind(token.hash())
-    .bind(realm)
-    .bind(subject)
-    .bind(ttl.as_millis() as f64)
     .execute(db)
     .await?;
     Ok(token)
@@ -70,19 +70,21 @@ pub async fn find<'e>(
     realm: &str,
     token: &SessionToken,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT subject FROM sessions WHERE token_hash = $1 AND realm = $2 AND expires_at > now()")
-        .bind(token.hash())
-        .bind(realm)
-        .fetch_optional(db)
-        .await
+    sqlx::query_scalar!(
+        "SELECT subject FROM sessions WHERE token_hash = $1 AND realm = $2 AND expires_at > now()",
+        token.hash(),
+        realm,
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// Ends the session (sign-out): its cookie opens nothing any more.
 pub async fn revoke<'e>(db: impl PgExecutor<'e>, token: &SessionToken) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token.hash()).execute(db).await?;
+    sqlx::query!("DELETE FROM sessions WHERE token_hash = $1", token.hash(),).execute(db).await?;
     Ok(())
 }
 
 pub async fn prune<'e>(db: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM sessions WHERE expires_at < now()").execute(db).await?.rows_affected())
+    Ok(sqlx::query!("DELETE FROM sessions WHERE expires_at < now()").execute(db).await?.rows_affected())
 }

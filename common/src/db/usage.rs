@@ -34,11 +34,14 @@ pub async fn find<'e>(
     customer_id: Uuid,
     fix_id: &str,
 ) -> Result<Option<FixRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT outcome, refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2")
-        .bind(customer_id)
-        .bind(fix_id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as!(
+        FixRecord,
+        r#"SELECT outcome AS "outcome: FixOutcome", refusal_code FROM usage_fixes WHERE customer_id = $1 AND fix_id = $2"#,
+        customer_id,
+        fix_id,
+    )
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn record_consumed<'e>(
@@ -48,14 +51,14 @@ pub async fn record_consumed<'e>(
     repo: &str,
     ledger_entry_id: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id)
          VALUES ($1, $2, $3, 'consumed', $4)",
+        customer_id,
+        fix_id,
+        repo,
+        ledger_entry_id,
     )
-    .bind(customer_id)
-    .bind(fix_id)
-    .bind(repo)
-    .bind(ledger_entry_id)
     .execute(db)
     .await?;
     Ok(())
@@ -68,14 +71,14 @@ pub async fn record_refused<'e>(
     repo: &str,
     code: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
          VALUES ($1, $2, $3, 'refused', $4)",
+        customer_id,
+        fix_id,
+        repo,
+        code,
     )
-    .bind(customer_id)
-    .bind(fix_id)
-    .bind(repo)
-    .bind(code)
     .execute(db)
     .await?;
     Ok(())
@@ -91,16 +94,15 @@ pub async fn record_charged<'e>(
     charged_cents: i64,
     payment_intent_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id, charged_cents, payment_intent_id)
+    sqlx::query!("INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id, charged_cents, payment_intent_id)
          VALUES ($1, $2, $3, 'consumed', $4, $5, $6)",
+        customer_id,
+        fix_id,
+        repo,
+        ledger_entry_id,
+        charged_cents,
+        payment_intent_id,
     )
-    .bind(customer_id)
-    .bind(fix_id)
-    .bind(repo)
-    .bind(ledger_entry_id)
-    .bind(charged_cents)
-    .bind(payment_intent_id)
     .execute(db)
     .await?;
     Ok(())

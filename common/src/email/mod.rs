@@ -2,9 +2,10 @@
 //!
 //! # Guide
 //!
-//! A sequence starts with [`schedule`], which enqueues one `send_email_step` job per
-//! step at its time, in the caller's transaction (provisioning starts onboarding; a
-//! failed invoice starts dunning). The step job re-checks the stop condition when it
+//! A sequence starts with `jobs::SendEmailStep::schedule`, which enqueues one
+//! `send_email_step` job per step at its time, in the caller's transaction
+//! (provisioning starts onboarding; a failed invoice starts dunning). This module
+//! knows nothing of jobs: it renders and sends. The step job re-checks the stop condition when it
 //! runs, renders the step and sends it through [`Mailer`].
 //!
 //! # Delivery guarantee
@@ -23,50 +24,21 @@
 pub mod sequences;
 pub mod unsubscribe;
 
-use chrono::{DateTime, Duration, Utc};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::Environment;
 use serde_json::Value;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::config::{EmailSettings, Settings};
-use crate::jobs::SendEmailStep;
-use crate::queue::{self, EnqueueOptions};
-use sequences::{Sequence, Step};
+use sequences::Step;
 
 /// The longest an SMTP conversation can last (the transport's timeout, with room):
 /// a step `sending` for longer belongs to a run that stopped.
 pub const SENDING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 const SMTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Enqueues every step of `sequence` for a customer, at trigger + each step's delay.
-/// `occurrence` tells apart repeats of one sequence (e.g. the invoice of a dunning
-/// email); `vars` are the trigger's template variables.
-pub async fn schedule(
-    tx: &mut PgConnection,
-    customer_id: Uuid,
-    sequence: &Sequence,
-    trigger_at: DateTime<Utc>,
-    occurrence: &str,
-    vars: Value,
-) -> Result<(), sqlx::Error> {
-    for step in sequence.steps {
-        let job = SendEmailStep {
-            customer_id,
-            sequence: sequence.name.to_owned(),
-            step: step.key.to_owned(),
-            occurrence: occurrence.to_owned(),
-            vars: vars.clone(),
-        };
-        let run_at = trigger_at + Duration::days(step.delay_days);
-        queue::enqueue_with(&mut *tx, &job, EnqueueOptions { run_at: Some(run_at), ..Default::default() }).await?;
-    }
-    Ok(())
-}
 
 /// A rendered email.
 #[derive(Debug, Clone)]
@@ -77,6 +49,24 @@ pub struct Rendered {
     pub unsubscribe_url: String,
 }
 
+/// A step's template did not render: which one (a step's text, or a page), and why.
+#[derive(Debug, thiserror::Error)]
+#[error("template {template}: {source}")]
+pub struct RenderError {
+    template: &'static str,
+    #[source]
+    source: minijinja::Error,
+}
+
+/// The SMTP settings do not make a mailer.
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error("SMTP_URL is invalid: {0}")]
+    SmtpUrl(#[source] lettre::transport::smtp::Error),
+    #[error("EMAIL_FROM is invalid: {0}")]
+    From(#[source] lettre::address::AddressError),
+}
+
 /// Renders a step for a customer.
 pub fn render(
     settings: &Settings,
@@ -84,7 +74,7 @@ pub fn render(
     customer_id: Uuid,
     name: &str,
     vars: &Value,
-) -> Result<Rendered, String> {
+) -> Result<Rendered, RenderError> {
     static TEMPLATES: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
     let env = TEMPLATES.get_or_init(|| {
         let mut env = Environment::new();
@@ -98,7 +88,8 @@ pub fn render(
     };
     context.insert("name".into(), Value::from(name));
     let context = minijinja::Value::from(minijinja::value::Serde(Value::Object(context)));
-    let fill = |template: &str| env.render_str(template, &context).map_err(|e| format!("template: {e}"));
+    let fill =
+        |text: &str| env.render_str(text, &context).map_err(|source| RenderError { template: "of the step", source });
     let paragraphs = step.paragraphs.iter().map(|p| fill(p)).collect::<Result<Vec<_>, _>>()?;
     let token = unsubscribe::token(&settings.unsubscribe_secret, customer_id);
     let unsubscribe_url = format!("{}/email/unsubscribe?token={token}", settings.public_base_url);
@@ -112,8 +103,9 @@ pub fn render(
         product_url => &settings.product_url,
         unsubscribe_url => &unsubscribe_url,
     };
-    let render =
-        |name: &str| env.get_template(name).and_then(|t| t.render(&page)).map_err(|e| format!("template {name}: {e}"));
+    let render = |name: &'static str| {
+        env.get_template(name).and_then(|t| t.render(&page)).map_err(|source| RenderError { template: name, source })
+    };
     Ok(Rendered {
         subject: step.subject.to_owned(),
         html: render("email.html")?,
@@ -143,13 +135,13 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    pub fn new(settings: &EmailSettings) -> Result<Self, String> {
+    pub fn new(settings: &EmailSettings) -> Result<Self, MailerError> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose())
-            .map_err(|e| format!("SMTP_URL is invalid: {e}"))?
+            .map_err(MailerError::SmtpUrl)?
             .pool_config(PoolConfig::new().max_size(settings.pool_max))
             .timeout(Some(SMTP_TIMEOUT))
             .build();
-        let from = settings.from.parse().map_err(|e| format!("EMAIL_FROM is invalid: {e}"))?;
+        let from = settings.from.parse().map_err(MailerError::From)?;
         Ok(Self { transport, from })
     }
 

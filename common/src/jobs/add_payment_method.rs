@@ -71,10 +71,7 @@ impl Job for AddPaymentMethod {
                 metadata: serde_json::json!({ "payment_method_id": attached }),
                 idempotency_key: format!("trial_billing_added:{}", customer.id),
             };
-            matches!(
-                ledger::post(&mut tx, &posting).await.map_err(|e| JobError::new(e.to_string()))?,
-                Posted::Posted { .. }
-            )
+            matches!(ledger::post(&mut tx, &posting).await?, Posted::Posted { .. })
         } else {
             false
         };

@@ -53,10 +53,19 @@ pub struct JobContext {
     pub mailer: Option<Mailer>,
 }
 
+/// The settings do not make the clients jobs need.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("the Stripe client: {0}")]
+    Stripe(#[source] CallError),
+    #[error(transparent)]
+    Mailer(#[from] crate::email::MailerError),
+}
+
 impl JobContext {
-    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Result<Self, String> {
+    pub fn new(pool: PgPool, settings: Arc<Settings>) -> Result<Self, ContextError> {
         let stripe = match &settings.stripe {
-            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(|e| e.to_string())?),
+            Some(stripe) => Some(StripeApi::new(stripe, &settings.prices.pro_price_id).map_err(ContextError::Stripe)?),
             None => None,
         };
         let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;
@@ -81,7 +90,7 @@ impl JobContext {
 
 /// A Stripe failure a job retries later (declines and refusals are handled by each job).
 pub(crate) fn stripe_failure(error: CallError) -> JobError {
-    JobError::new(error.to_string())
+    JobError::caused("", error)
 }
 
 /// Reads a subscription from Stripe and applies its current state to the customer, in
@@ -104,13 +113,8 @@ pub(crate) async fn apply_current_subscription(
         Err(error) => return Err(stripe_failure(error)),
     };
     let applied = current.bills_price(stripe.pro_price_id())
-        && crate::db::customers::apply_stripe_subscription(
-            &mut *tx,
-            customer_id,
-            &current,
-            crate::db::customers::Observed::current(),
-        )
-        .await?;
+        && apply_stripe_subscription(&mut *tx, customer_id, &current, crate::db::customers::Observed::current())
+            .await?;
     Ok(Some((current, applied)))
 }
 
@@ -193,4 +197,27 @@ pub async fn run_workers(
 pub fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// Applies a subscription as Stripe reports it: ended (canceled, incomplete_expired)
+/// ends Pro; anything else is Pro with Stripe's status. `false` if a newer observation
+/// was applied already.
+pub(crate) async fn apply_stripe_subscription<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: uuid::Uuid,
+    subscription: &crate::stripe::Subscription,
+    observed: crate::db::customers::Observed,
+) -> Result<bool, JobError> {
+    use crate::db::customers;
+    use crate::domain::SubscriptionState;
+    // A status Stripe adds later is refused here, by name, rather than by the table's CHECK.
+    let status = SubscriptionState::parse(&subscription.status)
+        .map_err(|e| JobError::caused("Stripe's subscription status: ", e))?;
+    let applied = if matches!(status, SubscriptionState::Canceled | SubscriptionState::IncompleteExpired) {
+        customers::apply_subscription_ended(executor, id, &subscription.id, observed).await?
+    } else {
+        let (end, flag) = (subscription.period_end(), subscription.cancel_at_period_end);
+        customers::apply_subscription(executor, id, &subscription.id, status, flag, end, observed).await?
+    };
+    Ok(applied)
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CreateStripeCustomer, JobContext};
+use super::{CreateStripeCustomer, JobContext, SendEmailStep};
 use crate::db;
 use crate::domain::{ApiKeyHash, CustomerName, Email, LedgerSource};
-use crate::email::{self, sequences};
+use crate::email::sequences;
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
@@ -66,7 +66,7 @@ impl Job for ProvisionCustomer {
         };
         let balance = match trial.amount {
             0 => 0,
-            _ => match ledger::post(&mut tx, &trial).await.map_err(|e| JobError::new(e.to_string()))? {
+            _ => match ledger::post(&mut tx, &trial).await? {
                 Posted::Posted { balance_after, .. } => balance_after,
                 other => {
                     return Err(JobError::new(format!("trial credits not posted: {other:?}")));
@@ -79,7 +79,8 @@ impl Job for ProvisionCustomer {
         }
         if ctx.mailer.is_some() {
             let now = chrono::Utc::now();
-            email::schedule(&mut tx, self.customer_id, &sequences::ONBOARDING, now, "", serde_json::json!({})).await?;
+            SendEmailStep::schedule(&mut tx, self.customer_id, &sequences::ONBOARDING, now, "", serde_json::json!({}))
+                .await?;
         }
         tx.commit().await?;
         tracing::info!(customer_id = %self.customer_id, balance, "customer provisioned");

@@ -36,15 +36,15 @@ impl Job for PruneJobs {
         ] {
             let statuses: Vec<String> = statuses.into_iter().map(str::to_owned).collect();
             for _ in 0..MAX_BATCHES {
-                let batch = sqlx::query(
+                let batch = sqlx::query!(
                     "DELETE FROM jobs WHERE id IN (
                          SELECT id FROM jobs
                          WHERE status = ANY($1) AND finished_at < now() - $2 * interval '1 hour'
                          LIMIT $3)",
+                    &statuses,
+                    hours as f64,
+                    jobs.prune_batch as i64,
                 )
-                .bind(&statuses)
-                .bind(hours as f64)
-                .bind(jobs.prune_batch as i64)
                 .execute(&ctx.pool)
                 .await?
                 .rows_affected();

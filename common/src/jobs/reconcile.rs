@@ -124,146 +124,196 @@ impl Report {
 pub async fn reconcile_customer(ctx: &JobContext, customer_id: Uuid) -> Result<Report, JobError> {
     let stripe = ctx.stripe()?;
     let customer = ctx.customer(customer_id).await?;
-    let mut report = Report { customer_id: Some(customer_id), drift: Vec::new() };
+    let report = Report { customer_id: Some(customer_id), drift: Vec::new() };
     let Some(stripe_customer) = customer.stripe_customer_id.clone() else { return Ok(report) };
+    let mut run = Reconciliation { ctx, stripe, customer, stripe_customer, report };
+    run.subscription().await?;
+    run.payment_method().await?;
+    let invoices = run.invoices().await?;
+    run.charges().await?;
+    run.payments(&invoices).await?;
+    run.invariants().await?;
+    Ok(run.report)
+}
 
-    // The subscription: Stripe's live Pro subscriptions against the one we track; what
-    // is applied is read again under the customer's Stripe-state lock.
-    let live = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?;
-    let tracked = customer.stripe_subscription_id.as_deref();
-    if live.len() > 1 {
-        let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
-        let detail = format!("{} live Pro subscriptions at Stripe: {}", live.len(), ids.join(", "));
-        report.found(ctx, customer_id, "duplicate_subscriptions", detail, false).await;
+/// One customer's reconciliation, section by section; each finding goes on the report.
+struct Reconciliation<'a> {
+    ctx: &'a JobContext,
+    stripe: &'a crate::stripe::StripeApi,
+    customer: db::customers::Customer,
+    stripe_customer: String,
+    report: Report,
+}
+
+impl Reconciliation<'_> {
+    async fn found(&mut self, kind: &str, detail: String, healed: bool) {
+        self.report.found(self.ctx, self.customer.id, kind, detail, healed).await;
     }
-    match (tracked, live.iter().find(|s| Some(s.id.as_str()) == tracked).or(live.first())) {
-        (Some(ours), Some(theirs)) if theirs.id != ours => {
-            let detail = format!("we track {ours}, Stripe's live one is {}", theirs.id);
-            report.found(ctx, customer_id, "different_subscription", detail, false).await;
+
+    /// Stripe's live Pro subscriptions against the one we track; what is applied is
+    /// read again under the customer's Stripe-state lock.
+    async fn subscription(&mut self) -> Result<(), JobError> {
+        let (ctx, stripe, customer_id) = (self.ctx, self.stripe, self.customer.id);
+        let live = stripe.live_pro_subscriptions(&self.stripe_customer).await.map_err(stripe_failure)?;
+        let tracked = self.customer.stripe_subscription_id.clone();
+        let tracked = tracked.as_deref();
+        if live.len() > 1 {
+            let ids: Vec<&str> = live.iter().map(|s| s.id.as_str()).collect();
+            let detail = format!("{} live Pro subscriptions at Stripe: {}", live.len(), ids.join(", "));
+            self.found("duplicate_subscriptions", detail, false).await;
         }
-        (_, Some(theirs)) => {
-            let differs = tracked.is_none()
-                || customer.subscription_state.map(SubscriptionState::as_str) != Some(theirs.status.as_str())
-                || customer.cancel_at_period_end != theirs.cancel_at_period_end;
-            if differs {
+        match (tracked, live.iter().find(|s| Some(s.id.as_str()) == tracked).or(live.first())) {
+            (Some(ours), Some(theirs)) if theirs.id != ours => {
+                let detail = format!("we track {ours}, Stripe's live one is {}", theirs.id);
+                self.found("different_subscription", detail, false).await;
+            }
+            (_, Some(theirs)) => {
+                let differs = tracked.is_none()
+                    || self.customer.subscription_state.map(SubscriptionState::as_str) != Some(theirs.status.as_str())
+                    || self.customer.cancel_at_period_end != theirs.cancel_at_period_end;
+                if differs {
+                    let mut tx = ctx.pool.begin().await?;
+                    if let Some((current, true)) =
+                        apply_current_subscription(&mut tx, stripe, customer_id, &theirs.id).await?
+                    {
+                        tx.commit().await?;
+                        let kind = if tracked.is_none() {
+                            "subscription_missing_locally"
+                        } else {
+                            "subscription_state_differs"
+                        };
+                        let detail = format!(
+                            "{} is {} (cancel at period end: {}) at Stripe",
+                            current.id, current.status, current.cancel_at_period_end
+                        );
+                        self.found(kind, detail, true).await;
+                    }
+                }
+            }
+            (Some(ours), None) => {
+                // Not live at Stripe: ended (or unknown there, which ends it for us too).
                 let mut tx = ctx.pool.begin().await?;
-                if let Some((current, true)) =
-                    apply_current_subscription(&mut tx, stripe, customer_id, &theirs.id).await?
-                {
-                    tx.commit().await?;
-                    let kind =
-                        if tracked.is_none() { "subscription_missing_locally" } else { "subscription_state_differs" };
-                    let detail = format!(
-                        "{} is {} (cancel at period end: {}) at Stripe",
-                        current.id, current.status, current.cancel_at_period_end
-                    );
-                    report.found(ctx, customer_id, kind, detail, true).await;
+                if apply_current_subscription(&mut tx, stripe, customer_id, ours).await?.is_none() {
+                    db::customers::apply_subscription_ended(&mut *tx, customer_id, ours, Observed::current()).await?;
                 }
-            }
-        }
-        (Some(ours), None) => {
-            // Not live at Stripe: ended (or unknown there, which ends it for us too).
-            let mut tx = ctx.pool.begin().await?;
-            if apply_current_subscription(&mut tx, stripe, customer_id, ours).await?.is_none() {
-                db::customers::apply_subscription_ended(&mut *tx, customer_id, ours, Observed::current()).await?;
-            }
-            tx.commit().await?;
-            let detail = format!("{ours} has ended at Stripe");
-            report.found(ctx, customer_id, "subscription_ended_at_stripe", detail, true).await;
-        }
-        (None, None) => {}
-    }
-
-    // The default payment method: reported only (consent is the customer's to give).
-    let theirs = stripe.default_payment_method(&stripe_customer).await.map_err(stripe_failure)?;
-    if theirs.is_some() && theirs != customer.stripe_payment_method_id {
-        let detail = format!("ours {:?}, Stripe's {:?}", customer.stripe_payment_method_id, theirs);
-        report.found(ctx, customer_id, "payment_method_differs", detail, false).await;
-    }
-
-    // Paid Pro invoices: each granted once, under the key the webhook uses.
-    let invoices = stripe.invoices(&stripe_customer, None).await.map_err(stripe_failure)?;
-    for invoice in invoices.iter().filter(|i| i.is_paid()) {
-        let mut tx = ctx.pool.begin().await?;
-        let finding = match grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
-            InvoiceCredits::UnknownSubscription => {
-                let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
-                Some(("invoice_of_unknown_subscription", detail, false))
-            }
-            InvoiceCredits::Posted(Posted::Posted { .. }) => {
                 tx.commit().await?;
-                Some(("invoice_grant_missing", format!("credits of paid invoice {} granted", invoice.id), true))
+                self.found("subscription_ended_at_stripe", format!("{ours} has ended at Stripe"), true).await;
             }
-            InvoiceCredits::Posted(_) | InvoiceCredits::NotEarned => None,
-        };
-        // Recorded once the transaction is over: one connection per reconciliation.
-        if let Some((kind, detail, healed)) = finding {
-            report.found(ctx, customer_id, kind, detail, healed).await;
+            (None, None) => {}
         }
+        Ok(())
     }
 
-    // Charges no job will settle: asked of Stripe and recorded as Stripe has them, but
-    // never paid from here (a job an operator cancelled stays unpaid).
-    for charge in db::charges::unresolved(&ctx.pool, Some(customer_id)).await? {
-        let key = RecordUsage::unique_key_for(customer_id, &charge.fix_id);
-        let job = queue::by_unique_key(&ctx.pool, RecordUsage::KIND, &key).await?;
-        let job_will_settle = job.is_some_and(|j| j.status.is_unfinished());
-        if charge.status == ChargeStatus::Pending && job_will_settle {
-            continue;
+    /// The default payment method: reported only (consent is the customer's to give).
+    async fn payment_method(&mut self) -> Result<(), JobError> {
+        let theirs = self.stripe.default_payment_method(&self.stripe_customer).await.map_err(stripe_failure)?;
+        if theirs.is_some() && theirs != self.customer.stripe_payment_method_id {
+            let detail = format!("ours {:?}, Stripe's {:?}", self.customer.stripe_payment_method_id, theirs);
+            self.found("payment_method_differs", detail, false).await;
         }
-        let fix = RecordUsage {
-            customer_id,
-            fix_id: charge.fix_id.clone(),
-            repo: charge.repo.clone(),
-            metadata: serde_json::Value::Null,
-        };
-        let was = charge.status;
-        match fix.settle(ctx, charge.clone(), false).await {
-            Ok(Outcome::Done { detail }) => {
-                let outcome = detail["outcome"].as_str().unwrap_or_default();
-                if outcome == "not_made" {
-                    let detail = format!(
-                        "charge {} for fix {} was never made and no job will make it",
-                        charge.id, charge.fix_id
-                    );
-                    report.found(ctx, customer_id, "charge_not_made", detail, false).await;
-                } else if !(was == ChargeStatus::RequiresAction && outcome == "requires_action") {
-                    let detail = format!("charge {} for fix {} settled: {outcome}", charge.id, charge.fix_id);
-                    report.found(ctx, customer_id, "charge_settled", detail, true).await;
+        Ok(())
+    }
+
+    /// Paid Pro invoices: each granted once, under the key the webhook uses. Returns
+    /// the customer's invoices (their payments are not charges of ours).
+    async fn invoices(&mut self) -> Result<Vec<crate::stripe::objects::Invoice>, JobError> {
+        let (ctx, customer_id) = (self.ctx, self.customer.id);
+        let invoices = self.stripe.invoices(&self.stripe_customer, None).await.map_err(stripe_failure)?;
+        for invoice in invoices.iter().filter(|i| i.is_paid()) {
+            let mut tx = ctx.pool.begin().await?;
+            let finding = match grant_invoice_credits(&mut tx, ctx, customer_id, invoice).await? {
+                InvoiceCredits::UnknownSubscription => {
+                    let detail = format!("paid invoice {} of subscription {:?}", invoice.id, invoice.subscription());
+                    Some(("invoice_of_unknown_subscription", detail, false))
+                }
+                InvoiceCredits::Posted(Posted::Posted { .. }) => {
+                    tx.commit().await?;
+                    Some(("invoice_grant_missing", format!("credits of paid invoice {} granted", invoice.id), true))
+                }
+                InvoiceCredits::Posted(_) | InvoiceCredits::NotEarned => None,
+            };
+            // Recorded once the transaction is over: one connection per reconciliation.
+            if let Some((kind, detail, healed)) = finding {
+                self.found(kind, detail, healed).await;
+            }
+        }
+        Ok(invoices)
+    }
+
+    /// Charges no job will settle: asked of Stripe and recorded as Stripe has them, but
+    /// never paid from here (a job an operator cancelled stays unpaid).
+    async fn charges(&mut self) -> Result<(), JobError> {
+        let (ctx, customer_id) = (self.ctx, self.customer.id);
+        for charge in db::charges::unresolved(&ctx.pool, Some(customer_id)).await? {
+            let key = RecordUsage::unique_key_for(customer_id, &charge.fix_id);
+            let job = queue::by_unique_key(&ctx.pool, RecordUsage::KIND, &key).await?;
+            let job_will_settle = job.is_some_and(|j| j.status.is_unfinished());
+            if charge.status == ChargeStatus::Pending && job_will_settle {
+                continue;
+            }
+            let fix = RecordUsage {
+                customer_id,
+                fix_id: charge.fix_id.clone(),
+                repo: charge.repo.clone(),
+                metadata: serde_json::Value::Null,
+            };
+            let was = charge.status;
+            match fix.settle(ctx, charge.clone(), false).await {
+                Ok(Outcome::Done { detail }) => {
+                    let outcome = detail["outcome"].as_str().unwrap_or_default();
+                    if outcome == "not_made" {
+                        let detail = format!(
+                            "charge {} for fix {} was never made and no job will make it",
+                            charge.id, charge.fix_id
+                        );
+                        self.found("charge_not_made", detail, false).await;
+                    } else if !(was == ChargeStatus::RequiresAction && outcome == "requires_action") {
+                        let detail = format!("charge {} for fix {} settled: {outcome}", charge.id, charge.fix_id);
+                        self.found("charge_settled", detail, true).await;
+                    }
+                }
+                Ok(_) => {}
+                // One charge that cannot be settled now does not stop the rest.
+                Err(error) => {
+                    let detail = format!("charge {} for fix {}: {error}", charge.id, charge.fix_id);
+                    self.found("charge_unsettled", detail, false).await;
                 }
             }
-            Ok(_) => {}
-            // One charge that cannot be settled now does not stop the rest.
-            Err(error) => {
-                let detail = format!("charge {} for fix {}: {}", charge.id, charge.fix_id, error.0);
-                report.found(ctx, customer_id, "charge_unsettled", detail, false).await;
-            }
         }
-    }
-    // A payment that says it is for one of our charges (our metadata) must be one.
-    // Invoice payments (a subscription's) are skipped without asking Stripe about them.
-    let mut known = db::charges::payment_intents(&ctx.pool, customer_id).await?;
-    known.extend(invoices.iter().filter_map(|i| i.payment_intent.clone()));
-    let since = (chrono::Utc::now() - chrono::Duration::days(PAYMENTS_LOOKBACK_DAYS)).timestamp();
-    let payments = stripe.charges_since(&stripe_customer, since).await.map_err(stripe_failure)?;
-    for payment in payments.iter().filter(|c| c.invoice.is_none() && c.status.as_deref() == Some("succeeded")) {
-        let Some(intent) = &payment.payment_intent else { continue };
-        if known.contains(intent) {
-            continue;
-        }
-        let intent = stripe.payment_intent(intent).await.map_err(stripe_failure)?;
-        if let Some(charge_id) = intent.charge_id() {
-            let detail = format!(
-                "payment {} ({} cents) names charge {charge_id}, which we do not have",
-                intent.id, payment.amount
-            );
-            report.found(ctx, customer_id, "payment_without_charge", detail, false).await;
-        }
+        Ok(())
     }
 
-    for violation in crate::verify::money_invariants(&ctx.pool, Some(customer_id)).await? {
-        let kind = format!("invariant:{}", violation.invariant);
-        report.found(ctx, customer_id, &kind, format!("{}: {}", violation.subject, violation.detail), false).await;
+    /// A payment that says it is for one of our charges (our metadata) must be one.
+    /// Invoice payments (a subscription's) are skipped without asking Stripe about them.
+    async fn payments(&mut self, invoices: &[crate::stripe::objects::Invoice]) -> Result<(), JobError> {
+        let stripe = self.stripe;
+        let mut known = db::charges::payment_intents(&self.ctx.pool, self.customer.id).await?;
+        known.extend(invoices.iter().filter_map(|i| i.payment_intent.clone()));
+        let since = (chrono::Utc::now() - chrono::Duration::days(PAYMENTS_LOOKBACK_DAYS)).timestamp();
+        let payments = stripe.charges_since(&self.stripe_customer, since).await.map_err(stripe_failure)?;
+        for payment in payments.iter().filter(|c| c.invoice.is_none() && c.status.as_deref() == Some("succeeded")) {
+            let Some(intent) = &payment.payment_intent else { continue };
+            if known.contains(intent) {
+                continue;
+            }
+            let intent = stripe.payment_intent(intent).await.map_err(stripe_failure)?;
+            if let Some(charge_id) = intent.charge_id() {
+                let detail = format!(
+                    "payment {} ({} cents) names charge {charge_id}, which we do not have",
+                    intent.id, payment.amount
+                );
+                self.found("payment_without_charge", detail, false).await;
+            }
+        }
+        Ok(())
     }
-    Ok(report)
+
+    /// Every money invariant, checked from the tables for this customer.
+    async fn invariants(&mut self) -> Result<(), JobError> {
+        for violation in crate::verify::money_invariants(&self.ctx.pool, Some(self.customer.id)).await? {
+            let kind = format!("invariant:{}", violation.invariant);
+            self.found(&kind, format!("{}: {}", violation.subject, violation.detail), false).await;
+        }
+        Ok(())
+    }
 }

@@ -10,9 +10,10 @@ use super::JobContext;
 use crate::db;
 use crate::db::email_deliveries::{DeliveryKey, DeliveryStatus as Delivery};
 use crate::domain::SubscriptionType;
+use crate::email::sequences::Sequence;
 use crate::email::sequences::{self, StopCondition};
 use crate::email::{self, SendError};
-use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::queue::{self, EnqueueOptions, Job, JobError, JobKind, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendEmailStep {
@@ -25,6 +26,33 @@ pub struct SendEmailStep {
     /// The trigger's template variables.
     #[serde(default)]
     pub vars: serde_json::Value,
+}
+
+impl SendEmailStep {
+    /// Enqueues every step of `sequence` for a customer, at trigger + each step's delay.
+    /// `occurrence` tells apart repeats of one sequence (e.g. the invoice of a dunning
+    /// email); `vars` are the trigger's template variables.
+    pub async fn schedule(
+        tx: &mut sqlx::PgConnection,
+        customer_id: Uuid,
+        sequence: &Sequence,
+        trigger_at: chrono::DateTime<chrono::Utc>,
+        occurrence: &str,
+        vars: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        for step in sequence.steps {
+            let job = Self {
+                customer_id,
+                sequence: sequence.name.to_owned(),
+                step: step.key.to_owned(),
+                occurrence: occurrence.to_owned(),
+                vars: vars.clone(),
+            };
+            let run_at = trigger_at + chrono::Duration::days(step.delay_days);
+            queue::enqueue_with(&mut *tx, &job, EnqueueOptions { run_at: Some(run_at), ..Default::default() }).await?;
+        }
+        Ok(())
+    }
 }
 
 impl JobKind for SendEmailStep {
@@ -69,8 +97,8 @@ impl Job for SendEmailStep {
             return Ok(delivered(Delivery::Skipped.as_str()));
         }
 
-        let rendered =
-            email::render(&ctx.settings, step, customer.id, &customer.name, &self.vars).map_err(JobError::new)?;
+        let rendered = email::render(&ctx.settings, step, customer.id, &customer.name, &self.vars)
+            .map_err(|e| JobError::caused("", e))?;
         if let Err(error) = mailer.reachable().await {
             db::email_deliveries::transition(
                 &ctx.pool,
@@ -81,7 +109,7 @@ impl Job for SendEmailStep {
                 Some(&error.to_string()),
             )
             .await?;
-            return Err(JobError::new(error.to_string()));
+            return Err(JobError::caused("", error));
         }
         let message_id = format!("<{}.{}.{}@rsolv>", sequence.name, step.key, Uuid::new_v4().simple());
         // Only the run that moves the record to `sending` may talk to SMTP.

@@ -78,7 +78,7 @@ impl Job for SubscribePro {
         };
         fail::fail_point!("subscribe_pro::after_stripe", |_| Err(JobError::new("failpoint: after Stripe answered")));
         // Read under the lock: what Stripe answered is its current state.
-        db::customers::apply_stripe_subscription(&mut *tx, customer.id, &subscription, Observed::current()).await?;
+        super::apply_stripe_subscription(&mut *tx, customer.id, &subscription, Observed::current()).await?;
         tx.commit().await?;
         tracing::info!(customer_id = %customer.id, subscription_id = %subscription.id, status = %subscription.status, "Pro subscription created");
         Ok(Outcome::done(serde_json::json!({ "subscription_id": subscription.id, "status": subscription.status })))

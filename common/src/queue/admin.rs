@@ -31,27 +31,27 @@ pub struct QueueStats {
 
 /// One row per job kind this build runs, including empty queues.
 pub async fn overview<'e>(db: impl PgExecutor<'e>, kinds: &[&str]) -> Result<Vec<QueueStats>, sqlx::Error> {
-    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
-    sqlx::query_as(
-        "SELECT k.kind AS queue,
-                count(*) FILTER (WHERE j.status = 'available' AND j.run_at <= now()) AS available,
-                count(*) FILTER (WHERE j.status IN ('available', 'retryable') AND j.run_at > now()) AS scheduled,
-                count(*) FILTER (WHERE j.status = 'running') AS running,
-                count(*) FILTER (WHERE j.status = 'retryable') AS retryable,
-                count(*) FILTER (WHERE j.status = 'completed') AS completed,
-                count(*) FILTER (WHERE j.status = 'cancelled') AS cancelled,
-                count(*) FILTER (WHERE j.status = 'dead') AS dead,
+    sqlx::query_as!(
+        QueueStats,
+        r#"SELECT k.kind AS "queue!",
+                count(*) FILTER (WHERE j.status = 'available' AND j.run_at <= now()) AS "available!",
+                count(*) FILTER (WHERE j.status IN ('available', 'retryable') AND j.run_at > now()) AS "scheduled!",
+                count(*) FILTER (WHERE j.status = 'running') AS "running!",
+                count(*) FILTER (WHERE j.status = 'retryable') AS "retryable!",
+                count(*) FILTER (WHERE j.status = 'completed') AS "completed!",
+                count(*) FILTER (WHERE j.status = 'cancelled') AS "cancelled!",
+                count(*) FILTER (WHERE j.status = 'dead') AS "dead!",
                 coalesce(extract(epoch FROM now() - min(j.run_at)
                     FILTER (WHERE j.status IN ('available', 'retryable') AND j.run_at <= now())), 0)::float8
-                    AS oldest_waiting_seconds,
+                    AS "oldest_waiting_seconds!",
                 count(*) FILTER (WHERE j.status = 'completed' AND j.finished_at > now() - interval '1 minute')
-                    AS completed_last_minute,
+                    AS "completed_last_minute!",
                 count(*) FILTER (WHERE j.status = 'dead' AND j.finished_at > now() - interval '1 minute')
-                    AS failed_last_minute
+                    AS "failed_last_minute!"
          FROM unnest($1::text[]) AS k(kind) LEFT JOIN jobs j ON j.kind = k.kind
-         GROUP BY k.kind ORDER BY k.kind",
+         GROUP BY k.kind ORDER BY k.kind"#,
+        kinds as _,
     )
-    .bind(&kinds)
     .fetch_all(db)
     .await
 }
@@ -70,21 +70,42 @@ pub struct QueueGauges {
 }
 
 pub async fn gauges<'e>(db: impl PgExecutor<'e>, kinds: &[&str]) -> Result<Vec<QueueGauges>, sqlx::Error> {
-    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
-    sqlx::query_as(
-        "SELECT k.kind AS queue, w.depth, w.oldest_waiting_seconds,
-                (SELECT count(*) FROM jobs d WHERE d.kind = k.kind AND d.status = 'dead') AS dead
+    sqlx::query_as!(
+        QueueGauges,
+        r#"SELECT k.kind AS "queue!", w.depth AS "depth!", w.oldest_waiting_seconds AS "oldest_waiting_seconds!",
+                (SELECT count(*) FROM jobs d WHERE d.kind = k.kind AND d.status = 'dead') AS "dead!"
          FROM unnest($1::text[]) AS k(kind)
          CROSS JOIN LATERAL (
              SELECT count(*) FILTER (WHERE j.status = 'retryable' OR j.run_at <= now()) AS depth,
                     coalesce(extract(epoch FROM now() - min(j.run_at) FILTER (WHERE j.run_at <= now())), 0)::float8
                         AS oldest_waiting_seconds
              FROM jobs j WHERE j.kind = k.kind AND j.status IN ('available', 'retryable')) AS w
-         ORDER BY k.kind",
+         ORDER BY k.kind"#,
+        kinds as _,
     )
-    .bind(&kinds)
     .fetch_all(db)
     .await
+}
+
+/// Keeps the per-queue gauges (`rsolv_queue_*`, exported by `telemetry::metrics`)
+/// current from the jobs table.
+pub fn spawn_gauges(pool: PgPool, kinds: Vec<&'static str>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match gauges(&pool, &kinds).await {
+                Ok(queues) => {
+                    for q in queues {
+                        let label = [("queue", q.queue.clone())];
+                        metrics::gauge!("rsolv_queue_depth", &label).set(q.depth as f64);
+                        metrics::gauge!("rsolv_queue_oldest_waiting_seconds", &label).set(q.oldest_waiting_seconds);
+                        metrics::gauge!("rsolv_queue_dead", &label).set(q.dead as f64);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -113,19 +134,20 @@ pub struct JobFilter {
 
 /// Newest first.
 pub async fn list<'e>(db: impl PgExecutor<'e>, filter: &JobFilter) -> Result<Vec<JobSummary>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, kind AS queue, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
-                errors -> -1 ->> 'error' AS last_error
+    sqlx::query_as!(
+        JobSummary,
+        r#"SELECT id, kind AS queue, status AS "status: JobStatus", attempts, max_attempts, run_at, created_at,
+                finished_at, customer_id, errors -> -1 ->> 'error' AS last_error
          FROM jobs
          WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR status = $2)
            AND ($3::uuid IS NULL OR customer_id = $3) AND ($4::bigint IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5",
+         ORDER BY id DESC LIMIT $5"#,
+        filter.queue,
+        filter.status as _,
+        filter.customer_id,
+        filter.before_id,
+        filter.limit.clamp(1, 500),
     )
-    .bind(&filter.queue)
-    .bind(filter.status)
-    .bind(filter.customer_id)
-    .bind(filter.before_id)
-    .bind(filter.limit.clamp(1, 500))
     .fetch_all(db)
     .await
 }
@@ -148,16 +170,36 @@ pub struct JobDetail {
 }
 
 pub async fn detail<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<JobDetail>, sqlx::Error> {
-    let detail: Option<JobDetail> = sqlx::query_as(
-        "SELECT id, kind AS queue, status, attempts, max_attempts, run_at, created_at, finished_at, customer_id,
-                errors -> -1 ->> 'error' AS last_error,
+    let row = sqlx::query!(
+        r#"SELECT id, kind, status AS "status: JobStatus", attempts, max_attempts, run_at, created_at, finished_at,
+                customer_id, errors -> -1 ->> 'error' AS last_error,
                 args, result, errors, unique_key, locked_by, locked_at, request_id
-         FROM jobs WHERE id = $1",
+         FROM jobs WHERE id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(db)
     .await?;
-    Ok(detail.map(|detail| JobDetail { args: redact(detail.args), ..detail }))
+    Ok(row.map(|row| JobDetail {
+        summary: JobSummary {
+            id: row.id,
+            queue: row.kind,
+            status: row.status,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            run_at: row.run_at,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            customer_id: row.customer_id,
+            last_error: row.last_error,
+        },
+        args: redact(row.args),
+        result: row.result,
+        errors: row.errors,
+        unique_key: row.unique_key,
+        locked_by: row.locked_by,
+        locked_at: row.locked_at,
+        request_id: row.request_id,
+    }))
 }
 
 /// Replaces the values of secret-looking keys, at any depth.
@@ -207,7 +249,9 @@ async fn refused(
     wanted: &'static str,
 ) -> Result<(), AdminError> {
     let status: Option<JobStatus> =
-        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1").bind(id).fetch_optional(conn).await?;
+        sqlx::query_scalar!(r#"SELECT status AS "status: JobStatus" FROM jobs WHERE id = $1"#, id)
+            .fetch_optional(conn)
+            .await?;
     let status = status.ok_or(AdminError::NotFound(id))?;
     Err(AdminError::WrongState { id, status, action, wanted })
 }
@@ -229,22 +273,17 @@ async fn audited(
 /// Puts a dead job back: due now, with a fresh set of attempts; its error history stays.
 pub async fn redrive(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
-    let result = sqlx::query(
-        "UPDATE jobs SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
+    let result = sqlx::query!("UPDATE jobs SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
              errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'redriven by an operator'))
          WHERE id = $1 AND status = 'dead'",
+        id,
     )
-    .bind(id)
     .execute(&mut *tx)
     .await;
     match result {
         Ok(done) if done.rows_affected() == 1 => {
             // Delivered when the transaction commits.
-            sqlx::query("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2")
-                .bind(CHANNEL)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", CHANNEL, id,).execute(&mut *tx).await?;
             audited(tx, actor, "redrive", &format!("job:{id}"), Value::Null).await
         }
         Ok(_) => refused(&mut tx, id, "redrive", "dead").await,
@@ -256,20 +295,19 @@ pub async fn redrive(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminErr
 /// Redrives every dead job of a queue whose unique key is free; returns how many.
 pub async fn redrive_all(pool: &PgPool, queue: &str, actor: &str) -> Result<u64, AdminError> {
     let mut tx = pool.begin().await?;
-    let moved = sqlx::query(
-        "UPDATE jobs d SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
+    let moved = sqlx::query!("UPDATE jobs d SET status = 'available', attempts = 0, run_at = now(), finished_at = NULL,
              errors = d.errors || jsonb_build_array(jsonb_build_object('attempt', d.attempts, 'at', now(), 'error', 'redriven by an operator'))
          WHERE d.kind = $1 AND d.status = 'dead'
            AND (d.unique_key IS NULL OR NOT EXISTS (
                SELECT 1 FROM jobs l WHERE l.kind = d.kind AND l.unique_key = d.unique_key
                  AND l.status NOT IN ('dead', 'cancelled')))",
+        queue,
     )
-    .bind(queue)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if moved > 0 {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(&mut *tx).await?;
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, queue,).execute(&mut *tx).await?;
     }
     audited(tx, actor, "redrive_all", &format!("queue:{queue}"), serde_json::json!({ "redriven": moved })).await?;
     Ok(moved)
@@ -278,8 +316,7 @@ pub async fn redrive_all(pool: &PgPool, queue: &str, actor: &str) -> Result<u64,
 /// Deletes a dead or cancelled job.
 pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
-    let deleted = sqlx::query("DELETE FROM jobs WHERE id = $1 AND status IN ('dead', 'cancelled')")
-        .bind(id)
+    let deleted = sqlx::query!("DELETE FROM jobs WHERE id = $1 AND status IN ('dead', 'cancelled')", id,)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -292,12 +329,11 @@ pub async fn discard(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminErr
 /// Stops a job that has not started: it will never run.
 pub async fn cancel(pool: &PgPool, id: i64, actor: &str) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
-    let cancelled = sqlx::query(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now(),
+    let cancelled = sqlx::query!("UPDATE jobs SET status = 'cancelled', finished_at = now(),
              errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', now(), 'error', 'cancelled by an operator'))
          WHERE id = $1 AND status IN ('available', 'retryable')",
+        id,
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -15,20 +15,27 @@ pub struct JobState {
     pub result: Option<serde_json::Value>,
 }
 
+/// A checked `SELECT` of [`JobState`]s from `jobs`, followed by the rest of the statement.
+macro_rules! select_job_states {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            JobState,
+            "SELECT id, status AS \"status: JobStatus\", attempts, errors -> -1 ->> 'error' AS last_error, result
+             FROM jobs " + $rest
+            $(, $arg)*
+        )
+    };
+}
+
 /// The newest job of `kind` about a customer.
 pub async fn latest_for_customer<'e>(
     db: impl PgExecutor<'e>,
     kind: &str,
     customer_id: Uuid,
 ) -> Result<Option<JobState>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
-         FROM jobs WHERE kind = $1 AND customer_id = $2 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(kind)
-    .bind(customer_id)
-    .fetch_optional(db)
-    .await
+    select_job_states!("WHERE kind = $1 AND customer_id = $2 ORDER BY id DESC LIMIT 1", kind, customer_id)
+        .fetch_optional(db)
+        .await
 }
 
 /// The newest job of `kind` holding (or having held) a unique key.
@@ -37,14 +44,9 @@ pub async fn by_unique_key<'e>(
     kind: &str,
     key: &str,
 ) -> Result<Option<JobState>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
-         FROM jobs WHERE kind = $1 AND unique_key = $2 ORDER BY id DESC LIMIT 1",
-    )
-    .bind(kind)
-    .bind(key)
-    .fetch_optional(db)
-    .await
+    select_job_states!("WHERE kind = $1 AND unique_key = $2 ORDER BY id DESC LIMIT 1", kind, key)
+        .fetch_optional(db)
+        .await
 }
 
 /// A job by id, only if it is about `customer_id` (callers see their own jobs only).
@@ -53,21 +55,24 @@ pub async fn for_customer<'e>(
     id: i64,
     customer_id: Uuid,
 ) -> Result<Option<(String, JobState)>, sqlx::Error> {
-    #[derive(sqlx::FromRow)]
-    struct KindAndState {
-        kind: String,
-        #[sqlx(flatten)]
-        state: JobState,
-    }
-    let row: Option<KindAndState> = sqlx::query_as(
-        "SELECT kind, id, status, attempts, errors -> -1 ->> 'error' AS last_error, result
-         FROM jobs WHERE id = $1 AND customer_id = $2",
+    let row = sqlx::query!(
+        r#"SELECT kind, id, status AS "status: JobStatus", attempts, errors -> -1 ->> 'error' AS last_error, result
+         FROM jobs WHERE id = $1 AND customer_id = $2"#,
+        id,
+        customer_id,
     )
-    .bind(id)
-    .bind(customer_id)
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|row| (row.kind, row.state)))
+    Ok(row.map(|row| {
+        let state = JobState {
+            id: row.id,
+            status: row.status,
+            attempts: row.attempts,
+            last_error: row.last_error,
+            result: row.result,
+        };
+        (row.kind, state)
+    }))
 }
 
 /// The oldest unfinished (waiting, running or retrying) job of `kind` about a customer
@@ -79,14 +84,14 @@ pub async fn unfinished_for_customer<'e>(
     customer_id: Uuid,
     args: &serde_json::Value,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT id FROM jobs
          WHERE customer_id = $2 AND kind = $1 AND status IN ('available', 'running', 'retryable') AND args @> $3
          ORDER BY id LIMIT 1",
+        kind,
+        customer_id,
+        args,
     )
-    .bind(kind)
-    .bind(customer_id)
-    .bind(args)
     .fetch_optional(db)
     .await
 }
@@ -98,9 +103,7 @@ pub async fn first_enqueued_at<'e>(
     kind: &str,
     key: &str,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(created_at) FROM jobs WHERE kind = $1 AND unique_key = $2")
-        .bind(kind)
-        .bind(key)
+    sqlx::query_scalar!("SELECT min(created_at) FROM jobs WHERE kind = $1 AND unique_key = $2", kind, key,)
         .fetch_one(db)
         .await
 }

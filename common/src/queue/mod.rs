@@ -46,7 +46,6 @@ mod waker;
 mod worker;
 
 use std::future::Future;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -88,44 +87,9 @@ pub trait Job: JobKind {
     fn run(self, ctx: Self::Context) -> impl Future<Output = Result<Outcome, JobError>> + Send;
 }
 
-/// How a kind runs and retries: attempts, concurrency, backoff, and how long one run
-/// may take (River's `Timeout`). A run that overruns is stopped (its future dropped, so
-/// an open transaction rolls back), counted as a failed attempt and retried after its
-/// backoff; its slot is free at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: i32,
-    /// Jobs of this kind run at once in one worker process.
-    pub concurrency: usize,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// The longest one run may take (`JOB_<KIND>_TIMEOUT_MS` overrides it).
-    pub timeout: Duration,
-}
-
-impl RetryPolicy {
-    /// Five minutes a run, unless the kind says otherwise ([`RetryPolicy::timeout`]).
-    pub const fn new(max_attempts: i32, concurrency: usize) -> Self {
-        Self {
-            max_attempts,
-            concurrency,
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(3600),
-            timeout: Duration::from_secs(300),
-        }
-    }
-
-    pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self::new(10, 10)
-    }
-}
+/// How a kind runs and retries (defined with the job settings it is read into, so the
+/// configuration depends on nothing above it).
+pub use crate::config::RetryPolicy;
 
 /// How a job run ended, as the worker decided it (River's explicit outcomes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,20 +117,35 @@ impl Outcome {
 }
 
 /// A failed attempt: the job is retried after its backoff, or is dead after its last
-/// attempt. The message is kept in the job's error history.
+/// attempt. Its message (`Display`, with the cause's) is kept in the job's error
+/// history; the cause itself travels as `source()` for whoever logs it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct JobError(pub String);
+pub enum JobError {
+    /// The run's own reason (a precondition not met yet, a state it refuses).
+    #[error("{0}")]
+    Refused(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// A failure of something above the queue (Stripe, SMTP, a template): the room
+    /// that failed names it in `context`.
+    #[error("{context}{source}")]
+    Caused {
+        context: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
 
 impl JobError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self::Refused(message.into())
     }
-}
 
-impl From<sqlx::Error> for JobError {
-    fn from(e: sqlx::Error) -> Self {
-        Self(format!("database: {e}"))
+    /// `source` as the cause, its message prefixed by `context` (e.g. `"email not sent: "`).
+    pub fn caused(context: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Caused { context, source: Box::new(source) }
     }
 }
 

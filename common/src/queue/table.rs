@@ -32,12 +32,12 @@ impl JobTable {
     /// Marks the worker alive and rescues this kind's jobs held by workers that are not.
     pub(super) async fn beat(&self, worker: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO job_workers (name, kind) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET last_seen = now()",
+            worker,
+            self.kind(),
         )
-        .bind(worker)
-        .bind(self.kind())
         .execute(&mut *tx)
         .await?;
         let orphan_ms = self.config.orphan_after.as_millis() as i64;
@@ -50,13 +50,13 @@ impl JobTable {
             .await?
             .rows_affected();
         // Forget workers long gone that hold nothing any more.
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM job_workers w
-             WHERE w.kind = $1 AND w.last_seen < now() - $2 * interval '4 millisecond'
+             WHERE w.kind = $1 AND w.last_seen < now() - $2::bigint * interval '4 millisecond'
                AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.status = 'running' AND j.locked_by = w.name)",
+            self.kind(),
+            orphan_ms,
         )
-        .bind(self.kind())
-        .bind(orphan_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -348,14 +348,14 @@ impl JobTable {
         }
         if !poison.0.is_empty() {
             tracing::error!(kind = self.kind(), ids = ?poison.0, "undecodable jobs marked dead");
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE jobs j SET status = 'dead', finished_at = now(), locked_by = NULL,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.error))
                  FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE j.id = u.id",
+                &poison.0,
+                &poison.1,
             )
-            .bind(&poison.0)
-            .bind(&poison.1)
             .execute(&self.pool)
             .await?;
         }

@@ -37,11 +37,13 @@ impl JobWaker {
                 if kinds.is_empty() {
                     continue;
                 }
-                let sent = sqlx::query("SELECT pg_notify($1, kind) FROM unnest($2::text[]) AS kind")
-                    .bind(CHANNEL)
-                    .bind(&kinds)
-                    .execute(&pool)
-                    .await;
+                let sent = sqlx::query!(
+                    "SELECT pg_notify($1, kind) FROM unnest($2::text[]) AS kind",
+                    CHANNEL,
+                    &kinds[..] as _
+                )
+                .execute(&pool)
+                .await;
                 if let Err(error) = sent {
                     tracing::warn!(%error, ?kinds, "waking workers failed; their polling tick finds the jobs");
                 }

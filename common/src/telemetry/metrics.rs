@@ -12,10 +12,8 @@
 //! | `rsolv_ledger_postings_total` | `source` |
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
 
 use crate::config::Secret;
 
@@ -40,24 +38,4 @@ pub fn scrape_allowed(authorization: Option<&str>, token: Option<&Secret>) -> bo
     let Some(token) = token else { return true };
     let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
     token.matches(given)
-}
-
-/// Keeps the per-queue gauges current from the jobs table.
-pub fn spawn_queue_gauges(pool: PgPool, kinds: Vec<&'static str>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match crate::queue::admin::gauges(&pool, &kinds).await {
-                Ok(queues) => {
-                    for q in queues {
-                        let label = [("queue", q.queue.clone())];
-                        metrics::gauge!("rsolv_queue_depth", &label).set(q.depth as f64);
-                        metrics::gauge!("rsolv_queue_oldest_waiting_seconds", &label).set(q.oldest_waiting_seconds);
-                        metrics::gauge!("rsolv_queue_dead", &label).set(q.dead as f64);
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
-            }
-            tokio::time::sleep(every).await;
-        }
-    })
 }

@@ -229,12 +229,15 @@ async fn fresh_database() -> Result<(String, PgPool), Error> {
 
 /// `serve-noop URL CONCURRENCY`: a worker process running only no-op jobs.
 async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
-    let settings = Settings::from_lookup(|k| match k {
-        "DATABASE_URL" => Some(url.to_owned()),
-        "JOB_POLL_INTERVAL_MS" => Some("100".into()),
-        "JOB_FETCH_BATCH" | "JOB_BOOKKEEPING_SYNC_COMMIT" => std::env::var(k).ok(),
-        _ => None,
-    })?;
+    let settings = Settings::from_lookup(
+        |k| match k {
+            "DATABASE_URL" => Some(url.to_owned()),
+            "JOB_POLL_INTERVAL_MS" => Some("100".into()),
+            "JOB_FETCH_BATCH" | "JOB_BOOKKEEPING_SYNC_COMMIT" => std::env::var(k).ok(),
+            _ => None,
+        },
+        &common::jobs::kinds(),
+    )?;
     // The workers' warnings reach the bench's stderr (its spawner sets RUST_LOG=warn).
     common::telemetry::init(settings.log_format);
     let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
@@ -497,7 +500,10 @@ async fn main() -> Result<(), Error> {
         if opts.runs("ledger") {
             // Ledger postings through the real worker.
             clear(&pool).await?;
-            let settings = Arc::new(Settings::from_lookup(|k| (k == "DATABASE_URL").then(|| url.clone()))?);
+            let settings = Arc::new(Settings::from_lookup(
+                |k| (k == "DATABASE_URL").then(|| url.clone()),
+                &common::jobs::kinds(),
+            )?);
             let mut customers = Vec::new();
             for n in 0..50 {
                 let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;

@@ -71,7 +71,14 @@ pub fn settings(db_url: &str, overrides: &[(&str, &str)]) -> Settings {
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
-    Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
+    Settings::from_lookup(|k| env.get(k).cloned(), &common::jobs::kinds()).expect("test settings are valid")
+}
+
+/// The tests' HTTP client. It drops idle connections well before the server's
+/// keep-alive (5 s) closes them: a request sent on a connection the server is closing
+/// fails with "incomplete message", which is the client's race, not the API's answer.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(2)).build().expect("an HTTP client")
 }
 
 pub struct TestApp {
@@ -109,7 +116,7 @@ impl TestApp {
         let app = api::startup::Application::build(listener, pool, settings.clone()).unwrap();
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
-        Self { address, db, client: reqwest::Client::new(), settings, worker }
+        Self { address, db, client: client(), settings, worker }
     }
 
     /// A second API process on the same database and settings; returns its address.

@@ -649,6 +649,10 @@ async fn customer_delivery_and_fix_states_in_rust_are_exactly_those_the_tables_a
         crate::helpers::allowed_by_check(&db.pool, "usage_fixes_outcome_check").await,
         sorted(FixOutcome::ALL.iter().map(|s| s.as_str()))
     );
+    assert_eq!(
+        crate::helpers::allowed_by_check(&db.pool, "charges_status_check").await,
+        sorted(common::db::charges::ChargeStatus::ALL.iter().map(|s| s.as_str()))
+    );
     for (kind, state) in types.iter().zip(states) {
         let read: (Type, Option<State>) =
             sqlx::query_as("SELECT $1::text, $2::text").bind(kind).bind(state).fetch_one(&db.pool).await.unwrap();

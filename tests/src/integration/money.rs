@@ -337,7 +337,7 @@ async fn credits_come_only_from_pro_invoices_of_the_customers_own_subscriptions(
         payload: stray.event(Handled::InvoicePaymentSucceeded),
     };
     let refused = job.run(app.job_context()).await;
-    assert!(refused.is_err_and(|e| e.0.contains("not (yet) known")), "retried, then dead for an operator");
+    assert!(refused.is_err_and(|e| e.to_string().contains("not (yet) known")), "retried, then dead for an operator");
     // An invoice of another price on its own subscription: ignored.
     let other_price = Simulated::new(&stripe_customer, &subscription, "price_other", 1_000);
     assert_eq!(app.deliver(&other_price.event(Handled::InvoicePaymentSucceeded), WEBHOOK_SECRET).await.status(), 200);

@@ -49,6 +49,30 @@ pub fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::Req
 }
 
 #[tokio::test]
+async fn a_job_whose_arguments_hold_extreme_numbers_reads_back_everywhere() {
+    // Found by the schema fuzzer: jsonb prints 1.7976931348623157e308 as 309 exact
+    // digits, which a lossy float parser overflows: the job showed as a 500.
+    let app = TestApp::spawn(&[("ADMIN_TOKEN", ADMIN_TOKEN)], false).await;
+    // No worker runs here: the job waits, as an operator would look at it.
+    let customer_id = Uuid::new_v4();
+    let metadata = serde_json::json!({ "max": f64::MAX, "min": f64::MIN_POSITIVE, "big": 1e300, "neg": -1e-300 });
+    let fix = common::jobs::RecordUsage {
+        customer_id,
+        fix_id: "extreme".into(),
+        repo: "org/repo".into(),
+        metadata: metadata.clone(),
+    };
+    let Enqueued::Inserted(id) = queue::enqueue(&app.db.pool, &fix).await.unwrap() else { panic!("a new job") };
+    let shown = admin(&app, reqwest::Method::GET, &format!("/admin/api/jobs/{id}")).send().await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let shown: Value = shown.json().await.unwrap();
+    assert_eq!(shown["args"]["metadata"], metadata);
+    let claimed: Vec<Value> =
+        sqlx::query_scalar("SELECT args FROM jobs WHERE id = $1").bind(id).fetch_all(&app.db.pool).await.unwrap();
+    assert_eq!(claimed[0]["metadata"], metadata, "a worker reads the same arguments back");
+}
+
+#[tokio::test]
 async fn admin_needs_its_token_and_does_not_exist_without_one() {
     let without = TestApp::api_only().await;
     assert_eq!(without.client.get(without.url("/admin/api/queues")).send().await.unwrap().status(), 404);
@@ -247,7 +271,7 @@ async fn pruning_deletes_only_what_is_past_retention() {
 
 #[tokio::test]
 async fn the_openapi_document_is_valid_and_lists_every_route_with_its_answers() {
-    let app = TestApp::api_only().await;
+    let app = TestApp::spawn(&[("ADMIN_TOKEN", ADMIN_TOKEN)], false).await;
     let raw = app.client.get(app.url("/api/openapi.json")).send().await.unwrap().text().await.unwrap();
     // Before the validator's seconds: the server's keep-alive may close the connection
     // a later request would reuse.
