@@ -60,35 +60,66 @@ fn storable(body: &[u8]) -> Vec<u8> {
 }
 
 pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse, Error> {
-    let applies = req.method() == Method::POST && req.path().starts_with("/api/v1/");
-    let key = req.headers().get(HEADER).map(|v| v.to_str().map(str::to_owned));
-    let (Some(key), true) = (key, applies) else {
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
-    };
-    let key = match key {
-        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => k,
-        _ => return reject(req, ApiError::validation("Idempotency-Key must be 1 to 255 printable ASCII characters")),
+    let key = match request_key(&req) {
+        None => return next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+        Some(Err(error)) => return reject(req, error),
+        Some(Ok(key)) => key,
     };
     let (Some(pool), Some(settings)) =
         (req.app_data::<web::Data<PgPool>>().cloned(), req.app_data::<web::Data<Settings>>().cloned())
     else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
-    let scope = if crate::auth::presents_key(req.request()) {
-        match crate::auth::identify(req.request()).await {
-            Ok(Some(known)) => format!("customer:{}", known.customer_id),
-            // Refused by the handler's authentication; nothing is claimed or replayed.
-            Ok(None) => return next.call(req).await.map(ServiceResponse::map_into_boxed_body),
-            Err(error) => return reject(req, ApiError::from(error)),
-        }
-    } else if req.path() == ONBOARD_PATH {
-        format!("addr:{}", crate::rate_limit::client_address(req.request(), &settings))
-    } else {
-        // Every other route needs a key: the handler answers 401.
-        return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
+    let scope = match scope_of(&req, &settings).await {
+        Err(error) => return reject(req, error),
+        // Refused by the handler's authentication; nothing is claimed or replayed.
+        Ok(None) => return next.call(req).await.map(ServiceResponse::map_into_boxed_body),
+        Ok(Some(scope)) => scope,
     };
+    let request_hash = fingerprint(&mut req).await?;
+    let claim = match idempotency::claim(&pool, &scope, &key, &request_hash, settings.idempotency_lease).await {
+        Ok(claim) => claim,
+        Err(error) => return reject(req, ApiError::from(error)),
+    };
+    let lease = match claim {
+        Claim::Claimed { lease } => lease,
+        refused => return Ok(req.into_response(answer_without_running(refused))),
+    };
+    req.extensions_mut().insert(RequestKey(key.clone()));
+    let claimed =
+        Claimed { pool: pool.get_ref(), scope: &scope, key: &key, lease, lease_for: settings.idempotency_lease };
+    claimed.run(req, next).await
+}
 
-    // Read the body to fingerprint the request, then hand it on unchanged.
+/// The request's `Idempotency-Key`, if the guard applies to it (a POST of the public
+/// API carrying one); an error for a key that is not 1 to 255 printable ASCII.
+fn request_key(req: &ServiceRequest) -> Option<Result<String, ApiError>> {
+    if req.method() != Method::POST || !req.path().starts_with("/api/v1/") {
+        return None;
+    }
+    let key = req.headers().get(HEADER)?;
+    Some(match key.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(k.to_owned()),
+        _ => Err(ApiError::validation("Idempotency-Key must be 1 to 255 printable ASCII characters")),
+    })
+}
+
+/// Whose keys these are: the live API key's customer, or for onboarding the client
+/// address. `None` when the request has no owner (the handler answers 401).
+async fn scope_of(req: &ServiceRequest, settings: &Settings) -> Result<Option<String>, ApiError> {
+    if crate::auth::presents_key(req.request()) {
+        let known = crate::auth::identify(req.request()).await?;
+        return Ok(known.map(|known| format!("customer:{}", known.customer_id)));
+    }
+    if req.path() == ONBOARD_PATH {
+        return Ok(Some(format!("addr:{}", crate::rate_limit::client_address(req.request(), settings))));
+    }
+    Ok(None)
+}
+
+/// The request's fingerprint (method, URI, body); the body is read and handed on
+/// unchanged.
+async fn fingerprint(req: &mut ServiceRequest) -> Result<String, Error> {
     let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |l| l.0);
     let mut payload = req.take_payload();
     let mut body = web::BytesMut::new();
@@ -106,24 +137,27 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
     fingerprint.update(req.uri().to_string());
     fingerprint.update(b"\n");
     fingerprint.update(&body);
-    let request_hash = hex::encode(fingerprint.finalize());
-    let replay_body = body.clone();
-    req.set_payload(Payload::from(futures::stream::once(async move { Ok(replay_body) }).boxed_local()));
+    req.set_payload(Payload::from(futures::stream::once(async move { Ok(body) }).boxed_local()));
+    Ok(hex::encode(fingerprint.finalize()))
+}
 
-    let claim = match idempotency::claim(&pool, &scope, &key, &request_hash, settings.idempotency_lease).await {
-        Ok(claim) => claim,
-        Err(error) => return reject(req, ApiError::from(error)),
-    };
+/// The answer to a request whose key it may not run under: reused with another request
+/// (422), still running (409), or answered before (the stored answer, replayed).
+fn answer_without_running(claim: Claim) -> HttpResponse {
     match claim {
-        Claim::Mismatch => reject(
-            req,
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::IdempotencyKeyReused,
-                "this Idempotency-Key was used with another request",
-            ),
-        ),
-        Claim::InFlight => {
+        Claim::Mismatch => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used with another request",
+        )
+        .error_response(),
+        Claim::Replay { status, body } => {
+            let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
+            response.insert_header((CONTENT_TYPE, "application/json"));
+            response.insert_header((HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")));
+            response.body(body)
+        }
+        Claim::InFlight | Claim::Claimed { .. } => {
             let mut response = ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Conflict,
@@ -131,60 +165,73 @@ pub async fn guard(mut req: ServiceRequest, next: Next<impl MessageBody + 'stati
             )
             .error_response();
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            Ok(req.into_response(response))
+            response
         }
-        Claim::Replay { status, body } => {
-            let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
-            response.insert_header((CONTENT_TYPE, "application/json"));
-            response.insert_header((HeaderName::from_static("idempotent-replayed"), HeaderValue::from_static("true")));
-            Ok(req.into_response(response.body(body)))
-        }
-        Claim::Claimed { lease } => {
-            req.extensions_mut().insert(RequestKey(key.clone()));
-            // The lease is renewed while the request runs: only a request that stopped
-            // (its process died) loses its key to a retry, not a slow one.
-            let lease_for = settings.idempotency_lease;
-            let renew = async {
-                loop {
-                    tokio::time::sleep(lease_for / 3).await;
-                    if let Err(error) = idempotency::renew(&pool, &scope, &key, lease, lease_for).await {
-                        tracing::warn!(%error, "idempotency lease not renewed");
-                    }
+    }
+}
+
+/// A key this request holds: it runs, and its answer is stored under the key.
+struct Claimed<'a> {
+    pool: &'a PgPool,
+    scope: &'a str,
+    key: &'a str,
+    lease: uuid::Uuid,
+    lease_for: std::time::Duration,
+}
+
+impl Claimed<'_> {
+    async fn run(&self, req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse, Error> {
+        // The lease is renewed while the request runs: only a request that stopped
+        // (its process died) loses its key to a retry, not a slow one.
+        let renew = async {
+            loop {
+                tokio::time::sleep(self.lease_for / 3).await;
+                if let Err(error) =
+                    idempotency::renew(self.pool, self.scope, self.key, self.lease, self.lease_for).await
+                {
+                    tracing::warn!(%error, "idempotency lease not renewed");
                 }
-            };
-            let ran = tokio::select! {
-                ran = next.call(req) => ran,
-                never = renew => never,
-            };
-            let response = match ran {
-                Ok(response) => response,
-                Err(error) => {
-                    forget(&pool, &scope, &key, lease).await;
-                    return Err(error);
-                }
-            };
-            let status = response.status();
-            let (request, response) = response.into_parts();
-            let (head, body) = response.into_parts();
-            let bytes = match body::to_bytes(body).await {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    forget(&pool, &scope, &key, lease).await;
-                    return Err(actix_web::error::ErrorInternalServerError(error.into()));
-                }
-            };
-            let stored = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                idempotency::release(&pool, &scope, &key, lease).await.map(|()| true)
-            } else {
-                idempotency::complete(&pool, &scope, &key, lease, status.as_u16(), &storable(&bytes)).await
-            };
-            match stored {
-                Ok(true) => {}
-                // Taken over meanwhile (its renewals failed): the retry answers for it.
-                Ok(false) => tracing::warn!(status = status.as_u16(), "idempotency lease lost before the answer"),
-                Err(error) => tracing::error!(%error, "idempotency record not saved; a retry after the lease re-runs"),
             }
-            Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()))
+        };
+        let ran = tokio::select! {
+            ran = next.call(req) => ran,
+            never = renew => never,
+        };
+        let response = match ran {
+            Ok(response) => response,
+            Err(error) => {
+                forget(self.pool, self.scope, self.key, self.lease).await;
+                return Err(error);
+            }
+        };
+        let status = response.status();
+        let (request, response) = response.into_parts();
+        let (head, body) = response.into_parts();
+        let bytes = match body::to_bytes(body).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                forget(self.pool, self.scope, self.key, self.lease).await;
+                return Err(actix_web::error::ErrorInternalServerError(error.into()));
+            }
+        };
+        self.store(status, &bytes).await;
+        Ok(ServiceResponse::new(request, head.set_body(bytes).map_into_boxed_body()))
+    }
+
+    /// Stores the answer under the key; a server error or 429 gives the key back
+    /// instead, so a retry runs again.
+    async fn store(&self, status: StatusCode, bytes: &[u8]) {
+        let (pool, scope, key, lease) = (self.pool, self.scope, self.key, self.lease);
+        let stored = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            idempotency::release(pool, scope, key, lease).await.map(|()| true)
+        } else {
+            idempotency::complete(pool, scope, key, lease, status.as_u16(), &storable(bytes)).await
+        };
+        match stored {
+            Ok(true) => {}
+            // Taken over meanwhile (its renewals failed): the retry answers for it.
+            Ok(false) => tracing::warn!(status = status.as_u16(), "idempotency lease lost before the answer"),
+            Err(error) => tracing::error!(%error, "idempotency record not saved; a retry after the lease re-runs"),
         }
     }
 }
