@@ -35,10 +35,10 @@ impl ResponseError for ApiError {
         self.status
     }
 
+    /// The body the OpenAPI document describes (`openapi::ErrorBody`), so the two agree.
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(serde_json::json!({
-            "error": { "message": self.message, "code": self.code }
-        }))
+        let detail = crate::openapi::ErrorDetail { message: self.message.clone(), code: self.code };
+        HttpResponse::build(self.status).json(crate::openapi::ErrorBody { error: detail })
     }
 }
 
