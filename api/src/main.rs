@@ -11,7 +11,7 @@ use common::{db, telemetry};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     common::failpoints_from_env();
     let settings = Settings::from_env(&common::jobs::kinds())?;
-    telemetry::init(settings.log_format);
+    let _telemetry = telemetry::init(settings.log_format, "rsolv-api", settings.otlp_endpoint.as_deref());
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
     let kinds = common::jobs::kinds().into_iter().map(|(kind, _)| kind).collect();

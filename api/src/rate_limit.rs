@@ -17,6 +17,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError, web};
 use chrono::Utc;
+use common::clock::Clock;
 use common::config::Settings;
 use common::db::rate_limits::{self, Quota};
 use common::domain::ErrorCode;
@@ -96,7 +97,8 @@ pub async fn enforce(req: ServiceRequest, next: Next<impl MessageBody + 'static>
     let Some((bucket, limit)) = limited else {
         return next.call(req).await.map(ServiceResponse::map_into_boxed_body);
     };
-    let quota = match rate_limits::hit(pool.expect("checked above").get_ref(), &bucket, limit).await {
+    let now = req.app_data::<web::Data<Clock>>().map_or_else(Utc::now, |clock| clock.now());
+    let quota = match rate_limits::hit(pool.expect("checked above").get_ref(), &bucket, limit, now).await {
         Ok(quota) => quota,
         Err(error) => {
             tracing::warn!(%error, "rate limiter unavailable; request let through");
@@ -104,7 +106,7 @@ pub async fn enforce(req: ServiceRequest, next: Next<impl MessageBody + 'static>
         }
     };
     if !quota.allowed() {
-        let retry_after = (quota.resets_at - Utc::now()).num_seconds().max(1);
+        let retry_after = (quota.resets_at - now).num_seconds().max(1);
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,

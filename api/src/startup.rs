@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
+use common::clock::Clock;
 use common::config::Settings;
 use common::queue::JobWaker;
 use common::stripe::StripeApi;
@@ -27,6 +28,16 @@ pub struct Application {
 impl Application {
     /// Binds `listener` (use port 0 for a random one) and builds the server.
     pub fn build(listener: TcpListener, pool: PgPool, settings: Arc<Settings>) -> std::io::Result<Self> {
+        Self::build_with_clock(listener, pool, settings, Clock::system())
+    }
+
+    /// As [`build`](Self::build), reading the time from `clock` (a test's, held still).
+    pub fn build_with_clock(
+        listener: TcpListener,
+        pool: PgPool,
+        settings: Arc<Settings>,
+        clock: Clock,
+    ) -> std::io::Result<Self> {
         let port = listener.local_addr()?.port();
         common::telemetry::metrics::handle();
         let stripe = match &settings.stripe {
@@ -46,6 +57,7 @@ impl Application {
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
         let webhook_limit = settings.webhook_max_body_bytes;
         let stripe = web::Data::new(stripe);
+        let clock = web::Data::new(clock);
         let settings = web::Data::from(settings);
         // The document, collected once from the registration every worker repeats below.
         let admin = settings.admin_token.is_some();
@@ -78,6 +90,7 @@ impl Application {
                 .app_data(waker.clone())
                 .app_data(limit.clone())
                 .app_data(stripe.clone())
+                .app_data(clock.clone())
                 .app_data(settings.clone())
                 .app_data(surface.clone())
                 .app_data(

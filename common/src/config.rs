@@ -76,6 +76,9 @@ pub struct Settings {
     /// Request headers' total size above which a request is refused with 431.
     pub max_header_bytes: usize,
     pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OpenTelemetry collector spans are exported to
+    /// (OTLP/HTTP, e.g. `http://collector:4318`); none by default.
+    pub otlp_endpoint: Option<String>,
     pub credits: CreditSettings,
     pub prices: PriceSettings,
     /// Absent when `STRIPE_SECRET_KEY` is unset: billing endpoints then answer 503.
@@ -298,44 +301,20 @@ impl Settings {
             max_body_bytes: r.parse("MAX_BODY_BYTES", 64 * 1024)?,
             max_header_bytes: r.parse("MAX_HEADER_BYTES", 16 * 1024)?,
             webhook_max_body_bytes: r.parse("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)?,
-            log_format: match r.string("LOG_FORMAT").as_deref() {
-                None | Some("pretty") => LogFormat::Pretty,
-                Some("json") => LogFormat::Json,
-                Some(other) => {
-                    return Err(ConfigError {
-                        name: "LOG_FORMAT".into(),
-                        message: format!("{other:?} is not one of pretty, json"),
-                    });
-                }
-            },
+            log_format: LogFormat::read(&r)?,
+            otlp_endpoint: r.string("OTEL_EXPORTER_OTLP_ENDPOINT"),
             credits: CreditSettings {
                 trial_signup: r.parse("CREDITS_TRIAL_SIGNUP", 5)?,
                 billing_added: r.parse("CREDITS_BILLING_ADDED", 5)?,
                 pro_invoice: r.parse("CREDITS_PRO_INVOICE", 60)?,
             },
             prices: PriceSettings::read(&r)?,
-            stripe: match r.string("STRIPE_SECRET_KEY") {
-                None => None,
-                Some(key) => Some(StripeSettings {
-                    secret_key: Secret::new(key),
-                    api_base: with_trailing_slash(
-                        r.string("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into()),
-                    ),
-                    timeout: r.millis("STRIPE_TIMEOUT_MS", 20_000)?,
-                }),
-            },
+            stripe: StripeSettings::read(&r)?,
             webhook_secrets: r
                 .string("STRIPE_WEBHOOK_SECRET")
                 .map(|list| list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
                 .unwrap_or_default(),
-            email: match r.string("SMTP_URL") {
-                None => None,
-                Some(url) => Some(EmailSettings {
-                    smtp_url: Secret::new(url),
-                    from: r.string("EMAIL_FROM").unwrap_or_else(|| "RSOLV <hello@rsolv.dev>".into()),
-                    pool_max: r.parse("SMTP_POOL_MAX", 4)?,
-                }),
-            },
+            email: EmailSettings::read(&r)?,
             public_base_url: r.string("PUBLIC_BASE_URL").map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_else(
                 || format!("http://{}", r.string("BIND_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into())),
             ),
@@ -354,14 +333,12 @@ impl Settings {
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
             admin_session_ttl: Duration::from_secs(60 * r.parse("ADMIN_SESSION_TTL_MINUTES", 8 * 60u64)?),
             session_cookie_secure: r.parse("SESSION_COOKIE_SECURE", true)?,
+            // The worker serves metrics unless told "off"; the API only when asked.
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
                 Some("off") => None,
                 _ => Some(r.parse("METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9091)))?),
             },
-            api_metrics_addr: match r.string("API_METRICS_ADDR") {
-                None => None,
-                Some(_) => Some(r.parse("API_METRICS_ADDR", SocketAddr::from(([127, 0, 0, 1], 9092)))?),
-            },
+            api_metrics_addr: r.optional("API_METRICS_ADDR")?,
             metrics_token: r.string("METRICS_TOKEN").map(Secret::new),
             renewal_schedule: r
                 .parse("RENEWAL_CRON", cron::Schedule::from_str("0 0 * * * *").expect("valid default"))?,
@@ -519,6 +496,44 @@ impl JobSettings {
     }
 }
 
+impl LogFormat {
+    fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
+        match r.string("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => Ok(Self::Pretty),
+            Some("json") => Ok(Self::Json),
+            Some(other) => {
+                Err(ConfigError { name: "LOG_FORMAT".into(), message: format!("{other:?} is not one of pretty, json") })
+            }
+        }
+    }
+}
+
+impl StripeSettings {
+    /// Stripe is off (billing jobs refuse) unless `STRIPE_SECRET_KEY` is set.
+    fn read(r: &Reader<'_>) -> Result<Option<Self>, ConfigError> {
+        let Some(key) = r.string("STRIPE_SECRET_KEY") else { return Ok(None) };
+        Ok(Some(Self {
+            secret_key: Secret::new(key),
+            api_base: with_trailing_slash(
+                r.string("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into()),
+            ),
+            timeout: r.millis("STRIPE_TIMEOUT_MS", 20_000)?,
+        }))
+    }
+}
+
+impl EmailSettings {
+    /// Email is off (email steps wait) unless `SMTP_URL` is set.
+    fn read(r: &Reader<'_>) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = r.string("SMTP_URL") else { return Ok(None) };
+        Ok(Some(Self {
+            smtp_url: Secret::new(url),
+            from: r.string("EMAIL_FROM").unwrap_or_else(|| "RSOLV <hello@rsolv.dev>".into()),
+            pool_max: r.parse("SMTP_POOL_MAX", 4)?,
+        }))
+    }
+}
+
 impl RateLimits {
     fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -556,12 +571,20 @@ impl Reader<'_> {
     where
         T::Err: std::fmt::Display,
     {
-        match self.string(name) {
-            None => Ok(default),
-            Some(raw) => raw
-                .parse()
-                .map_err(|e: T::Err| ConfigError { name: name.into(), message: format!("{raw:?} is invalid: {e}") }),
-        }
+        Ok(self.optional(name)?.unwrap_or(default))
+    }
+
+    /// `None` when unset; otherwise it must parse.
+    fn optional<T: FromStr>(&self, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.string(name)
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|e: T::Err| ConfigError { name: name.into(), message: format!("{raw:?} is invalid: {e}") })
+            })
+            .transpose()
     }
 
     fn millis(&self, name: &str, default: u64) -> Result<Duration, ConfigError> {

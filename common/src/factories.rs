@@ -100,68 +100,71 @@ pub async fn create(
     db::api_keys::insert(&mut *tx, id, "default", &key.hash(), &key.display_prefix()).await?;
     post_credits(&mut tx, id, credits.trial_signup, LedgerSource::TrialSignup, format!("trial_signup:{id}")).await?;
 
-    let mut used = 0;
     if state.has_card() {
-        db::customers::set_stripe_customer(&mut *tx, id, &format!("cus_seed_{tag}")).await?;
-        db::customers::set_payment_method(&mut *tx, id, &format!("pm_seed_{tag}"), chrono::Utc::now()).await?;
-        post_credits(
-            &mut tx,
-            id,
-            credits.billing_added,
-            LedgerSource::TrialBillingAdded,
-            format!("trial_billing_added:{id}"),
-        )
-        .await?;
+        add_card(&mut tx, id, &tag, settings).await?;
     }
     let to_use = match state {
         CustomerState::Trial | CustomerState::TrialWithBilling => 0,
         CustomerState::TrialExhausted => credits.trial_signup,
         _ => credits.trial_signup + credits.billing_added,
     };
-    while used < to_use {
-        use_fix(&mut tx, id, &format!("seed-fix-{used}")).await?;
-        used += 1;
+    for n in 0..to_use {
+        use_fix(&mut tx, id, &format!("seed-fix-{n}")).await?;
     }
     if state.is_pro() {
-        let subscription = format!("sub_seed_{tag}");
-        let period_end = chrono::Utc::now().timestamp() + 30 * 86_400;
-        let cancel_later = state == CustomerState::ProCancellationScheduled;
-        db::customers::apply_subscription(
-            &mut *tx,
-            id,
-            &subscription,
-            SubscriptionState::Active,
-            cancel_later,
-            Some(period_end),
-            Observed::now(1),
-        )
-        .await?;
-        let invoice = format!("in_seed_{tag}");
-        post_credits(
-            &mut tx,
-            id,
-            credits.pro_invoice,
-            LedgerSource::ProSubscriptionPayment,
-            format!("pro_invoice:{invoice}"),
-        )
-        .await?;
-        match state {
-            CustomerState::ProPartlyUsed => {
-                for n in 0..15 {
-                    use_fix(&mut tx, id, &format!("seed-pro-fix-{n}")).await?;
-                }
-            }
-            CustomerState::ProPastDue => {
-                db::customers::apply_past_due(&mut *tx, id, Observed::now(2)).await?;
-            }
-            CustomerState::ProCancelled => {
-                db::customers::apply_subscription_ended(&mut *tx, id, &subscription, Observed::now(3)).await?;
-            }
-            _ => {}
-        }
+        subscribe_pro(&mut tx, id, &tag, state, settings).await?;
     }
     tx.commit().await?;
     Ok(Seeded { customer_id: id, email, api_key: key, state })
+}
+
+/// A Stripe customer and card (placeholders), and the credits adding billing grants.
+async fn add_card(tx: &mut sqlx::PgConnection, id: Uuid, tag: &str, settings: &Settings) -> Result<(), FactoryError> {
+    db::customers::set_stripe_customer(&mut *tx, id, &format!("cus_seed_{tag}")).await?;
+    db::customers::set_payment_method(&mut *tx, id, &format!("pm_seed_{tag}"), chrono::Utc::now()).await?;
+    let credits = settings.credits.billing_added;
+    post_credits(tx, id, credits, LedgerSource::TrialBillingAdded, format!("trial_billing_added:{id}")).await
+}
+
+/// A Pro subscription with its first paid invoice, then the state's own turn: partly
+/// used, past due, cancellation scheduled or ended.
+async fn subscribe_pro(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    tag: &str,
+    state: CustomerState,
+    settings: &Settings,
+) -> Result<(), FactoryError> {
+    let subscription = format!("sub_seed_{tag}");
+    let period_end = chrono::Utc::now().timestamp() + 30 * 86_400;
+    let cancel_later = state == CustomerState::ProCancellationScheduled;
+    db::customers::apply_subscription(
+        &mut *tx,
+        id,
+        &subscription,
+        SubscriptionState::Active,
+        cancel_later,
+        Some(period_end),
+        Observed::now(1),
+    )
+    .await?;
+    let invoice_key = format!("pro_invoice:in_seed_{tag}");
+    post_credits(tx, id, settings.credits.pro_invoice, LedgerSource::ProSubscriptionPayment, invoice_key).await?;
+    match state {
+        CustomerState::ProPartlyUsed => {
+            for n in 0..15 {
+                use_fix(tx, id, &format!("seed-pro-fix-{n}")).await?;
+            }
+        }
+        CustomerState::ProPastDue => {
+            db::customers::apply_past_due(&mut *tx, id, Observed::now(2)).await?;
+        }
+        CustomerState::ProCancelled => {
+            db::customers::apply_subscription_ended(&mut *tx, id, &subscription, Observed::now(3)).await?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn post_credits(

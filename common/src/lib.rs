@@ -1,11 +1,13 @@
 //! RSOLV's shared core: the domain, configuration, database access, the credit ledger,
 //! the job backbone and the job kinds. `api` and `worker` are thin binaries over it.
 
+pub mod clock;
 pub mod config;
 pub mod correlation;
 pub mod db;
 pub mod domain;
 pub mod email;
+#[cfg(feature = "testing")]
 pub mod factories;
 pub mod jobs;
 pub mod ledger;

@@ -6,7 +6,7 @@ use common::db;
 use common::operator;
 
 use crate::Error;
-use crate::simulate::{find_customer, flag};
+use crate::cli::{find_customer, flag};
 
 const USAGE: &str = "usage: rsolv-worker credits grant|revoke --customer EMAIL|ID --amount N --reason TEXT [--key KEY]";
 

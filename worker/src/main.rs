@@ -4,10 +4,10 @@
 //! ```text
 //! rsolv-worker                      run the workers (applies migrations first)
 //! rsolv-worker migrate              apply migrations and exit
-//! rsolv-worker seed                 create one demo customer per domain state, print their keys
+//! rsolv-worker seed                 create one demo customer per domain state, print their keys (*)
 //! rsolv-worker simulate-webhook TYPE --customer EMAIL|ID [--url URL] [--status S]
 //!                                   [--cancel-at-period-end] [--invoice ID] [--event-id ID]
-//!                                   sign and post a realistic Stripe event, like `stripe trigger`
+//!                                   sign and post a realistic Stripe event, like `stripe trigger` (*)
 //! rsolv-worker jobs queues | dead [QUEUE] | show ID | redrive ID | redrive-all QUEUE | discard ID | cancel ID
 //!                                   inspect and steer the queues (as the admin API does)
 //! rsolv-worker start-sequence NAME --customer EMAIL|ID
@@ -22,17 +22,21 @@
 //! rsolv-worker verify [--customer EMAIL|ID]
 //!                                   check every money invariant; exits 1 naming each violation
 //! ```
+//!
+//! (*) With the `demo` feature (on by default): they build customers and events through
+//! `rsolv-common`'s `testing` feature. A production image can leave them out with
+//! `--no-default-features`.
 
+mod cli;
 mod credits;
 mod metrics_http;
 mod ops;
+#[cfg(feature = "demo")]
 mod simulate;
 
 use std::sync::Arc;
 
 use common::config::Settings;
-use common::domain::Email;
-use common::factories::{self, CustomerState};
 use common::jobs::{self, JobContext};
 use common::{db, telemetry};
 
@@ -43,7 +47,7 @@ async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     common::failpoints_from_env();
     let settings = Settings::from_env(&jobs::kinds())?;
-    telemetry::init(settings.log_format);
+    let _telemetry = telemetry::init(settings.log_format, "rsolv-worker", settings.otlp_endpoint.as_deref());
     let pool = db::pool(&settings)?;
     db::migrate(&pool).await?;
     match args.first().map(String::as_str) {
@@ -63,7 +67,9 @@ async fn main() -> Result<(), Error> {
             println!("migrations applied");
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Some("seed") => seed(&pool, &settings).await,
+        #[cfg(feature = "demo")]
         Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
         Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
         Some("jobs") => ops::run(&pool, &args[1..]).await,
@@ -80,7 +86,11 @@ async fn main() -> Result<(), Error> {
     }
 }
 
+#[cfg(feature = "demo")]
 async fn seed(pool: &sqlx::PgPool, settings: &Settings) -> Result<(), Error> {
+    use common::domain::Email;
+    use common::factories::{self, CustomerState};
+
     let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
     println!("{:<28} {:<46} api key", "state", "email");
     for state in CustomerState::ALL {
@@ -92,8 +102,8 @@ async fn seed(pool: &sqlx::PgPool, settings: &Settings) -> Result<(), Error> {
 }
 
 async fn verify(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
-    let customer = match simulate::flag(args, "--customer") {
-        Some(who) => Some(simulate::find_customer(pool, who).await?.id),
+    let customer = match cli::flag(args, "--customer") {
+        Some(who) => Some(cli::find_customer(pool, who).await?.id),
         None => None,
     };
     let violations = common::verify::money_invariants(pool, customer).await?;
@@ -109,8 +119,8 @@ async fn verify(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
 }
 
 async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> Result<(), Error> {
-    let customers = match simulate::flag(args, "--customer") {
-        Some(who) => vec![simulate::find_customer(&pool, who).await?.id],
+    let customers = match cli::flag(args, "--customer") {
+        Some(who) => vec![cli::find_customer(&pool, who).await?.id],
         None => db::customers::with_stripe_customer(&pool).await?,
     };
     let ctx = JobContext::new(pool.clone(), Arc::new(settings))?;
@@ -146,8 +156,8 @@ async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Erro
     let names: Vec<_> = common::email::sequences::ALL.iter().map(|s| s.name).collect();
     let usage = format!("usage: start-sequence NAME --customer EMAIL|ID (NAME: {})", names.join(", "));
     let sequence = args.first().and_then(|n| common::email::sequences::find(n)).ok_or(usage.clone())?;
-    let who = simulate::flag(args, "--customer").ok_or(usage)?;
-    let customer = simulate::find_customer(pool, who).await?;
+    let who = cli::flag(args, "--customer").ok_or(usage)?;
+    let customer = cli::find_customer(pool, who).await?;
     let mut tx = pool.begin().await?;
     let occurrence = new_occurrence();
     common::jobs::SendEmailStep::schedule(

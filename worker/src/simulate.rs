@@ -2,21 +2,12 @@
 //! signs it with the first configured webhook secret, and posts it to the API.
 
 use common::config::Settings;
-use common::db;
-use common::stripe::events::{Handled, Simulated};
+use common::stripe::events::Handled;
 use common::stripe::signature;
+use common::stripe::simulated::Simulated;
 
 use crate::Error;
-
-/// The value after `--flag`.
-pub fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
-}
-
-/// A customer by id or email.
-pub async fn find_customer(pool: &sqlx::PgPool, who: &str) -> Result<db::customers::Customer, Error> {
-    db::customers::find_by_id_or_email(pool, who).await?.ok_or_else(|| format!("no customer {who}").into())
-}
+use crate::cli::{find_customer, flag};
 
 pub async fn run(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> Result<(), Error> {
     let usage = "usage: simulate-webhook TYPE --customer EMAIL|ID [--url URL] [--status S] [--cancel-at-period-end] [--invoice ID] [--event-id ID]";

@@ -1,6 +1,6 @@
 //! Fixed one-minute windows counted in Postgres, so every API process shares them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgExecutor;
 
 /// Where a bucket stands after counting one more request.
@@ -22,13 +22,21 @@ impl Quota {
     }
 }
 
-/// Counts a request in the bucket's current minute.
-pub async fn hit<'e>(db: impl PgExecutor<'e>, bucket: &str, limit: u32) -> Result<Quota, sqlx::Error> {
+/// Counts a request in the bucket's minute at `now` (the API's [`Clock`](crate::clock::Clock):
+/// processes on hosts kept in time by NTP agree on the minute but at its edges).
+pub async fn hit<'e>(
+    db: impl PgExecutor<'e>,
+    bucket: &str,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<Quota, sqlx::Error> {
+    let minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
     let window = sqlx::query!(
-        "INSERT INTO rate_limit_windows (bucket, window_start, hits) VALUES ($1, date_trunc('minute', now()), 1)
+        "INSERT INTO rate_limit_windows (bucket, window_start, hits) VALUES ($1, $2, 1)
          ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
          RETURNING hits, window_start",
         bucket,
+        minute,
     )
     .fetch_one(db)
     .await?;

@@ -223,38 +223,7 @@ impl RecordUsage {
             return Err(JobError::new("customer vanished"));
         }
         let detail = match attempt {
-            Attempt::Paid(intent) => {
-                let purchase = Posting {
-                    customer_id: self.customer_id,
-                    amount: 1,
-                    source: LedgerSource::Purchased,
-                    metadata: serde_json::json!({
-                        "fix_id": self.fix_id, "payment_intent_id": intent.id,
-                        "amount_cents": charge.amount_cents, "charge_id": charge.id,
-                    }),
-                    idempotency_key: format!("purchased:{}:{}", self.customer_id, self.fix_id),
-                };
-                ledger::post(&mut tx, &purchase).await.map_err(ledger_error)?;
-                let entry_id = match ledger::post(&mut tx, &self.debit(Some(&intent.id))).await.map_err(ledger_error)? {
-                    Posted::Posted { entry_id, .. } | Posted::AlreadyPosted { entry_id } => entry_id,
-                    Posted::InsufficientCredits { .. } => {
-                        return Err(JobError::new("purchased credit not available for the debit"));
-                    }
-                };
-                db::usage::record_charged(
-                    &mut *tx,
-                    self.customer_id,
-                    &self.fix_id,
-                    &self.repo,
-                    entry_id,
-                    charge.amount_cents,
-                    &intent.id,
-                )
-                .await?;
-                db::charges::resolve(&mut *tx, charge.id, ChargeStatus::Succeeded, Some(&intent.id), None).await?;
-                tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, amount = charge.amount_cents, payment_intent = %intent.id, "fix charged");
-                serde_json::json!({ "outcome": "consumed", "charged_cents": charge.amount_cents, "payment_intent_id": intent.id })
-            }
+            Attempt::Paid(intent) => self.record_paid(&mut tx, &charge, &intent).await?,
             Attempt::NeedsAction(intent) => {
                 db::charges::resolve(&mut *tx, charge.id, ChargeStatus::RequiresAction, Some(&intent.id), None).await?;
                 tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, payment_intent = %intent.id, "fix charge needs the customer's authentication");
@@ -270,6 +239,49 @@ impl RecordUsage {
         };
         tx.commit().await?;
         Ok(Outcome::done(detail))
+    }
+
+    /// A paid charge, recorded once under the customer's lock: the credit bought
+    /// (`purchased`, +1) and spent on the fix (`fix_deployed`, −1), the fix consumed, the
+    /// charge succeeded.
+    async fn record_paid(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        charge: &Charge,
+        intent: &PaymentIntent,
+    ) -> Result<serde_json::Value, JobError> {
+        let purchase = Posting {
+            customer_id: self.customer_id,
+            amount: 1,
+            source: LedgerSource::Purchased,
+            metadata: serde_json::json!({
+                "fix_id": self.fix_id, "payment_intent_id": intent.id,
+                "amount_cents": charge.amount_cents, "charge_id": charge.id,
+            }),
+            idempotency_key: format!("purchased:{}:{}", self.customer_id, self.fix_id),
+        };
+        ledger::post(tx, &purchase).await.map_err(ledger_error)?;
+        let entry_id = match ledger::post(tx, &self.debit(Some(&intent.id))).await.map_err(ledger_error)? {
+            Posted::Posted { entry_id, .. } | Posted::AlreadyPosted { entry_id } => entry_id,
+            Posted::InsufficientCredits { .. } => {
+                return Err(JobError::new("purchased credit not available for the debit"));
+            }
+        };
+        db::usage::record_charged(
+            &mut **tx,
+            self.customer_id,
+            &self.fix_id,
+            &self.repo,
+            entry_id,
+            charge.amount_cents,
+            &intent.id,
+        )
+        .await?;
+        db::charges::resolve(&mut **tx, charge.id, ChargeStatus::Succeeded, Some(&intent.id), None).await?;
+        tracing::info!(customer_id = %self.customer_id, fix_id = %self.fix_id, amount = charge.amount_cents, payment_intent = %intent.id, "fix charged");
+        Ok(
+            serde_json::json!({ "outcome": "consumed", "charged_cents": charge.amount_cents, "payment_intent_id": intent.id }),
+        )
     }
 }
 
@@ -287,65 +299,13 @@ async fn attempt(
     let Some(stripe_customer) = customer.stripe_customer_id.as_deref() else {
         return Err(JobError::new("the Stripe customer is not recorded"));
     };
-    let earlier = match &charge.payment_intent_id {
-        Some(id) => Some(stripe.payment_intent(id).await.map_err(stripe_failure)?),
-        None => {
-            // Ours by charge id; or, for a fix whose job began before charges were
-            // written down, by the customer and fix id that code put in the metadata.
-            let customer_id = charge.customer_id.to_string();
-            let ours = |intent: &PaymentIntent| match intent.charge_id() {
-                Some(id) => id == charge.id,
-                None => {
-                    intent.metadata.get("rsolv_customer_id") == Some(&customer_id)
-                        && intent.metadata.get("fix_id") == Some(&charge.fix_id)
-                }
-            };
-            stripe.find_payment_intent(stripe_customer, since - CLOCK_SKEW_SECS, ours).await.map_err(stripe_failure)?
-        }
-    };
-    let intent = match earlier {
+    let intent = match earlier_intent(stripe, stripe_customer, charge, since).await? {
         Some(intent) => intent,
         None if !may_pay => return Ok(None),
-        None => {
-            let Some(payment_method) = customer.stripe_payment_method_id.as_deref() else {
-                let reason = "the payment method was removed before the charge was made".to_owned();
-                return Ok(Some(Attempt::Refused { refusal: refusal::NO_BILLING_INFO, reason, intent: None }));
-            };
-            let metadata = HashMap::from([
-                (CHARGE_ID_METADATA.to_owned(), charge.id.to_string()),
-                ("rsolv_customer_id".to_owned(), charge.customer_id.to_string()),
-                ("fix_id".to_owned(), charge.fix_id.clone()),
-            ]);
-            // A test build can widen the window before the payment here, or stop there.
-            fail::fail_point!("record_usage::before_stripe_charge", |_| Err(JobError::new("failpoint: before paying")));
-            let created = stripe
-                .charge(
-                    stripe_customer,
-                    payment_method,
-                    charge.amount_cents,
-                    &charge.currency,
-                    &charge.idempotency_key,
-                    metadata,
-                )
-                .await;
-            match created {
-                Ok(intent) => intent,
-                Err(CallError::Declined { message, .. }) => {
-                    return Ok(Some(Attempt::Refused {
-                        refusal: refusal::CARD_DECLINED,
-                        reason: message,
-                        intent: None,
-                    }));
-                }
-                Err(error @ CallError::Rejected { .. }) => {
-                    let reason = error.to_string();
-                    return Ok(Some(Attempt::Refused { refusal: refusal::PAYMENT_FAILED, reason, intent: None }));
-                }
-                // The key was used with other parameters: an earlier attempt's effect is
-                // to be found, not repeated; the next attempt looks again.
-                Err(error) => return Err(stripe_failure(error)),
-            }
-        }
+        None => match pay(stripe, stripe_customer, customer, charge).await? {
+            Ok(intent) => intent,
+            Err(refused) => return Ok(Some(refused)),
+        },
     };
     Ok(Some(match intent.status.as_str() {
         "succeeded" => Attempt::Paid(intent),
@@ -361,4 +321,72 @@ async fn attempt(
         // processing, requires_confirmation, requires_capture: not final yet.
         other => return Err(JobError::new(format!("payment {} is {other}; asking again later", intent.id))),
     }))
+}
+
+/// The PaymentIntent an earlier attempt made for `charge`: the one we recorded, or one
+/// Stripe holds with our charge id.
+async fn earlier_intent(
+    stripe: &StripeApi,
+    stripe_customer: &str,
+    charge: &Charge,
+    since: i64,
+) -> Result<Option<PaymentIntent>, JobError> {
+    if let Some(id) = &charge.payment_intent_id {
+        return Ok(Some(stripe.payment_intent(id).await.map_err(stripe_failure)?));
+    }
+    // Ours by charge id; or, for a fix whose job began before charges were written
+    // down, by the customer and fix id that code put in the metadata.
+    let customer_id = charge.customer_id.to_string();
+    let ours = |intent: &PaymentIntent| match intent.charge_id() {
+        Some(id) => id == charge.id,
+        None => {
+            intent.metadata.get("rsolv_customer_id") == Some(&customer_id)
+                && intent.metadata.get("fix_id") == Some(&charge.fix_id)
+        }
+    };
+    stripe.find_payment_intent(stripe_customer, since - CLOCK_SKEW_SECS, ours).await.map_err(stripe_failure)
+}
+
+/// Makes the payment for `charge` (Stripe had nothing of it): the PaymentIntent, or
+/// the refusal when Stripe declined or there is no payment method any more.
+async fn pay(
+    stripe: &StripeApi,
+    stripe_customer: &str,
+    customer: &Customer,
+    charge: &Charge,
+) -> Result<Result<PaymentIntent, Attempt>, JobError> {
+    let Some(payment_method) = customer.stripe_payment_method_id.as_deref() else {
+        let reason = "the payment method was removed before the charge was made".to_owned();
+        return Ok(Err(Attempt::Refused { refusal: refusal::NO_BILLING_INFO, reason, intent: None }));
+    };
+    let metadata = HashMap::from([
+        (CHARGE_ID_METADATA.to_owned(), charge.id.to_string()),
+        ("rsolv_customer_id".to_owned(), charge.customer_id.to_string()),
+        ("fix_id".to_owned(), charge.fix_id.clone()),
+    ]);
+    // A test build can widen the window before the payment here, or stop there.
+    fail::fail_point!("record_usage::before_stripe_charge", |_| Err(JobError::new("failpoint: before paying")));
+    let created = stripe
+        .charge(
+            stripe_customer,
+            payment_method,
+            charge.amount_cents,
+            &charge.currency,
+            &charge.idempotency_key,
+            metadata,
+        )
+        .await;
+    match created {
+        Ok(intent) => Ok(Ok(intent)),
+        Err(CallError::Declined { message, .. }) => {
+            Ok(Err(Attempt::Refused { refusal: refusal::CARD_DECLINED, reason: message, intent: None }))
+        }
+        Err(error @ CallError::Rejected { .. }) => {
+            let reason = error.to_string();
+            Ok(Err(Attempt::Refused { refusal: refusal::PAYMENT_FAILED, reason, intent: None }))
+        }
+        // The key was used with other parameters: an earlier attempt's effect is to be
+        // found, not repeated; the next attempt looks again.
+        Err(error) => Err(stripe_failure(error)),
+    }
 }

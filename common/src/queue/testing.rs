@@ -25,21 +25,47 @@ pub struct InsertedJob<J> {
     pub run_at: DateTime<Utc>,
     pub unique_key: Option<String>,
     pub request_id: Option<String>,
+    /// The worker holding it while it runs.
+    pub locked_by: Option<String>,
+    /// Each failed attempt's error, oldest first.
+    pub errors: Vec<String>,
 }
 
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    id: i64,
-    args: serde_json::Value,
-    status: JobStatus,
-    attempts: i32,
-    max_attempts: Option<i32>,
-    run_at: DateTime<Utc>,
-    unique_key: Option<String>,
-    request_id: Option<String>,
+/// Any job, its args left as JSON: for tests about the queue rather than one kind.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub args: serde_json::Value,
+    pub customer_id: Option<uuid::Uuid>,
+    pub status: JobStatus,
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub request_id: Option<String>,
+    pub locked_by: Option<String>,
+    #[sqlx(json)]
+    pub errors: Vec<ErrorEntry>,
 }
 
-const COLUMNS: &str = "id, args, status, attempts, max_attempts, run_at, unique_key, request_id";
+impl JobRow {
+    /// The last failed attempt's error.
+    pub fn last_error(&self) -> Option<&str> {
+        self.errors.last().map(|e| e.error.as_str())
+    }
+}
+
+/// One entry of a job's error history.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ErrorEntry {
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub error: String,
+}
+
+const COLUMNS: &str =
+    "id, kind, args, customer_id, status, attempts, max_attempts, run_at, unique_key, request_id, locked_by, errors";
 
 impl<J: JobKind> InsertedJob<J> {
     fn decode(row: JobRow) -> Self {
@@ -54,7 +80,82 @@ impl<J: JobKind> InsertedJob<J> {
             run_at: row.run_at,
             unique_key: row.unique_key,
             request_id: row.request_id,
+            locked_by: row.locked_by,
+            errors: row.errors.into_iter().map(|e| e.error).collect(),
         }
+    }
+}
+
+/// Every job, oldest first.
+pub async fn all_jobs<'e>(db: impl PgExecutor<'e>) -> Vec<JobRow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs ORDER BY id")))
+        .fetch_all(db)
+        .await
+        .expect("reading jobs")
+}
+
+/// Job `id`; panics if there is none.
+pub async fn require_job<'e>(db: impl PgExecutor<'e>, id: i64) -> JobRow {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM jobs WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .expect("reading a job")
+        .unwrap_or_else(|| panic!("no job {id}"))
+}
+
+/// How many jobs there are of `kind` (any kind: `None`) in any of `statuses` (any
+/// status: empty).
+pub async fn count<'e>(db: impl PgExecutor<'e>, kind: Option<&str>, statuses: &[JobStatus]) -> i64 {
+    try_count(db, kind, statuses).await.expect("counting jobs")
+}
+
+/// [`count`], with the error for the caller to judge (a database restarting, say).
+pub async fn try_count<'e>(
+    db: impl PgExecutor<'e>,
+    kind: Option<&str>,
+    statuses: &[JobStatus],
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs
+          WHERE ($1::text IS NULL OR kind = $1) AND (cardinality($2::text[]) = 0 OR status = ANY($2))",
+    )
+    .bind(kind)
+    .bind(statuses)
+    .fetch_one(db)
+    .await
+}
+
+/// Every job there is.
+pub async fn count_all<'e>(db: impl PgExecutor<'e>) -> i64 {
+    count(db, None, &[]).await
+}
+
+/// How many jobs (of every kind) wait or run.
+pub async fn count_unfinished<'e>(db: impl PgExecutor<'e>) -> i64 {
+    count(db, None, &UNFINISHED).await
+}
+
+const UNFINISHED: [JobStatus; 3] = [JobStatus::Available, JobStatus::Running, JobStatus::Retryable];
+
+/// Waits until `condition` holds of the jobs' count of `kind` in `statuses`; panics
+/// after `deadline` with the last count.
+pub async fn wait_for_count(
+    pool: &PgPool,
+    kind: Option<&str>,
+    statuses: &[JobStatus],
+    condition: impl Fn(i64) -> bool,
+    deadline: Duration,
+) {
+    let started = Instant::now();
+    loop {
+        // A read that times out under load is "not yet", until the deadline.
+        let now = try_count(pool, kind, statuses).await;
+        if now.as_ref().is_ok_and(|n| condition(*n)) {
+            return;
+        }
+        assert!(started.elapsed() < deadline, "{kind:?} jobs in {statuses:?}: {now:?} after {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

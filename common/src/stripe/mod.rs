@@ -19,6 +19,8 @@
 pub mod events;
 pub mod objects;
 pub mod signature;
+#[cfg(any(test, feature = "testing"))]
+pub mod simulated;
 
 use std::collections::HashMap;
 

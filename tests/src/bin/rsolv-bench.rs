@@ -239,7 +239,7 @@ async fn serve_noop(url: &str, concurrency: usize) -> Result<(), Error> {
         &common::jobs::kinds(),
     )?;
     // The workers' warnings reach the bench's stderr (its spawner sets RUST_LOG=warn).
-    common::telemetry::init(settings.log_format);
+    let _telemetry = common::telemetry::init(settings.log_format, "rsolv-bench", None);
     let pool = PgPoolOptions::new().max_connections(concurrency as u32 + 4).connect(url).await?;
     let notifier = JobNotifier::listen(&pool).await?;
     let bookkeeping = queue::bookkeeping_pool(&pool, settings.jobs.bookkeeping_sync_commit);

@@ -1,17 +1,22 @@
 //! Rate limits (the domain spec's defaults), shared across API processes.
 
+use chrono::{DurationRound, TimeDelta, Utc};
+use common::clock::Clock;
+use common::queue::testing;
 use serde_json::Value;
 
 use crate::helpers::TestApp;
 
-/// Starts counting in a window with time to spare, so a minute boundary cannot split
-/// a test's burst.
-pub(crate) async fn fresh_window() {
-    use chrono::Timelike;
-    let second = chrono::Utc::now().second();
-    if second >= 50 {
-        tokio::time::sleep(std::time::Duration::from_secs(u64::from(61 - second))).await;
-    }
+/// The API's clock held still 10 s into a minute: a test's burst is never split by a
+/// window's end, whenever it runs.
+pub(crate) fn still_clock() -> Clock {
+    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    Clock::manual(minute + TimeDelta::seconds(10))
+}
+
+/// An API (and worker) whose rate-limit windows are [`still_clock`]'s.
+pub(crate) async fn limited_app(overrides: &[(&str, &str)], worker: bool) -> TestApp {
+    TestApp::spawn_with_clock(overrides, worker, still_clock()).await
 }
 
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
@@ -22,25 +27,25 @@ async fn assert_limited(response: reqwest::Response, limit: &str) {
     assert_eq!(response.status(), 429);
     assert_eq!(header(&response, "x-ratelimit-limit").as_deref(), Some(limit));
     assert_eq!(header(&response, "x-ratelimit-remaining").as_deref(), Some("0"));
+    // The window ends 50 s after the still clock's time; Retry-After says so.
     let reset: i64 = header(&response, "x-ratelimit-reset").unwrap().parse().unwrap();
-    assert!(reset > chrono::Utc::now().timestamp() - 1);
+    assert_eq!(reset % 60, 0, "the window ends on a minute: {reset}");
     let retry: i64 = header(&response, "retry-after").unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(retry, 50, "Retry-After {retry}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "RATE_LIMITED");
 }
 
 #[tokio::test]
 async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
-    let app = TestApp::spawn(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "10"), ("TRUST_FORWARDED_FOR", "true")], false).await;
-    fresh_window().await;
+    let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "10"), ("TRUST_FORWARDED_FOR", "true")], false).await;
     for i in 0..10 {
         let response = app.onboard("Limited", &format!("limited{i}@example.com")).await;
         assert_eq!(response.status(), 202);
         assert_eq!(header(&response, "x-ratelimit-remaining"), Some((9 - i).to_string()));
     }
     assert_limited(app.onboard("Limited", "limited10@example.com").await, "10").await;
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 10, "the refused request enqueued nothing");
+    assert_eq!(testing::count_all(&app.db.pool).await, 10, "the refused request enqueued nothing");
     // Behind one trusted proxy, the entry it appended (the rightmost) is the client.
     let onboard_via_proxy = |forwarded: &'static str, email: String| {
         app.client
@@ -62,12 +67,11 @@ async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
 
 #[tokio::test]
 async fn behind_two_trusted_proxies_the_client_is_two_entries_from_the_right() {
-    let app = TestApp::spawn(
+    let app = limited_app(
         &[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1"), ("TRUST_FORWARDED_FOR", "true"), ("TRUSTED_PROXY_HOPS", "2")],
         false,
     )
     .await;
-    fresh_window().await;
     let onboard = |forwarded: &'static str, email: &'static str| {
         app.client
             .post(app.url("/api/v1/customers/onboard"))
@@ -84,8 +88,7 @@ async fn behind_two_trusted_proxies_the_client_is_two_entries_from_the_right() {
 
 #[tokio::test]
 async fn a_forwarded_for_header_is_ignored_unless_the_proxy_is_trusted() {
-    let app = TestApp::spawn(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
-    fresh_window().await;
+    let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
     assert_eq!(app.onboard("One", "one@example.com").await.status(), 202);
     let spoofed = app
         .client
@@ -100,10 +103,8 @@ async fn a_forwarded_for_header_is_ignored_unless_the_proxy_is_trusted() {
 
 #[tokio::test]
 async fn the_501st_authenticated_request_and_the_101st_fix_are_refused() {
-    let app =
-        TestApp::spawn(&[("RATE_LIMIT_API_PER_MINUTE", "500"), ("RATE_LIMIT_USAGE_PER_MINUTE", "100")], true).await;
+    let app = limited_app(&[("RATE_LIMIT_API_PER_MINUTE", "500"), ("RATE_LIMIT_USAGE_PER_MINUTE", "100")], true).await;
     let (_, key) = app.onboarded_customer("busy-client@example.com").await;
-    fresh_window().await;
     for chunk in 0..10 {
         let responses =
             futures::future::join_all((0..50).map(|_| app.get_with_key("/api/v1/customers/me", &key))).await;
@@ -125,10 +126,9 @@ async fn the_501st_authenticated_request_and_the_101st_fix_are_refused() {
 
 #[tokio::test]
 async fn two_api_processes_share_one_budget() {
-    let app = TestApp::spawn(&[("RATE_LIMIT_API_PER_MINUTE", "20")], true).await;
+    let app = limited_app(&[("RATE_LIMIT_API_PER_MINUTE", "20")], true).await;
     let second = app.second_api();
     let (_, key) = app.onboarded_customer("shared@example.com").await;
-    fresh_window().await;
     for i in 0..20 {
         let base = if i % 2 == 0 { app.address.clone() } else { second.clone() };
         let response =
@@ -137,6 +137,19 @@ async fn two_api_processes_share_one_budget() {
     }
     let over = app.client.get(format!("{second}/api/v1/customers/me")).header("x-api-key", &key).send().await.unwrap();
     assert_limited(over, "20").await;
+}
+
+#[tokio::test]
+async fn the_count_starts_again_when_the_window_ends() {
+    let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
+    assert_eq!(app.onboard("First", "first@example.com").await.status(), 202);
+    assert_limited(app.onboard("Second", "second@example.com").await, "1").await;
+    app.clock.advance(TimeDelta::seconds(49));
+    assert_eq!(app.onboard("Second", "second@example.com").await.status(), 429, "a second before the window ends");
+    app.clock.advance(TimeDelta::seconds(1));
+    let next = app.onboard("Second", "second@example.com").await;
+    assert_eq!(next.status(), 202, "a new minute, a new count");
+    assert_eq!(header(&next, "x-ratelimit-remaining").as_deref(), Some("0"));
 }
 
 #[tokio::test]
@@ -149,7 +162,7 @@ async fn a_limit_of_zero_is_off() {
 
 #[tokio::test]
 async fn requests_without_a_live_key_are_limited_per_address() {
-    let app = TestApp::spawn(
+    let app = limited_app(
         &[
             ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "2"),
             ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "2"),
@@ -159,7 +172,6 @@ async fn requests_without_a_live_key_are_limited_per_address() {
         false,
     )
     .await;
-    fresh_window().await;
     let poll = || app.client.get(app.url("/api/v1/onboarding/00000000-0000-4000-8000-000000000000")).send();
     assert_eq!(poll().await.unwrap().status(), 404);
     assert_eq!(poll().await.unwrap().status(), 404);

@@ -64,12 +64,9 @@ async fn no_route_shows_or_changes_another_customers_data() {
         .unwrap();
     assert_eq!(revoke.status(), 404, "Bob cannot revoke Alice's key");
     assert_eq!(app.get_with_key("/api/v1/customers/me", &alice_key).await.status(), 200);
-    let jobs: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE customer_id = $1")
-        .bind(alice)
-        .fetch_all(&app.db.pool)
-        .await
-        .unwrap();
-    for id in jobs {
+    let alices =
+        common::queue::testing::all_jobs(&app.db.pool).await.into_iter().filter(|job| job.customer_id == Some(alice));
+    for id in alices.map(|job| job.id) {
         // Billing operation status URLs are per customer too (see billing tests); any job id of Alice's is 404 to Bob.
         assert_eq!(app.get_with_key(&format!("/api/v1/billing/operations/{id}"), &bob_key).await.status(), 404);
     }
@@ -106,10 +103,8 @@ async fn a_customer_who_never_saw_its_key_gets_a_new_one_from_support_on_the_aud
     let app = TestApp::with_worker().await;
     // The onboarding's answer (the only copy of the key) is lost on its way.
     let (customer, _lost) = app.onboarded_customer("lost-answer@example.com").await;
-    let issued = std::process::Command::new(crate::helpers::binary("rsolv-worker"))
+    let issued = crate::helpers::our_command("rsolv-worker", &app.db.url)
         .args(["issue-key", "--customer", "lost-answer@example.com", "--reason", "ticket 88: onboarding answer lost"])
-        .env("DATABASE_URL", &app.db.url)
-        .env("RUST_LOG", "warn")
         .env("USER", "support-ada")
         .output()
         .unwrap();

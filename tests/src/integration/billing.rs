@@ -6,8 +6,11 @@ use std::time::Duration;
 use common::domain::Email;
 use common::factories::{self, CustomerState};
 use common::jobs::{AddPaymentMethod, ProcessStripeEvent, RecordUsage, RenewalSweep, SubscribePro};
+use common::queue::JobStatus;
+use common::queue::testing;
 use common::queue::{self, Job, Outcome};
-use common::stripe::events::{Handled, Simulated};
+use common::stripe::events::Handled;
+use common::stripe::simulated::Simulated;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -31,10 +34,7 @@ async fn onboarding_creates_the_stripe_customer_tagged_with_our_id() {
     assert_eq!(at_stripe["email"], "tagged@example.com");
     // The job's acknowledgement is written just after its effect commits.
     wait_for_kind_finished(&app.db.pool, "create_stripe_customer", Duration::from_secs(10)).await;
-    assert_eq!(
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'create_stripe_customer' AND status = 'completed'").await,
-        1
-    );
+    assert_eq!(testing::count(&app.db.pool, Some("create_stripe_customer"), &[JobStatus::Completed]).await, 1);
 }
 
 #[tokio::test]
@@ -315,7 +315,7 @@ async fn forged_stale_and_missing_signatures_are_refused_and_store_nothing() {
         let response = app.deliver_raw(body.clone(), header).await;
         assert_eq!(error_code(response, 400).await, "INVALID_SIGNATURE", "for {header:?}");
     }
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(testing::count_all(&app.db.pool).await, 0);
     assert_eq!(app.count("SELECT count(*) FROM billing_events").await, 0);
 }
 
@@ -332,7 +332,7 @@ async fn signed_events_we_cannot_store_are_refused_with_a_clear_error_and_store_
     for (what, bad) in [("NUL", with_nul), ("id", not_an_event), ("object", object_is_a_list)] {
         assert_eq!(error_code(app.deliver(&bad, WEBHOOK_SECRET).await, 400).await, "INVALID_PAYLOAD", "{what}");
     }
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(testing::count_all(&app.db.pool).await, 0);
     // A type with digits is a Stripe type like any other.
     let mut digits = event;
     digits["type"] = json!("v1.billing.meter.error_report_triggered");
@@ -353,13 +353,14 @@ async fn other_event_types_are_recorded_and_ignored_and_unknown_customers_retrie
     wait_for("the unknown customer's event to fail an attempt, the other to finish", Duration::from_secs(10), || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'retryable' AND errors::text LIKE '%cus_nobody%')
-                    AND EXISTS (SELECT 1 FROM jobs WHERE status = 'completed' AND args::text LIKE '%charge.refunded%')",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+            let jobs = testing::all_jobs(&pool).await;
+            let retried = |job: &testing::JobRow| {
+                job.status == JobStatus::Retryable && job.errors.iter().any(|e| e.error.contains("cus_nobody"))
+            };
+            let ignored = |job: &testing::JobRow| {
+                job.status == JobStatus::Completed && job.args.to_string().contains("charge.refunded")
+            };
+            jobs.iter().any(retried) && jobs.iter().any(ignored)
         }
     })
     .await;

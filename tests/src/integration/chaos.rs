@@ -6,27 +6,19 @@ use std::time::{Duration, Instant};
 
 use common::domain::Email;
 use common::factories::{self, CustomerState};
+use common::jobs::CreateStripeCustomer;
 use common::jobs::{ProcessStripeEvent, RecordUsage};
 use common::queue;
-use common::stripe::events::{Handled, Simulated};
+use common::queue::JobStatus;
+use common::queue::testing;
+use common::stripe::events::Handled;
+use common::stripe::simulated::Simulated;
 use serde_json::Value;
 
-use crate::helpers::{PRO_PRICE, TestApp, assert_ledger_consistent, binary, grant, wait_for};
+use crate::helpers::{PRO_PRICE, Process, TestApp, assert_ledger_consistent, grant, wait_for};
 
-fn worker(db_url: &str) -> Child {
-    Command::new(binary("rsolv-worker"))
-        .env("DATABASE_URL", db_url)
-        .env("JOB_POLL_INTERVAL_MS", "100")
-        .env("JOB_HEARTBEAT_MS", "300")
-        .env("JOB_ORPHAN_AFTER_MS", "1500")
-        .env("JOB_BACKOFF_BASE_MS", "100")
-        .env("STRIPE_PRO_PRICE_ID", PRO_PRICE)
-        .env("METRICS_ADDR", "off")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("worker starts")
+fn worker(db_url: &str) -> Process {
+    Process::worker(db_url, &[("STRIPE_PRO_PRICE_ID", PRO_PRICE), ("METRICS_ADDR", "off")])
 }
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
@@ -86,36 +78,30 @@ async fn a_worker_killed_during_five_thousand_mixed_jobs_loses_and_doubles_nothi
 
     let mut first = worker(&app.db.url);
     wait_for("a fifth of the jobs to be done", Duration::from_secs(60), || async {
-        count(&app, "SELECT count(*) FROM jobs WHERE status = 'completed'").await >= 1_000
+        testing::count(&app.db.pool, None, &[JobStatus::Completed]).await >= 1_000
     })
     .await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.kill();
     let killed_at = Instant::now();
-    let unfinished =
-        count(&app, "SELECT count(*) FROM jobs WHERE status IN ('available', 'running', 'retryable')").await;
+    let unfinished = testing::count_unfinished(&app.db.pool).await;
     assert!(unfinished > 0, "the kill came mid-way");
 
-    let mut second = worker(&app.db.url);
+    let second = worker(&app.db.url);
     wait_for("every job to finish", Duration::from_secs(90), || async {
-        count(&app, "SELECT count(*) FROM jobs WHERE status IN ('available', 'running', 'retryable')").await == 0
+        testing::count_unfinished(&app.db.pool).await == 0
     })
     .await;
     let recovery = killed_at.elapsed();
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
     assert!(recovery < Duration::from_secs(60), "recovered in {recovery:?}");
 
-    let not_done: Vec<(String, String, Value)> =
-        sqlx::query_as("SELECT kind, status, errors FROM jobs WHERE status <> 'completed'")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
-    assert!(
-        not_done.iter().all(|(_, status, errors)| status == "dead" && errors.as_array().is_some_and(|e| !e.is_empty())),
-        "only dead jobs with a reason: {not_done:?}"
-    );
-    assert!(not_done.is_empty(), "nothing should die here: {not_done:?}");
+    let not_done: Vec<_> = testing::all_jobs(&app.db.pool)
+        .await
+        .into_iter()
+        .filter(|job| job.status != JobStatus::Completed)
+        .map(|job| (job.id, job.kind, job.status, job.errors))
+        .collect();
+    assert!(not_done.is_empty(), "nothing should die or be left here: {not_done:?}");
 
     // Every effect exactly once.
     assert_eq!(
@@ -223,24 +209,12 @@ async fn while_stripe_is_down_billing_jobs_retry_and_complete_once_it_is_back() 
     let pool = app.db.pool.clone();
     wait_for("the Stripe customer job to fail twice", Duration::from_secs(15), || {
         let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT jsonb_array_length(errors)::bigint FROM jobs WHERE kind = 'create_stripe_customer'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                >= 2
-        }
+        async move { testing::require_inserted::<CreateStripeCustomer>(&pool).await.errors.len() >= 2 }
     })
     .await;
-    let (status, run_at): (String, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT status, run_at FROM jobs WHERE kind = 'create_stripe_customer'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert!(status == "retryable" || status == "running", "retried with backoff, not dead: {status}");
-    assert!(run_at > chrono::Utc::now() - chrono::Duration::seconds(10));
+    let job = testing::require_inserted::<CreateStripeCustomer>(&app.db.pool).await;
+    assert!(job.status.is_unfinished(), "retried with backoff, not dead: {}", job.status);
+    assert!(job.run_at > chrono::Utc::now() - chrono::Duration::seconds(10));
     assert!(app.customer(customer).await.stripe_customer_id.is_none());
 
     stripe.up().await;
@@ -519,11 +493,9 @@ async fn a_postgres_crash_under_job_load_loses_no_job_and_applies_none_twice() {
         .await
         .unwrap();
     let pool = app.db.pool.clone();
+    // A read that fails while Postgres is down counts as none done.
     let completed = move |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(-1)
+        testing::try_count(&pool, Some("grant_credits"), &[JobStatus::Completed]).await.unwrap_or(-1)
     };
     wait_for("the grants to be under way", Duration::from_secs(30), || {
         let pool = pool.clone();
@@ -570,22 +542,14 @@ async fn a_stripe_call_that_never_answers_is_timed_out_and_retried() {
     wait_for("the hung Stripe call to fail its attempt", Duration::from_secs(15), || {
         let pool = pool.clone();
         async move {
-            let (status, errors): (String, i64) = sqlx::query_as(
-                "SELECT status, jsonb_array_length(errors)::bigint FROM jobs WHERE kind = 'create_stripe_customer'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            status != "running" && errors >= 1
+            let job = testing::require_inserted::<CreateStripeCustomer>(&pool).await;
+            job.status != JobStatus::Running && !job.errors.is_empty()
         }
     })
     .await;
-    let (status, error): (String, String) =
-        sqlx::query_as("SELECT status, errors -> 0 ->> 'error' FROM jobs WHERE kind = 'create_stripe_customer'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert!(status == "retryable" || status == "running", "retried, not dead: {status}");
+    let job = testing::require_inserted::<CreateStripeCustomer>(&app.db.pool).await;
+    let (status, error) = (job.status, &job.errors[0]);
+    assert!(status.is_unfinished(), "retried, not dead: {status}");
     assert!(
         !error.contains("JOB_CREATE_STRIPE_CUSTOMER_TIMEOUT_MS"),
         "Stripe's own timeout ended it, not the run's: {error}"

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use common::domain::Email;
 use common::factories::{self, CustomerState};
 use common::jobs::SendEmailStep;
-use common::queue::{self, Job};
-use common::stripe::events::{Handled, Simulated};
+use common::queue::{self, Job, JobStatus, testing};
+use common::stripe::events::Handled;
+use common::stripe::simulated::Simulated;
 use uuid::Uuid;
 
 use crate::helpers::{MailSink, PRO_PRICE, TestApp, WEBHOOK_SECRET, wait_for_kind_finished};
@@ -26,6 +27,12 @@ async fn app_with_email(sink: &MailSink) -> TestApp {
         true,
     )
     .await
+}
+
+/// The job sending `step` (of whatever sequence).
+async fn step_job(pool: &sqlx::PgPool, step: &str) -> testing::InsertedJob<SendEmailStep> {
+    let jobs = testing::inserted::<SendEmailStep>(pool).await;
+    jobs.into_iter().find(|job| job.args.step == step).unwrap_or_else(|| panic!("no {step} job"))
 }
 
 async fn delivery_status(app: &TestApp, customer: Uuid, step: &str) -> Option<String> {
@@ -115,15 +122,7 @@ async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
     let pool = app.db.pool.clone();
     crate::helpers::wait_for("the next step to run", Duration::from_secs(10), || {
         let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>(
-                "SELECT status FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'getting_started'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == "completed"
-        }
+        async move { step_job(&pool, "getting_started").await.status == JobStatus::Completed }
     })
     .await;
     assert_eq!(delivery_status(&app, customer, "getting_started").await.as_deref(), Some("skipped"));
@@ -169,25 +168,13 @@ async fn while_smtp_is_down_the_step_retries_and_arrives_once_when_it_is_back() 
     let pool = app.db.pool.clone();
     crate::helpers::wait_for("a failed attempt", Duration::from_secs(15), || {
         let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i32>(
-                "SELECT attempts FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                >= 2
-        }
+        async move { step_job(&pool, "welcome").await.attempts >= 2 }
     })
     .await;
     assert_eq!(delivery_status(&app, customer, "welcome").await.as_deref(), Some("failed"));
-    let (status, run_at): (String, DateTime<Utc>) =
-        sqlx::query_as("SELECT status, run_at FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert!(status == "retryable" || status == "running", "{status}");
-    assert!(run_at > Utc::now() - chrono::Duration::seconds(5));
+    let welcome = step_job(&app.db.pool, "welcome").await;
+    assert!(welcome.status.is_unfinished(), "{}", welcome.status);
+    assert!(welcome.run_at > Utc::now() - chrono::Duration::seconds(5));
 
     sink.up().await;
     let mails = sink.wait_for(1).await;
@@ -197,13 +184,7 @@ async fn while_smtp_is_down_the_step_retries_and_arrives_once_when_it_is_back() 
     })
     .await;
     crate::helpers::wait_for("the welcome job to complete", Duration::from_secs(10), || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT status FROM jobs WHERE kind = 'send_email_step' AND args->>'step' = 'welcome'",
-        )
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
-            == "completed"
+        step_job(&app.db.pool, "welcome").await.status == JobStatus::Completed
     })
     .await;
     assert_eq!(sink.messages().len(), 1, "exactly once");

@@ -1,5 +1,6 @@
 //! Bad input gets the documented error body and changes nothing.
 
+use common::queue::testing;
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -39,7 +40,7 @@ async fn every_invalid_onboarding_is_refused_and_changes_nothing() {
         assert_eq!(response.status(), 422, "for {body}");
         assert_error(response, 422, "VALIDATION_FAILED").await;
     }
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(testing::count_all(&app.db.pool).await, 0);
     assert_eq!(app.count("SELECT count(*) FROM customers").await, 0);
 }
 
@@ -58,7 +59,7 @@ async fn malformed_bodies_get_the_error_body() {
     let charset =
         send(br#"{"name":"Ada","email":"ada@example.com"}"#.to_vec(), "application/json; charset=utf-8").await.unwrap();
     assert_eq!(charset.status(), 202, "a charset parameter is fine");
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(testing::count_all(&app.db.pool).await, 1);
 }
 
 #[tokio::test]
@@ -130,7 +131,7 @@ async fn hostile_bodies_and_headers_get_an_answer_and_store_nothing() {
     let (_, key) = app.onboarded_customer("hostile@example.com").await;
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
     let posts = ["/api/v1/customers/onboard", "/api/v1/usage/fixes", "/api/v1/api-keys", "/api/webhooks/stripe"];
-    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let jobs_before = testing::count_all(&app.db.pool).await;
     for path in posts {
         let send = |body: Vec<u8>, content_type: &'static str| {
             app.client
@@ -159,7 +160,7 @@ async fn hostile_bodies_and_headers_get_an_answer_and_store_nothing() {
     }
     // On a new connection: the server closes the one that carried the oversized header.
     assert_eq!(reqwest::Client::new().get(app.url("/health")).send().await.unwrap().status(), 200);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before, "nothing enqueued");
+    assert_eq!(testing::count_all(&app.db.pool).await, jobs_before, "nothing enqueued");
     assert_eq!(app.count("SELECT count(*) FROM billing_events").await, 0);
 }
 
@@ -167,7 +168,7 @@ async fn hostile_bodies_and_headers_get_an_answer_and_store_nothing() {
 async fn nul_characters_are_refused_not_a_server_error() {
     let app = TestApp::with_worker().await;
     let (_, key) = app.onboarded_customer("nul@example.com").await;
-    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let jobs_before = testing::count_all(&app.db.pool).await;
     let fix = app
         .post_with_key(
             "/api/v1/usage/fixes",
@@ -187,14 +188,14 @@ async fn nul_characters_are_refused_not_a_server_error() {
         )
         .await;
     assert_error(source, 422, "VALIDATION_FAILED").await;
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before);
+    assert_eq!(testing::count_all(&app.db.pool).await, jobs_before);
 }
 
 #[tokio::test]
 async fn control_characters_in_any_path_or_query_are_refused_at_the_edge() {
     let app = TestApp::spawn(&[("ADMIN_TOKEN", crate::ops::ADMIN_TOKEN)], true).await;
     let (_, key) = app.onboarded_customer("edge@example.com").await;
-    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let jobs_before = testing::count_all(&app.db.pool).await;
     let requests = [
         (reqwest::Method::GET, "/api/v1/usage/fixes/%00"),
         (reqwest::Method::GET, "/api/v1/usage/fixes/a%0Ab"),
@@ -218,7 +219,7 @@ async fn control_characters_in_any_path_or_query_are_refused_at_the_edge() {
             .unwrap();
         assert_error(response, 400, "VALIDATION_FAILED").await;
     }
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before, "nothing enqueued");
+    assert_eq!(testing::count_all(&app.db.pool).await, jobs_before, "nothing enqueued");
     assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0, "nothing claimed");
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::clock::Clock;
 use common::config::Settings;
 use common::domain::LedgerSource;
 use common::jobs::{self, GrantCredits, JobContext};
@@ -42,7 +43,10 @@ impl TestDb {
             .expect("create test database");
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         let url = format!("{base}/{name}");
-        let pool = PgPoolOptions::new().max_connections(30).connect(&url).await.expect("connect test database");
+        // Budget: the test's pool, the API's and the worker's two stay under 50 connections,
+        // so two tests at once fit in a default Postgres (max_connections = 100); beyond
+        // that, connecting fails as `PoolTimedOut` in whichever test asks next.
+        let pool = PgPoolOptions::new().max_connections(8).connect(&url).await.expect("connect test database");
         common::db::migrate(&pool).await.expect("migrations apply");
         Self { url, pool }
     }
@@ -57,7 +61,7 @@ pub fn settings(db_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("JOB_ORPHAN_AFTER_MS", "2000"),
         ("JOB_BACKOFF_BASE_MS", "200"),
         ("JOB_SHUTDOWN_TIMEOUT_MS", "10000"),
-        ("DATABASE_MAX_CONNECTIONS", "30"),
+        ("DATABASE_MAX_CONNECTIONS", MAX_CONNECTIONS),
         // Limits are off unless a test turns them on: most tests make many requests.
         ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
         ("RATE_LIMIT_USAGE_PER_MINUTE", "0"),
@@ -86,6 +90,8 @@ pub struct TestApp {
     pub db: TestDb,
     pub client: reqwest::Client,
     pub settings: Arc<Settings>,
+    /// The API's clock: the system's, unless the test set one.
+    pub clock: Clock,
     worker: Option<InProcessWorker>,
 }
 
@@ -104,26 +110,38 @@ impl TestApp {
         Self::spawn_on(TestDb::fresh().await, overrides, worker).await
     }
 
+    /// As [`spawn`](Self::spawn), the API reading the time from `clock`.
+    pub async fn spawn_with_clock(overrides: &[(&str, &str)], worker: bool, clock: Clock) -> Self {
+        Self::spawn_with(TestDb::fresh().await, overrides, worker, clock).await
+    }
+
     pub async fn spawn_on(db: TestDb, overrides: &[(&str, &str)], worker: bool) -> Self {
+        Self::spawn_with(db, overrides, worker, Clock::system()).await
+    }
+
+    async fn spawn_with(db: TestDb, overrides: &[(&str, &str)], worker: bool, clock: Clock) -> Self {
         // Logs go to the test's captured output (shown when it fails); RUST_LOG filters.
-        common::telemetry::init(common::config::LogFormat::Pretty);
+        // The first test's subscriber serves the whole test process; nothing to flush.
+        std::mem::forget(common::telemetry::init(common::config::LogFormat::Pretty, "rsolv-tests", None));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let mut overrides = overrides.to_vec();
         overrides.push(("PUBLIC_BASE_URL", address.as_str()));
         let settings = Arc::new(settings(&db.url, &overrides));
         let pool = common::db::pool(&settings).unwrap();
-        let app = api::startup::Application::build(listener, pool, settings.clone()).unwrap();
+        let app = api::startup::Application::build_with_clock(listener, pool, settings.clone(), clock.clone()).unwrap();
         tokio::spawn(app.server());
         let worker = worker.then(|| InProcessWorker::start(&db.pool, &settings));
-        Self { address, db, client: client(), settings, worker }
+        Self { address, db, client: client(), settings, clock, worker }
     }
 
     /// A second API process on the same database and settings; returns its address.
     pub fn second_api(&self) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let pool = common::db::pool(&self.settings).unwrap();
-        let app = api::startup::Application::build(listener, pool, self.settings.clone()).unwrap();
+        let app =
+            api::startup::Application::build_with_clock(listener, pool, self.settings.clone(), self.clock.clone())
+                .unwrap();
         let address = format!("http://127.0.0.1:{}", app.port());
         tokio::spawn(app.server());
         address
@@ -281,6 +299,65 @@ pub async fn assert_ledger_consistent(pool: &PgPool) {
 }
 
 /// A built project binary (the test command builds them before the tests run).
+/// Connections each pool of a test's processes may open (API, the worker's two):
+/// see [`TestDb::fresh_on`] for the budget.
+pub const MAX_CONNECTIONS: &str = "12";
+
+/// Queue timings short enough for a test to watch a retry or a rescue.
+pub const FAST_JOBS: [(&str, &str); 4] = [
+    ("JOB_POLL_INTERVAL_MS", "100"),
+    ("JOB_HEARTBEAT_MS", "300"),
+    ("JOB_ORPHAN_AFTER_MS", "1500"),
+    ("JOB_BACKOFF_BASE_MS", "100"),
+];
+
+/// One of our binaries as a test runs it: on `db_url`, within the tests' connection
+/// budget, logging warnings. Callers add their own settings (later ones win).
+pub fn our_command(name: &str, db_url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary(name));
+    command.env("DATABASE_URL", db_url).env("DATABASE_MAX_CONNECTIONS", MAX_CONNECTIONS).env("RUST_LOG", "warn");
+    command
+}
+
+/// A process of ours that a test started; killed (SIGKILL) and reaped when dropped, so a
+/// failing test leaves nothing running.
+pub struct Process(std::process::Child);
+
+impl Process {
+    pub fn spawn(command: &mut std::process::Command) -> Self {
+        Self(command.spawn().expect("our binary starts"))
+    }
+
+    /// `rsolv-worker` with the fast queue timings, plus `env`.
+    pub fn worker(db_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(
+            our_command("rsolv-worker", db_url)
+                .envs(FAST_JOBS)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit()),
+        )
+    }
+
+    /// SIGKILL, as a crash would; returns once the process is gone.
+    pub fn kill(&mut self) {
+        self.0.kill().expect("SIGKILL sent");
+        self.0.wait().expect("the killed process is reaped");
+    }
+
+    /// Whether it has stopped by itself (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.0.try_wait().ok().flatten().is_some()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");

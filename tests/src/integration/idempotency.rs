@@ -2,12 +2,13 @@
 //! across API processes, keys that belong to the customer and are checked before any
 //! replay, and a claim left by an API process killed mid-request.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::queue::testing;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, binary, wait_for};
+use crate::helpers::{Process, TestApp, our_command, wait_for};
 
 async fn create_key(app: &TestApp, base: &str, key: &str, idempotency: &str, name: &str) -> reqwest::Response {
     app.client
@@ -90,7 +91,7 @@ async fn a_key_holds_across_api_processes_and_onboarding_is_idempotent_too() {
     assert_eq!(again.status(), 202, "replayed, not 409 EMAIL_TAKEN");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["customer_id"], first["customer_id"]);
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'provision_customer'").await, 1);
+    assert_eq!(testing::count(&app.db.pool, Some("provision_customer"), &[]).await, 1);
 }
 
 #[tokio::test]
@@ -110,7 +111,7 @@ async fn a_billing_write_sent_twice_with_one_key_takes_effect_once() {
     assert_eq!(second.status(), 202);
     let second: Value = second.json().await.unwrap();
     assert_eq!(second["operation_id"], first["operation_id"], "the same operation, replayed");
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'add_payment_method'").await, 1);
+    assert_eq!(testing::count(&app.db.pool, Some("add_payment_method"), &[]).await, 1);
     app.finished_operation(&key, send().await.unwrap()).await;
     assert_eq!(app.balance(customer).await, 10);
 }
@@ -154,9 +155,11 @@ async fn keys_belong_to_the_customer_and_a_revoked_key_is_never_answered_from_th
 
 #[tokio::test]
 async fn an_unknown_key_claims_nothing_and_gets_no_bucket_of_its_own() {
-    let app =
-        TestApp::spawn(&[("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "3"), ("RATE_LIMIT_API_PER_MINUTE", "100")], true).await;
-    crate::abuse::fresh_window().await;
+    let app = crate::abuse::limited_app(
+        &[("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "3"), ("RATE_LIMIT_API_PER_MINUTE", "100")],
+        true,
+    )
+    .await;
     let made_up = |i: usize| format!("rsolv_{i:0>43}");
     common::domain::ApiKey::parse(&made_up(0)).expect("the made-up keys are well formed");
     let mut statuses = Vec::new();
@@ -174,35 +177,21 @@ async fn an_unknown_key_claims_nothing_and_gets_no_bucket_of_its_own() {
     );
 }
 
-/// The API as its own process, so the test can kill it.
-struct ApiProcess(std::process::Child);
-
-impl Drop for ApiProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_effect_once() {
     let app = TestApp::with_worker().await;
     let (customer, key) = app.onboarded_customer("killed-mid-request@example.com").await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut api = ApiProcess(
-        Command::new(binary("rsolv-api"))
-            .env("DATABASE_URL", &app.db.url)
+    let mut api = Process::spawn(
+        our_command("rsolv-api", &app.db.url)
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("IDEMPOTENCY_LEASE_MS", "1500")
             .env("RATE_LIMIT_USAGE_PER_MINUTE", "0")
             // The fix is recorded, then the process stops before storing its answer.
             .env("FAILPOINTS", "idempotency::before_complete=pause")
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the API starts"),
+            .stderr(Stdio::inherit()),
     );
     let client = app.client.clone();
     let ready = format!("{base}/ready");
@@ -230,19 +219,16 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
     wait_for("the fix recorded and its answer not yet stored", Duration::from_secs(20), || {
         let pool = pool.clone();
         async move {
-            let (jobs, claims): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM jobs WHERE kind = 'record_usage'),
-                        (SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL)",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+            let jobs = testing::count(&pool, Some("record_usage"), &[]).await;
+            let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
             jobs == 1 && claims == 1
         }
     })
     .await;
-    api.0.kill().unwrap();
-    api.0.wait().unwrap();
+    api.kill();
     assert!(cut_off.await.unwrap().is_err(), "the client never got its answer");
 
     // The retry goes to another API process: 409 while the dead claim's lease runs,
@@ -267,7 +253,7 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
     let again = send(app.address.clone()).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     crate::helpers::wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'").await, 1);
+    assert_eq!(testing::count(&app.db.pool, Some("record_usage"), &[]).await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
     let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
         .bind(customer)

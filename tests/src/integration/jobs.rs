@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::domain::{ApiKey, CustomerName, Email};
-use common::jobs::{ProvisionCustomer, RecordUsage};
-use common::queue::{self, EnqueueOptions, Enqueued, Job, Outcome};
+use common::jobs::{GrantCredits, ProvisionCustomer, RecordUsage};
+use common::queue::{self, EnqueueOptions, Enqueued, Job, JobStatus, Outcome, testing};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -14,20 +14,8 @@ use crate::helpers::{
     TestApp, assert_ledger_consistent, grant, hold_customer_row, release_after, wait_for, wait_for_kind_finished,
 };
 
-#[derive(sqlx::FromRow, Debug)]
-struct JobRow {
-    status: String,
-    attempts: i32,
-    run_at: DateTime<Utc>,
-    errors: Value,
-}
-
-async fn job(app: &TestApp, id: i64) -> JobRow {
-    sqlx::query_as("SELECT status, attempts, run_at, errors FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap()
+async fn job(app: &TestApp, id: i64) -> testing::JobRow {
+    testing::require_job(&app.db.pool, id).await
 }
 
 #[tokio::test]
@@ -46,28 +34,33 @@ async fn a_failing_job_backs_off_between_attempts_then_dies_with_its_errors() {
     // After the first failure the next run is persisted in the future, not now.
     let app_ref = &app;
     wait_for("the first failure", Duration::from_secs(10), || async move {
-        job(app_ref, id).await.attempts >= 1 && job(app_ref, id).await.status != "running"
+        let job = job(app_ref, id).await;
+        job.attempts >= 1 && job.status != JobStatus::Running
     })
     .await;
     let after_first = job(&app, id).await;
-    assert_eq!(after_first.status, "retryable");
-    let first_failed_at: DateTime<Utc> = after_first.errors[0]["at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(after_first.status, JobStatus::Retryable);
+    let first_failed_at = after_first.errors[0].at;
     let delay = after_first.run_at - first_failed_at;
     assert!(
         delay >= chrono::Duration::milliseconds(300) && delay <= chrono::Duration::milliseconds(400),
         "first backoff {delay}"
     );
 
-    wait_for("the job to die", Duration::from_secs(15), || async move { job(app_ref, id).await.status == "dead" })
-        .await;
+    wait_for(
+        "the job to die",
+        Duration::from_secs(15),
+        || async move { job(app_ref, id).await.status == JobStatus::Dead },
+    )
+    .await;
     let dead = job(&app, id).await;
     assert_eq!(dead.attempts, 3);
-    let errors = dead.errors.as_array().unwrap();
+    let errors = &dead.errors;
     assert_eq!(errors.len(), 3, "every attempt's error is kept: {errors:?}");
-    let at: Vec<DateTime<Utc>> = errors.iter().map(|e| e["at"].as_str().unwrap().parse().unwrap()).collect();
+    let at: Vec<DateTime<Utc>> = errors.iter().map(|e| e.at).collect();
     for (i, error) in errors.iter().enumerate() {
-        assert_eq!(error["attempt"], i + 1);
-        assert!(error["error"].as_str().unwrap().contains("does not exist"), "{error}");
+        assert_eq!(error.attempt as usize, i + 1);
+        assert!(error.error.contains("does not exist"), "{error:?}");
     }
     // Exponential: ~400 ms then ~800 ms (75-100% jitter), never at once.
     assert!(at[1] - at[0] >= chrono::Duration::milliseconds(300), "second attempt came too soon");
@@ -85,7 +78,7 @@ async fn a_duplicate_enqueue_is_a_detectable_no_op() {
     let job = grant(Uuid::new_v4(), "once", 1);
     assert!(matches!(queue::enqueue(&app.db.pool, &job).await.unwrap(), Enqueued::Inserted(_)));
     assert_eq!(queue::enqueue(&app.db.pool, &job).await.unwrap(), Enqueued::Duplicate);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(testing::count_all(&app.db.pool).await, 1);
 }
 
 #[tokio::test]
@@ -94,14 +87,13 @@ async fn enqueue_joins_the_callers_transaction() {
     let mut tx = app.db.pool.begin().await.unwrap();
     queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "rolled-back", 1)).await.unwrap();
     tx.rollback().await.unwrap();
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0, "a rolled-back job never existed");
+    assert_eq!(testing::count_all(&app.db.pool).await, 0, "a rolled-back job never existed");
 
     let mut tx = app.db.pool.begin().await.unwrap();
     queue::enqueue(&mut *tx, &grant(Uuid::new_v4(), "committed", 1)).await.unwrap();
-    let outside: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db.pool).await.unwrap();
-    assert_eq!(outside, 0, "invisible before commit");
+    assert_eq!(testing::count_all(&app.db.pool).await, 0, "invisible before commit");
     tx.commit().await.unwrap();
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(testing::count_all(&app.db.pool).await, 1);
 }
 
 #[tokio::test]
@@ -114,14 +106,11 @@ async fn a_poison_job_dies_at_once_and_does_not_block_its_queue() {
         .unwrap();
     queue::enqueue(&app.db.pool, &grant(customer_id, "after-poison", 3)).await.unwrap();
     wait_for_kind_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
-    let statuses: Vec<(String, Value)> =
-        sqlx::query_as("SELECT status, errors FROM jobs WHERE kind = 'grant_credits' ORDER BY id")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(statuses[0].0, "dead");
-    assert!(statuses[0].1[0]["error"].as_str().unwrap().contains("do not decode"));
-    assert_eq!(statuses[1].0, "completed");
+    let grants: Vec<_> =
+        testing::all_jobs(&app.db.pool).await.into_iter().filter(|j| j.kind == "grant_credits").collect();
+    assert_eq!(grants[0].status, JobStatus::Dead);
+    assert!(grants[0].errors[0].error.contains("do not decode"));
+    assert_eq!(grants[1].status, JobStatus::Completed);
     let balance: i64 =
         sqlx::query_scalar("SELECT credit_balance FROM customers").fetch_one(&app.db.pool).await.unwrap();
     assert_eq!(balance, 8);
@@ -133,12 +122,8 @@ async fn a_job_that_can_never_succeed_is_cancelled_not_retried() {
     let (customer_id, _) = app.onboarded_customer("overdraw@example.com").await;
     queue::enqueue(&app.db.pool, &grant(customer_id, "overdraw", -6)).await.unwrap();
     wait_for_kind_finished(&app.db.pool, "grant_credits", Duration::from_secs(10)).await;
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, attempts FROM jobs WHERE kind = 'grant_credits'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert_eq!((status.as_str(), attempts), ("cancelled", 1));
+    let job = testing::require_inserted::<GrantCredits>(&app.db.pool).await;
+    assert_eq!((job.status, job.attempts), (JobStatus::Cancelled, 1));
     assert_ledger_consistent(&app.db.pool).await;
 }
 
@@ -223,11 +208,8 @@ async fn shutdown_lets_a_running_job_finish() {
     let release = release_after(blocker, Duration::from_millis(300));
     app.stop_worker().await;
     release.await.unwrap();
-    let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE kind = 'grant_credits'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(status, "completed", "the in-flight job finished and was acknowledged before shutdown ended");
+    let status = testing::require_inserted::<GrantCredits>(&app.db.pool).await.status;
+    assert_eq!(status, JobStatus::Completed, "the in-flight job finished and was acknowledged before shutdown ended");
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 7);
 }
 
@@ -262,13 +244,13 @@ async fn a_running_job_its_live_worker_no_longer_holds_is_given_back() {
 
     let app_ref = &app;
     wait_for("the lost job to be given back and run", Duration::from_secs(15), || async move {
-        job(app_ref, id).await.status == "completed"
+        job(app_ref, id).await.status == JobStatus::Completed
     })
     .await;
     let row = job(&app, id).await;
     assert!(
-        row.errors.to_string().contains("lost track of the job"),
-        "the give-back is in its history: {}",
+        row.errors.iter().any(|e| e.error.contains("lost track of the job")),
+        "the give-back is in its history: {:?}",
         row.errors
     );
     assert_eq!(row.attempts, 2);
@@ -294,10 +276,9 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
     wait_for("thirty grants claimed, ten of them blocked", Duration::from_secs(10), || {
         let pool = pool.clone();
         async move {
-            let (running, blocked): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'),
-                        (SELECT count(*) FROM pg_stat_activity
-                         WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            let running = testing::count(&pool, Some("grant_credits"), &[JobStatus::Running]).await;
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
             )
             .fetch_one(&pool)
             .await
@@ -310,17 +291,13 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
     app.stop_worker().await;
     release.await.unwrap();
 
-    let rows: Vec<(String, i32, Value)> =
-        sqlx::query_as("SELECT status, attempts, errors FROM jobs WHERE kind = 'grant_credits' ORDER BY id")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
-    let completed = rows.iter().filter(|(status, ..)| status == "completed").count() as i64;
-    let given_back: Vec<_> = rows.iter().filter(|(status, ..)| status == "available").collect();
+    let rows = testing::inserted::<GrantCredits>(&app.db.pool).await;
+    let completed = rows.iter().filter(|job| job.status == JobStatus::Completed).count() as i64;
+    let given_back: Vec<_> = rows.iter().filter(|job| job.status == JobStatus::Available).collect();
     assert_eq!(completed, 10, "the started grants finished and were acknowledged");
     assert_eq!(given_back.len() as i64, jobs - 10, "the rest went back to waiting: {rows:?}");
     assert!(
-        given_back.iter().all(|(_, attempts, errors)| *attempts == 0 && errors == &Value::Array(vec![])),
+        given_back.iter().all(|job| job.attempts == 0 && job.errors.is_empty()),
         "a job never started keeps its attempt and has no error: {given_back:?}"
     );
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 10);
@@ -343,23 +320,23 @@ async fn a_run_that_overruns_its_timeout_is_stopped_retried_and_frees_its_slot()
     let held = hold_customer_row(&app.db.pool, stuck).await;
     let stuck_job = inserted(&app, &grant(stuck, "stuck-grant", 2)).await;
     wait_for("the stuck run to time out", Duration::from_secs(10), || async {
-        job(&app, stuck_job).await.errors.as_array().is_some_and(|e| !e.is_empty())
+        !job(&app, stuck_job).await.errors.is_empty()
     })
     .await;
     let timed_out = job(&app, stuck_job).await;
-    assert!(timed_out.errors[0]["error"].as_str().unwrap().contains("timed out after 300 ms"), "{:?}", timed_out);
+    assert!(timed_out.errors[0].error.contains("timed out after 300 ms"), "{:?}", timed_out);
 
     // One slot for the kind, and it is free again: another grant runs meanwhile.
     let free_job = inserted(&app, &grant(other, "free-grant", 1)).await;
     wait_for("the other grant to complete", Duration::from_secs(10), || async {
-        job(&app, free_job).await.status == "completed"
+        job(&app, free_job).await.status == JobStatus::Completed
     })
     .await;
-    assert_ne!(job(&app, stuck_job).await.status, "completed");
+    assert_ne!(job(&app, stuck_job).await.status, JobStatus::Completed);
 
     held.rollback().await.unwrap();
     wait_for("the stuck grant to complete once its row is free", Duration::from_secs(20), || async {
-        job(&app, stuck_job).await.status == "completed"
+        job(&app, stuck_job).await.status == JobStatus::Completed
     })
     .await;
     assert_eq!(app.customer(stuck).await.credit_balance, 5 + 2, "granted once");
@@ -429,7 +406,8 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
     // RESCUE_ORPHANS does; the same worker then claims it again.
     sqlx::query(
         "UPDATE jobs SET status = 'retryable', locked_by = NULL, run_at = now(),
-             errors = errors || '[{\"error\": \"rescued from a stalled worker\"}]'::jsonb
+             errors = errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', attempts, 'at', now(), 'error', 'rescued from a stalled worker'))
          WHERE id = $1 AND status = 'running' AND attempts = 1",
     )
     .bind(id)
@@ -437,12 +415,12 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
     .await
     .unwrap();
     wait_for("the newer attempt to run", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 2 }).await;
-    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), ("running".into(), 2));
+    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), (JobStatus::Running, 2));
 
     // The stalled run reports success: the newer attempt is still running, untouched.
     first.notify_one();
     wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
-        stale_grant_acks() || job(&app, id).await.status != "running"
+        stale_grant_acks() || job(&app, id).await.status != JobStatus::Running
     })
     .await;
     let row = job(&app, id).await;
@@ -451,12 +429,12 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
     // The newer attempt's failure is what counts; the job retries and completes.
     second.notify_one();
     wait_for("the job to complete on its third attempt", Duration::from_secs(20), || async {
-        job(&app, id).await.status == "completed"
+        job(&app, id).await.status == JobStatus::Completed
     })
     .await;
     let row = job(&app, id).await;
     assert_eq!(row.attempts, 3);
-    assert!(row.errors.to_string().contains("the newer attempt fails"), "{}", row.errors);
+    assert!(row.errors.iter().any(|e| e.error.contains("the newer attempt fails")), "{:?}", row.errors);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'stalled-grant'").await, 1);
     queue::hooks::clear("grant_credits");
 }
@@ -468,14 +446,16 @@ async fn a_job_statement_stuck_in_postgres_is_ended_by_the_statement_timeout() {
     let held = hold_customer_row(&app.db.pool, customer).await;
     let id = inserted(&app, &grant(customer, "stuck-statement", 1)).await;
     wait_for("the stuck statement to be cancelled by Postgres", Duration::from_secs(10), || async {
-        job(&app, id).await.errors.as_array().is_some_and(|e| !e.is_empty())
+        !job(&app, id).await.errors.is_empty()
     })
     .await;
     let row = job(&app, id).await;
-    assert!(row.errors[0]["error"].as_str().unwrap().contains("statement timeout"), "{row:?}");
+    assert!(row.errors[0].error.contains("statement timeout"), "{row:?}");
     held.rollback().await.unwrap();
-    wait_for("the grant to complete", Duration::from_secs(20), || async { job(&app, id).await.status == "completed" })
-        .await;
+    wait_for("the grant to complete", Duration::from_secs(20), || async {
+        job(&app, id).await.status == JobStatus::Completed
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -507,21 +487,21 @@ async fn a_stalled_runs_result_never_finishes_the_same_attempt_number_after_a_re
         .unwrap();
     queue::admin::redrive(&app.db.pool, id, "test").await.unwrap();
     wait_for("the redriven run to start", Duration::from_secs(10), || async { hits.load(Ordering::SeqCst) == 2 }).await;
-    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), ("running".into(), 1));
+    assert_eq!((job(&app, id).await.status, job(&app, id).await.attempts), (JobStatus::Running, 1));
 
     first.notify_one();
     wait_for("the stale result to be written or ignored", Duration::from_secs(10), || async {
-        stale_grant_acks() || job(&app, id).await.status != "running"
+        stale_grant_acks() || job(&app, id).await.status != JobStatus::Running
     })
     .await;
     let row = job(&app, id).await;
     assert_eq!((row.status.as_str(), row.attempts), ("running", 1), "the stale run finished nothing: {row:?}");
     second.notify_one();
     wait_for("the redriven run's failure to count", Duration::from_secs(10), || async {
-        job(&app, id).await.status == "dead"
+        job(&app, id).await.status == JobStatus::Dead
     })
     .await;
-    assert!(job(&app, id).await.errors.to_string().contains("the redriven run fails"));
+    assert!(job(&app, id).await.errors.iter().any(|e| e.error.contains("the redriven run fails")));
     queue::hooks::clear("grant_credits");
 }
 
@@ -581,10 +561,7 @@ async fn acknowledging_a_burst_compares_each_result_with_its_own_claim_only() {
     }
     let discarded = discarded(&plan[0]["Plan"]);
     assert!(discarded <= acks.len() as f64, "{discarded} rows compared and thrown away: {plan}");
-    let completed = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE status = 'completed'")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let completed = testing::count(pool, None, &[JobStatus::Completed]).await;
     assert_eq!(completed, 2_000, "every result was written");
 }
 

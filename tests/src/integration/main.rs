@@ -15,6 +15,7 @@ mod jobs;
 mod money;
 mod onboarding;
 mod ops;
+mod otel;
 mod schema_fuzz;
 mod simulation;
 mod usage;

@@ -9,8 +9,11 @@ use std::time::Duration;
 use common::db::charges::ChargeStatus;
 use common::factories::CustomerState;
 use common::jobs::{ProcessStripeEvent, RecordUsage};
+use common::queue::JobStatus;
+use common::queue::testing;
 use common::queue::{Job, Outcome};
-use common::stripe::events::{Handled, Simulated};
+use common::stripe::events::Handled;
+use common::stripe::simulated::Simulated;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -120,7 +123,7 @@ async fn ten_concurrent_subscribes_create_one_subscription_and_one_paid_invoice(
     }
     operations.dedup();
     assert_eq!(operations.len(), 1, "every 202 names the one pending operation");
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'subscribe_pro'").await, 1);
+    assert_eq!(testing::count(&app.db.pool, Some("subscribe_pro"), &[]).await, 1);
     wait_for_kind_finished(&app.db.pool, "subscribe_pro", Duration::from_secs(20)).await;
 
     let subscriptions = stripe_subscriptions(&stripe_id).await;
@@ -157,9 +160,7 @@ async fn a_subscribe_whose_answer_was_lost_adopts_the_subscription_stripe_made()
     app.stop_worker().await;
     let accepted = app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await;
     assert_eq!(accepted.unwrap().status(), 202);
-    let args: Value =
-        sqlx::query_scalar("SELECT args FROM jobs WHERE kind = 'subscribe_pro'").fetch_one(&app.db.pool).await.unwrap();
-    let job: common::jobs::SubscribePro = serde_json::from_value(args).unwrap();
+    let job = testing::require_inserted::<common::jobs::SubscribePro>(&app.db.pool).await.args;
 
     // Stripe creates the subscription, then the job dies before recording it.
     stopped_at(&app, job.clone(), "subscribe_pro::after_stripe").await;
@@ -201,7 +202,7 @@ async fn cancel_and_resume_are_intents_too() {
     wait_for_kind_finished(&app.db.pool, "cancel_subscription", Duration::from_secs(20)).await;
     // Racing requests share the pending one; a request after it finished starts anew.
     let distinct: std::collections::BTreeSet<_> = operations.iter().collect();
-    let jobs = app.count("SELECT count(*) FROM jobs WHERE kind = 'cancel_subscription'").await;
+    let jobs = testing::count(&app.db.pool, Some("cancel_subscription"), &[]).await;
     assert_eq!(distinct.len() as i64, jobs, "each 202 names a real operation");
     assert!(app.customer(id).await.cancel_at_period_end);
 
@@ -487,13 +488,7 @@ async fn operators_move_credits_through_the_ledger_once_per_key_and_on_the_audit
 }
 
 fn worker_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(crate::helpers::binary("rsolv-worker"))
-        .args(args)
-        .env("DATABASE_URL", &app.db.url)
-        .env("RUST_LOG", "warn")
-        .env("USER", "ops-oncall")
-        .output()
-        .unwrap()
+    crate::helpers::our_command("rsolv-worker", &app.db.url).args(args).env("USER", "ops-oncall").output().unwrap()
 }
 
 #[tokio::test]
@@ -624,13 +619,11 @@ async fn reconciliation_heals_what_each_dropped_event_would_have_done() {
     assert_eq!(app.count("SELECT count(*) FROM reconcile_drift WHERE healed").await, 4);
 
     // The operator's command: the same comparison, on the audit log.
-    let out = std::process::Command::new(crate::helpers::binary("rsolv-worker"))
+    let out = crate::helpers::our_command("rsolv-worker", &app.db.url)
         .args(["reconcile", "--customer", "reconciled@example.com"])
-        .env("DATABASE_URL", &app.db.url)
         .env("STRIPE_SECRET_KEY", STRIPE_KEY)
         .env("STRIPE_API_BASE", stripe_base())
         .env("STRIPE_PRO_PRICE_ID", PRO_PRICE)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -737,12 +730,13 @@ async fn events_are_notifications_and_stripes_current_state_wins_whatever_their_
             "order {order:?}: Stripe's state, not the last payload's"
         );
     }
+    let emails = testing::inserted::<common::jobs::SendEmailStep>(&app.db.pool).await;
     assert_eq!(
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'send_email_step' AND args ->> 'sequence' = 'dunning'").await,
+        emails.iter().filter(|job| job.args.sequence == "dunning").count(),
         0,
         "no dunning for an invoice paid by the time its failure is processed"
     );
-    assert!(app.count("SELECT count(*) FROM jobs WHERE kind = 'send_email_step'").await > 0, "email is on");
+    assert!(testing::count(&app.db.pool, Some("send_email_step"), &[]).await > 0, "email is on");
 }
 
 /// Found by the fault simulation (seed 102): two cards added at once left Stripe's
@@ -906,7 +900,7 @@ async fn the_nightly_reconciliation_runs_in_the_worker_and_counts_its_drift() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics = format!("127.0.0.1:{port}");
     let base = stripe_base();
-    let _worker = crate::worker_processes::WorkerProcess::start_with(
+    let _worker = crate::helpers::Process::worker(
         &app.db.url,
         &[
             ("METRICS_ADDR", metrics.as_str()),
@@ -918,7 +912,7 @@ async fn the_nightly_reconciliation_runs_in_the_worker_and_counts_its_drift() {
     // A cron tick, as RECONCILE_CRON fires it.
     common::queue::enqueue(&app.db.pool, &common::jobs::ReconcileSweep { tick: 1 }).await.unwrap();
     crate::helpers::wait_for("the sweep's reconciliations", Duration::from_secs(20), || async {
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'reconcile_customer' AND status = 'completed'").await == 1
+        testing::count(&app.db.pool, Some("reconcile_customer"), &[JobStatus::Completed]).await == 1
     })
     .await;
     assert_eq!(app.customer(id).await.subscription_type.as_str(), "pro");

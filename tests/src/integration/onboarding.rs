@@ -4,6 +4,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use common::queue;
+use common::queue::testing;
 
 use crate::helpers::{TestApp, assert_ledger_consistent, wait_for};
 
@@ -111,7 +112,7 @@ async fn an_email_being_provisioned_is_taken_too() {
     assert_eq!(app.onboard("First", "queued@example.com").await.status(), 202);
     let second = app.onboard("Second", "queued@example.com").await;
     assert_eq!(second.status(), 409);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(testing::count_all(&app.db.pool).await, 1);
 }
 
 #[tokio::test]

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use common::domain::{CustomerName, Email};
 use common::jobs::PruneJobs;
+use common::queue::testing;
 use common::queue::{self, EnqueueOptions, Enqueued, Job, JobStatus};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, binary, grant, wait_for, wait_for_kind_finished};
+use crate::helpers::{TestApp, grant, our_command, wait_for, wait_for_kind_finished};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
@@ -67,9 +68,8 @@ async fn a_job_whose_arguments_hold_extreme_numbers_reads_back_everywhere() {
     assert_eq!(shown.status(), 200);
     let shown: Value = shown.json().await.unwrap();
     assert_eq!(shown["args"]["metadata"], metadata);
-    let claimed: Vec<Value> =
-        sqlx::query_scalar("SELECT args FROM jobs WHERE id = $1").bind(id).fetch_all(&app.db.pool).await.unwrap();
-    assert_eq!(claimed[0]["metadata"], metadata, "a worker reads the same arguments back");
+    let claimed = testing::require_job(&app.db.pool, id).await;
+    assert_eq!(claimed.args["metadata"], metadata, "a worker reads the same arguments back");
 }
 
 #[tokio::test]
@@ -262,11 +262,13 @@ async fn pruning_deletes_only_what_is_past_retention() {
         .unwrap();
     }
     PruneJobs { tick: 1 }.run(app.job_context()).await.unwrap();
-    let left: Vec<(String, i64)> = sqlx::query_as("SELECT status, (args->>'age')::bigint FROM jobs ORDER BY status, 2")
-        .fetch_all(&app.db.pool)
+    let mut left: Vec<(JobStatus, i64)> = testing::all_jobs(&app.db.pool)
         .await
-        .unwrap();
-    assert_eq!(left, vec![("available".into(), 960), ("completed".into(), 144), ("dead".into(), 696)]);
+        .into_iter()
+        .map(|job| (job.status, job.args["age"].as_i64().unwrap()))
+        .collect();
+    left.sort_by_key(|(status, age)| (status.as_str(), *age));
+    assert_eq!(left, vec![(JobStatus::Available, 960), (JobStatus::Completed, 144), (JobStatus::Dead, 696)]);
 }
 
 #[tokio::test]
@@ -350,13 +352,7 @@ async fn the_cli_lists_shows_and_redrives_dead_jobs() {
     let app = app_with_admin().await;
     let (id, customer) = dead_grant(&app).await;
     let cli = |args: &[&str]| {
-        let out = Command::new(binary("rsolv-worker"))
-            .arg("jobs")
-            .args(args)
-            .env("DATABASE_URL", &app.db.url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
+        let out = our_command("rsolv-worker", &app.db.url).arg("jobs").args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -600,14 +596,13 @@ async fn a_request_id_follows_the_request_into_its_jobs_and_the_jobs_they_enqueu
     wait_for("the provisioning job's own jobs", Duration::from_secs(20), || {
         let pool = pool.clone();
         async move {
-            let kinds: Vec<(String, Option<String>)> =
-                sqlx::query_as("SELECT kind, request_id FROM jobs ORDER BY id").fetch_all(&pool).await.unwrap();
-            kinds.len() > 1 && kinds.iter().any(|(kind, _)| kind == "create_stripe_customer")
+            let jobs = testing::all_jobs(&pool).await;
+            jobs.len() > 1 && jobs.iter().any(|job| job.kind == "create_stripe_customer")
         }
     })
     .await;
     let jobs: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT kind, request_id FROM jobs ORDER BY id").fetch_all(&app.db.pool).await.unwrap();
+        testing::all_jobs(&app.db.pool).await.into_iter().map(|job| (job.kind, job.request_id)).collect();
     assert_eq!(jobs[0].0, "provision_customer");
     assert!(
         jobs.iter().all(|(_, request_id)| request_id.as_deref() == Some("signup-trace-42")),
@@ -615,9 +610,6 @@ async fn a_request_id_follows_the_request_into_its_jobs_and_the_jobs_they_enqueu
     );
     // A job enqueued outside any request (cron, operator, tests) names none.
     queue::enqueue(&app.db.pool, &grant(Uuid::new_v4(), "untraced", 1)).await.unwrap();
-    let untraced: Option<String> = sqlx::query_scalar("SELECT request_id FROM jobs ORDER BY id DESC LIMIT 1")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(untraced, None);
+    let untraced = testing::all_jobs(&app.db.pool).await.pop().unwrap();
+    assert_eq!(untraced.request_id, None);
 }

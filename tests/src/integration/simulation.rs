@@ -12,9 +12,11 @@
 //! (`SIM_SEEDS`, default 2, from `SIM_SEED`, default 1) of `SIM_STEPS` (30); `scripts/simulate`
 //! explores as many more as you like.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::queue::JobStatus;
+use common::queue::testing;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::chaos::{OwnPostgres, OwnStripe};
-use crate::helpers::{PRO_PRICE, STRIPE_KEY, TestDb, binary};
+use crate::helpers::{PRO_PRICE, Process, STRIPE_KEY, TestDb, our_command};
 
 const WEBHOOK_SECRET: &str = "whsec_simulation";
 /// The trace's name for what happens while the system settles.
@@ -86,18 +88,11 @@ impl StripeLine {
     }
 }
 
+/// Killed when the world is dropped (see [`Process`]).
 struct Processes {
-    api: Child,
-    workers: Vec<Child>,
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in std::iter::once(&mut self.api).chain(self.workers.iter_mut()) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    /// Held only to be killed with the world.
+    _api: Process,
+    workers: Vec<Process>,
 }
 
 struct World {
@@ -124,9 +119,8 @@ struct World {
     fixes: u64,
 }
 
-fn env_for(command: &mut Command, db_url: &str, stripe_url: &str) {
+fn env_for(command: &mut Command, stripe_url: &str) {
     command
-        .env("DATABASE_URL", db_url)
         .env("STRIPE_SECRET_KEY", STRIPE_KEY)
         .env("STRIPE_API_BASE", stripe_url)
         .env("STRIPE_PRO_PRICE_ID", PRO_PRICE)
@@ -143,7 +137,6 @@ fn env_for(command: &mut Command, db_url: &str, stripe_url: &str) {
         .env("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0")
         .env("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0")
         .env("METRICS_ADDR", "off")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
 }
@@ -167,7 +160,7 @@ impl World {
         let api_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let api_url = format!("http://127.0.0.1:{api_port}");
         let processes = Processes {
-            api: Self::spawn_api(&db.url, &line.url, api_port),
+            _api: Self::spawn_api(&db.url, &line.url, api_port),
             workers: (0..2).map(|_| Self::spawn_worker(&db.url, &line.url)).collect(),
         };
         let world = Self {
@@ -192,16 +185,16 @@ impl World {
         world
     }
 
-    fn spawn_api(db_url: &str, stripe_url: &str, port: u16) -> Child {
-        let mut command = Command::new(binary("rsolv-api"));
-        env_for(&mut command, db_url, stripe_url);
-        command.env("BIND_ADDR", format!("127.0.0.1:{port}")).spawn().expect("rsolv-api starts")
+    fn spawn_api(db_url: &str, stripe_url: &str, port: u16) -> Process {
+        let mut command = our_command("rsolv-api", db_url);
+        env_for(&mut command, stripe_url);
+        Process::spawn(command.env("BIND_ADDR", format!("127.0.0.1:{port}")))
     }
 
-    fn spawn_worker(db_url: &str, stripe_url: &str) -> Child {
-        let mut command = Command::new(binary("rsolv-worker"));
-        env_for(&mut command, db_url, stripe_url);
-        command.spawn().expect("rsolv-worker starts")
+    fn spawn_worker(db_url: &str, stripe_url: &str) -> Process {
+        let mut command = our_command("rsolv-worker", db_url);
+        env_for(&mut command, stripe_url);
+        Process::spawn(&mut command)
     }
 
     async fn wait_ready(&self) {
@@ -348,8 +341,7 @@ impl World {
                 let which = self.rng.below(2) as usize;
                 self.note(step, format!("SIGKILL worker {which}, start a new one"));
                 let worker = &mut self.processes.workers[which];
-                let _ = worker.kill();
-                let _ = worker.wait();
+                worker.kill();
                 *worker = Self::spawn_worker(&self.db.url, &self.line.url);
             }
             95..98 => {
@@ -429,8 +421,8 @@ impl World {
     }
 
     async fn unfinished_jobs(pool: &sqlx::PgPool) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('available', 'running', 'retryable')")
-            .fetch_one(pool)
+        // Not answered (Postgres restarting): as good as unfinished.
+        testing::try_count(pool, None, &[JobStatus::Available, JobStatus::Running, JobStatus::Retryable])
             .await
             .unwrap_or(i64::MAX)
     }
@@ -440,7 +432,7 @@ impl World {
         self.now = SETTLING - 2;
         self.line.set_down(false);
         for worker in &mut self.processes.workers {
-            if worker.try_wait().ok().flatten().is_some() {
+            if worker.has_exited() {
                 *worker = Self::spawn_worker(&self.db.url, &self.line.url);
             }
         }
@@ -452,13 +444,13 @@ impl World {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(120) {
-                let stuck: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-                    "SELECT id, kind, status, errors -> -1 ->> 'error' FROM jobs
-                     WHERE status IN ('available', 'running', 'retryable') ORDER BY id LIMIT 20",
-                )
-                .fetch_all(pool)
-                .await
-                .unwrap_or_default();
+                let jobs = testing::all_jobs(pool).await;
+                let stuck: Vec<_> = jobs
+                    .iter()
+                    .filter(|job| job.status.is_unfinished())
+                    .take(20)
+                    .map(|job| (job.id, &job.kind, job.status, job.last_error()))
+                    .collect();
                 return Err(format!("{waiting} jobs still unfinished after 120 s: {stuck:?}"));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -466,8 +458,8 @@ impl World {
     }
 
     fn reconcile(&self) -> Result<String, String> {
-        let mut command = Command::new(binary("rsolv-worker"));
-        env_for(&mut command, &self.db.url, &self.line.url);
+        let mut command = our_command("rsolv-worker", &self.db.url);
+        env_for(&mut command, &self.line.url);
         let out = command.arg("reconcile").stdout(Stdio::piped()).output().map_err(|e| e.to_string())?;
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -494,12 +486,8 @@ impl World {
         }
         let violations = common::verify::money_invariants(&pool, None).await.unwrap();
         broken.extend(violations.iter().map(|v| format!("invariant: {v}")));
-        let dead: Vec<(i64, String, Option<String>)> =
-            sqlx::query_as("SELECT id, kind, errors -> -1 ->> 'error' FROM jobs WHERE status = 'dead' ORDER BY id")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-        broken.extend(dead.iter().map(|(id, kind, error)| format!("job lost: {kind} {id} dead: {error:?}")));
+        let dead = testing::all_jobs(&pool).await.into_iter().filter(|job| job.status == JobStatus::Dead);
+        broken.extend(dead.map(|job| format!("job lost: {} {} dead: {:?}", job.kind, job.id, job.last_error())));
         // Stripe's side: at most one live Pro subscription a customer, and the one we track.
         let customers: Vec<(uuid::Uuid, Option<String>, Option<String>)> =
             sqlx::query_as("SELECT id, stripe_customer_id, stripe_subscription_id FROM customers")

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use common::queue::testing;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_ledger_consistent, wait_for_kind_finished};
@@ -49,11 +50,11 @@ async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
     assert_ledger_consistent(&app.db.pool).await;
 
     // Blocked now: told at once, and nothing is enqueued.
-    let jobs_before = app.count("SELECT count(*) FROM jobs").await;
+    let jobs_before = testing::count_all(&app.db.pool).await;
     let blocked =
         app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "one-more", "repo": "org/repo" })).await;
     assert_eq!(blocked.status(), 402);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, jobs_before);
+    assert_eq!(testing::count_all(&app.db.pool).await, jobs_before);
     let me: Value = app.get_with_key("/api/v1/customers/me", &key).await.json().await.unwrap();
     assert_eq!(me["warnings"], json!(["BLOCKED"]));
 }
@@ -95,7 +96,7 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
         let response = app.post_with_key("/api/v1/usage/fixes", &key, &body).await;
         assert_eq!(response.status(), 422, "for {body}");
     }
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE kind = 'record_usage'").await, 0);
+    assert_eq!(testing::count(&app.db.pool, Some("record_usage"), &[]).await, 0);
 
     assert_eq!(
         app.post_with_key("/api/v1/usage/fixes", &key, &json!({ "fix_id": "mine", "repo": "r" })).await.status(),

@@ -1,47 +1,17 @@
 //! Real worker processes: a worker killed with SIGKILL mid-job loses nothing.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::jobs::{GrantCredits, RenewalSweep, SendEmailStep};
 use common::queue;
+use common::queue::JobStatus;
+use common::queue::testing;
 
-use crate::helpers::{TestApp, assert_ledger_consistent, binary, grant, hold_customer_row, wait_for};
-
-pub(crate) struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn start(db_url: &str) -> Self {
-        Self::start_with(db_url, &[])
-    }
-
-    pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Self {
-        let child = Command::new(binary("rsolv-worker"))
-            .envs(env.iter().copied())
-            .env("DATABASE_URL", db_url)
-            .env("JOB_POLL_INTERVAL_MS", "100")
-            .env("JOB_HEARTBEAT_MS", "300")
-            .env("JOB_ORPHAN_AFTER_MS", "1500")
-            .env("JOB_BACKOFF_BASE_MS", "100")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("worker starts");
-        Self(child)
-    }
-
-    fn kill(&mut self) {
-        self.0.kill().expect("SIGKILL sent");
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::helpers::{
+    MAX_CONNECTIONS, Process, TestApp, assert_ledger_consistent, binary, grant, hold_customer_row, our_command,
+    wait_for,
+};
 
 #[tokio::test]
 async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
@@ -55,18 +25,13 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
     let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     queue::enqueue(&app.db.pool, &grant(customer_id, "survives-a-crash", 3)).await.unwrap();
 
-    let mut first = WorkerProcess::start(&app.db.url);
+    let mut first = Process::worker(&app.db.url, &[]);
     let pool = app.db.pool.clone();
     let holder = || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, Option<String>>(
-                "SELECT locked_by FROM jobs WHERE kind = 'grant_credits' AND status = 'running'",
-            )
-            .fetch_optional(&pool)
-            .await
-            .unwrap()
-            .flatten()
+            let job = testing::require_inserted::<GrantCredits>(&pool).await;
+            job.locked_by.filter(|_| job.status == JobStatus::Running)
         }
     };
     wait_for("the first worker to take the job", Duration::from_secs(15), || async { holder().await.is_some() }).await;
@@ -74,26 +39,17 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
     first.kill();
     blocker.rollback().await.unwrap();
 
-    let _second = WorkerProcess::start(&app.db.url);
+    let _second = Process::worker(&app.db.url, &[]);
     wait_for("the rescued job to complete", Duration::from_secs(20), || {
         let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE kind = 'grant_credits'")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                == "completed"
-        }
+        async move { testing::require_inserted::<GrantCredits>(&pool).await.status == JobStatus::Completed }
     })
     .await;
 
-    let (attempts, errors): (i32, serde_json::Value) =
-        sqlx::query_as("SELECT attempts, errors FROM jobs WHERE kind = 'grant_credits'")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(attempts, 2, "the killed attempt counts");
-    assert!(errors[0]["error"].as_str().unwrap().contains(&first_holder), "the rescue names the lost worker: {errors}");
+    let job = testing::require_inserted::<GrantCredits>(&app.db.pool).await;
+    assert_eq!(job.attempts, 2, "the killed attempt counts");
+    let errors = &job.errors;
+    assert!(errors[0].contains(&first_holder), "the rescue names the lost worker: {errors:?}");
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE idempotency_key = 'survives-a-crash'").await, 1);
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 8);
     assert_ledger_consistent(&app.db.pool).await;
@@ -103,18 +59,16 @@ async fn a_job_of_a_killed_worker_is_rescued_and_takes_effect_once() {
 async fn three_worker_processes_fire_one_renewal_sweep_per_tick_even_when_one_dies() {
     let app = TestApp::api_only().await;
     let every_second = [("RENEWAL_CRON", "* * * * * *")];
-    let mut workers: Vec<WorkerProcess> =
-        (0..3).map(|_| WorkerProcess::start_with(&app.db.url, &every_second)).collect();
+    let mut workers: Vec<Process> = (0..3).map(|_| Process::worker(&app.db.url, &every_second)).collect();
     let pool = app.db.pool.clone();
     let ticks = || {
         let pool = pool.clone();
         async move {
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT (args->>'tick')::bigint, count(*) FROM jobs WHERE kind = 'renewal_sweep' GROUP BY 1 ORDER BY 1",
-            )
-            .fetch_all(&pool)
-            .await
-            .unwrap()
+            let mut per_tick = std::collections::BTreeMap::<i64, i64>::new();
+            for job in testing::inserted::<RenewalSweep>(&pool).await {
+                *per_tick.entry(job.args.tick).or_default() += 1;
+            }
+            per_tick.into_iter().collect::<Vec<_>>()
         }
     };
     wait_for("three ticks", Duration::from_secs(20), || async { ticks().await.len() >= 3 }).await;
@@ -125,7 +79,7 @@ async fn three_worker_processes_fire_one_renewal_sweep_per_tick_even_when_one_di
     })
     .await;
     wait_for("the sweeps to run", Duration::from_secs(20), || async {
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'renewal_sweep' AND status = 'completed'").await >= 5
+        testing::count(&app.db.pool, Some("renewal_sweep"), &[JobStatus::Completed]).await >= 5
     })
     .await;
     drop(workers);
@@ -142,12 +96,7 @@ async fn three_worker_processes_fire_one_renewal_sweep_per_tick_even_when_one_di
 #[tokio::test]
 async fn the_seed_command_creates_the_nine_states_with_working_keys() {
     let app = TestApp::api_only().await;
-    let output = Command::new(binary("rsolv-worker"))
-        .arg("seed")
-        .env("DATABASE_URL", &app.db.url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = our_command("rsolv-worker", &app.db.url).arg("seed").output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(app.count("SELECT count(*) FROM customers").await, 9);
@@ -170,12 +119,10 @@ async fn the_webhook_simulator_signs_and_posts_a_realistic_event() {
     )
     .await
     .unwrap();
-    let output = Command::new(binary("rsolv-worker"))
+    let output = our_command("rsolv-worker", &app.db.url)
         .args(["simulate-webhook", "invoice.payment_succeeded", "--customer", email, "--url", &app.address])
-        .env("DATABASE_URL", &app.db.url)
         .env("STRIPE_WEBHOOK_SECRET", crate::helpers::WEBHOOK_SECRET)
         .env("STRIPE_PRO_PRICE_ID", crate::helpers::PRO_PRICE)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(
@@ -205,22 +152,17 @@ async fn start_sequence_schedules_every_step_of_a_named_sequence() {
     )
     .await
     .unwrap();
-    let output = Command::new(binary("rsolv-worker"))
+    let output = our_command("rsolv-worker", &app.db.url)
         .args(["start-sequence", "expiring_trial", "--customer", email])
-        .env("DATABASE_URL", &app.db.url)
-        .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let steps: Vec<String> =
-        sqlx::query_scalar("SELECT args->>'step' FROM jobs WHERE kind = 'send_email_step' ORDER BY run_at")
-            .fetch_all(&app.db.pool)
-            .await
-            .unwrap();
+    let mut jobs = testing::inserted::<SendEmailStep>(&app.db.pool).await;
+    jobs.sort_by_key(|job| job.run_at);
+    let steps: Vec<String> = jobs.into_iter().map(|job| job.args.step).collect();
     assert_eq!(steps, ["credits_running_low", "trial_reminder", "last_call"]);
-    let unknown = Command::new(binary("rsolv-worker"))
+    let unknown = our_command("rsolv-worker", &app.db.url)
         .args(["start-sequence", "nonsense", "--customer", email])
-        .env("DATABASE_URL", &app.db.url)
         .output()
         .unwrap();
     assert!(!unknown.status.success(), "an unknown sequence is an error");
@@ -232,7 +174,7 @@ async fn the_worker_process_serves_its_metrics() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let token = "a-metrics-token-for-scrapers";
-    let _worker = WorkerProcess::start_with(&app.db.url, &[("METRICS_ADDR", addr.as_str()), ("METRICS_TOKEN", token)]);
+    let _worker = Process::worker(&app.db.url, &[("METRICS_ADDR", addr.as_str()), ("METRICS_TOKEN", token)]);
     let (customer, _) = app.onboarded_customer("worker-metrics@example.com").await;
     assert!(common::db::customers::exists(&app.db.pool, customer).await.unwrap());
     let url = format!("http://{addr}/metrics");
@@ -254,16 +196,16 @@ async fn the_worker_process_serves_its_metrics() {
 }
 
 /// Runs a binary with `RUST_LOG=trace`, keeping everything it prints.
-fn spawn_logged(name: &str, env: &[(&str, &str)], log: &std::path::Path) -> WorkerProcess {
+fn spawn_logged(name: &str, env: &[(&str, &str)], log: &std::path::Path) -> Process {
     let file = std::fs::File::create(log).unwrap();
-    let child = Command::new(binary(name))
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "trace")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    WorkerProcess(child)
+    Process::spawn(
+        Command::new(binary(name))
+            .envs(env.iter().copied())
+            .env("DATABASE_MAX_CONNECTIONS", MAX_CONNECTIONS)
+            .env("RUST_LOG", "trace")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file),
+    )
 }
 
 #[tokio::test]
@@ -332,7 +274,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         .await
         .unwrap();
     assert_eq!(fix.status(), 202);
-    let event = common::stripe::events::Simulated::new("cus_quiet", "sub_quiet", "price_x", 100)
+    let event = common::stripe::simulated::Simulated::new("cus_quiet", "sub_quiet", "price_x", 100)
         .event(common::stripe::events::Handled::InvoicePaymentSucceeded);
     let body = serde_json::to_vec(&event).unwrap();
     let signature = common::stripe::signature::sign(&body, webhook_secret, chrono::Utc::now().timestamp());
@@ -363,14 +305,13 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     wait_for("Stripe and SMTP jobs to fail an attempt", Duration::from_secs(20), || {
         let pool = pool.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(DISTINCT kind) FROM jobs WHERE kind IN ('create_stripe_customer', 'send_email_step', 'process_stripe_event')
-                   AND jsonb_array_length(errors) > 0",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == 3
+            let failed: std::collections::HashSet<String> = testing::all_jobs(&pool)
+                .await
+                .into_iter()
+                .filter(|job| !job.errors.is_empty())
+                .map(|job| job.kind)
+                .collect();
+            ["create_stripe_customer", "send_email_step", "process_stripe_event"].iter().all(|k| failed.contains(*k))
         }
     })
     .await;
@@ -424,8 +365,8 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_i
         queue::enqueue(&app.db.pool, &grant(customer_id, &format!("ahead-{i}"), 1)).await.unwrap();
     }
     let concurrency = 2;
-    let mut busy = WorkerProcess::start_with(&app.db.url, &[("JOB_GRANT_CREDITS_CONCURRENCY", "2")]);
-    let claimed = || app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'running'");
+    let mut busy = Process::worker(&app.db.url, &[("JOB_GRANT_CREDITS_CONCURRENCY", "2")]);
+    let claimed = || testing::count(&app.db.pool, Some("grant_credits"), &[JobStatus::Running]);
     wait_for("both slots to be busy", Duration::from_secs(15), || async { claimed().await >= concurrency }).await;
     busy.kill();
     // Nothing finishes while the row is held: what is running now is what the killed
@@ -435,19 +376,19 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_i
     assert!(held <= concurrency * 3, "{held} of {jobs} jobs claimed by a process with {concurrency} slots");
     blocker.rollback().await.unwrap();
 
-    let _other = WorkerProcess::start(&app.db.url);
+    let _other = Process::worker(&app.db.url, &[]);
     wait_for("every grant to complete", Duration::from_secs(30), || async {
-        app.count("SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'").await == jobs
+        testing::count(&app.db.pool, Some("grant_credits"), &[JobStatus::Completed]).await == jobs
     })
     .await;
     // An attempt is charged for the kill only to the jobs the process held. (Other failed
     // attempts, such as a pool timeout on a loaded machine, are charged as any failure.)
-    let charged_for_the_kill = app
-        .count(
-            "SELECT count(*) FROM jobs, jsonb_array_elements(errors) AS e
-             WHERE kind = 'grant_credits' AND e->>'error' LIKE '%stopped while running the job%'",
-        )
-        .await;
+    let charged_for_the_kill = testing::inserted::<GrantCredits>(&app.db.pool)
+        .await
+        .iter()
+        .flat_map(|job| &job.errors)
+        .filter(|error| error.contains("stopped while running the job"))
+        .count() as i64;
     assert!(charged_for_the_kill <= held, "{charged_for_the_kill} attempts charged for the kill; it held {held}");
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, 5 + jobs);
     assert_ledger_consistent(&app.db.pool).await;
