@@ -283,6 +283,50 @@ fn peak_rss_mb(process: &Process) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Figures by name, in the order first measured.
+#[derive(Default)]
+struct Figures(Vec<Figure>);
+
+impl Figures {
+    fn record(&mut self, name: &str, unit: &'static str, value: f64) {
+        match self.0.iter_mut().find(|f| f.name == name) {
+            Some(figure) => figure.values.push(value),
+            None => self.0.push(Figure { name: name.to_owned(), unit, values: vec![value] }),
+        }
+    }
+
+    fn print(&self, opts: &Options) -> Result<(), Error> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        if opts.json {
+            let rows: Vec<Value> = self
+                .0
+                .iter()
+                .map(|f| {
+                    let (median, min, max) = f.stats();
+                    json!({ "name": f.name, "unit": f.unit, "median": median, "min": min, "max": max, "runs": f.values.len() })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({ "jobs": opts.jobs, "cpus": cpus, "figures": rows }))?);
+        } else {
+            println!("{} jobs per throughput run, {} runs, {cpus} CPUs", opts.jobs, opts.runs);
+            println!("{:<58} {:>12} {:>12} {:>12}  unit", "figure", "median", "min", "max");
+            for f in &self.0 {
+                let (median, min, max) = f.stats();
+                println!("{:<58} {:>12.1} {:>12.1} {:>12.1}  {}", f.name, median, min, max, f.unit);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One bench run's database, options and figures; a method per section.
+struct Bench {
+    url: String,
+    pool: PgPool,
+    opts: Options,
+    figures: Figures,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -291,392 +335,423 @@ async fn main() -> Result<(), Error> {
     }
     let opts = options(&args)?;
     let (url, pool) = fresh_database().await?;
-    let mut figures: Vec<Figure> = Vec::new();
-    let mut figure = |name: String, unit: &'static str| {
-        figures.push(Figure { name, unit, values: Vec::new() });
-        figures.len() - 1
-    };
-    let bulk = figure("enqueue, bulk (one statement per 50k)".into(), "jobs/s");
-    let single = figure("enqueue, one at a time".into(), "jobs/s");
-    let mut throughput = Vec::new();
-    for p in &opts.processes {
-        for c in &opts.concurrency {
-            throughput.push((*p, *c, figure(format!("no-op jobs, {p} process(es), concurrency {c}"), "jobs/s")));
+    let mut bench = Bench { url, pool, opts, figures: Figures::default() };
+    for run in 0..bench.opts.runs {
+        eprintln!("run {}/{}", run + 1, bench.opts.runs);
+        if bench.opts.runs("enqueue") {
+            bench.enqueue().await?;
+        }
+        if bench.opts.runs("throughput") {
+            bench.throughput().await?;
+        }
+        if bench.opts.runs("finished") {
+            bench.finished().await?;
+        }
+        if bench.opts.runs("latency") {
+            bench.latency().await?;
+        }
+        if bench.opts.runs("ceiling") {
+            bench.ceiling().await?;
+        }
+        if bench.opts.runs("ledger") {
+            bench.ledger(run).await?;
+        }
+        if bench.opts.runs("api") {
+            bench.api_load(run).await?;
+        }
+        if bench.opts.runs("webhooks") {
+            bench.webhooks(run).await?;
         }
     }
-    let with_finished =
-        figure(format!("no-op jobs, 1 process, concurrency 50, {} finished rows present", opts.finished), "jobs/s");
-    let ceiling = figure("Postgres alone: 8 connections claim 100 + delete".into(), "jobs/s");
-    let ours_alone = figure("Postgres alone, our statements: 8 connections claim 100 + complete".into(), "jobs/s");
-    let p50 = figure("pickup latency p50 (idle, listening worker)".into(), "ms");
-    let p95 = figure("pickup latency p95".into(), "ms");
-    let p99 = figure("pickup latency p99".into(), "ms");
-    let ledger = figure("ledger postings (grant_credits jobs)".into(), "postings/s");
-    let api_rss = figure("API peak RSS under load".into(), "MB");
-    let worker_rss = figure("worker peak RSS under load".into(), "MB");
-    let onboard_rate = figure("onboarding requests (50 concurrent, bench client)".into(), "req/s");
-    let webhook_rate = figure("webhook ingest, API alone (64 concurrent, bench client)".into(), "req/s");
-    let webhook_p50 = figure("webhook ingest latency p50".into(), "ms");
-    let webhook_p99 = figure("webhook ingest latency p99".into(), "ms");
+    bench.figures.print(&bench.opts)
+}
 
-    for run in 0..opts.runs {
-        eprintln!("run {}/{}", run + 1, opts.runs);
-        if opts.runs("enqueue") {
-            // Enqueue.
-            clear(&pool).await?;
-            let took = bulk_noops(&pool, opts.jobs).await?;
-            figures[bulk].values.push(opts.jobs as f64 / took.as_secs_f64());
-            clear(&pool).await?;
-            let n = 2_000;
-            let started = Instant::now();
-            for seq in 0..n {
-                queue::enqueue(&pool, &Noop { seq }).await?;
-            }
-            figures[single].values.push(n as f64 / started.elapsed().as_secs_f64());
+impl Bench {
+    /// Durable enqueue: one statement for many jobs, and one job per statement.
+    async fn enqueue(&mut self) -> Result<(), Error> {
+        // Enqueue.
+        clear(&self.pool).await?;
+        let took = bulk_noops(&self.pool, self.opts.jobs).await?;
+        self.figures.record(
+            "enqueue, bulk (one statement per 50k)",
+            "jobs/s",
+            self.opts.jobs as f64 / took.as_secs_f64(),
+        );
+        clear(&self.pool).await?;
+        let n = 2_000;
+        let started = Instant::now();
+        for seq in 0..n {
+            queue::enqueue(&self.pool, &Noop { seq }).await?;
         }
+        self.figures.record("enqueue, one at a time", "jobs/s", n as f64 / started.elapsed().as_secs_f64());
+        Ok(())
+    }
 
-        if opts.runs("throughput") {
-            // No-op throughput.
-            for (processes, concurrency, slot) in &throughput {
-                clear(&pool).await?;
-                bulk_noops(&pool, opts.jobs).await?;
-                let workers: Vec<Process> = (0..*processes)
+    /// No-op jobs through `serve-noop` processes, per process count and concurrency.
+    async fn throughput(&mut self) -> Result<(), Error> {
+        // No-op throughput.
+        for processes in self.opts.processes.clone() {
+            for concurrency in self.opts.concurrency.clone() {
+                clear(&self.pool).await?;
+                bulk_noops(&self.pool, self.opts.jobs).await?;
+                let workers: Vec<Process> = (0..processes)
                     .map(|_| {
-                        spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, &concurrency.to_string()], &[])
+                        spawn(
+                            std::env::current_exe().unwrap(),
+                            &["serve-noop", &self.url, &concurrency.to_string()],
+                            &[],
+                        )
                     })
                     .collect();
-                wait_drained(&pool, Duration::from_secs(900)).await?;
-                figures[*slot].values.push(sustained_rate(&pool).await?);
+                wait_drained(&self.pool, Duration::from_secs(900)).await?;
+                let name = format!("no-op jobs, {processes} process(es), concurrency {concurrency}");
+                self.figures.record(&name, "jobs/s", sustained_rate(&self.pool).await?);
                 drop(workers);
             }
         }
-
-        if opts.runs("finished") {
-            // The same with a large history of finished jobs in the table.
-            clear(&pool).await?;
-            sqlx::query(
-                "INSERT INTO jobs (kind, args, status, finished_at)
-                 SELECT $1, jsonb_build_object('seq', g), 'completed', now() FROM generate_series(1, $2) g",
-            )
-            .bind(Noop::KIND)
-            .bind(opts.finished)
-            .execute(&pool)
-            .await?;
-            // A table that has lived with this history: vacuumed and checkpointed, so the
-            // fill's own aftermath (insert-triggered autovacuum, a checkpoint) is not measured.
-            sqlx::query("VACUUM (ANALYZE) jobs").execute(&pool).await?;
-            sqlx::query("CHECKPOINT").execute(&pool).await?;
-            bulk_noops(&pool, opts.jobs).await?;
-            let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "50"], &[]);
-            wait_drained(&pool, Duration::from_secs(900)).await?;
-            figures[with_finished].values.push(sustained_rate(&pool).await?);
-            drop(worker);
-        }
-
-        if opts.runs("latency") {
-            // Pickup latency: one job at a time to an idle worker.
-            clear(&pool).await?;
-            let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &url, "10"], &[]);
-            wait_until(&pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
-            let samples = 300;
-            let mut enqueued_at = Vec::with_capacity(samples);
-            for seq in 0..samples as i64 {
-                enqueued_at.push((seq, now_micros()));
-                queue::enqueue(&pool, &Noop { seq }).await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            wait_until(
-                &pool,
-                "SELECT count(*) FROM jobs WHERE status = 'completed'",
-                samples as i64,
-                Duration::from_secs(60),
-            )
-            .await?;
-            drop(worker);
-            let started: Vec<(i64, i64)> =
-                sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
-                    .fetch_all(&pool)
-                    .await?;
-            let mut latencies: Vec<f64> = started
-                .iter()
-                .filter_map(|(seq, at)| {
-                    enqueued_at.iter().find(|(s, _)| s == seq).map(|(_, t)| (*at - *t) as f64 / 1000.0)
-                })
-                .collect();
-            latencies.sort_by(|a, b| a.total_cmp(b));
-            figures[p50].values.push(percentile(&latencies, 0.50));
-            figures[p95].values.push(percentile(&latencies, 0.95));
-            figures[p99].values.push(percentile(&latencies, 0.99));
-        }
-
-        if opts.runs("ceiling") {
-            // Postgres alone, on a table like ours.
-            sqlx::query("DROP TABLE IF EXISTS bench_claim").execute(&pool).await?;
-            sqlx::query("CREATE TABLE bench_claim (LIKE jobs INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING IDENTITY)")
-                .execute(&pool)
-                .await?;
-            sqlx::query("INSERT INTO bench_claim (kind, args) SELECT 'bench_noop', jsonb_build_object('seq', g) FROM generate_series(1, $1) g")
-                .bind(opts.jobs)
-                .execute(&pool)
-                .await?;
-            let started = Instant::now();
-            let claimers: Vec<_> = (0..8)
-                .map(|_| {
-                    let url = url.clone();
-                    tokio::spawn(async move {
-                        let mut conn = PgConnection::connect(&url).await.unwrap();
-                        loop {
-                            let mut tx = conn.begin().await.unwrap();
-                            let ids: Vec<i64> = sqlx::query_scalar(
-                                "SELECT id FROM bench_claim WHERE kind = 'bench_noop' AND status IN ('available', 'retryable')
-                                   AND run_at <= now() ORDER BY run_at LIMIT 100 FOR UPDATE SKIP LOCKED",
-                            )
-                            .fetch_all(&mut *tx)
-                            .await
-                            .unwrap();
-                            if ids.is_empty() {
-                                break;
-                            }
-                            sqlx::query("DELETE FROM bench_claim WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await.unwrap();
-                            tx.commit().await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for claimer in claimers {
-                claimer.await?;
-            }
-            figures[ceiling].values.push(opts.jobs as f64 / started.elapsed().as_secs_f64());
-
-            // The same with the worker's own claim and completion statements on `jobs`:
-            // what our SQL costs Postgres, without the worker's own work.
-            clear(&pool).await?;
-            bulk_noops(&pool, opts.jobs).await?;
-            let claimers: Vec<_> = (0..8)
-                .map(|n| {
-                    let url = url.clone();
-                    tokio::spawn(async move {
-                        let mut conn = PgConnection::connect(&url).await.unwrap();
-                        // As the workers' bookkeeping pool has it.
-                        if std::env::var("JOB_BOOKKEEPING_SYNC_COMMIT").as_deref() != Ok("true") {
-                            sqlx::query("SET synchronous_commit = off").execute(&mut conn).await.unwrap();
-                        }
-                        let worker = format!("alone-{n}");
-                        loop {
-                            let claimed: Vec<(i64, Value, i32, chrono::DateTime<chrono::Utc>)> =
-                                sqlx::query_as(queue::statements::CLAIM)
-                                    .bind(Noop::KIND)
-                                    .bind(100_i64)
-                                    .bind(&worker)
-                                    .fetch_all(&mut conn)
-                                    .await
-                                    .unwrap();
-                            if claimed.is_empty() {
-                                break;
-                            }
-                            let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-                            let attempts: Vec<i32> = claimed.iter().map(|c| c.2).collect();
-                            let claimed_at: Vec<_> = claimed.iter().map(|c| c.3).collect();
-                            let results = vec![json!({"outcome": "done", "detail": null}); ids.len()];
-                            sqlx::query(queue::statements::COMPLETE)
-                                .bind(&ids)
-                                .bind(&attempts)
-                                .bind(&claimed_at)
-                                .bind(&results)
-                                .bind(&worker)
-                                .execute(&mut conn)
-                                .await
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for claimer in claimers {
-                claimer.await?;
-            }
-            figures[ours_alone].values.push(sustained_rate(&pool).await?);
-        }
-
-        if opts.runs("ledger") {
-            // Ledger postings through the real worker.
-            clear(&pool).await?;
-            let settings = Arc::new(Settings::from_lookup(
-                |k| (k == "DATABASE_URL").then(|| url.clone()),
-                &common::jobs::kinds(),
-            )?);
-            let mut customers = Vec::new();
-            for n in 0..50 {
-                let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
-                customers.push(factories::create(&pool, &settings, CustomerState::Trial, email).await?.customer_id);
-            }
-            let grants: Vec<Value> = (0..20_000)
-                .map(|i| {
-                    serde_json::to_value(GrantCredits {
-                        customer_id: customers[i % customers.len()],
-                        amount: 1,
-                        source: LedgerSource::AdminAdjustment,
-                        idempotency_key: format!("bench-{run}-{i}"),
-                        metadata: Value::Null,
-                    })
-                    .unwrap()
-                })
-                .collect();
-            sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
-                .bind(GrantCredits::KIND)
-                .bind(&grants)
-                .execute(&pool)
-                .await?;
-            let started = Instant::now();
-            let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &url)]);
-            wait_until(
-                &pool,
-                "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
-                grants.len() as i64,
-                Duration::from_secs(600),
-            )
-            .await?;
-            figures[ledger].values.push(grants.len() as f64 / started.elapsed().as_secs_f64());
-            drop(worker);
-        }
-
-        if opts.runs("api") {
-            // Peak memory of the API and the worker while onboarding traffic flows.
-            clear(&pool).await?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let bind = format!("127.0.0.1:{port}");
-            let env = [
-                ("DATABASE_URL", url.as_str()),
-                ("BIND_ADDR", bind.as_str()),
-                ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
-                ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0"),
-                ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
-            ];
-            let api = spawn(sibling("rsolv-api"), &[], &env);
-            let worker = spawn(sibling("rsolv-worker"), &[], &env);
-            let client = reqwest::Client::new();
-            let base = format!("http://{bind}");
-            wait_for_api(&client, &base).await?;
-            let total = 5_000;
-            let started = Instant::now();
-            let mut next = 0;
-            while next < total {
-                let batch = (next..(next + 50).min(total)).map(|i| {
-                    client
-                        .post(format!("{base}/api/v1/customers/onboard"))
-                        .json(&json!({ "name": "Bench", "email": format!("load-{run}-{i}@example.com") }))
-                        .send()
-                });
-                for response in futures::future::join_all(batch).await {
-                    if !response.is_ok_and(|r| r.status() == 202) {
-                        return Err("an onboarding request failed during the load".into());
-                    }
-                }
-                next += 50;
-            }
-            figures[onboard_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
-            wait_until(
-                &pool,
-                "SELECT count(*) FROM customers WHERE email LIKE 'load-%'",
-                total as i64,
-                Duration::from_secs(120),
-            )
-            .await?;
-            figures[api_rss].values.push(peak_rss_mb(&api));
-            figures[worker_rss].values.push(peak_rss_mb(&worker));
-            drop((api, worker));
-        }
-
-        if opts.runs("webhooks") {
-            // Signed webhook ingest (verify + durable enqueue) against the API alone: no
-            // worker runs, so the figure is the API's and Postgres's, not the processing.
-            clear(&pool).await?;
-            let secret = "whsec_bench";
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let bind = format!("127.0.0.1:{port}");
-            let env = [("DATABASE_URL", url.as_str()), ("BIND_ADDR", bind.as_str()), ("STRIPE_WEBHOOK_SECRET", secret)];
-            let api = spawn(sibling("rsolv-api"), &[], &env);
-            let client = reqwest::Client::new();
-            let base = format!("http://{bind}");
-            wait_for_api(&client, &base).await?;
-            let total = 20_000;
-            let now = chrono::Utc::now().timestamp();
-            let events: Vec<(Vec<u8>, String)> = (0..total)
-                .map(|i| {
-                    let body = serde_json::to_vec(&json!({
-                        "id": format!("evt_bench_{run}_{i}"), "object": "event", "type": "invoice.payment_succeeded",
-                        "created": now, "livemode": false, "api_version": "2024-06-20",
-                        "data": { "object": {
-                            "id": format!("in_bench_{run}_{i}"), "object": "invoice", "customer": "cus_bench",
-                            "subscription": "sub_bench", "status": "paid", "amount_paid": 59900, "currency": "usd"
-                        } }
-                    }))
-                    .unwrap();
-                    let signature = common::stripe::signature::sign(&body, secret, now);
-                    (body, signature)
-                })
-                .collect();
-            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let events = Arc::new(events);
-            let started = Instant::now();
-            let senders: Vec<_> = (0..64)
-                .map(|_| {
-                    let (client, next, events, url) =
-                        (client.clone(), next.clone(), events.clone(), format!("{base}/api/webhooks/stripe"));
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((body, signature)) = events.get(i) else { return Ok(latencies) };
-                            let sent = Instant::now();
-                            let response = client
-                                .post(&url)
-                                .header("content-type", "application/json")
-                                .header("stripe-signature", signature)
-                                .body(body.clone())
-                                .send()
-                                .await;
-                            if !response.is_ok_and(|r| r.status() == 200) {
-                                return Err("a webhook was refused during the load");
-                            }
-                            latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                        }
-                    })
-                })
-                .collect();
-            let mut latencies = Vec::with_capacity(total);
-            for sender in senders {
-                latencies.extend(sender.await??);
-            }
-            figures[webhook_rate].values.push(total as f64 / started.elapsed().as_secs_f64());
-            latencies.sort_by(|a, b| a.total_cmp(b));
-            figures[webhook_p50].values.push(percentile(&latencies, 0.50));
-            figures[webhook_p99].values.push(percentile(&latencies, 0.99));
-            let stored = count(&pool, "SELECT count(*) FROM jobs WHERE kind = 'process_stripe_event'").await;
-            if stored != total as i64 {
-                return Err(format!("{stored} of {total} accepted webhooks were enqueued").into());
-            }
-            drop(api);
-        }
+        Ok(())
     }
 
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    if opts.json {
-        let rows: Vec<Value> = figures
+    /// No-op jobs with a long history of finished rows in the table.
+    async fn finished(&mut self) -> Result<(), Error> {
+        // The same with a large history of finished jobs in the table.
+        clear(&self.pool).await?;
+        sqlx::query(
+            "INSERT INTO jobs (kind, args, status, finished_at)
+             SELECT $1, jsonb_build_object('seq', g), 'completed', now() FROM generate_series(1, $2) g",
+        )
+        .bind(Noop::KIND)
+        .bind(self.opts.finished)
+        .execute(&self.pool)
+        .await?;
+        // A table that has lived with this history: vacuumed and checkpointed, so the
+        // fill's own aftermath (insert-triggered autovacuum, a checkpoint) is not measured.
+        sqlx::query("VACUUM (ANALYZE) jobs").execute(&self.pool).await?;
+        sqlx::query("CHECKPOINT").execute(&self.pool).await?;
+        bulk_noops(&self.pool, self.opts.jobs).await?;
+        let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &self.url, "50"], &[]);
+        wait_drained(&self.pool, Duration::from_secs(900)).await?;
+        let name = format!("no-op jobs, 1 process, concurrency 50, {} finished rows present", self.opts.finished);
+        self.figures.record(&name, "jobs/s", sustained_rate(&self.pool).await?);
+        drop(worker);
+        Ok(())
+    }
+
+    /// How long an idle, listening worker takes to pick a job up.
+    async fn latency(&mut self) -> Result<(), Error> {
+        // Pickup latency: one job at a time to an idle worker.
+        clear(&self.pool).await?;
+        let worker = spawn(std::env::current_exe().unwrap(), &["serve-noop", &self.url, "10"], &[]);
+        wait_until(&self.pool, "SELECT count(*) FROM job_workers", 1, Duration::from_secs(30)).await?;
+        let samples = 300;
+        let mut enqueued_at = Vec::with_capacity(samples);
+        for seq in 0..samples as i64 {
+            enqueued_at.push((seq, now_micros()));
+            queue::enqueue(&self.pool, &Noop { seq }).await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wait_until(
+            &self.pool,
+            "SELECT count(*) FROM jobs WHERE status = 'completed'",
+            samples as i64,
+            Duration::from_secs(60),
+        )
+        .await?;
+        drop(worker);
+        let started: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut latencies: Vec<f64> = started
             .iter()
-            .filter(|f| !f.values.is_empty())
-            .map(|f| {
-                let (median, min, max) = f.stats();
-                json!({ "name": f.name, "unit": f.unit, "median": median, "min": min, "max": max, "runs": f.values.len() })
+            .filter_map(|(seq, at)| enqueued_at.iter().find(|(s, _)| s == seq).map(|(_, t)| (*at - *t) as f64 / 1000.0))
+            .collect();
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        self.figures.record("pickup latency p50 (idle, listening worker)", "ms", percentile(&latencies, 0.50));
+        self.figures.record("pickup latency p95", "ms", percentile(&latencies, 0.95));
+        self.figures.record("pickup latency p99", "ms", percentile(&latencies, 0.99));
+        Ok(())
+    }
+
+    /// Postgres alone claiming and deleting, then claiming and completing with our statements.
+    async fn ceiling(&mut self) -> Result<(), Error> {
+        // Postgres alone, on a table like ours.
+        sqlx::query("DROP TABLE IF EXISTS bench_claim").execute(&self.pool).await?;
+        sqlx::query("CREATE TABLE bench_claim (LIKE jobs INCLUDING DEFAULTS INCLUDING INDEXES INCLUDING IDENTITY)")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO bench_claim (kind, args) SELECT 'bench_noop', jsonb_build_object('seq', g) FROM generate_series(1, $1) g")
+            .bind(self.opts.jobs)
+            .execute(&self.pool)
+            .await?;
+        let started = Instant::now();
+        let claimers: Vec<_> = (0..8)
+            .map(|_| {
+                let url = self.url.clone();
+                tokio::spawn(async move {
+                    let mut conn = PgConnection::connect(&url).await.unwrap();
+                    loop {
+                        let mut tx = conn.begin().await.unwrap();
+                        let ids: Vec<i64> = sqlx::query_scalar(
+                            "SELECT id FROM bench_claim WHERE kind = 'bench_noop' AND status IN ('available', 'retryable')
+                               AND run_at <= now() ORDER BY run_at LIMIT 100 FOR UPDATE SKIP LOCKED",
+                        )
+                        .fetch_all(&mut *tx)
+                        .await
+                        .unwrap();
+                        if ids.is_empty() {
+                            break;
+                        }
+                        sqlx::query("DELETE FROM bench_claim WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await.unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "jobs": opts.jobs, "cpus": cpus, "figures": rows }))?);
-    } else {
-        println!("{} jobs per throughput run, {} runs, {cpus} CPUs", opts.jobs, opts.runs);
-        println!("{:<58} {:>12} {:>12} {:>12}  unit", "figure", "median", "min", "max");
-        for f in figures.iter().filter(|f| !f.values.is_empty()) {
-            let (median, min, max) = f.stats();
-            println!("{:<58} {:>12.1} {:>12.1} {:>12.1}  {}", f.name, median, min, max, f.unit);
+        for claimer in claimers {
+            claimer.await?;
         }
+        self.figures.record(
+            "Postgres alone: 8 connections claim 100 + delete",
+            "jobs/s",
+            self.opts.jobs as f64 / started.elapsed().as_secs_f64(),
+        );
+
+        self.ceiling_ours().await
     }
-    Ok(())
+
+    /// The same with the worker's own claim and completion statements on `jobs`: what
+    /// our SQL costs Postgres, without the worker's own work.
+    async fn ceiling_ours(&mut self) -> Result<(), Error> {
+        clear(&self.pool).await?;
+        bulk_noops(&self.pool, self.opts.jobs).await?;
+        let claimers: Vec<_> = (0..8)
+            .map(|n| {
+                let url = self.url.clone();
+                tokio::spawn(async move {
+                    let mut conn = PgConnection::connect(&url).await.unwrap();
+                    // As the workers' bookkeeping pool has it.
+                    if std::env::var("JOB_BOOKKEEPING_SYNC_COMMIT").as_deref() != Ok("true") {
+                        sqlx::query("SET synchronous_commit = off").execute(&mut conn).await.unwrap();
+                    }
+                    let worker = format!("alone-{n}");
+                    loop {
+                        let claimed: Vec<(i64, Value, i32, chrono::DateTime<chrono::Utc>)> =
+                            sqlx::query_as(queue::statements::CLAIM)
+                                .bind(Noop::KIND)
+                                .bind(100_i64)
+                                .bind(&worker)
+                                .fetch_all(&mut conn)
+                                .await
+                                .unwrap();
+                        if claimed.is_empty() {
+                            break;
+                        }
+                        let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+                        let attempts: Vec<i32> = claimed.iter().map(|c| c.2).collect();
+                        let claimed_at: Vec<_> = claimed.iter().map(|c| c.3).collect();
+                        let results = vec![json!({"outcome": "done", "detail": null}); ids.len()];
+                        sqlx::query(queue::statements::COMPLETE)
+                            .bind(&ids)
+                            .bind(&attempts)
+                            .bind(&claimed_at)
+                            .bind(&results)
+                            .bind(&worker)
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for claimer in claimers {
+            claimer.await?;
+        }
+        self.figures.record(
+            "Postgres alone, our statements: 8 connections claim 100 + complete",
+            "jobs/s",
+            sustained_rate(&self.pool).await?,
+        );
+        Ok(())
+    }
+
+    /// Ledger postings through the real worker (grant jobs over 50 customers).
+    async fn ledger(&mut self, run: usize) -> Result<(), Error> {
+        // Ledger postings through the real worker.
+        clear(&self.pool).await?;
+        let settings = Arc::new(Settings::from_lookup(
+            |k| (k == "DATABASE_URL").then(|| self.url.clone()),
+            &common::jobs::kinds(),
+        )?);
+        let mut customers = Vec::new();
+        for n in 0..50 {
+            let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
+            customers.push(factories::create(&self.pool, &settings, CustomerState::Trial, email).await?.customer_id);
+        }
+        let grants: Vec<Value> = (0..20_000)
+            .map(|i| {
+                serde_json::to_value(GrantCredits {
+                    customer_id: customers[i % customers.len()],
+                    amount: 1,
+                    source: LedgerSource::AdminAdjustment,
+                    idempotency_key: format!("bench-{run}-{i}"),
+                    metadata: Value::Null,
+                })
+                .unwrap()
+            })
+            .collect();
+        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+            .bind(GrantCredits::KIND)
+            .bind(&grants)
+            .execute(&self.pool)
+            .await?;
+        let started = Instant::now();
+        let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &self.url)]);
+        wait_until(
+            &self.pool,
+            "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
+            grants.len() as i64,
+            Duration::from_secs(600),
+        )
+        .await?;
+        self.figures.record(
+            "ledger postings (grant_credits jobs)",
+            "postings/s",
+            grants.len() as f64 / started.elapsed().as_secs_f64(),
+        );
+        drop(worker);
+        Ok(())
+    }
+
+    /// Onboarding load through the API and the worker, with both processes' peak memory.
+    async fn api_load(&mut self, run: usize) -> Result<(), Error> {
+        // Peak memory of the API and the worker while onboarding traffic flows.
+        clear(&self.pool).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let env = [
+            ("DATABASE_URL", self.url.as_str()),
+            ("BIND_ADDR", bind.as_str()),
+            ("RATE_LIMIT_ONBOARD_PER_MINUTE", "0"),
+            ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0"),
+            ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0"),
+        ];
+        let api = spawn(sibling("rsolv-api"), &[], &env);
+        let worker = spawn(sibling("rsolv-worker"), &[], &env);
+        let client = reqwest::Client::new();
+        let base = format!("http://{bind}");
+        wait_for_api(&client, &base).await?;
+        let total = 5_000;
+        let started = Instant::now();
+        let mut next = 0;
+        while next < total {
+            let batch = (next..(next + 50).min(total)).map(|i| {
+                client
+                    .post(format!("{base}/api/v1/customers/onboard"))
+                    .json(&json!({ "name": "Bench", "email": format!("load-{run}-{i}@example.com") }))
+                    .send()
+            });
+            for response in futures::future::join_all(batch).await {
+                if !response.is_ok_and(|r| r.status() == 202) {
+                    return Err("an onboarding request failed during the load".into());
+                }
+            }
+            next += 50;
+        }
+        self.figures.record(
+            "onboarding requests (50 concurrent, bench client)",
+            "req/s",
+            total as f64 / started.elapsed().as_secs_f64(),
+        );
+        wait_until(
+            &self.pool,
+            "SELECT count(*) FROM customers WHERE email LIKE 'load-%'",
+            total as i64,
+            Duration::from_secs(120),
+        )
+        .await?;
+        self.figures.record("API peak RSS under load", "MB", peak_rss_mb(&api));
+        self.figures.record("worker peak RSS under load", "MB", peak_rss_mb(&worker));
+        drop((api, worker));
+        Ok(())
+    }
+
+    /// Signed webhook ingest (verify + durable enqueue) against the API alone.
+    async fn webhooks(&mut self, run: usize) -> Result<(), Error> {
+        // Signed webhook ingest (verify + durable enqueue) against the API alone: no
+        // worker runs, so the figure is the API's and Postgres's, not the processing.
+        clear(&self.pool).await?;
+        let secret = "whsec_bench";
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let env =
+            [("DATABASE_URL", self.url.as_str()), ("BIND_ADDR", bind.as_str()), ("STRIPE_WEBHOOK_SECRET", secret)];
+        let api = spawn(sibling("rsolv-api"), &[], &env);
+        let client = reqwest::Client::new();
+        let base = format!("http://{bind}");
+        wait_for_api(&client, &base).await?;
+        let total = 20_000;
+        let now = chrono::Utc::now().timestamp();
+        let events: Vec<(Vec<u8>, String)> = (0..total)
+            .map(|i| {
+                let body = serde_json::to_vec(&json!({
+                    "id": format!("evt_bench_{run}_{i}"), "object": "event", "type": "invoice.payment_succeeded",
+                    "created": now, "livemode": false, "api_version": "2024-06-20",
+                    "data": { "object": {
+                        "id": format!("in_bench_{run}_{i}"), "object": "invoice", "customer": "cus_bench",
+                        "subscription": "sub_bench", "status": "paid", "amount_paid": 59900, "currency": "usd"
+                    } }
+                }))
+                .unwrap();
+                let signature = common::stripe::signature::sign(&body, secret, now);
+                (body, signature)
+            })
+            .collect();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let events = Arc::new(events);
+        let started = Instant::now();
+        let senders: Vec<_> = (0..64)
+            .map(|_| {
+                let (client, next, events, url) =
+                    (client.clone(), next.clone(), events.clone(), format!("{base}/api/webhooks/stripe"));
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((body, signature)) = events.get(i) else { return Ok(latencies) };
+                        let sent = Instant::now();
+                        let response = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .header("stripe-signature", signature)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        if !response.is_ok_and(|r| r.status() == 200) {
+                            return Err("a webhook was refused during the load");
+                        }
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                })
+            })
+            .collect();
+        let mut latencies = Vec::with_capacity(total);
+        for sender in senders {
+            latencies.extend(sender.await??);
+        }
+        self.figures.record(
+            "webhook ingest, API alone (64 concurrent, bench client)",
+            "req/s",
+            total as f64 / started.elapsed().as_secs_f64(),
+        );
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        self.figures.record("webhook ingest latency p50", "ms", percentile(&latencies, 0.50));
+        self.figures.record("webhook ingest latency p99", "ms", percentile(&latencies, 0.99));
+        let stored = count(&self.pool, "SELECT count(*) FROM jobs WHERE kind = 'process_stripe_event'").await;
+        if stored != total as i64 {
+            return Err(format!("{stored} of {total} accepted webhooks were enqueued").into());
+        }
+        drop(api);
+        Ok(())
+    }
 }
