@@ -13,15 +13,13 @@
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::Payload;
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
 use common::config::{Secret, Settings};
 use common::db::sessions::{self, SessionToken};
-use common::domain::ErrorCode;
 use futures::future::{LocalBoxFuture, Ready, ready};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 
 use crate::errors::ApiError;
 
@@ -87,50 +85,8 @@ impl AdminPage {
 
     /// Checks a state-changing form: same-site, and carrying this session's token.
     pub fn check_form(&self, req: &HttpRequest, csrf: &str) -> Result<(), ApiError> {
-        same_site(req)?;
-        let expected = self.csrf_token();
-        if expected.is_empty() || !bool::from(csrf.as_bytes().ct_eq(expected.as_bytes())) {
-            tracing::warn!("admin form without this session's CSRF token refused");
-            return Err(forbidden("the form is stale or not from this site: reload the page and try again"));
-        }
-        Ok(())
+        crate::browser::check_form(req, &self.csrf_token(), csrf)
     }
-}
-
-fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
-}
-
-/// The origin (`scheme://host[:port]`) of a URL.
-fn origin_of(url: &str) -> &str {
-    match url.split_once("://") {
-        Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
-        None => url,
-    }
-}
-
-/// Refuses a request a browser marks as sent by another site: `Sec-Fetch-Site` other
-/// than same-origin, or an `Origin` that is neither `PUBLIC_BASE_URL`'s nor the host
-/// the request was sent to (behind a proxy that rewrites `Host`, set `PUBLIC_BASE_URL`).
-pub fn same_site(req: &HttpRequest) -> Result<(), ApiError> {
-    let cross_site = req
-        .headers()
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| !matches!(site, "same-origin" | "none"));
-    let foreign_origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|origin| {
-        let public = req.app_data::<web::Data<Settings>>().map(|s| origin_of(&s.public_base_url).to_owned());
-        let ours = public.is_some_and(|public| origin.eq_ignore_ascii_case(&public));
-        let info = req.connection_info();
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        let same_host = origin_host.eq_ignore_ascii_case(info.host());
-        origin == "null" || !(ours || same_host)
-    });
-    if cross_site || foreign_origin {
-        tracing::warn!("cross-site admin form refused");
-        return Err(forbidden("cross-site requests are refused"));
-    }
-    Ok(())
 }
 
 impl FromRequest for AdminPage {

@@ -3,6 +3,8 @@
 
 pub mod admin_auth;
 pub mod auth;
+pub mod browser;
+pub mod dashboard_auth;
 pub mod edge;
 pub mod errors;
 pub mod extract;

@@ -56,7 +56,9 @@ async fn bucket(req: &ServiceRequest, settings: &Settings) -> Result<Option<(Str
     if path == "/api/webhooks/stripe" {
         return Ok(Some((format!("webhook:{}", address()), limits.webhooks)));
     }
-    if path == "/admin/login" && req.method() == Method::POST {
+    // Sign-in forms, counted against their address before anything is looked up (the
+    // dashboard's also have hourly limits of their own, per address and per email).
+    if (path == "/admin/login" || path.starts_with("/dashboard/login")) && req.method() == Method::POST {
         return Ok(Some((format!("anon:{}", address()), limits.anonymous)));
     }
     if !path.starts_with("/api/v1/") {

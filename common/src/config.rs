@@ -112,6 +112,8 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// How long an admin page sign-in lasts (`ADMIN_SESSION_TTL_MINUTES`, 8 hours).
     pub admin_session_ttl: Duration,
+    /// How long a customer's dashboard session lasts (`DASHBOARD_SESSION_TTL_MINUTES`, 12 h).
+    pub dashboard_session_ttl: Duration,
     /// Session cookies carry `Secure` (`SESSION_COOKIE_SECURE`, on); only a local
     /// plain-http setup (`scripts/run`) turns it off.
     pub session_cookie_secure: bool,
@@ -185,6 +187,10 @@ pub struct RateLimits {
     pub anonymous: u32,
     /// Stripe webhook deliveries, per client address (Stripe sends from a few).
     pub webhooks: u32,
+    /// Dashboard sign-in links asked for, per email address, per hour.
+    pub sign_in_per_email: u32,
+    /// Dashboard sign-ins (links asked for, API keys tried), per client address, per hour.
+    pub sign_in_per_address: u32,
 }
 
 /// The development fallback for `EMAIL_UNSUBSCRIBE_SECRET`; production must set its own.
@@ -332,6 +338,7 @@ impl Settings {
             trusted_proxy_hops: r.parse("TRUSTED_PROXY_HOPS", 1usize)?.max(1),
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
             admin_session_ttl: Duration::from_secs(60 * r.parse("ADMIN_SESSION_TTL_MINUTES", 8 * 60u64)?),
+            dashboard_session_ttl: Duration::from_secs(60 * r.parse("DASHBOARD_SESSION_TTL_MINUTES", 12 * 60u64)?),
             session_cookie_secure: r.parse("SESSION_COOKIE_SECURE", true)?,
             // The worker serves metrics unless told "off"; the API only when asked.
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
@@ -366,6 +373,9 @@ impl Settings {
         }
         if self.admin_session_ttl.is_zero() {
             return fail("ADMIN_SESSION_TTL_MINUTES", "must be at least 1");
+        }
+        if self.dashboard_session_ttl.is_zero() {
+            return fail("DASHBOARD_SESSION_TTL_MINUTES", "must be at least 1");
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return fail("METRICS_TOKEN", "must be at least 16 characters");
@@ -542,6 +552,8 @@ impl RateLimits {
             api: r.parse("RATE_LIMIT_API_PER_MINUTE", 500)?,
             anonymous: r.parse("RATE_LIMIT_ANONYMOUS_PER_MINUTE", 120)?,
             webhooks: r.parse("RATE_LIMIT_WEBHOOKS_PER_MINUTE", 10_000)?,
+            sign_in_per_email: r.parse("RATE_LIMIT_SIGN_IN_PER_EMAIL_PER_HOUR", 5)?,
+            sign_in_per_address: r.parse("RATE_LIMIT_SIGN_IN_PER_ADDRESS_PER_HOUR", 30)?,
         })
     }
 }

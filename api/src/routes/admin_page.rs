@@ -126,7 +126,7 @@ pub async fn login(
     form: web::Form<SignIn>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(token) = &settings.admin_token else { return Ok(HttpResponse::NotFound().finish()) };
-    admin_auth::same_site(&req)?;
+    crate::browser::same_site(&req)?;
     if !same_secret(form.token.trim(), token) {
         tracing::warn!("admin sign-in with a wrong token");
         return Ok(page(

@@ -11,6 +11,7 @@ pub mod admin_page;
 pub mod api_keys;
 pub mod billing;
 pub mod customers;
+pub mod dashboard;
 pub mod email;
 pub mod health;
 pub mod metrics;
@@ -76,6 +77,29 @@ pub fn pages(cfg: &mut web::ServiceConfig) {
         .service(Page::new("/admin/jobs/{id}").on(Method::GET, admin_page::job).done())
         .service(Page::new("/admin/jobs/{id}/{action}").on(Method::POST, admin_page::act).done())
         .service(Page::new("/admin/queues/{queue}/redrive").on(Method::POST, admin_page::redrive_queue).done());
+    dashboard_pages(cfg);
+}
+
+/// The customer dashboard (`routes::dashboard`).
+fn dashboard_pages(cfg: &mut web::ServiceConfig) {
+    use dashboard::{keys, overview, sign_in, usage};
+    cfg.service(Page::new("/dashboard").on(Method::GET, overview::show).done())
+        .service(
+            Page::new("/dashboard/login").on(Method::GET, sign_in::form).on(Method::POST, sign_in::request_link).done(),
+        )
+        // Before `{token}`, which would match "key".
+        .service(Page::new("/dashboard/login/key").on(Method::POST, sign_in::with_key).done())
+        .service(
+            Page::new("/dashboard/login/{token}")
+                .on(Method::GET, sign_in::link)
+                .on(Method::POST, sign_in::redeem)
+                .done(),
+        )
+        .service(Page::new("/dashboard/logout").on(Method::POST, sign_in::logout).done())
+        .service(Page::new("/dashboard/usage").on(Method::GET, usage::show).done())
+        .service(Page::new("/dashboard/usage.csv").on(Method::GET, usage::csv).done())
+        .service(Page::new("/dashboard/keys").on(Method::GET, keys::list).on(Method::POST, keys::create).done())
+        .service(Page::new("/dashboard/keys/{id}/revoke").on(Method::POST, keys::revoke).done());
 }
 
 /// A page's resource, which answers the methods it was not given with 405 and `Allow`.

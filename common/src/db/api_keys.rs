@@ -24,11 +24,19 @@ pub async fn insert<'e>(
     Ok(())
 }
 
-/// The customer a live (not revoked) key belongs to.
+/// The customer a live (not revoked) key belongs to; notes the key as used now (at
+/// most one write a minute per key, so a busy client does not write on every request).
 pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!("SELECT customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash.as_str())
-        .fetch_optional(db)
-        .await
+    sqlx::query_scalar!(
+        r#"WITH live AS (SELECT id, customer_id, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
+                used AS (UPDATE api_keys k SET last_used_at = now() FROM live
+                          WHERE k.id = live.id
+                            AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '1 minute'))
+           SELECT customer_id AS "customer_id!" FROM live"#,
+        hash.as_str()
+    )
+    .fetch_optional(db)
+    .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -37,6 +45,8 @@ pub struct KeyInfo {
     pub name: String,
     pub prefix: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it last authenticated a request (to the minute); never used: absent.
+    pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -44,7 +54,7 @@ pub struct KeyInfo {
 pub async fn list<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<KeyInfo>, sqlx::Error> {
     sqlx::query_as!(
         KeyInfo,
-        "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 ORDER BY created_at DESC, id",
+        "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys WHERE customer_id = $1 ORDER BY created_at DESC, id",
         customer_id,
     )
     .fetch_all(db)
@@ -78,7 +88,7 @@ pub async fn create(
     if let Some(request_key) = request_key {
         let earlier = sqlx::query_as!(
             KeyInfo,
-            "SELECT id, name, prefix, created_at, revoked_at FROM api_keys WHERE customer_id = $1 AND request_key = $2",
+            "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_keys WHERE customer_id = $1 AND request_key = $2",
             customer_id,
             request_key,
         )
@@ -93,7 +103,7 @@ pub async fn create(
         "INSERT INTO api_keys (id, customer_id, name, key_hash, prefix, request_key)
          SELECT $1, $2, $3, $4, $5, $7
          WHERE (SELECT count(*) FROM api_keys WHERE customer_id = $2 AND revoked_at IS NULL) < $6
-         RETURNING id, name, prefix, created_at, revoked_at",
+         RETURNING id, name, prefix, created_at, last_used_at, revoked_at",
         Uuid::new_v4(),
         customer_id,
         name,

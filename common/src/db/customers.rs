@@ -354,3 +354,34 @@ pub async fn unsubscribed<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Optio
         .fetch_optional(db)
         .await
 }
+
+/// Credits granted and used on one day (UTC), from the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CreditDay {
+    pub day: chrono::NaiveDate,
+    pub granted: i64,
+    pub used: i64,
+}
+
+/// The last `days` days of the customer's ledger, one row per day, oldest first, days
+/// without entries included (zeros).
+pub async fn credits_per_day<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    days: i32,
+) -> Result<Vec<CreditDay>, sqlx::Error> {
+    sqlx::query_as!(
+        CreditDay,
+        r#"SELECT d.day::date AS "day!",
+                  coalesce(sum(l.amount) FILTER (WHERE l.amount > 0), 0)::bigint AS "granted!",
+                  coalesce(-sum(l.amount) FILTER (WHERE l.amount < 0), 0)::bigint AS "used!"
+             FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2 - 1), (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
+             LEFT JOIN credit_ledger l
+               ON l.customer_id = $1 AND (l.created_at AT TIME ZONE 'UTC')::date = d.day::date
+            GROUP BY d.day ORDER BY d.day"#,
+        customer_id,
+        days,
+    )
+    .fetch_all(db)
+    .await
+}

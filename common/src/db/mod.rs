@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod rate_limits;
 pub mod reconcile_drift;
 pub mod sessions;
+pub mod sign_in_links;
 pub mod usage;
 
 use sqlx::PgPool;

@@ -30,7 +30,19 @@ pub async fn hit<'e>(
     limit: u32,
     now: DateTime<Utc>,
 ) -> Result<Quota, sqlx::Error> {
-    let minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+    hit_in(db, bucket, limit, now, TimeDelta::minutes(1)).await
+}
+
+/// As [`hit`], in windows of `window` (at most an hour: longer ones are pruned early).
+pub async fn hit_in<'e>(
+    db: impl PgExecutor<'e>,
+    bucket: &str,
+    limit: u32,
+    now: DateTime<Utc>,
+    window: TimeDelta,
+) -> Result<Quota, sqlx::Error> {
+    let minute = now.duration_trunc(window).unwrap_or(now);
+    let window_length = window;
     let window = sqlx::query!(
         "INSERT INTO rate_limit_windows (bucket, window_start, hits) VALUES ($1, $2, 1)
          ON CONFLICT (bucket, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1
@@ -40,12 +52,12 @@ pub async fn hit<'e>(
     )
     .fetch_one(db)
     .await?;
-    Ok(Quota { limit, hits: window.hits.max(0) as u32, resets_at: window.window_start + chrono::Duration::minutes(1) })
+    Ok(Quota { limit, hits: window.hits.max(0) as u32, resets_at: window.window_start + window_length })
 }
 
-/// Forgets windows that have ended.
+/// Forgets windows that have ended (the longest, an hour, with room).
 pub async fn prune<'e>(db: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!("DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 minutes'")
+    Ok(sqlx::query!("DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 hours'")
         .execute(db)
         .await?
         .rows_affected())

@@ -107,3 +107,74 @@ pub async fn record_charged<'e>(
     .await?;
     Ok(())
 }
+
+/// A fix in the customer's history (the dashboard's usage page and its CSV).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FixHistoryRow {
+    pub fix_id: String,
+    pub repo: String,
+    pub outcome: FixOutcome,
+    pub refusal_code: Option<String>,
+    pub charged_cents: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which fixes of a customer's history to show.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub repo: Option<String>,
+    pub outcome: Option<FixOutcome>,
+    /// Older than this fix (`(created_at, fix_id)` of the last row of the page before).
+    pub before: Option<(chrono::DateTime<chrono::Utc>, String)>,
+    pub limit: i64,
+}
+
+/// A page of a customer's fixes, newest first.
+pub async fn history<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    filter: &HistoryFilter,
+) -> Result<Vec<FixHistoryRow>, sqlx::Error> {
+    let (before_at, before_fix) = filter.before.clone().unzip();
+    sqlx::query_as!(
+        FixHistoryRow,
+        r#"SELECT fix_id, repo, outcome AS "outcome: FixOutcome", refusal_code, charged_cents, created_at
+             FROM usage_fixes
+            WHERE customer_id = $1
+              AND ($2::text IS NULL OR repo = $2)
+              AND ($3::text IS NULL OR outcome = $3)
+              AND ($4::timestamptz IS NULL OR (created_at, fix_id) < ($4, $5))
+            ORDER BY created_at DESC, fix_id DESC
+            LIMIT $6"#,
+        customer_id,
+        filter.repo,
+        filter.outcome.map(FixOutcome::as_str),
+        before_at,
+        before_fix,
+        filter.limit,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// The customer's repositories with fixes, for the usage page's filter.
+pub async fn repos<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT DISTINCT repo FROM usage_fixes WHERE customer_id = $1 ORDER BY repo LIMIT 500",
+        customer_id,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Fixes consumed since the start of this calendar month (UTC).
+pub async fn consumed_this_month<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM usage_fixes
+            WHERE customer_id = $1 AND outcome = 'consumed'
+              AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"#,
+        customer_id,
+    )
+    .fetch_one(db)
+    .await
+}

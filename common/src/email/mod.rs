@@ -67,6 +67,25 @@ pub enum MailerError {
     From(#[source] lettre::address::AddressError),
 }
 
+fn templates() -> &'static Environment<'static> {
+    static TEMPLATES: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let mut env = Environment::new();
+        env.add_template("email.html", include_str!("templates/email.html")).expect("the HTML template parses");
+        env.add_template("email.txt", include_str!("templates/email.txt")).expect("the text template parses");
+        env
+    })
+}
+
+/// Where a step's button leads: the dashboard's pages are ours (`PUBLIC_BASE_URL`), the
+/// rest (docs, changelog) the product site's (`PRODUCT_URL`).
+fn action_url(settings: &Settings, path: &str) -> String {
+    match path.starts_with("/dashboard") {
+        true => format!("{}{path}", settings.public_base_url),
+        false => format!("{}{path}", settings.product_url),
+    }
+}
+
 /// Renders a step for a customer.
 pub fn render(
     settings: &Settings,
@@ -75,13 +94,7 @@ pub fn render(
     name: &str,
     vars: &Value,
 ) -> Result<Rendered, RenderError> {
-    static TEMPLATES: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
-    let env = TEMPLATES.get_or_init(|| {
-        let mut env = Environment::new();
-        env.add_template("email.html", include_str!("templates/email.html")).expect("the HTML template parses");
-        env.add_template("email.txt", include_str!("templates/email.txt")).expect("the text template parses");
-        env
-    });
+    let env = templates();
     let mut context = match vars {
         Value::Object(map) => map.clone(),
         _ => serde_json::Map::new(),
@@ -99,18 +112,47 @@ pub fn render(
         name => name,
         paragraphs => paragraphs,
         action_label => step.action.0,
-        action_url => format!("{}{}", settings.product_url, step.action.1),
+        action_url => action_url(settings, step.action.1),
         product_url => &settings.product_url,
+        dashboard_url => format!("{}/dashboard", settings.public_base_url),
         unsubscribe_url => &unsubscribe_url,
-    };
-    let render = |name: &'static str| {
-        env.get_template(name).and_then(|t| t.render(&page)).map_err(|source| RenderError { template: name, source })
     };
     Ok(Rendered {
         subject: step.subject.to_owned(),
-        html: render("email.html")?,
-        text: render("email.txt")?,
+        html: render_page(env, "email.html", &page)?,
+        text: render_page(env, "email.txt", &page)?,
         unsubscribe_url,
+    })
+}
+
+fn render_page(env: &Environment<'_>, name: &'static str, page: &minijinja::Value) -> Result<String, RenderError> {
+    env.get_template(name).and_then(|t| t.render(page)).map_err(|source| RenderError { template: name, source })
+}
+
+/// The dashboard's sign-in email: transactional (sent whatever the customer's email
+/// preferences, with no unsubscribe link), its one button the one-time `link`.
+pub fn render_sign_in(settings: &Settings, name: &str, link: &str) -> Result<Rendered, RenderError> {
+    let minutes = crate::db::sign_in_links::LINK_TTL.as_secs() / 60;
+    let page = minijinja::context! {
+        subject => "Your RSOLV sign-in link",
+        heading => "Sign in to your dashboard",
+        name => name,
+        paragraphs => vec![
+            format!("This link signs you in to your RSOLV dashboard. It works once, for {minutes} minutes."),
+            "If you did not ask to sign in, ignore this email: nothing changes without the link.".to_owned(),
+        ],
+        action_label => "Sign in",
+        action_url => link,
+        product_url => &settings.product_url,
+        dashboard_url => format!("{}/dashboard", settings.public_base_url),
+        transactional => true,
+    };
+    let env = templates();
+    Ok(Rendered {
+        subject: "Your RSOLV sign-in link".to_owned(),
+        html: render_page(env, "email.html", &page)?,
+        text: render_page(env, "email.txt", &page)?,
+        unsubscribe_url: String::new(),
     })
 }
 
@@ -165,15 +207,18 @@ impl Mailer {
             .message_id(Some(message_id.to_owned()))
             .multipart(MultiPart::alternative_plain_html(email.text.clone(), email.html.clone()))
             .map_err(|e| SendError::Rejected(format!("message: {e}")))?;
-        let headers = message.headers_mut();
-        headers.insert_raw(HeaderValue::new(
-            HeaderName::new_from_ascii_str("List-Unsubscribe"),
-            format!("<{}>", email.unsubscribe_url),
-        ));
-        headers.insert_raw(HeaderValue::new(
-            HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
-            "List-Unsubscribe=One-Click".to_owned(),
-        ));
+        // A transactional message (a sign-in link) has no list to leave.
+        if !email.unsubscribe_url.is_empty() {
+            let headers = message.headers_mut();
+            headers.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{}>", email.unsubscribe_url),
+            ));
+            headers.insert_raw(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
+        }
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(SendError::Rejected(e.to_string())),

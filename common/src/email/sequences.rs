@@ -109,7 +109,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
             paragraphs: &[
                 "Add a payment method to keep fixing after your trial credits: $29 per fix, or Pro for 60 fixes a month.",
             ],
-            action: ("Add a payment method", "/billing"),
+            action: ("Add a payment method", "/dashboard/billing"),
         },
         Step {
             key: "trial_reminder",
@@ -117,7 +117,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
             subject: "A reminder about your RSOLV trial",
             heading: "Don't lose momentum, {{ name }}",
             paragraphs: &["Adding a card also gives you 5 more credits."],
-            action: ("Add a payment method", "/billing"),
+            action: ("Add a payment method", "/dashboard/billing"),
         },
         Step {
             key: "last_call",
@@ -125,7 +125,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
             subject: "Last call: your RSOLV trial",
             heading: "Your trial has ended",
             paragraphs: &["Your account stays; add a payment method whenever you are ready."],
-            action: ("Continue with RSOLV", "/billing"),
+            action: ("Continue with RSOLV", "/dashboard/billing"),
         },
     ],
 };
@@ -174,7 +174,7 @@ pub const DUNNING: Sequence = Sequence {
             "Your payment of {{ amount }} for RSOLV Pro failed.",
             "{% if next_attempt %}We will try again on {{ next_attempt }}.{% else %}We will not retry automatically.{% endif %} Please update your payment method to keep Pro.",
         ],
-        action: ("Update your payment method", "/billing"),
+        action: ("Update your payment method", "/dashboard/billing"),
     }],
 };
 

@@ -15,6 +15,7 @@ mod record_usage;
 mod renewal;
 mod resume_subscription;
 mod send_email_step;
+mod send_sign_in_link;
 mod subscribe_pro;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
 pub use resume_subscription::ResumeSubscription;
 pub use send_email_step::SendEmailStep;
+pub use send_sign_in_link::SendSignInLink;
 pub use subscribe_pro::SubscribePro;
 
 use crate::config::Settings;
@@ -155,6 +157,7 @@ job_kinds!(
     ReconcileSweep,
     ReconcileCustomer,
     SendEmailStep,
+    SendSignInLink,
     PruneJobs,
 );
 

@@ -58,6 +58,7 @@ impl Job for PruneJobs {
         crate::db::rate_limits::prune(&ctx.pool).await?;
         crate::db::idempotency::prune(&ctx.pool).await?;
         crate::db::sessions::prune(&ctx.pool).await?;
+        crate::db::sign_in_links::prune(&ctx.pool).await?;
         if deleted.iter().any(|&n| n > 0) {
             tracing::info!(finished = deleted[0], dead = deleted[1], "pruned jobs");
         }

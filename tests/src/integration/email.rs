@@ -63,7 +63,8 @@ async fn onboarding_sends_the_welcome_email_and_schedules_the_sequence() {
     assert_eq!(welcome.to, "ada@example.com");
     assert_eq!(welcome.subject, "Welcome to RSOLV");
     assert!(welcome.text.contains("Hi Ada Lovelace,") && welcome.html.contains("Ada Lovelace"), "{}", welcome.text);
-    assert!(welcome.text.contains("https://rsolv.dev/dashboard"), "product links");
+    assert!(welcome.text.contains(&format!("{}/dashboard", app.address)), "dashboard links lead to our pages");
+    assert!(welcome.text.contains("https://rsolv.dev/docs"), "product links");
     let link = welcome.list_unsubscribe.as_deref().unwrap().trim_matches(|c| c == '<' || c == '>').to_owned();
     assert!(welcome.text.contains(&link), "the text carries the unsubscribe link: {}", welcome.text);
     assert!(welcome.html.contains(&link.replace('/', "&#x2f;")), "the HTML carries it: {}", welcome.html);

@@ -8,6 +8,7 @@ mod api_keys;
 mod billing;
 mod browser;
 mod chaos;
+mod dashboard;
 mod email;
 mod errors;
 mod idempotency;

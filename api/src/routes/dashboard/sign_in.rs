@@ -1,0 +1,180 @@
+//! Signing in to the dashboard: by a one-time link emailed on request, or with an API
+//! key; and signing out.
+//!
+//! Asking for a link answers the same page whether or not the address has an account,
+//! and is limited per address asked for and per client address (hourly), before the
+//! address is looked up. The link's page shows a button rather than signing in on
+//! GET: mail scanners fetch links, and a fetch must not spend the link.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::TimeDelta;
+use common::clock::Clock;
+use common::config::Settings;
+use common::db::{self, rate_limits, sign_in_links::SignInToken};
+use common::domain::{ApiKey, Email};
+use common::jobs::SendSignInLink;
+use common::queue;
+use minijinja::context;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use super::{CsrfForm, Flash, page, see_other};
+use crate::dashboard_auth::{self, Dashboard};
+use crate::errors::ApiError;
+
+/// The page for a link that is not (or no longer) one: forged, used and expired look
+/// the same.
+const DEAD_LINK: &str = "This sign-in link has expired or was already used. Ask for a new one below.";
+
+pub async fn form(dashboard: Dashboard, flash: web::Query<Flash>) -> HttpResponse {
+    if let Dashboard::SignedIn { .. } = dashboard {
+        return see_other("/dashboard");
+    }
+    page(StatusCode::OK, "login.html", context! { flash => flash.text() })
+}
+
+#[derive(Deserialize)]
+pub struct LinkRequest {
+    #[serde(default)]
+    email: String,
+}
+
+/// Counts a sign-in attempt against `bucket` (hourly); `false` once over `limit`
+/// (0: unlimited).
+async fn within_limit(pool: &PgPool, clock: &Clock, bucket: &str, limit: u32) -> Result<bool, ApiError> {
+    if limit == 0 {
+        return Ok(true);
+    }
+    let quota = rate_limits::hit_in(pool, bucket, limit, clock.now(), TimeDelta::hours(1)).await?;
+    Ok(quota.allowed())
+}
+
+fn too_many() -> HttpResponse {
+    let flash = "Too many sign-in attempts. Try again in an hour.";
+    page(StatusCode::TOO_MANY_REQUESTS, "login.html", context! { flash => flash })
+}
+
+/// `POST /dashboard/login`: emails a sign-in link to the address, if it has an account.
+pub async fn request_link(
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
+    clock: web::Data<Clock>,
+    form: web::Form<LinkRequest>,
+) -> Result<HttpResponse, ApiError> {
+    crate::browser::same_site(&req)?;
+    let Ok(email) = Email::parse(&form.email) else {
+        let flash = "Enter the email address of your RSOLV account.";
+        return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, "login.html", context! { flash => flash }));
+    };
+    let limits = settings.rate_limits;
+    let address = crate::rate_limit::client_address(&req, &settings);
+    // The address asked for is hashed into its bucket: the table holds no email.
+    let email_bucket = format!("sign-in-email:{}", hex::encode(Sha256::digest(email.as_str().as_bytes())));
+    if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limits.sign_in_per_address).await?
+        || !within_limit(&pool, &clock, &email_bucket, limits.sign_in_per_email).await?
+    {
+        return Ok(too_many());
+    }
+    if let Some(customer) = db::customers::find_by_email(pool.get_ref(), &email).await? {
+        let job = SendSignInLink { customer_id: customer.id, request: uuid::Uuid::new_v4() };
+        queue::enqueue(pool.get_ref(), &job).await?;
+        tracing::info!(customer_id = %customer.id, "sign-in link requested");
+    }
+    Ok(page(StatusCode::OK, "link.html", context! { sent => true }))
+}
+
+/// A link's token as it can be: 43 base64url characters (32 random bytes).
+fn token_of(raw: &str) -> Option<SignInToken> {
+    let well_formed = raw.len() == 43 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    well_formed.then(|| SignInToken::from_link(raw))
+}
+
+fn dead_link() -> HttpResponse {
+    page(StatusCode::NOT_FOUND, "login.html", context! { flash => DEAD_LINK })
+}
+
+/// `GET /dashboard/login/{token}`: the link's page, with the button that signs in.
+pub async fn link(pool: web::Data<PgPool>, token: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let Some(token) = token_of(&token) else { return Ok(dead_link()) };
+    if !db::sign_in_links::is_live(pool.get_ref(), &token).await? {
+        return Ok(dead_link());
+    }
+    Ok(page(StatusCode::OK, "link.html", context! { token => token.expose() }))
+}
+
+/// `POST /dashboard/login/{token}`: spends the link and opens a session.
+pub async fn redeem(
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    crate::browser::same_site(&req)?;
+    let Some(token) = token_of(&token) else { return Ok(dead_link()) };
+    let Some(customer_id) = db::sign_in_links::redeem(pool.get_ref(), &token).await? else {
+        tracing::warn!("a dead sign-in link was used");
+        return Ok(dead_link());
+    };
+    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id).await?;
+    tracing::info!(%customer_id, "signed in to the dashboard by email link");
+    Ok(HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((actix_web::http::header::LOCATION, "/dashboard"))
+        .finish())
+}
+
+#[derive(Deserialize)]
+pub struct KeySignIn {
+    #[serde(default)]
+    api_key: String,
+}
+
+/// `POST /dashboard/login/key`: signs in with one of the customer's live API keys.
+pub async fn with_key(
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
+    clock: web::Data<Clock>,
+    form: web::Form<KeySignIn>,
+) -> Result<HttpResponse, ApiError> {
+    crate::browser::same_site(&req)?;
+    let address = crate::rate_limit::client_address(&req, &settings);
+    let limit = settings.rate_limits.sign_in_per_address;
+    if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limit).await? {
+        return Ok(too_many());
+    }
+    let customer = match ApiKey::parse(form.api_key.trim()) {
+        Ok(key) => db::api_keys::customer_for(pool.get_ref(), &key.hash()).await?,
+        Err(_) => None,
+    };
+    let Some(customer_id) = customer else {
+        tracing::warn!("dashboard sign-in with a key that is not live");
+        let flash = "That API key does not sign in: it is mistyped or revoked.";
+        return Ok(page(StatusCode::UNAUTHORIZED, "login.html", context! { flash => flash }));
+    };
+    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id).await?;
+    tracing::info!(%customer_id, "signed in to the dashboard with an API key");
+    Ok(HttpResponse::SeeOther()
+        .cookie(cookie)
+        .insert_header((actix_web::http::header::LOCATION, "/dashboard"))
+        .finish())
+}
+
+/// `POST /dashboard/logout`: ends the session; its cookie opens nothing any more.
+pub async fn logout(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, ApiError> {
+    if let Dashboard::SignedOut = dashboard {
+        return Ok(super::to_sign_in());
+    }
+    dashboard.check_form(&req, &form.csrf)?;
+    let cookie = dashboard_auth::sign_out(pool.get_ref(), &dashboard).await?;
+    let location = format!("/dashboard/login?flash={}", crate::url::encode_component("You are signed out."));
+    Ok(HttpResponse::SeeOther().cookie(cookie).insert_header((actix_web::http::header::LOCATION, location)).finish())
+}

@@ -1,0 +1,67 @@
+//! Email a customer a one-time link into their dashboard.
+//!
+//! The link's token is made by the run, not by the request that asked for it, so no
+//! raw token is ever written down (the job's arguments are stored): the run stores the
+//! token's hash, then sends the link. A run that fails before the server accepted the
+//! message is retried and makes a new link (the unused one expires); one whose SMTP
+//! conversation broke midway is not resent, as a step of a sequence is not, and the
+//! customer asks again. Sign-in email is transactional: it goes out whatever the
+//! customer's email preferences.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::JobContext;
+use crate::db;
+use crate::email::{self, SendError};
+use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SendSignInLink {
+    pub customer_id: Uuid,
+    /// Tells one request for a link from the next (the unique key).
+    pub request: Uuid,
+}
+
+impl JobKind for SendSignInLink {
+    const KIND: &'static str = "send_sign_in_link";
+    // A link is worth little after its 15 minutes: a few quick attempts, then the
+    // customer asks again.
+    const RETRY: RetryPolicy = RetryPolicy::new(4, 5).timeout(Duration::from_secs(60));
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.request.to_string())
+    }
+
+    fn customer_id(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+}
+
+impl Job for SendSignInLink {
+    type Context = JobContext;
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
+        let customer = ctx.customer(self.customer_id).await?;
+        mailer.reachable().await.map_err(|e| JobError::caused("", e))?;
+        let token = db::sign_in_links::create(&ctx.pool, customer.id).await?;
+        let link = format!("{}/dashboard/login/{}", ctx.settings.public_base_url, token.expose());
+        let rendered =
+            email::render_sign_in(&ctx.settings, &customer.name, &link).map_err(|e| JobError::caused("", e))?;
+        let message_id = format!("<sign-in.{}@rsolv>", Uuid::new_v4().simple());
+        match mailer.send(&customer.email, &rendered, &message_id).await {
+            Ok(()) => {
+                tracing::info!(customer_id = %customer.id, "sign-in link sent");
+                Ok(Outcome::done(serde_json::json!({ "delivery": "sent" })))
+            }
+            Err(SendError::NotSent(error)) => Err(JobError::new(format!("sign-in link not sent: {error}"))),
+            Err(error @ (SendError::Rejected(_) | SendError::Uncertain(_))) => {
+                tracing::warn!(customer_id = %customer.id, %error, "sign-in link not resent");
+                Ok(Outcome::cancel(error.to_string()))
+            }
+        }
+    }
+}

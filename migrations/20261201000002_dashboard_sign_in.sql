@@ -1,0 +1,18 @@
+-- One-time sign-in links of the customer dashboard. The emailed link carries a random
+-- token; only its SHA-256 is stored, so a copy of this table signs no one in. A link
+-- works once (`used_at`), until `expires_at` (15 minutes).
+CREATE TABLE sign_in_links (
+    token_hash  text PRIMARY KEY,
+    customer_id uuid NOT NULL REFERENCES customers (id),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    used_at     timestamptz
+);
+CREATE INDEX sign_in_links_expires_at ON sign_in_links (expires_at);
+
+-- The dashboard's usage history: a customer's fixes, newest first.
+CREATE INDEX usage_fixes_customer_newest ON usage_fixes (customer_id, created_at DESC, fix_id DESC);
+
+-- When a key last authenticated a request, to the minute (updated at most once a
+-- minute per key, by the lookup that authenticates it).
+ALTER TABLE api_keys ADD COLUMN last_used_at timestamptz;

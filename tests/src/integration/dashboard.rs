@@ -1,0 +1,352 @@
+//! The customer dashboard over HTTP: signing in by emailed link or API key, sessions
+//! and CSRF, and the pages' contents. (The browser walk-through is in `browser`.)
+
+use std::time::Duration;
+
+use common::db;
+use common::domain::Email;
+use common::factories::{self, CustomerState, Seeded};
+use common::queue::testing;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Response, StatusCode};
+
+use crate::helpers::{MailSink, TestApp, wait_for_kind_finished};
+
+/// A browser of the dashboard: follows no redirect (the tests read them), keeps the
+/// session cookie it was given.
+struct Browser<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        Self { app, client, cookie: None }
+    }
+
+    fn keep_cookie(&mut self, response: &Response) {
+        for value in response.headers().get_all(SET_COOKIE) {
+            let value = value.to_str().unwrap();
+            if let Some(rest) = value.strip_prefix("rsolv_session=") {
+                let token = rest.split(';').next().unwrap();
+                self.cookie = (!token.is_empty()).then(|| format!("rsolv_session={token}"));
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Response {
+        let mut request = self.client.get(self.app.url(path));
+        if let Some(cookie) = &self.cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Response {
+        let mut request = self.client.post(self.app.url(path)).form(form);
+        if let Some(cookie) = &self.cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        let response = request.send().await.unwrap();
+        self.keep_cookie(&response);
+        response
+    }
+
+    async fn page(&mut self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        response.text().await.unwrap()
+    }
+
+    /// The CSRF token of the forms on `path`.
+    async fn csrf(&mut self, path: &str) -> String {
+        let html = self.page(path).await;
+        let marker = r#"name="csrf" value=""#;
+        let at = html.find(marker).expect("a form with a CSRF token") + marker.len();
+        html[at..at + 64].to_owned()
+    }
+
+    /// Signs in with an API key (the quick way in for tests about the pages).
+    async fn sign_in_with_key(&mut self, key: &str) {
+        let response = self.post("/dashboard/login/key", &[("api_key", key)]).await;
+        assert_eq!(response.status(), 303);
+        assert!(self.cookie.is_some(), "a session cookie");
+    }
+}
+
+fn location(response: &Response) -> &str {
+    response.headers().get(LOCATION).map(|v| v.to_str().unwrap()).unwrap_or_default()
+}
+
+async fn app_with_mail(sink: &MailSink, overrides: &[(&str, &str)]) -> TestApp {
+    let url = sink.smtp_url();
+    let mut all = vec![("SMTP_URL", url.as_str())];
+    all.extend_from_slice(overrides);
+    TestApp::spawn(&all, true).await
+}
+
+async fn customer(app: &TestApp, state: CustomerState, email: &str) -> Seeded {
+    factories::create(&app.db.pool, &app.settings, state, Email::parse(email).unwrap()).await.unwrap()
+}
+
+/// The sign-in link in the `n`th sign-in email to `to`.
+async fn link_for(sink: &MailSink, to: &str, n: usize) -> String {
+    let to = to.to_owned();
+    crate::helpers::wait_for("the sign-in email", Duration::from_secs(20), || {
+        let to = to.clone();
+        async move { sink.messages().iter().filter(|m| m.to.contains(&to)).count() >= n }
+    })
+    .await;
+    let mail = sink.messages().into_iter().filter(|m| m.to.contains(to.as_str())).nth(n - 1).unwrap();
+    assert_eq!(mail.subject, "Your RSOLV sign-in link");
+    assert_eq!(mail.list_unsubscribe, None, "a sign-in email is not a list");
+    let at = mail.text.find("/dashboard/login/").expect("a link in the email");
+    let start = mail.text[..at].rfind("http").unwrap();
+    mail.text[start..at + "/dashboard/login/".len() + 43].to_owned()
+}
+
+#[tokio::test]
+async fn a_customer_signs_in_with_the_emailed_link_once_and_signing_out_ends_the_session() {
+    let sink = MailSink::start().await;
+    let app = app_with_mail(&sink, &[]).await;
+    let ada = customer(&app, CustomerState::Trial, "ada@example.com").await;
+    let mut browser = Browser::new(&app);
+
+    let signed_out = browser.get("/dashboard").await;
+    assert_eq!((signed_out.status(), location(&signed_out)), (StatusCode::SEE_OTHER, "/dashboard/login"));
+    let asked = browser.post("/dashboard/login", &[("email", "ADA@example.com")]).await;
+    assert_eq!(asked.status(), 200);
+    assert!(asked.text().await.unwrap().contains("If an RSOLV account uses that address"));
+
+    let link = link_for(&sink, "ada@example.com", 1).await;
+    assert!(link.starts_with(&app.address), "the link leads to this dashboard: {link}");
+    let path = link.strip_prefix(&app.address).unwrap().to_owned();
+    // Fetching the link (as a mail scanner does) shows a button and spends nothing.
+    for _ in 0..2 {
+        let page = browser.page(&path).await;
+        assert!(page.contains(&format!(r#"action="{path}""#)));
+    }
+    let signed_in = browser.post(&path, &[]).await;
+    assert_eq!((signed_in.status(), location(&signed_in)), (StatusCode::SEE_OTHER, "/dashboard"));
+    let cookie = signed_in.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/dashboard", "Secure"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    let overview = browser.page("/dashboard").await;
+    assert!(overview.contains(&format!("Hello, {}", "Demo trial")), "{overview}");
+    assert!(overview.contains(r#"<div class="value" id="balance">5</div>"#));
+
+    // The link worked once.
+    let mut other = Browser::new(&app);
+    let again = other.post(&path, &[]).await;
+    assert_eq!(again.status(), 404);
+    assert!(other.cookie.is_none());
+    assert_eq!(other.get(&path).await.status(), 404);
+
+    // Signing out needs the session's form token, and then the cookie opens nothing.
+    let session = browser.cookie.clone().unwrap();
+    assert_eq!(browser.post("/dashboard/logout", &[("csrf", "0")]).await.status(), 403);
+    let csrf = browser.csrf("/dashboard").await;
+    let out = browser.post("/dashboard/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status(), location(&out).starts_with("/dashboard/login")), (StatusCode::SEE_OTHER, true));
+    browser.cookie = Some(session);
+    let after = browser.get("/dashboard").await;
+    assert_eq!((after.status(), location(&after)), (StatusCode::SEE_OTHER, "/dashboard/login"));
+    assert_eq!(ada.state, CustomerState::Trial);
+}
+
+#[tokio::test]
+async fn links_that_are_forged_expired_unknown_or_over_the_limit_sign_no_one_in() {
+    let sink = MailSink::start().await;
+    let app = app_with_mail(&sink, &[("RATE_LIMIT_SIGN_IN_PER_EMAIL_PER_HOUR", "2")]).await;
+    let bob = customer(&app, CustomerState::Pro, "bob@example.com").await;
+    let eve = customer(&app, CustomerState::Trial, "eve@example.com").await;
+    let mut browser = Browser::new(&app);
+
+    // An address without an account gets the same answer, and nothing is sent.
+    let unknown = browser.post("/dashboard/login", &[("email", "nobody@example.com")]).await;
+    assert_eq!(unknown.status(), 200);
+    assert!(unknown.text().await.unwrap().contains("If an RSOLV account uses that address"));
+    assert_eq!(testing::count(&app.db.pool, Some("send_sign_in_link"), &[]).await, 0);
+    let malformed = browser.post("/dashboard/login", &[("email", "not an address")]).await;
+    assert_eq!(malformed.status(), 422);
+
+    // Forged and malformed tokens.
+    let forged = format!("/dashboard/login/{}", "A".repeat(43));
+    assert_eq!(browser.get(&forged).await.status(), 404);
+    assert_eq!(browser.post(&forged, &[]).await.status(), 404);
+    assert_eq!(browser.post("/dashboard/login/short", &[]).await.status(), 404);
+    assert!(browser.cookie.is_none());
+
+    // An expired link.
+    let token = db::sign_in_links::create(&app.db.pool, eve.customer_id).await.unwrap();
+    sqlx::query("UPDATE sign_in_links SET expires_at = now() - interval '1 second'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(browser.post(&format!("/dashboard/login/{}", token.expose()), &[]).await.status(), 404);
+    assert!(browser.cookie.is_none());
+
+    // A link signs in its own customer only.
+    assert_eq!(browser.post("/dashboard/login", &[("email", "bob@example.com")]).await.status(), 200);
+    let link = link_for(&sink, "bob@example.com", 1).await;
+    let path = link.strip_prefix(&app.address).unwrap().to_owned();
+    assert_eq!(browser.post(&path, &[]).await.status(), 303);
+    let overview = browser.page("/dashboard").await;
+    assert!(overview.contains("Hello, Demo pro") && !overview.contains("Demo trial"), "{overview}");
+    assert_eq!(bob.state, CustomerState::Pro);
+
+    // Two links an hour per address: the third request is refused before it is looked up.
+    assert_eq!(browser.post("/dashboard/login", &[("email", "bob@example.com")]).await.status(), 200);
+    assert_eq!(browser.post("/dashboard/login", &[("email", "bob@example.com")]).await.status(), 429);
+    wait_for_kind_finished(&app.db.pool, "send_sign_in_link", Duration::from_secs(20)).await;
+    assert_eq!(testing::count(&app.db.pool, Some("send_sign_in_link"), &[]).await, 2);
+
+    // A sign-in form posted from another site is refused.
+    let cross = browser
+        .client
+        .post(app.url("/dashboard/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("email", "bob@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+}
+
+#[tokio::test]
+async fn an_api_key_signs_in_and_a_revoked_or_made_up_one_does_not() {
+    let app = TestApp::api_only().await;
+    let carol = customer(&app, CustomerState::PayAsYouGo, "carol@example.com").await;
+    let mut browser = Browser::new(&app);
+    let made_up = browser.post("/dashboard/login/key", &[("api_key", "rsolv_not-a-key")]).await;
+    assert_eq!(made_up.status(), 401);
+    browser.sign_in_with_key(carol.api_key.expose()).await;
+    assert!(browser.page("/dashboard").await.contains("Pay as you go"));
+
+    db::api_keys::revoke(&app.db.pool, carol.customer_id, first_key(&app, carol.customer_id).await).await.unwrap();
+    let mut later = Browser::new(&app);
+    assert_eq!(later.post("/dashboard/login/key", &[("api_key", carol.api_key.expose())]).await.status(), 401);
+    assert!(later.cookie.is_none());
+}
+
+async fn first_key(app: &TestApp, customer_id: uuid::Uuid) -> uuid::Uuid {
+    db::api_keys::list(&app.db.pool, customer_id).await.unwrap()[0].id
+}
+
+#[tokio::test]
+async fn a_key_made_in_the_dashboard_is_shown_once_works_and_the_last_is_revoked_only_when_confirmed() {
+    let app = TestApp::api_only().await;
+    let dan = customer(&app, CustomerState::Trial, "dan@example.com").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(dan.api_key.expose()).await;
+    let csrf = browser.csrf("/dashboard/keys").await;
+
+    // From another site, or without the form token: refused, nothing made.
+    let cross = browser
+        .client
+        .post(app.url("/dashboard/keys"))
+        .header(COOKIE, browser.cookie.clone().unwrap())
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str()), ("name", "ci")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    assert_eq!(browser.post("/dashboard/keys", &[("name", "ci")]).await.status(), 403);
+    assert_eq!(db::api_keys::list(&app.db.pool, dan.customer_id).await.unwrap().len(), 1);
+
+    let created = browser.post("/dashboard/keys", &[("csrf", &csrf), ("name", "ci")]).await;
+    assert_eq!(created.status(), 201);
+    let html = created.text().await.unwrap();
+    let marker = r#"<code id="new-key">"#;
+    let at = html.find(marker).unwrap() + marker.len();
+    let key = html[at..html[at..].find('<').unwrap() + at].to_owned();
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &key).await.status(), 200, "the new key works");
+    let listed = browser.page("/dashboard/keys").await;
+    assert!(!listed.contains(&key), "shown once only");
+    assert!(listed.contains("ci") && listed.contains(&format!("<code>{}…</code>", &key[..10])), "{listed}");
+
+    // Revoke the first key; the new one is then the last, revoked only when confirmed.
+    let keys = db::api_keys::list(&app.db.pool, dan.customer_id).await.unwrap();
+    let (newest, oldest) = (keys[0].id, keys[1].id);
+    let revoked = browser.post(&format!("/dashboard/keys/{oldest}/revoke"), &[("csrf", &csrf)]).await;
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(app.get_with_key("/api/v1/customers/me", dan.api_key.expose()).await.status(), 401);
+    let warned = browser.post(&format!("/dashboard/keys/{newest}/revoke"), &[("csrf", &csrf)]).await;
+    assert_eq!(warned.status(), 409);
+    assert!(warned.text().await.unwrap().contains("is your last live key"));
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &key).await.status(), 200, "still live");
+    let confirmed =
+        browser.post(&format!("/dashboard/keys/{newest}/revoke"), &[("csrf", &csrf), ("confirm", "yes")]).await;
+    assert_eq!(confirmed.status(), 303);
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &key).await.status(), 401);
+    let key_list = db::api_keys::list(&app.db.pool, dan.customer_id).await.unwrap();
+    assert!(key_list[0].last_used_at.is_some(), "the API's use of the key is on the list");
+}
+
+#[tokio::test]
+async fn usage_is_paged_filtered_exported_and_charted() {
+    let app = TestApp::api_only().await;
+    let erin = customer(&app, CustomerState::ProPartlyUsed, "erin@example.com").await;
+    for n in 0..40 {
+        db::usage::record_refused(&app.db.pool, erin.customer_id, &format!("=cmd-{n}"), "org/other", "NO_BILLING_INFO")
+            .await
+            .unwrap();
+    }
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(erin.api_key.expose()).await;
+
+    // 25 consumed (the factory's) and 40 refused: a page of 50, then the rest.
+    let first = browser.page("/dashboard/usage").await;
+    assert_eq!(first.matches("<tr><td>").count(), 50);
+    let marker = r#"id="next" href=""#;
+    let at = first.find(marker).unwrap() + marker.len();
+    let next = first[at..at + first[at..].find('"').unwrap()].replace("&amp;", "&");
+    let second = browser.page(&next).await;
+    assert_eq!(second.matches("<tr><td>").count(), 15);
+    assert!(!second.contains(r#"id="next""#));
+
+    let refused = browser.page("/dashboard/usage?outcome=refused&repo=org%2Fother").await;
+    assert_eq!(refused.matches("NO_BILLING_INFO").count(), 40);
+    let consumed = browser.page("/dashboard/usage?outcome=consumed").await;
+    assert_eq!(consumed.matches("<tr><td>").count(), 25);
+    assert_eq!(browser.get("/dashboard/usage?outcome=maybe").await.status(), 422);
+
+    let csv = browser.get("/dashboard/usage.csv?repo=org%2Fother").await;
+    assert_eq!(csv.status(), 200);
+    assert!(csv.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    let body = csv.text().await.unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], "date,fix_id,repo,outcome,refusal_code,charged_cents");
+    assert_eq!(lines.len(), 41);
+    assert!(lines[1..].iter().all(|l| l.contains(",'=cmd-") && l.ends_with(",org/other,refused,NO_BILLING_INFO,")));
+
+    let overview = browser.page("/dashboard").await;
+    assert!(overview.contains(r#"id="fixes-this-month">25<"#), "the factory's fixes are this month's");
+    assert!(overview.contains(r#"<rect class="granted""#) && overview.contains(r#"<rect class="used""#));
+    assert!(overview.contains("Pro"));
+}
+
+#[tokio::test]
+async fn dashboard_pages_are_private_uncached_and_under_the_page_policy() {
+    let app = TestApp::api_only().await;
+    let fay = customer(&app, CustomerState::Trial, "fay@example.com").await;
+    let mut browser = Browser::new(&app);
+    for path in ["/dashboard", "/dashboard/usage", "/dashboard/usage.csv", "/dashboard/keys"] {
+        let response = browser.get(path).await;
+        assert_eq!((response.status(), location(&response)), (StatusCode::SEE_OTHER, "/dashboard/login"), "{path}");
+    }
+    browser.sign_in_with_key(fay.api_key.expose()).await;
+    let page = browser.get("/dashboard").await;
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    assert_eq!(browser.client.delete(app.url("/dashboard")).send().await.unwrap().status(), 405);
+}
