@@ -162,6 +162,12 @@ pub struct StripeSettings {
     /// Each Stripe call's deadline (`STRIPE_TIMEOUT_MS`): a hung call fails, and the
     /// job retries it, instead of holding a worker slot (and a charge's lock) forever.
     pub timeout: std::time::Duration,
+    /// `STRIPE_PUBLISHABLE_KEY`: what the dashboard's card form gives Stripe.js; without
+    /// it the dashboard takes no card (the API still does).
+    pub publishable_key: Option<String>,
+    /// `STRIPE_JS_URL`: where the card form loads Stripe.js from (Stripe's own by
+    /// default; localstripe serves a stand-in at `<its URL>/js.stripe.com/v3/`).
+    pub js_url: String,
 }
 
 #[derive(Debug, Clone)]
@@ -528,6 +534,8 @@ impl StripeSettings {
                 r.string("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com/".into()),
             ),
             timeout: r.millis("STRIPE_TIMEOUT_MS", 20_000)?,
+            publishable_key: r.string("STRIPE_PUBLISHABLE_KEY"),
+            js_url: r.string("STRIPE_JS_URL").unwrap_or_else(|| "https://js.stripe.com/v3/".into()),
         }))
     }
 }

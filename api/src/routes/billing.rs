@@ -89,23 +89,32 @@ pub async fn add_payment_method(
     JsonBody(body): JsonBody<PaymentMethodRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    if body.consent != Some(true) {
+    let enqueued =
+        add_payment_method_for(&pool, &waker, auth.customer_id, body.payment_method_id, body.consent).await?;
+    Ok(accepted::<AddPaymentMethod>(enqueued))
+}
+
+/// Adds a payment method for the customer, with their consent (the API's and the
+/// dashboard's way alike).
+pub async fn add_payment_method_for(
+    pool: &PgPool,
+    waker: &JobWaker,
+    customer_id: Uuid,
+    payment_method_id: String,
+    consent: Option<bool>,
+) -> Result<Enqueued, ApiError> {
+    if consent != Some(true) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::BillingConsentRequired,
             "adding a payment method needs the customer's consent to be billed: send \"consent\": true",
         ));
     }
-    if !valid_payment_method_id(&body.payment_method_id) {
+    if !valid_payment_method_id(&payment_method_id) {
         return Err(ApiError::validation("payment_method_id must be a Stripe payment method id (pm_…)"));
     }
-    let job = AddPaymentMethod {
-        customer_id: auth.customer_id,
-        payment_method_id: body.payment_method_id,
-        operation_id: Uuid::new_v4(),
-        consent_at: Utc::now(),
-    };
-    Ok(accepted::<AddPaymentMethod>(waker.enqueue(pool.get_ref(), &job).await?))
+    let job = AddPaymentMethod { customer_id, payment_method_id, operation_id: Uuid::new_v4(), consent_at: Utc::now() };
+    Ok(waker.enqueue(pool, &job).await?)
 }
 
 /// A customer-level intent (subscribe, cancel, resume), decided under the customer's row
@@ -119,19 +128,19 @@ async fn intend<J: JobKind>(
     customer_id: Uuid,
     same: serde_json::Value,
     decide: impl FnOnce(&Customer) -> Result<J, ApiError>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Enqueued, ApiError> {
     let mut tx = pool.begin().await?;
     let Some(customer) = db::customers::lock(&mut *tx, customer_id).await? else {
         return Err(ApiError::unauthorized("Invalid or expired API key"));
     };
     if let Some(pending) = queue::unfinished_for_customer(&mut *tx, J::KIND, customer_id, &same).await? {
-        return Ok(accepted::<J>(Enqueued::Inserted(pending)));
+        return Ok(Enqueued::Inserted(pending));
     }
     let job = decide(&customer)?;
     // In the deciding transaction, so the next request under the lock sees this job.
     let enqueued = queue::enqueue(&mut *tx, &job).await?;
     tx.commit().await?;
-    Ok(accepted::<J>(enqueued))
+    Ok(enqueued)
 }
 
 fn no_active_subscription() -> ApiError {
@@ -147,7 +156,12 @@ pub async fn subscribe(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    intend(pool.get_ref(), auth.customer_id, serde_json::json!({}), |customer| {
+    Ok(accepted::<SubscribePro>(subscribe_for(&pool, auth.customer_id).await?))
+}
+
+/// Subscribes the customer to Pro (the API's and the dashboard's way alike).
+pub async fn subscribe_for(pool: &PgPool, customer_id: Uuid) -> Result<Enqueued, ApiError> {
+    intend(pool, customer_id, serde_json::json!({}), |customer| {
         if customer.stripe_subscription_id.is_some() {
             return Err(ApiError::new(StatusCode::CONFLICT, ErrorCode::AlreadySubscribed, "already subscribed to Pro"));
         }
@@ -182,7 +196,13 @@ pub async fn cancel(
         .map_err(|_| ApiError::validation("at_period_end must be true or false"))?;
     // The default keeps what the customer has paid for until the period ends.
     let at_period_end = query.at_period_end.unwrap_or(true);
-    intend(pool.get_ref(), auth.customer_id, serde_json::json!({ "at_period_end": at_period_end }), |customer| {
+    Ok(accepted::<CancelSubscription>(cancel_for(&pool, auth.customer_id, at_period_end).await?))
+}
+
+/// Cancels the customer's Pro, now or at the period's end (the API's and the
+/// dashboard's way alike).
+pub async fn cancel_for(pool: &PgPool, customer_id: Uuid, at_period_end: bool) -> Result<Enqueued, ApiError> {
+    intend(pool, customer_id, serde_json::json!({ "at_period_end": at_period_end }), |customer| {
         if customer.stripe_subscription_id.is_none() {
             return Err(no_active_subscription());
         }
@@ -200,7 +220,12 @@ pub async fn resume(
     auth: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    intend(pool.get_ref(), auth.customer_id, serde_json::json!({}), |customer| {
+    Ok(accepted::<ResumeSubscription>(resume_for(&pool, auth.customer_id).await?))
+}
+
+/// Withdraws the customer's scheduled cancellation (the API's and the dashboard's way alike).
+pub async fn resume_for(pool: &PgPool, customer_id: Uuid) -> Result<Enqueued, ApiError> {
+    intend(pool, customer_id, serde_json::json!({}), |customer| {
         if customer.stripe_subscription_id.is_none() {
             return Err(no_active_subscription());
         }

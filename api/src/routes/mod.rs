@@ -82,7 +82,7 @@ pub fn pages(cfg: &mut web::ServiceConfig) {
 
 /// The customer dashboard (`routes::dashboard`).
 fn dashboard_pages(cfg: &mut web::ServiceConfig) {
-    use dashboard::{keys, overview, sign_in, usage};
+    use dashboard::{billing, keys, overview, sign_in, usage};
     cfg.service(Page::new("/dashboard").on(Method::GET, overview::show).done())
         .service(
             Page::new("/dashboard/login").on(Method::GET, sign_in::form).on(Method::POST, sign_in::request_link).done(),
@@ -99,7 +99,14 @@ fn dashboard_pages(cfg: &mut web::ServiceConfig) {
         .service(Page::new("/dashboard/usage").on(Method::GET, usage::show).done())
         .service(Page::new("/dashboard/usage.csv").on(Method::GET, usage::csv).done())
         .service(Page::new("/dashboard/keys").on(Method::GET, keys::list).on(Method::POST, keys::create).done())
-        .service(Page::new("/dashboard/keys/{id}/revoke").on(Method::POST, keys::revoke).done());
+        .service(Page::new("/dashboard/keys/{id}/revoke").on(Method::POST, keys::revoke).done())
+        .service(Page::new("/dashboard/billing").on(Method::GET, billing::show).done())
+        .service(Page::new("/dashboard/billing/subscribe").on(Method::POST, billing::subscribe).done())
+        .service(Page::new("/dashboard/billing/cancel").on(Method::POST, billing::cancel).done())
+        .service(Page::new("/dashboard/billing/resume").on(Method::POST, billing::resume).done())
+        .service(Page::new("/dashboard/billing/card").on(Method::GET, billing::card_form).done())
+        .service(Page::new("/dashboard/billing/payment-methods").on(Method::POST, billing::add_card).done())
+        .service(Page::new("/dashboard/assets/card.js").on(Method::GET, billing::card_script).done());
 }
 
 /// A page's resource, which answers the methods it was not given with 405 and `Allow`.

@@ -68,6 +68,24 @@ macro_rules! select_charges {
     };
 }
 
+/// The customer's charges for fixes (pay as you go, and Pro beyond its credits), newest
+/// first, `limit` of them older than `before` (a charge's `created_at`).
+pub async fn for_customer<'e>(
+    db: impl PgExecutor<'e>,
+    customer_id: Uuid,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Charge>, sqlx::Error> {
+    select_charges!(
+        "WHERE customer_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2) ORDER BY created_at DESC LIMIT $3",
+        customer_id,
+        before,
+        limit,
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Writes a charge down; an existing charge of the same fix is returned instead (one
 /// charge per fix, whoever decided first).
 pub async fn insert_pending(

@@ -232,6 +232,30 @@ impl StripeApi {
         Ok(list.data)
     }
 
+    /// A SetupIntent for the dashboard's card form: Stripe.js confirms it with the card,
+    /// and the payment method it yields is then added as the API adds one (attached,
+    /// made the default, by the `add_payment_method` job). It names no customer, so
+    /// that attaching is that job's alone.
+    pub async fn create_setup_intent(&self) -> Result<objects::SetupIntent, CallError> {
+        #[derive(serde::Serialize)]
+        struct Form {
+            usage: &'static str,
+            #[serde(rename = "payment_method_types[]")]
+            types: &'static str,
+        }
+        let request = RequestBuilder::new(StripeMethod::Post, "/setup_intents")
+            .form(&Form { usage: "off_session", types: "card" });
+        self.send(request, None).await
+    }
+
+    /// A card's brand and last four digits, to show which card is on file.
+    pub async fn card_summary(&self, payment_method: &str) -> Result<objects::CardSummary, CallError> {
+        let method: objects::PaymentMethodObject = self
+            .send(RequestBuilder::new(StripeMethod::Get, format!("/payment_methods/{payment_method}")), None)
+            .await?;
+        Ok(method.card.unwrap_or_default())
+    }
+
     pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent, CallError> {
         self.send(RetrievePaymentIntent::new(id).build(), None).await
     }

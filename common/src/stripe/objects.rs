@@ -290,3 +290,30 @@ mod tests {
         assert_eq!(new.period_end(), Some(20));
     }
 }
+
+/// A SetupIntent, as the dashboard's card form needs it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SetupIntent {
+    pub id: String,
+    /// What Stripe.js confirms it with; shown to the customer's browser only.
+    pub client_secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentMethodObject {
+    #[serde(default)]
+    pub card: Option<CardSummary>,
+}
+
+/// Which card: enough to recognise it, nothing to charge it with.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+pub struct CardSummary {
+    #[serde(default)]
+    pub brand: Option<String>,
+    #[serde(default)]
+    pub last4: Option<String>,
+    #[serde(default)]
+    pub exp_month: Option<i64>,
+    #[serde(default)]
+    pub exp_year: Option<i64>,
+}

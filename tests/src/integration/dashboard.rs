@@ -350,3 +350,78 @@ async fn dashboard_pages_are_private_uncached_and_under_the_page_policy() {
     assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
     assert_eq!(browser.client.delete(app.url("/dashboard")).send().await.unwrap().status(), 405);
 }
+
+#[tokio::test]
+async fn billing_forms_enqueue_what_the_api_enqueues_and_refuse_what_it_refuses() {
+    let app = TestApp::with_billing().await;
+    let (id, key, _) = app.stripe_customer("gail@example.com").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(&key).await;
+    let billing = browser.page("/dashboard/billing").await;
+    assert!(billing.contains("No card on file") && billing.contains(r#"id="subscribe" disabled"#), "{billing}");
+    let csrf = browser.csrf("/dashboard/billing").await;
+
+    // Pro needs a card: the API's refusal, read on the page; nothing enqueued.
+    let refused = browser.post("/dashboard/billing/subscribe", &[("csrf", &csrf)]).await;
+    assert_eq!(refused.status(), 303);
+    assert!(location(&refused).contains("payment%20method"), "{}", location(&refused));
+    assert_eq!(testing::count(&app.db.pool, Some("subscribe_pro"), &[]).await, 0);
+
+    // A card without consent is refused; with it, added as the API adds one.
+    let no_consent = browser
+        .post("/dashboard/billing/payment-methods", &[("csrf", &csrf), ("payment_method_id", "pm_card_visa")])
+        .await;
+    assert!(location(&no_consent).contains("consent"), "{}", location(&no_consent));
+    let added = browser
+        .post(
+            "/dashboard/billing/payment-methods",
+            &[("csrf", &csrf), ("payment_method_id", "pm_card_visa"), ("consent", "yes")],
+        )
+        .await;
+    assert_eq!(added.status(), 303);
+    wait_for_kind_finished(&app.db.pool, "add_payment_method", Duration::from_secs(20)).await;
+    assert!(app.customer(id).await.has_payment_method());
+    let billing = browser.page("/dashboard/billing").await;
+    assert!(billing.contains("ending in 4242"), "{billing}");
+
+    // Subscribe twice at once: one operation, as through the API.
+    let (first, second) = futures::join!(
+        browser
+            .client
+            .post(app.url("/dashboard/billing/subscribe"))
+            .header(COOKIE, browser.cookie.clone().unwrap())
+            .form(&[("csrf", &csrf)])
+            .send(),
+        browser
+            .client
+            .post(app.url("/dashboard/billing/subscribe"))
+            .header(COOKIE, browser.cookie.clone().unwrap())
+            .form(&[("csrf", &csrf)])
+            .send(),
+    );
+    assert_eq!((first.unwrap().status(), second.unwrap().status()), (StatusCode::SEE_OTHER, StatusCode::SEE_OTHER));
+    wait_for_kind_finished(&app.db.pool, "subscribe_pro", Duration::from_secs(20)).await;
+    assert_eq!(testing::count(&app.db.pool, Some("subscribe_pro"), &[]).await, 1);
+    assert!(app.customer(id).await.stripe_subscription_id.is_some());
+
+    // Cancel at the period's end: the banner; resume: gone.
+    assert_eq!(
+        browser.post("/dashboard/billing/cancel", &[("csrf", &csrf), ("when", "period_end")]).await.status(),
+        303
+    );
+    wait_for_kind_finished(&app.db.pool, "cancel_subscription", Duration::from_secs(20)).await;
+    assert!(browser.page("/dashboard/billing").await.contains(r#"id="cancel-banner""#));
+    assert!(browser.page("/dashboard").await.contains("cancelled at the end of the current period"));
+    assert_eq!(browser.post("/dashboard/billing/resume", &[("csrf", &csrf)]).await.status(), 303);
+    wait_for_kind_finished(&app.db.pool, "resume_subscription", Duration::from_secs(20)).await;
+    let billing = browser.page("/dashboard/billing").await;
+    assert!(!billing.contains(r#"id="cancel-banner""#) && billing.contains(r#"id="cancel-later""#));
+
+    // The card page: a SetupIntent's secret for Stripe.js, under a policy allowing it.
+    let card = browser.get("/dashboard/billing/card").await;
+    assert_eq!(card.status(), 200);
+    let csp = card.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self' http://127.0.0.1"), "{csp}");
+    let html = card.text().await.unwrap();
+    assert!(html.contains(r#"data-client-secret="seti_"#) && html.contains("js.stripe.com"), "{html}");
+}

@@ -399,11 +399,15 @@ impl TestApp {
     pub async fn spawn_billing(extra: &[(&str, &str)], worker: bool) -> Self {
         let base = stripe_base();
         let secrets = format!("{WEBHOOK_SECRET},{OLD_WEBHOOK_SECRET}");
+        // The dashboard's card form loads localstripe's stand-in for Stripe.js.
+        let js = format!("{base}js.stripe.com/v3/");
         let mut overrides = vec![
             ("STRIPE_SECRET_KEY", STRIPE_KEY),
             ("STRIPE_API_BASE", base.as_str()),
             ("STRIPE_WEBHOOK_SECRET", secrets.as_str()),
             ("STRIPE_PRO_PRICE_ID", PRO_PRICE),
+            ("STRIPE_PUBLISHABLE_KEY", "pk_test_rsolv"),
+            ("STRIPE_JS_URL", js.as_str()),
         ];
         overrides.extend_from_slice(extra);
         Self::spawn(&overrides, worker).await

@@ -12,10 +12,13 @@
 //!   used and granted, drawn on the server as SVG.
 //! - `usage`: the fix history, paged and filtered by repository and outcome, and CSV.
 //! - `keys`: create (shown once), list, revoke (the last live key only when confirmed).
+//! - `billing`: plan, card, subscribe, cancel, resume, invoices and charges; the card
+//!   form through Stripe.js.
 //!
 //! Sessions and CSRF: `dashboard_auth`. Every page is `Cache-Control: no-store`: they
 //! show a customer's own data (and, once, a new API key).
 
+pub mod billing;
 mod chart;
 pub mod keys;
 pub mod overview;
@@ -41,6 +44,8 @@ fn templates() -> &'static Environment<'static> {
             ("overview.html", include_str!("../../templates/dashboard/overview.html")),
             ("usage.html", include_str!("../../templates/dashboard/usage.html")),
             ("keys.html", include_str!("../../templates/dashboard/keys.html")),
+            ("billing.html", include_str!("../../templates/dashboard/billing.html")),
+            ("card.html", include_str!("../../templates/dashboard/card.html")),
         ] {
             env.add_template(name, source).expect("dashboard templates parse");
         }

@@ -1,0 +1,344 @@
+//! `/dashboard/billing`: the plan and its state, the card on file, subscribe, cancel
+//! (now or at the period's end) and resume, Stripe's invoices and the fixes charged one
+//! by one. Every form enqueues exactly what the API's billing routes enqueue, through
+//! the same functions (`routes::billing::*_for`), so the rules (one pending operation
+//! per intent, a card before Pro, nothing to resume without a scheduled cancellation)
+//! are written once.
+//!
+//! The card form (`/dashboard/billing/card`) is the one page with script: Stripe.js
+//! (from `STRIPE_JS_URL`) and ours (`/dashboard/assets/card.js`) confirm a SetupIntent
+//! with the card, so the card's number reaches Stripe only; the page then posts the
+//! payment method's id, with the customer's consent, as the API's clients do. Its CSP
+//! allows exactly those two scripts and Stripe's origins.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use common::db;
+use common::queue::JobWaker;
+use common::stripe::StripeApi;
+use minijinja::context;
+use minijinja::value::Serde;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::{Flash, back, page, signed_in, to_sign_in};
+use crate::dashboard_auth::Dashboard;
+use crate::errors::ApiError;
+use crate::routes::billing as api;
+
+const CHARGES_PAGE: i64 = 25;
+
+#[derive(Serialize)]
+struct InvoiceRow {
+    id: String,
+    status: Option<String>,
+    amount: String,
+    period: Option<String>,
+    url: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChargeRow {
+    fix_id: String,
+    repo: String,
+    amount: String,
+    status: &'static str,
+    created_at: String,
+}
+
+/// An amount in a currency's smallest unit, as people read it (`5.99 USD`).
+fn money(cents: i64, currency: &str) -> String {
+    format!("{}.{:02} {}", cents / 100, (cents % 100).abs(), currency.to_uppercase())
+}
+
+fn date(unix: i64) -> Option<String> {
+    DateTime::from_timestamp(unix, 0).map(|t| t.format("%Y-%m-%d").to_string())
+}
+
+#[derive(Deserialize)]
+pub struct BillingQuery {
+    flash: Option<String>,
+    /// The page of charges older than this (`created_at`, RFC 3339).
+    charges_before: Option<String>,
+}
+
+/// Stripe's invoices of the customer, or why they cannot be shown now.
+async fn invoice_rows(
+    stripe: Option<&StripeApi>,
+    stripe_customer: Option<&str>,
+) -> (Vec<InvoiceRow>, Option<&'static str>) {
+    let (Some(stripe), Some(customer)) = (stripe, stripe_customer) else { return (Vec::new(), None) };
+    match stripe.invoices(customer, None).await {
+        Ok(invoices) => (
+            invoices
+                .into_iter()
+                .map(|i| InvoiceRow {
+                    amount: money(i.amount_paid.max(i.amount_due), i.currency.as_deref().unwrap_or("usd")),
+                    period: i
+                        .period_start
+                        .and_then(date)
+                        .zip(i.period_end.and_then(date))
+                        .map(|(a, b)| format!("{a} – {b}")),
+                    id: i.id,
+                    status: i.status,
+                    url: i.hosted_invoice_url,
+                })
+                .collect(),
+            None,
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "listing invoices for the dashboard failed");
+            (Vec::new(), Some("Invoices cannot be shown right now; try again shortly."))
+        }
+    }
+}
+
+pub async fn show(
+    dashboard: Dashboard,
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    query: web::Query<BillingQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    let pool = pool.get_ref();
+    let Some(customer) = db::customers::find(pool, customer_id).await? else { return Ok(to_sign_in()) };
+    let stripe = stripe.get_ref().as_ref();
+    let card = match (stripe, customer.stripe_payment_method_id.as_deref()) {
+        (Some(stripe), Some(method)) => stripe.card_summary(method).await.ok(),
+        _ => None,
+    };
+    let (invoices, invoices_problem) = invoice_rows(stripe, customer.stripe_customer_id.as_deref()).await;
+    let before = query
+        .charges_before
+        .as_deref()
+        .and_then(|b| DateTime::parse_from_rfc3339(b).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let charges = db::charges::for_customer(pool, customer_id, before, CHARGES_PAGE + 1).await?;
+    let more = charges.len() as i64 > CHARGES_PAGE;
+    let charges = &charges[..charges.len().min(CHARGES_PAGE as usize)];
+    let next = more.then(|| charges.last().map(|c| c.created_at.to_rfc3339())).flatten();
+    let charge_rows: Vec<ChargeRow> = charges
+        .iter()
+        .map(|c| ChargeRow {
+            fix_id: c.fix_id.clone(),
+            repo: c.repo.clone(),
+            amount: money(c.amount_cents, &c.currency),
+            status: c.status.as_str(),
+            created_at: c.created_at.format("%Y-%m-%d %H:%M").to_string(),
+        })
+        .collect();
+    let flash = query.flash.as_deref().map(|f| f.chars().take(200).collect::<String>());
+    Ok(page(
+        StatusCode::OK,
+        "billing.html",
+        context! {
+            nav => "billing",
+            csrf => csrf,
+            flash => flash,
+            customer_name => &customer.name,
+            billing_on => stripe.is_some(),
+            plan => customer.subscription_type.as_str(),
+            state => customer.subscription_state.map(|s| s.as_str()),
+            subscribed => customer.stripe_subscription_id.is_some(),
+            cancel_at_period_end => customer.cancel_at_period_end,
+            period_end => customer.subscription_period_end.map(|t| t.format("%Y-%m-%d").to_string()),
+            has_card => customer.has_payment_method(),
+            card => Serde(card),
+            invoices => Serde(invoices),
+            invoices_problem => invoices_problem,
+            charges => Serde(charge_rows),
+            charges_next => next,
+        },
+    ))
+}
+
+/// Where a billing form leads back to: the billing page, saying what is under way or
+/// why nothing was done.
+fn answered(result: Result<common::queue::Enqueued, ApiError>, under_way: &str) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok(_) => Ok(back("/dashboard/billing", under_way)),
+        // The API's refusals (422, 409, 404) are the customer's to read; the rest are ours.
+        Err(refused) if refused.status.is_client_error() => Ok(back("/dashboard/billing", &refused.message)),
+        Err(error) => Err(error),
+    }
+}
+
+fn billing_on(stripe: &Option<StripeApi>) -> Result<(), ApiError> {
+    stripe.as_ref().map(|_| ()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            common::domain::ErrorCode::ServiceUnavailable,
+            "billing is not configured",
+        )
+    })
+}
+
+pub async fn subscribe(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    form: web::Form<super::CsrfForm>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    billing_on(&stripe)?;
+    answered(api::subscribe_for(&pool, customer_id).await, "Your Pro subscription is being set up.")
+}
+
+#[derive(Deserialize)]
+pub struct CancelForm {
+    #[serde(default)]
+    csrf: String,
+    /// `now` cancels at once; anything else at the period's end.
+    #[serde(default)]
+    when: String,
+}
+
+pub async fn cancel(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    form: web::Form<CancelForm>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    billing_on(&stripe)?;
+    let at_period_end = form.when != "now";
+    let under_way = match at_period_end {
+        true => "Pro is being cancelled at the end of the period.",
+        false => "Pro is being cancelled now.",
+    };
+    answered(api::cancel_for(&pool, customer_id, at_period_end).await, under_way)
+}
+
+pub async fn resume(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    stripe: web::Data<Option<StripeApi>>,
+    form: web::Form<super::CsrfForm>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    billing_on(&stripe)?;
+    answered(api::resume_for(&pool, customer_id).await, "Pro is being resumed: it renews as before.")
+}
+
+/// The card form: a fresh SetupIntent for Stripe.js to confirm.
+pub async fn card_form(
+    dashboard: Dashboard,
+    stripe: web::Data<Option<StripeApi>>,
+    settings: web::Data<common::config::Settings>,
+    flash: web::Query<Flash>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((_, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    let (Some(stripe), Some(stripe_settings)) = (stripe.get_ref().as_ref(), settings.stripe.as_ref()) else {
+        return Ok(back("/dashboard/billing", "Cards cannot be added here: billing is not configured."));
+    };
+    let Some(publishable_key) = stripe_settings.publishable_key.as_deref() else {
+        return Ok(back("/dashboard/billing", "Cards cannot be added here yet (STRIPE_PUBLISHABLE_KEY is unset)."));
+    };
+    let intent = match stripe.create_setup_intent().await {
+        Ok(intent) => intent,
+        Err(error) => {
+            tracing::warn!(%error, "creating a SetupIntent for the card form failed");
+            return Ok(back("/dashboard/billing", "Stripe cannot be reached right now; try again shortly."));
+        }
+    };
+    let mut response = page(
+        StatusCode::OK,
+        "card.html",
+        context! {
+            nav => "billing",
+            csrf => csrf,
+            flash => flash.text(),
+            stripe_js => &stripe_settings.js_url,
+            publishable_key => publishable_key,
+            client_secret => intent.client_secret,
+        },
+    );
+    let policy = card_page_policy(&stripe_settings.js_url, &stripe_settings.api_base);
+    if let Ok(value) = header::HeaderValue::from_str(&policy) {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, value);
+    }
+    Ok(response)
+}
+
+/// The origin (`scheme://host[:port]`) of a URL.
+fn origin(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
+        None => url,
+    }
+}
+
+/// The card page's policy: the page policy, plus Stripe.js and our card script, Stripe's
+/// API for the card's confirmation, and Stripe's frames (its Elements and 3-D Secure).
+fn card_page_policy(js_url: &str, api_base: &str) -> String {
+    let (js, api) = (origin(js_url), origin(api_base));
+    format!(
+        "default-src 'none'; script-src 'self' {js}; connect-src {api} {js}; frame-src {js} https://hooks.stripe.com; \
+         style-src 'unsafe-inline'; img-src 'self' data: {js}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+}
+
+#[derive(Deserialize)]
+pub struct CardForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    payment_method_id: String,
+    /// The consent checkbox: `yes` when ticked.
+    #[serde(default)]
+    consent: String,
+}
+
+/// The card form's answer: the payment method Stripe.js confirmed, added as the API adds one.
+pub async fn add_card(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
+    stripe: web::Data<Option<StripeApi>>,
+    form: web::Form<CardForm>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    billing_on(&stripe)?;
+    let consent = Some(form.consent == "yes");
+    let added = api::add_payment_method_for(&pool, &waker, customer_id, form.payment_method_id.clone(), consent).await;
+    answered(added, "Your card is being added.")
+}
+
+/// `card.js`, the card form's own script.
+pub async fn card_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(include_str!("../../templates/dashboard/card.js"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_as_money() {
+        assert_eq!(money(599, "usd"), "5.99 USD");
+        assert_eq!(money(59_900, "eur"), "599.00 EUR");
+        assert_eq!(money(5, "usd"), "0.05 USD");
+    }
+
+    #[test]
+    fn the_card_page_allows_stripe_and_nothing_else() {
+        let policy = card_page_policy("https://js.stripe.com/v3/", "https://api.stripe.com/");
+        assert!(policy.contains("script-src 'self' https://js.stripe.com;"));
+        assert!(policy.contains("connect-src https://api.stripe.com https://js.stripe.com;"));
+        assert!(!policy.contains("unsafe-eval") && !policy.contains("script-src 'self' 'unsafe-inline'"));
+        let local = card_page_policy("http://127.0.0.1:8420/js.stripe.com/v3/", "http://127.0.0.1:8420/");
+        assert!(local.contains("script-src 'self' http://127.0.0.1:8420;"));
+    }
+}
