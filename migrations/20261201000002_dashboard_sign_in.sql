@@ -16,3 +16,23 @@ CREATE INDEX usage_fixes_customer_newest ON usage_fixes (customer_id, created_at
 -- When a key last authenticated a request, to the minute (updated at most once a
 -- minute per key, by the lookup that authenticates it).
 ALTER TABLE api_keys ADD COLUMN last_used_at timestamptz;
+
+-- Sequences a customer chose not to receive (the dashboard's email preferences), on top
+-- of `customers.unsubscribed_at`, which stops every sequence that can be stopped.
+CREATE TABLE email_opt_outs (
+    customer_id uuid NOT NULL REFERENCES customers (id),
+    sequence    text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (customer_id, sequence)
+);
+
+-- Sequences started by the nudge sweep, once per customer, sequence and episode (the
+-- trial for expiring_trial; a stretch of inactivity, named by the day it began, for
+-- re_engagement): the sweep schedules a sequence only when it inserts its row here.
+CREATE TABLE email_sequence_starts (
+    customer_id uuid NOT NULL REFERENCES customers (id),
+    sequence    text NOT NULL,
+    occurrence  text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (customer_id, sequence, occurrence)
+);

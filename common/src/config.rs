@@ -114,6 +114,8 @@ pub struct Settings {
     pub admin_session_ttl: Duration,
     /// How long a customer's dashboard session lasts (`DASHBOARD_SESSION_TTL_MINUTES`, 12 h).
     pub dashboard_session_ttl: Duration,
+    /// The nudge sequences that start by themselves (`jobs::NudgeSweep`).
+    pub nudges: NudgeSettings,
     /// Session cookies carry `Secure` (`SESSION_COOKIE_SECURE`, on); only a local
     /// plain-http setup (`scripts/run`) turns it off.
     pub session_cookie_secure: bool,
@@ -168,6 +170,18 @@ pub struct StripeSettings {
     /// `STRIPE_JS_URL`: where the card form loads Stripe.js from (Stripe's own by
     /// default; localstripe serves a stand-in at `<its URL>/js.stripe.com/v3/`).
     pub js_url: String,
+}
+
+/// When the expiring-trial and re-engagement sequences start by themselves.
+#[derive(Debug, Clone)]
+pub struct NudgeSettings {
+    /// `NUDGE_CRON`: when the sweep runs (hourly, at :15).
+    pub schedule: cron::Schedule,
+    /// `NUDGE_TRIAL_CREDITS`: a trial customer without a card with at most this many
+    /// credits left is nudged (1).
+    pub trial_credits: i64,
+    /// `NUDGE_INACTIVE_DAYS`: a customer with no fix for this many days is nudged (30).
+    pub inactive_days: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -345,6 +359,11 @@ impl Settings {
             admin_token: r.string("ADMIN_TOKEN").map(Secret::new),
             admin_session_ttl: Duration::from_secs(60 * r.parse("ADMIN_SESSION_TTL_MINUTES", 8 * 60u64)?),
             dashboard_session_ttl: Duration::from_secs(60 * r.parse("DASHBOARD_SESSION_TTL_MINUTES", 12 * 60u64)?),
+            nudges: NudgeSettings {
+                schedule: r.parse("NUDGE_CRON", cron::Schedule::from_str("0 15 * * * *").expect("valid default"))?,
+                trial_credits: r.parse("NUDGE_TRIAL_CREDITS", 1)?,
+                inactive_days: r.parse("NUDGE_INACTIVE_DAYS", 30)?,
+            },
             session_cookie_secure: r.parse("SESSION_COOKIE_SECURE", true)?,
             // The worker serves metrics unless told "off"; the API only when asked.
             metrics_addr: match r.string("METRICS_ADDR").as_deref() {
@@ -367,6 +386,9 @@ impl Settings {
         let fail = |name: &str, message: &str| Err(ConfigError { name: name.into(), message: message.into() });
         if self.database_max_connections < 2 {
             return fail("DATABASE_MAX_CONNECTIONS", "must be at least 2");
+        }
+        if self.nudges.inactive_days < 1 {
+            return fail("NUDGE_INACTIVE_DAYS", "must be at least 1");
         }
         if self.jobs.orphan_after <= self.jobs.heartbeat_interval * 2 {
             return fail("JOB_ORPHAN_AFTER_MS", "must exceed two heartbeats (JOB_HEARTBEAT_MS)");

@@ -82,7 +82,7 @@ pub fn pages(cfg: &mut web::ServiceConfig) {
 
 /// The customer dashboard (`routes::dashboard`).
 fn dashboard_pages(cfg: &mut web::ServiceConfig) {
-    use dashboard::{billing, keys, overview, sign_in, usage};
+    use dashboard::{billing, email, keys, overview, sign_in, usage};
     cfg.service(Page::new("/dashboard").on(Method::GET, overview::show).done())
         .service(
             Page::new("/dashboard/login").on(Method::GET, sign_in::form).on(Method::POST, sign_in::request_link).done(),
@@ -106,7 +106,10 @@ fn dashboard_pages(cfg: &mut web::ServiceConfig) {
         .service(Page::new("/dashboard/billing/resume").on(Method::POST, billing::resume).done())
         .service(Page::new("/dashboard/billing/card").on(Method::GET, billing::card_form).done())
         .service(Page::new("/dashboard/billing/payment-methods").on(Method::POST, billing::add_card).done())
-        .service(Page::new("/dashboard/assets/card.js").on(Method::GET, billing::card_script).done());
+        .service(Page::new("/dashboard/assets/card.js").on(Method::GET, billing::card_script).done())
+        .service(Page::new("/dashboard/email").on(Method::GET, email::show).on(Method::POST, email::save).done())
+        .service(Page::new("/dashboard/email/unsubscribe").on(Method::POST, email::unsubscribe).done())
+        .service(Page::new("/dashboard/email/resubscribe").on(Method::POST, email::resubscribe).done());
 }
 
 /// A page's resource, which answers the methods it was not given with 405 and `Allow`.

@@ -348,6 +348,18 @@ pub async fn unsubscribe<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, 
     Ok(updated == 1)
 }
 
+/// Sequence email again (the dashboard's resubscribe); `false` if not unsubscribed.
+pub async fn resubscribe<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query!(
+        "UPDATE customers SET unsubscribed_at = NULL, updated_at = now() WHERE id = $1 AND unsubscribed_at IS NOT NULL",
+        id,
+    )
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
 /// Whether the customer exists and has unsubscribed; `None` if there is no such customer.
 pub async fn unsubscribed<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
     sqlx::query_scalar!(r#"SELECT unsubscribed_at IS NOT NULL AS "unsubscribed!" FROM customers WHERE id = $1"#, id,)

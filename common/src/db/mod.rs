@@ -7,6 +7,7 @@ pub mod billing_events;
 pub mod charges;
 pub mod customers;
 pub mod email_deliveries;
+pub mod email_preferences;
 pub mod idempotency;
 pub mod rate_limits;
 pub mod reconcile_drift;

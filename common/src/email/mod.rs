@@ -100,6 +100,10 @@ pub fn render(
         _ => serde_json::Map::new(),
     };
     context.insert("name".into(), Value::from(name));
+    // The numbers a step quotes come from configuration, never from its text.
+    for (key, value) in offer(settings) {
+        context.entry(key).or_insert(value);
+    }
     let context = minijinja::Value::from(minijinja::value::Serde(Value::Object(context)));
     let fill =
         |text: &str| env.render_str(text, &context).map_err(|source| RenderError { template: "of the step", source });
@@ -123,6 +127,22 @@ pub fn render(
         text: render_page(env, "email.txt", &page)?,
         unsubscribe_url,
     })
+}
+
+/// The credits and prices of the offer, as the steps' text quotes them.
+fn offer(settings: &Settings) -> [(String, Value); 5] {
+    let (credits, prices) = (&settings.credits, &settings.prices);
+    let money = |cents: i64| match cents % 100 {
+        0 => format!("{} {}", cents / 100, prices.currency.to_uppercase()),
+        rest => format!("{}.{rest:02} {}", cents / 100, prices.currency.to_uppercase()),
+    };
+    [
+        ("trial_credits".into(), Value::from(credits.trial_signup)),
+        ("billing_credits".into(), Value::from(credits.billing_added)),
+        ("pro_credits".into(), Value::from(credits.pro_invoice)),
+        ("pro_price".into(), Value::from(format!("{} a month", money(prices.pro_monthly_cents)))),
+        ("fix_price".into(), Value::from(money(prices.fix_payg_cents))),
+    ]
 }
 
 fn render_page(env: &Environment<'_>, name: &'static str, page: &minijinja::Value) -> Result<String, RenderError> {

@@ -26,6 +26,8 @@ pub struct Step {
 #[derive(Debug)]
 pub struct Sequence {
     pub name: &'static str,
+    /// What the customer reads about it in their email preferences.
+    pub about: &'static str,
     /// `None` for transactional email, which goes out even after an unsubscribe.
     pub stop: Option<StopCondition>,
     pub steps: &'static [Step],
@@ -39,6 +41,7 @@ impl Sequence {
 
 pub const ONBOARDING: Sequence = Sequence {
     name: "onboarding",
+    about: "Getting started: a welcome and tips in your first days.",
     stop: Some(StopCondition::Unsubscribed),
     steps: &[
         Step {
@@ -47,7 +50,7 @@ pub const ONBOARDING: Sequence = Sequence {
             subject: "Welcome to RSOLV",
             heading: "Welcome, {{ name }}!",
             paragraphs: &[
-                "Your RSOLV account is ready, with 5 free credits: each deployed fix uses one.",
+                "Your RSOLV account is ready, with {{ trial_credits }} free credits: each deployed fix uses one.",
                 "Your API key was shown once when you signed up; keep it somewhere safe.",
             ],
             action: ("Open your dashboard", "/dashboard"),
@@ -99,6 +102,7 @@ pub const ONBOARDING: Sequence = Sequence {
 
 pub const EXPIRING_TRIAL: Sequence = Sequence {
     name: "expiring_trial",
+    about: "When your trial credits run low.",
     stop: Some(StopCondition::UnsubscribedOrUpgraded),
     steps: &[
         Step {
@@ -107,7 +111,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
             subject: "Your RSOLV trial credits are running out",
             heading: "Keep your fixes coming",
             paragraphs: &[
-                "Add a payment method to keep fixing after your trial credits: $29 per fix, or Pro for 60 fixes a month.",
+                "Add a payment method to keep fixing after your trial credits: {{ fix_price }} per fix, or Pro for {{ pro_credits }} fixes a month at {{ pro_price }}.",
             ],
             action: ("Add a payment method", "/dashboard/billing"),
         },
@@ -116,7 +120,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
             delay_days: 3,
             subject: "A reminder about your RSOLV trial",
             heading: "Don't lose momentum, {{ name }}",
-            paragraphs: &["Adding a card also gives you 5 more credits."],
+            paragraphs: &["Adding a card also gives you {{ billing_credits }} more credits."],
             action: ("Add a payment method", "/dashboard/billing"),
         },
         Step {
@@ -132,6 +136,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
 
 pub const RE_ENGAGEMENT: Sequence = Sequence {
     name: "re_engagement",
+    about: "News and a nudge when you have not used RSOLV for a while.",
     stop: Some(StopCondition::Unsubscribed),
     steps: &[
         Step {
@@ -164,6 +169,7 @@ pub const RE_ENGAGEMENT: Sequence = Sequence {
 /// Sent once per failed invoice; transactional, so an unsubscribe does not stop it.
 pub const DUNNING: Sequence = Sequence {
     name: "dunning",
+    about: "When a payment fails. Always sent: it is about your account.",
     stop: None,
     steps: &[Step {
         key: "payment_failed",

@@ -7,6 +7,7 @@ mod add_payment_method;
 mod cancel_subscription;
 mod create_stripe_customer;
 mod grant_credits;
+mod nudge;
 mod process_webhook;
 mod provision;
 mod prune;
@@ -28,6 +29,7 @@ pub use add_payment_method::AddPaymentMethod;
 pub use cancel_subscription::CancelSubscription;
 pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;
+pub use nudge::NudgeSweep;
 pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
 pub use prune::PruneJobs;
@@ -158,6 +160,7 @@ job_kinds!(
     ReconcileCustomer,
     SendEmailStep,
     SendSignInLink,
+    NudgeSweep,
     PruneJobs,
 );
 
@@ -180,6 +183,8 @@ pub async fn run_workers(
     let pruning = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.jobs.prune_schedule.clone(), |tick| {
         PruneJobs { tick }
     });
+    let nudging =
+        queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.nudges.schedule.clone(), |tick| NudgeSweep { tick });
     tracing::info!(%instance, kinds = ?kinds().iter().map(|k| k.0).collect::<Vec<_>>(), "workers started");
     monitor
         .shutdown_timeout(ctx.settings.jobs.shutdown_timeout)
@@ -192,6 +197,7 @@ pub async fn run_workers(
     renewals.abort();
     reconciling.abort();
     pruning.abort();
+    nudging.abort();
     tracing::info!("workers stopped");
     Ok(())
 }

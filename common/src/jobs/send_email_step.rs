@@ -90,7 +90,9 @@ impl Job for SendEmailStep {
         if let Some(outcome) = settle_unless_sendable(&ctx, key, status, idle_seconds).await? {
             return Ok(outcome);
         }
-        let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true);
+        // Unsubscribed from everything, or from this sequence in the dashboard.
+        let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true)
+            || db::email_preferences::is_opted_out(&ctx.pool, customer.id, sequence.name).await?;
         if stops(sequence.stop, &customer, unsubscribed) {
             let from = [Delivery::Pending, Delivery::Failed];
             db::email_deliveries::transition(&ctx.pool, key, &from, Delivery::Skipped, None, None).await?;

@@ -1,5 +1,8 @@
-//! The admin page in headless Chromium, driven through chromedriver's W3C WebDriver
-//! protocol: sign in, see a dead job, redrive it, see it complete.
+//! Our pages in headless Chromium, driven through chromedriver's W3C WebDriver protocol:
+//! the admin page (sign in, see a dead job, redrive it, see it complete) and the
+//! customer dashboard end to end (sign in by the emailed link, add a card through the
+//! Stripe.js form, subscribe, usage, cancel and resume, sign out), each page checked
+//! with axe-core and at a phone's width, and photographed.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +12,7 @@ use serde_json::{Value, json};
 use crate::helpers::wait_for;
 use crate::ops::{ADMIN_TOKEN, app_with_admin, create_customer, dead_grant};
 
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     endpoint: String,
     http: reqwest::Client,
@@ -17,7 +20,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let chromedriver = std::env::var("TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let chromium = std::env::var("TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -60,7 +63,7 @@ impl Browser {
         Self { driver, endpoint: format!("{base}/session/{id}"), http, profile }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self.http.request(method, format!("{}{path}", self.endpoint));
         if let Some(body) = body {
             request = request.json(&body);
@@ -70,36 +73,66 @@ impl Browser {
         response["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url }))).await;
     }
 
-    async fn element(&self, css: &str) -> String {
+    pub(crate) async fn element(&self, css: &str) -> String {
         let found =
             self.call(reqwest::Method::POST, "/element", Some(json!({ "using": "css selector", "value": css }))).await;
         // A W3C element reference is an object with one (well-known) key.
         found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_owned()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let element = self.element(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{element}/value"), Some(json!({ "text": text }))).await;
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let element = self.element(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{element}/click"), Some(json!({}))).await;
     }
 
-    async fn page(&self) -> String {
+    pub(crate) async fn page(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None).await.as_str().unwrap().to_owned()
     }
 
-    async fn url(&self) -> String {
+    pub(crate) async fn url(&self) -> String {
         self.call(reqwest::Method::GET, "/url", None).await.as_str().unwrap().to_owned()
     }
 
-    async fn quit(mut self) {
+    /// Runs `script` in the page (not subject to its CSP: WebDriver's own evaluation).
+    pub(crate) async fn execute(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+    }
+
+    /// As [`execute`](Self::execute), for a script that calls its last argument when done.
+    pub(crate) async fn execute_async(&self, script: &str) -> Value {
+        self.call(reqwest::Method::POST, "/execute/async", Some(json!({ "script": script, "args": [] }))).await
+    }
+
+    /// The window's size, in CSS pixels.
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
+        self.call(reqwest::Method::POST, "/window/rect", Some(json!({ "width": width, "height": height }))).await;
+    }
+
+    /// A PNG of the viewport, written to `path`.
+    pub(crate) async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine;
+        let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// The value of a cookie the browser holds for the current page.
+    pub(crate) async fn cookie(&self, name: &str) -> Option<String> {
+        let cookies = self.call(reqwest::Method::GET, "/cookie", None).await;
+        cookies.as_array()?.iter().find(|c| c["name"] == name).and_then(|c| c["value"].as_str()).map(str::to_owned)
+    }
+
+    pub(crate) async fn quit(mut self) {
         let _ = self.http.delete(&self.endpoint).send().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();

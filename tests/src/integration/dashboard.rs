@@ -425,3 +425,51 @@ async fn billing_forms_enqueue_what_the_api_enqueues_and_refuse_what_it_refuses(
     let html = card.text().await.unwrap();
     assert!(html.contains(r#"data-client-secret="seti_"#) && html.contains("js.stripe.com"), "{html}");
 }
+
+#[tokio::test]
+async fn a_sequence_switched_off_in_the_dashboard_is_skipped_and_unsubscribing_from_all_is_undone() {
+    let sink = MailSink::start().await;
+    let app = app_with_mail(&sink, &[]).await;
+    let ivy = customer(&app, CustomerState::Trial, "ivy@example.com").await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(ivy.api_key.expose()).await;
+    let page = browser.page("/dashboard/email").await;
+    assert!(page.contains(r#"id="receive_re_engagement" name="receive_re_engagement" value="yes" checked"#));
+    assert!(page.contains(r#"id="receive_dunning" name="receive_dunning" value="yes" checked disabled"#));
+    let csrf = browser.csrf("/dashboard/email").await;
+
+    // Keep onboarding, switch the rest off.
+    let saved = browser.post("/dashboard/email", &[("csrf", &csrf), ("receive_onboarding", "yes")]).await;
+    assert_eq!(saved.status(), 303);
+    assert!(browser.page("/dashboard/email").await.contains(r#"name="receive_re_engagement" value="yes">"#));
+    for (sequence, step) in [("re_engagement", "we_miss_you"), ("onboarding", "welcome")] {
+        let job = common::jobs::SendEmailStep {
+            customer_id: ivy.customer_id,
+            sequence: sequence.into(),
+            step: step.into(),
+            occurrence: String::new(),
+            vars: serde_json::Value::Null,
+        };
+        common::queue::enqueue(&app.db.pool, &job).await.unwrap();
+    }
+    wait_for_kind_finished(&app.db.pool, "send_email_step", Duration::from_secs(20)).await;
+    let mails = sink.messages();
+    assert_eq!(mails.iter().map(|m| m.subject.as_str()).collect::<Vec<_>>(), ["Welcome to RSOLV"]);
+    let skipped: String = sqlx::query_scalar("SELECT status FROM email_deliveries WHERE sequence = 're_engagement'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(skipped, "skipped");
+
+    // Unsubscribe from all, then resubscribe: the switches are as they were.
+    assert_eq!(browser.post("/dashboard/email/unsubscribe", &[("csrf", &csrf)]).await.status(), 303);
+    assert_eq!(db::customers::unsubscribed(&app.db.pool, ivy.customer_id).await.unwrap(), Some(true));
+    assert!(browser.page("/dashboard/email").await.contains(r#"id="unsubscribed""#));
+    assert_eq!(browser.post("/dashboard/email/resubscribe", &[("csrf", "nope")]).await.status(), 403);
+    assert_eq!(browser.post("/dashboard/email/resubscribe", &[("csrf", &csrf)]).await.status(), 303);
+    assert_eq!(db::customers::unsubscribed(&app.db.pool, ivy.customer_id).await.unwrap(), Some(false));
+    let page = browser.page("/dashboard/email").await;
+    assert!(
+        !page.contains(r#"id="unsubscribed""#) && page.contains(r#"name="receive_onboarding" value="yes" checked"#)
+    );
+}

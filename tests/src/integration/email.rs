@@ -256,3 +256,95 @@ async fn one_click_unsubscribe_by_post() {
     let tampered = link.replace(&customer.simple().to_string(), &Uuid::new_v4().simple().to_string());
     assert_eq!(app.client.post(&tampered).send().await.unwrap().status(), 404, "well formed, but not genuine");
 }
+
+#[tokio::test]
+async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
+    let app = TestApp::api_only().await;
+    let low = factories::create(
+        &app.db.pool,
+        &app.settings,
+        CustomerState::TrialExhausted,
+        Email::parse("low@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let carded = factories::create(
+        &app.db.pool,
+        &app.settings,
+        CustomerState::TrialWithBilling,
+        Email::parse("carded@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let quiet =
+        factories::create(&app.db.pool, &app.settings, CustomerState::Pro, Email::parse("quiet@example.com").unwrap())
+            .await
+            .unwrap();
+    // Quiet since 40 days ago (its sign-up; it never reported a fix); the others are new.
+    sqlx::query("UPDATE customers SET created_at = now() - interval '40 days' WHERE id = $1")
+        .bind(quiet.customer_id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM usage_fixes WHERE customer_id = $1")
+        .bind(quiet.customer_id)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let sweep = |tick| common::jobs::NudgeSweep { tick }.run(app.job_context());
+    sweep(1).await.unwrap();
+    let started = || async {
+        let mut jobs: Vec<(uuid::Uuid, String, String)> = testing::inserted::<SendEmailStep>(&app.db.pool)
+            .await
+            .into_iter()
+            .map(|j| (j.args.customer_id, j.args.sequence, j.args.occurrence))
+            .collect();
+        jobs.dedup();
+        jobs
+    };
+    let since = (chrono::Utc::now() - chrono::Duration::days(40)).format("%Y-%m-%d").to_string();
+    let first = started().await;
+    assert!(first.contains(&(low.customer_id, "expiring_trial".into(), String::new())), "{first:?}");
+    assert!(first.contains(&(quiet.customer_id, "re_engagement".into(), since.clone())), "{first:?}");
+    assert!(first.iter().all(|(c, ..)| *c != carded.customer_id), "a customer with a card is not nudged");
+    let steps = testing::inserted::<SendEmailStep>(&app.db.pool).await.len();
+    assert_eq!(steps, EXPIRING_STEPS + RE_ENGAGEMENT_STEPS);
+
+    // Again: nothing new. A new stretch of quiet after a fix is a new episode.
+    sweep(2).await.unwrap();
+    assert_eq!(testing::inserted::<SendEmailStep>(&app.db.pool).await.len(), steps);
+    common::db::usage::record_refused(&app.db.pool, quiet.customer_id, "late-fix", "r", "NO_BILLING_INFO")
+        .await
+        .unwrap();
+    sqlx::query("UPDATE usage_fixes SET created_at = now() - interval '31 days' WHERE fix_id = 'late-fix'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    sweep(3).await.unwrap();
+    let again = (chrono::Utc::now() - chrono::Duration::days(31)).format("%Y-%m-%d").to_string();
+    assert!(started().await.contains(&(quiet.customer_id, "re_engagement".into(), again)));
+    assert_eq!(testing::inserted::<SendEmailStep>(&app.db.pool).await.len(), steps + RE_ENGAGEMENT_STEPS);
+}
+
+const EXPIRING_STEPS: usize = common::email::sequences::EXPIRING_TRIAL.steps.len();
+const RE_ENGAGEMENT_STEPS: usize = common::email::sequences::RE_ENGAGEMENT.steps.len();
+
+#[tokio::test]
+async fn the_numbers_an_email_quotes_come_from_configuration() {
+    let sink = MailSink::start().await;
+    let url = sink.smtp_url();
+    let app = TestApp::spawn(
+        &[("SMTP_URL", url.as_str()), ("CREDITS_TRIAL_SIGNUP", "7"), ("PRICE_FIX_PAYG_CENTS", "3150")],
+        true,
+    )
+    .await;
+    app.onboarded_customer("numbers@example.com").await;
+    let welcome = sink.wait_for(1).await.remove(0);
+    assert!(welcome.text.contains("with 7 free credits"), "{}", welcome.text);
+    let settings = &app.settings;
+    let step = common::email::sequences::EXPIRING_TRIAL.step("credits_running_low").unwrap();
+    let rendered =
+        common::email::render(settings, step, uuid::Uuid::new_v4(), "Nia", &serde_json::Value::Null).unwrap();
+    assert!(rendered.text.contains("31.50 USD per fix"), "{}", rendered.text);
+    assert!(rendered.text.contains("Pro for 60 fixes a month at 599 USD a month"), "{}", rendered.text);
+}

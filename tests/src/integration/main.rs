@@ -9,6 +9,7 @@ mod billing;
 mod browser;
 mod chaos;
 mod dashboard;
+mod dashboard_browser;
 mod email;
 mod errors;
 mod idempotency;

@@ -14,12 +14,14 @@
 //! - `keys`: create (shown once), list, revoke (the last live key only when confirmed).
 //! - `billing`: plan, card, subscribe, cancel, resume, invoices and charges; the card
 //!   form through Stripe.js.
+//! - `email`: which sequences the customer receives; unsubscribe and resubscribe.
 //!
 //! Sessions and CSRF: `dashboard_auth`. Every page is `Cache-Control: no-store`: they
 //! show a customer's own data (and, once, a new API key).
 
 pub mod billing;
 mod chart;
+pub mod email;
 pub mod keys;
 pub mod overview;
 pub mod sign_in;
@@ -46,6 +48,7 @@ fn templates() -> &'static Environment<'static> {
             ("keys.html", include_str!("../../templates/dashboard/keys.html")),
             ("billing.html", include_str!("../../templates/dashboard/billing.html")),
             ("card.html", include_str!("../../templates/dashboard/card.html")),
+            ("email.html", include_str!("../../templates/dashboard/email.html")),
         ] {
             env.add_template(name, source).expect("dashboard templates parse");
         }
