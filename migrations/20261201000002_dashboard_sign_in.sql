@@ -3,7 +3,7 @@
 -- works once (`used_at`), until `expires_at` (15 minutes).
 CREATE TABLE sign_in_links (
     token_hash  text PRIMARY KEY,
-    customer_id uuid NOT NULL REFERENCES customers (id),
+    customer_id uuid NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
     created_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz NOT NULL,
     used_at     timestamptz
@@ -20,7 +20,7 @@ ALTER TABLE api_keys ADD COLUMN last_used_at timestamptz;
 -- Sequences a customer chose not to receive (the dashboard's email preferences), on top
 -- of `customers.unsubscribed_at`, which stops every sequence that can be stopped.
 CREATE TABLE email_opt_outs (
-    customer_id uuid NOT NULL REFERENCES customers (id),
+    customer_id uuid NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
     sequence    text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (customer_id, sequence)
@@ -30,9 +30,14 @@ CREATE TABLE email_opt_outs (
 -- trial for expiring_trial; a stretch of inactivity, named by the day it began, for
 -- re_engagement): the sweep schedules a sequence only when it inserts its row here.
 CREATE TABLE email_sequence_starts (
-    customer_id uuid NOT NULL REFERENCES customers (id),
+    customer_id uuid NOT NULL REFERENCES customers (id) ON DELETE CASCADE,
     sequence    text NOT NULL,
     occurrence  text NOT NULL,
     started_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (customer_id, sequence, occurrence)
 );
+
+-- A dashboard session opened with an API key ends when that key is revoked: a leaked
+-- key, once revoked, leaves no session behind.
+ALTER TABLE sessions ADD COLUMN api_key_id uuid;
+CREATE INDEX sessions_api_key_id ON sessions (api_key_id) WHERE api_key_id IS NOT NULL;

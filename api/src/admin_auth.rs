@@ -110,7 +110,7 @@ impl FromRequest for AdminPage {
 
 /// Opens a session for a sign-in with the right token; its cookie.
 pub async fn sign_in(pool: &PgPool, settings: &Settings, token: &Secret) -> Result<Cookie<'static>, sqlx::Error> {
-    let session = sessions::create(pool, REALM, &fingerprint(token), settings.admin_session_ttl).await?;
+    let session = sessions::create(pool, REALM, &fingerprint(token), settings.admin_session_ttl, None).await?;
     Ok(Cookie::build(SESSION_COOKIE, session.expose().to_owned())
         .path("/admin")
         .http_only(true)

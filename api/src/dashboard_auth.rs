@@ -51,18 +51,28 @@ impl FromRequest for Dashboard {
         Box::pin(async move {
             let (Some(session), Some(pool)) = (cookie, pool) else { return Ok(Dashboard::SignedOut) };
             let subject = sessions::find(pool.get_ref(), REALM, &session).await?;
-            Ok(match subject.and_then(|s| Uuid::parse_str(&s).ok()) {
-                Some(customer_id) => Dashboard::SignedIn { session, customer_id },
-                None => Dashboard::SignedOut,
-            })
+            let Some(customer_id) = subject.and_then(|s| Uuid::parse_str(&s).ok()) else {
+                return Ok(Dashboard::SignedOut);
+            };
+            // A session outlives nothing: its customer gone, it opens nothing either.
+            if !common::db::customers::exists(pool.get_ref(), customer_id).await? {
+                return Ok(Dashboard::SignedOut);
+            }
+            Ok(Dashboard::SignedIn { session, customer_id })
         })
     }
 }
 
-/// Opens a session for `customer_id`; its cookie.
-pub async fn sign_in(pool: &PgPool, settings: &Settings, customer_id: Uuid) -> Result<Cookie<'static>, sqlx::Error> {
+/// Opens a session for `customer_id`; its cookie. `api_key_id`: the key the customer
+/// signed in with (revoking it ends the session), or `None` for an emailed link.
+pub async fn sign_in(
+    pool: &PgPool,
+    settings: &Settings,
+    customer_id: Uuid,
+    api_key_id: Option<Uuid>,
+) -> Result<Cookie<'static>, sqlx::Error> {
     let ttl = settings.dashboard_session_ttl;
-    let session = sessions::create(pool, REALM, &customer_id.to_string(), ttl).await?;
+    let session = sessions::create(pool, REALM, &customer_id.to_string(), ttl, api_key_id).await?;
     Ok(Cookie::build(SESSION_COOKIE, session.expose().to_owned())
         .path("/dashboard")
         .http_only(true)

@@ -25,13 +25,16 @@ pub async fn insert<'e>(
 }
 
 /// The customer a live (not revoked) key belongs to; notes the key as used now (at
-/// most one write a minute per key, so a busy client does not write on every request).
+/// most one write a minute per key, so a busy client does not write on every request;
+/// a request that finds the key's row being written skips the write rather than wait,
+/// and the lock re-checks the minute, so concurrent requests write once).
 pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"WITH live AS (SELECT id, customer_id, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
-                used AS (UPDATE api_keys k SET last_used_at = now() FROM live
-                          WHERE k.id = live.id
-                            AND (live.last_used_at IS NULL OR live.last_used_at < now() - interval '1 minute'))
+        r#"WITH live AS (SELECT id, customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
+                stale AS (SELECT k.id FROM api_keys k JOIN live ON k.id = live.id
+                           WHERE k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
+                           FOR UPDATE OF k SKIP LOCKED),
+                used AS (UPDATE api_keys k SET last_used_at = now() FROM stale WHERE k.id = stale.id)
            SELECT customer_id AS "customer_id!" FROM live"#,
         hash.as_str()
     )
@@ -117,15 +120,27 @@ pub async fn create(
     Ok(created.map_or(KeyCreated::TooMany, KeyCreated::New))
 }
 
-/// Revokes one of the customer's keys; `false` if there is no such live key.
+/// Revokes one of the customer's keys, ending the dashboard sessions opened with it;
+/// `false` if there is no such live key.
 pub async fn revoke<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
-    let revoked = sqlx::query!(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND customer_id = $2 AND revoked_at IS NULL",
+    sqlx::query_scalar!(
+        r#"WITH revoked AS (UPDATE api_keys SET revoked_at = now()
+                             WHERE id = $1 AND customer_id = $2 AND revoked_at IS NULL RETURNING id),
+                ended AS (DELETE FROM sessions WHERE api_key_id IN (SELECT id FROM revoked))
+           SELECT count(*) AS "revoked!" FROM revoked"#,
         id,
         customer_id,
     )
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(revoked == 1)
+    .fetch_one(db)
+    .await
+    .map(|revoked| revoked == 1)
+}
+
+/// A live key's id and customer (signing in to the dashboard with it).
+pub async fn live<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
+    let row =
+        sqlx::query!("SELECT id, customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hash.as_str())
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|r| (r.id, r.customer_id)))
 }

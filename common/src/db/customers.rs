@@ -390,6 +390,7 @@ pub async fn credits_per_day<'e>(
              FROM generate_series((now() AT TIME ZONE 'UTC')::date - ($2 - 1), (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
              LEFT JOIN credit_ledger l
                ON l.customer_id = $1 AND (l.created_at AT TIME ZONE 'UTC')::date = d.day::date
+              AND l.created_at >= ((now() AT TIME ZONE 'UTC')::date - $2) AT TIME ZONE 'UTC'
             GROUP BY d.day ORDER BY d.day"#,
         customer_id,
         days,

@@ -55,10 +55,15 @@ pub async fn hit_in<'e>(
     Ok(Quota { limit, hits: window.hits.max(0) as u32, resets_at: window.window_start + window_length })
 }
 
-/// Forgets windows that have ended (the longest, an hour, with room).
+/// Forgets windows that have ended: the minute windows after two minutes, the hourly
+/// ones (sign-in buckets, `sign-in-…`) after two hours.
 pub async fn prune<'e>(db: impl PgExecutor<'e>) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!("DELETE FROM rate_limit_windows WHERE window_start < now() - interval '2 hours'")
-        .execute(db)
-        .await?
-        .rows_affected())
+    Ok(sqlx::query!(
+        "DELETE FROM rate_limit_windows
+          WHERE window_start < now() - interval '2 hours'
+             OR (window_start < now() - interval '2 minutes' AND bucket NOT LIKE 'sign-in-%')"
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
 }

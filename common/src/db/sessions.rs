@@ -43,21 +43,24 @@ impl SessionToken {
     }
 }
 
-/// Opens a session in `realm` for `subject`, valid for `ttl`.
+/// Opens a session in `realm` for `subject`, valid for `ttl`; `api_key_id`: the key it
+/// was opened with, whose revocation ends it.
 pub async fn create<'e>(
     db: impl PgExecutor<'e>,
     realm: &str,
     subject: &str,
     ttl: Duration,
+    api_key_id: Option<uuid::Uuid>,
 ) -> Result<SessionToken, sqlx::Error> {
     let token = SessionToken::generate();
     sqlx::query!(
-        "INSERT INTO sessions (token_hash, realm, subject, expires_at)
-         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond')",
+        "INSERT INTO sessions (token_hash, realm, subject, expires_at, api_key_id)
+         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', $5)",
         token.hash(),
         realm,
         subject,
         ttl.as_millis() as f64,
+        api_key_id,
     )
     .execute(db)
     .await?;

@@ -54,27 +54,32 @@ pub async fn create<'e>(db: impl PgExecutor<'e>, customer_id: Uuid) -> Result<Si
     Ok(token)
 }
 
-/// The customer a live, unused link signs in, marking it used; `None` for a link that
-/// is unknown, used or expired.
+/// The customer a live, unused link signs in, marking it used, and ending the
+/// customer's other unused links (one sign-in spends them all); `None` for a link
+/// that is unknown, used or expired.
 pub async fn redeem<'e>(db: impl PgExecutor<'e>, token: &SignInToken) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
-        "UPDATE sign_in_links SET used_at = now()
-          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
-          RETURNING customer_id",
+        r#"WITH spent AS (UPDATE sign_in_links SET used_at = now()
+                           WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+                           RETURNING customer_id),
+                others AS (UPDATE sign_in_links l SET expires_at = now() FROM spent
+                            WHERE l.customer_id = spent.customer_id AND l.token_hash <> $1 AND l.used_at IS NULL)
+           SELECT customer_id AS "customer_id!" FROM spent"#,
         token.hash(),
     )
     .fetch_optional(db)
     .await
 }
 
-/// Whether a link is live (unused, unexpired) without using it: the confirmation page.
-pub async fn is_live<'e>(db: impl PgExecutor<'e>, token: &SignInToken) -> Result<bool, sqlx::Error> {
+/// The email of the account a live link (unused, unexpired) signs in to, without using
+/// it: the link's page says which account it opens.
+pub async fn live_for<'e>(db: impl PgExecutor<'e>, token: &SignInToken) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM sign_in_links
-                           WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()) AS "live!""#,
+        "SELECT c.email FROM sign_in_links l JOIN customers c ON c.id = l.customer_id
+          WHERE l.token_hash = $1 AND l.used_at IS NULL AND l.expires_at > now()",
         token.hash(),
     )
-    .fetch_one(db)
+    .fetch_optional(db)
     .await
 }
 

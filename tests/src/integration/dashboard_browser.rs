@@ -148,7 +148,7 @@ async fn a_customer_signs_in_adds_a_card_subscribes_uses_cancels_resumes_and_sig
     browser.click("#consent").await;
     browser.click("#save-card").await;
     wait_for("back on the billing page", Duration::from_secs(15), || async {
-        browser.url().await.contains("/dashboard/billing?flash")
+        browser.page().await.contains("Your card is being added")
     })
     .await;
     wait_for_kind_finished(&app.db.pool, "add_payment_method", Duration::from_secs(20)).await;

@@ -58,7 +58,6 @@ fn date(unix: i64) -> Option<String> {
 
 #[derive(Deserialize)]
 pub struct BillingQuery {
-    flash: Option<String>,
     /// The page of charges older than this (`created_at`, RFC 3339).
     charges_before: Option<String>,
 }
@@ -99,6 +98,7 @@ pub async fn show(
     pool: web::Data<PgPool>,
     stripe: web::Data<Option<StripeApi>>,
     query: web::Query<BillingQuery>,
+    flash: Flash,
 ) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     let pool = pool.get_ref();
@@ -128,14 +128,13 @@ pub async fn show(
             created_at: c.created_at.format("%Y-%m-%d %H:%M").to_string(),
         })
         .collect();
-    let flash = query.flash.as_deref().map(|f| f.chars().take(200).collect::<String>());
     Ok(page(
         StatusCode::OK,
         "billing.html",
         context! {
             nav => "billing",
             csrf => csrf,
-            flash => flash,
+            flash => flash.text(),
             customer_name => &customer.name,
             billing_on => stripe.is_some(),
             plan => customer.subscription_type.as_str(),
@@ -232,7 +231,7 @@ pub async fn card_form(
     dashboard: Dashboard,
     stripe: web::Data<Option<StripeApi>>,
     settings: web::Data<common::config::Settings>,
-    flash: web::Query<Flash>,
+    flash: Flash,
 ) -> Result<HttpResponse, ApiError> {
     let Some((_, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     let (Some(stripe), Some(stripe_settings)) = (stripe.get_ref().as_ref(), settings.stripe.as_ref()) else {

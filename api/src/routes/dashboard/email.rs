@@ -26,11 +26,7 @@ struct SequenceRow {
     receive: bool,
 }
 
-pub async fn show(
-    dashboard: Dashboard,
-    pool: web::Data<PgPool>,
-    flash: web::Query<Flash>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn show(dashboard: Dashboard, pool: web::Data<PgPool>, flash: Flash) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     let pool = pool.get_ref();
     let Some(customer) = db::customers::find(pool, customer_id).await? else { return Ok(to_sign_in()) };

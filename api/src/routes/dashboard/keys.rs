@@ -41,11 +41,7 @@ async fn keys_page(
     Ok(page(status, "keys.html", ctx))
 }
 
-pub async fn list(
-    dashboard: Dashboard,
-    pool: web::Data<PgPool>,
-    flash: web::Query<Flash>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list(dashboard: Dashboard, pool: web::Data<PgPool>, flash: Flash) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     keys_page(pool.get_ref(), customer_id, csrf, StatusCode::OK, context! { flash => flash.text() }).await
 }

@@ -30,6 +30,7 @@ pub mod usage;
 use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
+use actix_web::cookie::Cookie;
 use actix_web::http::{StatusCode, header};
 use minijinja::Environment;
 
@@ -56,13 +57,21 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
-/// A rendered page, never cached.
+/// The cookie carrying a message to the page a form leads back to (see [`Flash`]).
+const FLASH_COOKIE: &str = "rsolv_flash";
+
+/// A rendered page, never cached; it has shown the flash message, so the cookie goes.
 fn page(status: StatusCode, template: &str, ctx: minijinja::Value) -> HttpResponse {
     match templates().get_template(template).and_then(|t| t.render(ctx)) {
-        Ok(html) => HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(html),
+        Ok(html) => {
+            let mut spent = Cookie::build(FLASH_COOKIE, "").path("/dashboard").finish();
+            spent.make_removal();
+            HttpResponse::build(status)
+                .content_type("text/html; charset=utf-8")
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .cookie(spent)
+                .body(html)
+        }
         Err(error) => {
             tracing::error!(%error, template, "dashboard page failed to render");
             HttpResponse::InternalServerError().body("the page failed to render")
@@ -79,9 +88,16 @@ fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_owned())).finish()
 }
 
-/// Back to `path` with a message shown once on top of it.
+/// Back to `path` with a message shown once on top of it. The message travels in a
+/// cookie only this site sets, not in the URL: a link cannot put words on our pages.
 fn back(path: &str, flash: &str) -> HttpResponse {
-    see_other(&format!("{path}?flash={}", crate::url::encode_component(flash)))
+    let cookie = Cookie::build(FLASH_COOKIE, crate::url::encode_component(flash))
+        .path("/dashboard")
+        .http_only(true)
+        .same_site(actix_web::cookie::SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(60))
+        .finish();
+    HttpResponse::SeeOther().insert_header((header::LOCATION, path.to_owned())).cookie(cookie).finish()
 }
 
 /// The signed-in customer and the CSRF token of their forms, or `None` (signed out).
@@ -92,16 +108,25 @@ fn signed_in(dashboard: &Dashboard) -> Option<(uuid::Uuid, String)> {
     }
 }
 
-/// A message shown once on top of a page (`?flash=`), bounded so a crafted link cannot
-/// fill the page.
-#[derive(serde::Deserialize)]
-pub struct Flash {
-    flash: Option<String>,
-}
+/// The message a form left for the page it led back to ([`back`]), shown once.
+pub struct Flash(Option<String>);
 
 impl Flash {
     fn text(&self) -> Option<String> {
-        self.flash.as_deref().map(|f| f.chars().take(200).collect())
+        self.0.clone()
+    }
+}
+
+impl actix_web::FromRequest for Flash {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let text = req.cookie(FLASH_COOKIE).map(|c| {
+            let decoded = crate::url::decode_component(c.value());
+            decoded.chars().filter(|c| !c.is_control()).take(300).collect()
+        });
+        std::future::ready(Ok(Flash(text.filter(|t: &String| !t.is_empty()))))
     }
 }
 

@@ -35,11 +35,7 @@ fn plan_name(plan: SubscriptionType) -> &'static str {
     }
 }
 
-pub async fn show(
-    dashboard: Dashboard,
-    pool: web::Data<PgPool>,
-    flash: web::Query<Flash>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn show(dashboard: Dashboard, pool: web::Data<PgPool>, flash: Flash) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, csrf)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     let pool = pool.get_ref();
     let Some(customer) = db::customers::find(pool, customer_id).await? else { return Ok(to_sign_in()) };

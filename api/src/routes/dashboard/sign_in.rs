@@ -28,7 +28,7 @@ use crate::errors::ApiError;
 /// the same.
 const DEAD_LINK: &str = "This sign-in link has expired or was already used. Ask for a new one below.";
 
-pub async fn form(dashboard: Dashboard, flash: web::Query<Flash>) -> HttpResponse {
+pub async fn form(dashboard: Dashboard, flash: Flash) -> HttpResponse {
     if let Dashboard::SignedIn { .. } = dashboard {
         return see_other("/dashboard");
     }
@@ -71,8 +71,10 @@ pub async fn request_link(
     };
     let limits = settings.rate_limits;
     let address = crate::rate_limit::client_address(&req, &settings);
-    // The address asked for is hashed into its bucket: the table holds no email.
-    let email_bucket = format!("sign-in-email:{}", hex::encode(Sha256::digest(email.as_str().as_bytes())));
+    // The address asked for is hashed, with a server secret, into its bucket: the table
+    // holds no email, and a list of addresses does not reverse it.
+    let keyed = [settings.unsubscribe_secret.expose().as_bytes(), b"\0sign-in\0", email.as_str().as_bytes()].concat();
+    let email_bucket = format!("sign-in-email:{}", hex::encode(Sha256::digest(keyed)));
     if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limits.sign_in_per_address).await?
         || !within_limit(&pool, &clock, &email_bucket, limits.sign_in_per_email).await?
     {
@@ -96,13 +98,20 @@ fn dead_link() -> HttpResponse {
     page(StatusCode::NOT_FOUND, "login.html", context! { flash => DEAD_LINK })
 }
 
-/// `GET /dashboard/login/{token}`: the link's page, with the button that signs in.
+/// `a…@example.com`: enough to recognise one's own address, not to read someone else's.
+fn masked(email: &str) -> String {
+    match email.split_once('@') {
+        Some((local, domain)) => format!("{}…@{domain}", local.chars().next().unwrap_or('?')),
+        None => "…".to_owned(),
+    }
+}
+
+/// `GET /dashboard/login/{token}`: the link's page, naming the account it opens, with
+/// the button that signs in.
 pub async fn link(pool: web::Data<PgPool>, token: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let Some(token) = token_of(&token) else { return Ok(dead_link()) };
-    if !db::sign_in_links::is_live(pool.get_ref(), &token).await? {
-        return Ok(dead_link());
-    }
-    Ok(page(StatusCode::OK, "link.html", context! { token => token.expose() }))
+    let Some(email) = db::sign_in_links::live_for(pool.get_ref(), &token).await? else { return Ok(dead_link()) };
+    Ok(page(StatusCode::OK, "link.html", context! { token => token.expose(), account => masked(&email) }))
 }
 
 /// `POST /dashboard/login/{token}`: spends the link and opens a session.
@@ -118,7 +127,7 @@ pub async fn redeem(
         tracing::warn!("a dead sign-in link was used");
         return Ok(dead_link());
     };
-    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id).await?;
+    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, None).await?;
     tracing::info!(%customer_id, "signed in to the dashboard by email link");
     Ok(HttpResponse::SeeOther()
         .cookie(cookie)
@@ -146,17 +155,18 @@ pub async fn with_key(
     if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limit).await? {
         return Ok(too_many());
     }
-    let customer = match ApiKey::parse(form.api_key.trim()) {
-        Ok(key) => db::api_keys::customer_for(pool.get_ref(), &key.hash()).await?,
+    let live = match ApiKey::parse(form.api_key.trim()) {
+        Ok(key) => db::api_keys::live(pool.get_ref(), &key.hash()).await?,
         Err(_) => None,
     };
-    let Some(customer_id) = customer else {
+    let Some((key_id, customer_id)) = live else {
         tracing::warn!("dashboard sign-in with a key that is not live");
         let flash = "That API key does not sign in: it is mistyped or revoked.";
         return Ok(page(StatusCode::UNAUTHORIZED, "login.html", context! { flash => flash }));
     };
-    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id).await?;
-    tracing::info!(%customer_id, "signed in to the dashboard with an API key");
+    // Revoking this key ends the session.
+    let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, Some(key_id)).await?;
+    tracing::info!(%customer_id, %key_id, "signed in to the dashboard with an API key");
     Ok(HttpResponse::SeeOther()
         .cookie(cookie)
         .insert_header((actix_web::http::header::LOCATION, "/dashboard"))
@@ -175,6 +185,10 @@ pub async fn logout(
     }
     dashboard.check_form(&req, &form.csrf)?;
     let cookie = dashboard_auth::sign_out(pool.get_ref(), &dashboard).await?;
-    let location = format!("/dashboard/login?flash={}", crate::url::encode_component("You are signed out."));
-    Ok(HttpResponse::SeeOther().cookie(cookie).insert_header((actix_web::http::header::LOCATION, location)).finish())
+    let mut response = super::back("/dashboard/login", "You are signed out.");
+    response.add_cookie(&cookie).map_err(|e| {
+        tracing::error!(error = %e, "the sign-out cookie");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, common::domain::ErrorCode::InternalError, "internal error")
+    })?;
+    Ok(response)
 }

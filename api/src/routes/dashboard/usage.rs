@@ -91,18 +91,14 @@ pub async fn show(
     ))
 }
 
-/// A CSV field: quoted when it must be, and never read as a formula by a spreadsheet
-/// (a leading `=`, `+`, `-`, `@` or tab gets a `'`): repositories and fix ids come
-/// from API clients.
+/// A CSV field: always quoted (so a spreadsheet splitting on `;` or tabs keeps it whole),
+/// and never read as a formula (one starting, after any blanks, with `=`, `+`, `-` or
+/// `@`, or with a tab or return, gets a `'`): repositories and fix ids come from API
+/// clients.
 fn csv_field(value: &str) -> String {
-    let value = match value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        true => format!("'{value}"),
-        false => value.to_owned(),
-    };
-    match value.contains([',', '"', '\n', '\r']) {
-        true => format!("\"{}\"", value.replace('"', "\"\"")),
-        false => value,
-    }
+    let formula = value.trim_start().starts_with(['=', '+', '-', '@']) || value.starts_with(['\t', '\r']);
+    let value = if formula { format!("'{value}") } else { value.to_owned() };
+    format!("\"{}\"", value.replace('"', "\"\""))
 }
 
 fn csv_line(row: &FixHistoryRow) -> String {
@@ -126,7 +122,7 @@ pub async fn csv(
 ) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
     let mut filter = query.filter(1_000).map_err(ApiError::validation)?;
-    let mut body = String::from("date,fix_id,repo,outcome,refusal_code,charged_cents\r\n");
+    let mut body = String::from("\"date\",\"fix_id\",\"repo\",\"outcome\",\"refusal_code\",\"charged_cents\"\r\n");
     let mut written = 0;
     while written < CSV_MAX_ROWS {
         let rows = usage::history(pool.get_ref(), customer_id, &filter).await?;
@@ -152,10 +148,11 @@ mod tests {
 
     #[test]
     fn csv_fields_are_quoted_and_never_formulas() {
-        assert_eq!(csv_field("org/repo"), "org/repo");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("org/repo"), "\"org/repo\"");
+        assert_eq!(csv_field("a,b;c"), "\"a,b;c\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "\"'=HYPERLINK(1)\"");
+        assert_eq!(csv_field("  @SUM(1)"), "\"'  @SUM(1)\"");
         assert_eq!(csv_field("-1+2,3"), "\"'-1+2,3\"");
     }
 
