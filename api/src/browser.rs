@@ -16,7 +16,7 @@ pub fn forbidden(message: &str) -> ApiError {
 }
 
 /// The origin (`scheme://host[:port]`) of a URL.
-fn origin_of(url: &str) -> &str {
+pub fn origin_of(url: &str) -> &str {
     match url.split_once("://") {
         Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
         None => url,

@@ -39,7 +39,7 @@ fn billing_disabled() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServiceUnavailable, "billing is not configured")
 }
 
-fn require_billing(stripe: &Option<StripeApi>) -> Result<&StripeApi, ApiError> {
+pub fn require_billing(stripe: &Option<StripeApi>) -> Result<&StripeApi, ApiError> {
     stripe.as_ref().ok_or_else(billing_disabled)
 }
 

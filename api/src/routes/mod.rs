@@ -106,6 +106,8 @@ fn dashboard_pages(cfg: &mut web::ServiceConfig) {
         .service(Page::new("/dashboard/billing/resume").on(Method::POST, billing::resume).done())
         .service(Page::new("/dashboard/billing/card").on(Method::GET, billing::card_form).done())
         .service(Page::new("/dashboard/billing/payment-methods").on(Method::POST, billing::add_card).done())
+        .service(Page::new("/dashboard/billing/cards/{id}/default").on(Method::POST, billing::make_default).done())
+        .service(Page::new("/dashboard/billing/cards/{id}/remove").on(Method::POST, billing::remove_card).done())
         .service(Page::new("/dashboard/assets/card.js").on(Method::GET, billing::card_script).done())
         .service(Page::new("/dashboard/email").on(Method::GET, email::show).on(Method::POST, email::save).done())
         .service(Page::new("/dashboard/email/unsubscribe").on(Method::POST, email::unsubscribe).done())

@@ -398,3 +398,37 @@ pub async fn credits_per_day<'e>(
     .fetch_all(db)
     .await
 }
+
+/// Records `payment_method_id` as the customer's default (already consented to when it
+/// was added).
+pub async fn set_default_payment_method<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    payment_method_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE customers SET stripe_payment_method_id = $2, updated_at = now() WHERE id = $1",
+        id,
+        payment_method_id,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Forgets the customer's default payment method if it is `payment_method_id` (removed).
+pub async fn clear_payment_method<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    payment_method_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE customers SET stripe_payment_method_id = NULL, updated_at = now()
+          WHERE id = $1 AND stripe_payment_method_id = $2",
+        id,
+        payment_method_id,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -8,6 +8,7 @@ mod cancel_subscription;
 mod create_stripe_customer;
 mod grant_credits;
 mod nudge;
+mod payment_methods;
 mod process_webhook;
 mod provision;
 mod prune;
@@ -30,6 +31,7 @@ pub use cancel_subscription::CancelSubscription;
 pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;
 pub use nudge::NudgeSweep;
+pub use payment_methods::{RemovePaymentMethod, SetDefaultPaymentMethod, removal_refused};
 pub use process_webhook::ProcessStripeEvent;
 pub use provision::ProvisionCustomer;
 pub use prune::PruneJobs;
@@ -150,6 +152,8 @@ job_kinds!(
     RecordUsage,
     CreateStripeCustomer,
     AddPaymentMethod,
+    SetDefaultPaymentMethod,
+    RemovePaymentMethod,
     SubscribePro,
     CancelSubscription,
     ResumeSubscription,

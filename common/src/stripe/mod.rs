@@ -144,11 +144,51 @@ impl StripeApi {
     ) -> Result<String, CallError> {
         let attach = AttachPaymentMethod::new(payment_method).customer(stripe_customer).build();
         let attached: StripeObject = self.send(attach, Some(&format!("rsolv-attach-{operation}"))).await?;
+        self.set_default_payment_method(stripe_customer, &attached.id, operation).await?;
+        Ok(attached.id)
+    }
+
+    /// Makes an attached payment method the default for the customer's invoices.
+    pub async fn set_default_payment_method(
+        &self,
+        stripe_customer: &str,
+        payment_method: &str,
+        operation: Uuid,
+    ) -> Result<(), CallError> {
         let mut invoice_settings = UpdateCustomerInvoiceSettings::new();
-        invoice_settings.default_payment_method = Some(attached.id.clone());
+        invoice_settings.default_payment_method = Some(payment_method.to_owned());
         let update = UpdateCustomer::new(stripe_customer).invoice_settings(invoice_settings).build();
         let _: StripeObject = self.send(update, Some(&format!("rsolv-default-pm-{operation}"))).await?;
-        Ok(attached.id)
+        Ok(())
+    }
+
+    /// The customer's cards at Stripe, newest first.
+    pub async fn payment_methods(&self, stripe_customer: &str) -> Result<Vec<objects::PaymentMethodObject>, CallError> {
+        #[derive(serde::Serialize)]
+        struct Query<'a> {
+            customer: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            limit: u8,
+        }
+        let query = Query { customer: stripe_customer, kind: "card", limit: 100 };
+        let page: objects::Page<objects::PaymentMethodObject> =
+            self.send(RequestBuilder::new(StripeMethod::Get, "/payment_methods").query(&query), None).await?;
+        let mut methods = page.data;
+        methods.sort_by_key(|m| std::cmp::Reverse(m.created));
+        Ok(methods)
+    }
+
+    /// A payment method as Stripe has it (whose it is, which card).
+    pub async fn payment_method(&self, payment_method: &str) -> Result<objects::PaymentMethodObject, CallError> {
+        self.send(RequestBuilder::new(StripeMethod::Get, format!("/payment_methods/{payment_method}")), None).await
+    }
+
+    /// Detaches a payment method from its customer: it can pay for nothing any more.
+    pub async fn detach_payment_method(&self, payment_method: &str, operation: Uuid) -> Result<(), CallError> {
+        let request = RequestBuilder::new(StripeMethod::Post, format!("/payment_methods/{payment_method}/detach"));
+        let _: StripeObject = self.send(request, Some(&format!("rsolv-detach-{operation}"))).await?;
+        Ok(())
     }
 
     /// Pro on the configured price, sent as the item's `plan` (Stripe accepts a recurring
@@ -246,14 +286,6 @@ impl StripeApi {
         let request = RequestBuilder::new(StripeMethod::Post, "/setup_intents")
             .form(&Form { usage: "off_session", types: "card" });
         self.send(request, None).await
-    }
-
-    /// A card's brand and last four digits, to show which card is on file.
-    pub async fn card_summary(&self, payment_method: &str) -> Result<objects::CardSummary, CallError> {
-        let method: objects::PaymentMethodObject = self
-            .send(RequestBuilder::new(StripeMethod::Get, format!("/payment_methods/{payment_method}")), None)
-            .await?;
-        Ok(method.card.unwrap_or_default())
     }
 
     pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent, CallError> {

@@ -301,6 +301,12 @@ pub struct SetupIntent {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentMethodObject {
+    pub id: String,
+    /// The Stripe customer it is attached to; none once detached.
+    #[serde(default)]
+    pub customer: Option<String>,
+    #[serde(default)]
+    pub created: i64,
     #[serde(default)]
     pub card: Option<CardSummary>,
 }

@@ -510,3 +510,105 @@ async fn a_sequence_switched_off_in_the_dashboard_is_skipped_and_unsubscribing_f
         !page.contains(r#"id="unsubscribed""#) && page.contains(r#"name="receive_onboarding" value="yes" checked"#)
     );
 }
+
+#[tokio::test]
+async fn cards_are_listed_made_default_and_removed_and_the_card_paying_for_pro_stays() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("jay@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    let first = app.customer(id).await.stripe_payment_method_id.unwrap();
+    app.add_card(&key, "pm_card_visa").await;
+    let second = app.customer(id).await.stripe_payment_method_id.unwrap();
+    assert_ne!(first, second, "the newest card is the default");
+    let ctx = app.job_context();
+    let stripe = ctx.stripe().unwrap();
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(&key).await;
+    let billing = browser.page("/dashboard/billing").await;
+    assert_eq!(billing.matches(r#"<tr id="card-pm_"#).count(), 2, "{billing}");
+    assert!(billing.contains(&format!(r#"action="/dashboard/billing/cards/{first}/default""#)));
+    assert!(!billing.contains(&format!(r#"action="/dashboard/billing/cards/{second}/default""#)));
+    let csrf = browser.csrf("/dashboard/billing").await;
+
+    // The first card becomes the default again, at Stripe and here.
+    assert_eq!(
+        browser.post(&format!("/dashboard/billing/cards/{first}/default"), &[("csrf", &csrf)]).await.status(),
+        303
+    );
+    wait_for_kind_finished(&app.db.pool, "set_default_payment_method", Duration::from_secs(20)).await;
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(first.as_str()));
+    assert_eq!(stripe.default_payment_method(&stripe_id).await.unwrap().as_deref(), Some(first.as_str()));
+
+    // The other one is removed: detached at Stripe.
+    assert_eq!(
+        browser.post(&format!("/dashboard/billing/cards/{second}/remove"), &[("csrf", &csrf)]).await.status(),
+        303
+    );
+    wait_for_kind_finished(&app.db.pool, "remove_payment_method", Duration::from_secs(20)).await;
+    let left: Vec<String> = stripe.payment_methods(&stripe_id).await.unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(left, std::slice::from_ref(&first));
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(first.as_str()));
+
+    // With Pro, its only card stays: refused at once, nothing enqueued.
+    let subscribed =
+        app.client.post(app.url("/api/v1/billing/subscription")).header("x-api-key", &key).send().await.unwrap();
+    app.finished_operation(&key, subscribed).await;
+    let refused = browser.post(&format!("/dashboard/billing/cards/{first}/remove"), &[("csrf", &csrf)]).await;
+    assert_eq!(refused.status(), 303);
+    assert!(browser.page("/dashboard/billing").await.contains("this card pays for Pro"));
+    assert_eq!(testing::count(&app.db.pool, Some("remove_payment_method"), &[]).await, 1);
+    // And the job itself refuses it too, should a removal slip past the page.
+    let slipped = common::jobs::RemovePaymentMethod {
+        customer_id: id,
+        payment_method_id: first.clone(),
+        operation_id: uuid::Uuid::new_v4(),
+    };
+    let outcome = common::queue::Job::run(slipped, app.job_context()).await.unwrap();
+    assert!(format!("{outcome:?}").contains("pays for Pro"), "{outcome:?}");
+    assert_eq!(stripe.payment_methods(&stripe_id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_card_change_stopped_after_stripe_answered_finishes_on_its_next_run() {
+    let app = TestApp::with_billing().await;
+    let (id, key, stripe_id) = app.stripe_customer("kim@example.com").await;
+    app.add_card(&key, "pm_card_visa").await;
+    let first = app.customer(id).await.stripe_payment_method_id.unwrap();
+    app.add_card(&key, "pm_card_visa").await;
+    let second = app.customer(id).await.stripe_payment_method_id.unwrap();
+    let ctx = app.job_context();
+    let stripe = ctx.stripe().unwrap();
+
+    // Made the default at Stripe, then stopped: ours lags until the run is repeated.
+    let make_default = common::jobs::SetDefaultPaymentMethod {
+        customer_id: id,
+        payment_method_id: first.clone(),
+        operation_id: uuid::Uuid::new_v4(),
+    };
+    fail::cfg("set_default_payment_method::after_stripe", "return").unwrap();
+    assert!(common::queue::Job::run(make_default.clone(), app.job_context()).await.is_err());
+    fail::remove("set_default_payment_method::after_stripe");
+    assert_eq!(stripe.default_payment_method(&stripe_id).await.unwrap().as_deref(), Some(first.as_str()));
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
+    common::queue::Job::run(make_default, app.job_context()).await.unwrap();
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(first.as_str()));
+
+    // The default card detached at Stripe, then stopped: the next run finds it detached
+    // and makes the other card the default, at Stripe and here.
+    let remove = common::jobs::RemovePaymentMethod {
+        customer_id: id,
+        payment_method_id: first.clone(),
+        operation_id: uuid::Uuid::new_v4(),
+    };
+    fail::cfg("remove_payment_method::after_stripe", "return").unwrap();
+    assert!(common::queue::Job::run(remove.clone(), app.job_context()).await.is_err());
+    fail::remove("remove_payment_method::after_stripe");
+    let left: Vec<String> = stripe.payment_methods(&stripe_id).await.unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(left, std::slice::from_ref(&second), "detached at Stripe");
+    common::queue::Job::run(remove.clone(), app.job_context()).await.unwrap();
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
+    assert_eq!(stripe.default_payment_method(&stripe_id).await.unwrap().as_deref(), Some(second.as_str()));
+    // Once more, as a redrive would: nothing changes.
+    common::queue::Job::run(remove, app.job_context()).await.unwrap();
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
+}

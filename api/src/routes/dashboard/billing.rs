@@ -15,6 +15,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use common::db;
+use common::jobs::{RemovePaymentMethod, SetDefaultPaymentMethod, removal_refused};
 use common::queue::JobWaker;
 use common::stripe::StripeApi;
 use minijinja::context;
@@ -62,6 +63,44 @@ pub struct BillingQuery {
     charges_before: Option<String>,
 }
 
+#[derive(Serialize)]
+struct CardRow {
+    id: String,
+    brand: String,
+    last4: String,
+    expires: Option<String>,
+    default: bool,
+}
+
+/// The customer's cards at Stripe, the default first; `None` when Stripe cannot say now.
+async fn card_rows(stripe: Option<&StripeApi>, customer: &db::customers::Customer) -> Option<Vec<CardRow>> {
+    let (Some(stripe), Some(stripe_customer)) = (stripe, customer.stripe_customer_id.as_deref()) else {
+        return Some(Vec::new());
+    };
+    let methods = match stripe.payment_methods(stripe_customer).await {
+        Ok(methods) => methods,
+        Err(error) => {
+            tracing::warn!(%error, "listing cards for the dashboard failed");
+            return None;
+        }
+    };
+    let mut rows: Vec<CardRow> = methods
+        .into_iter()
+        .map(|m| {
+            let card = m.card.unwrap_or_default();
+            CardRow {
+                default: customer.stripe_payment_method_id.as_deref() == Some(m.id.as_str()),
+                id: m.id,
+                brand: card.brand.unwrap_or_else(|| "card".into()),
+                last4: card.last4.unwrap_or_default(),
+                expires: card.exp_month.zip(card.exp_year).map(|(m, y)| format!("{m}/{y}")),
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| !r.default);
+    Some(rows)
+}
+
 /// Stripe's invoices of the customer, or why they cannot be shown now.
 async fn invoice_rows(
     stripe: Option<&StripeApi>,
@@ -104,10 +143,7 @@ pub async fn show(
     let pool = pool.get_ref();
     let Some(customer) = db::customers::find(pool, customer_id).await? else { return Ok(to_sign_in()) };
     let stripe = stripe.get_ref().as_ref();
-    let card = match (stripe, customer.stripe_payment_method_id.as_deref()) {
-        (Some(stripe), Some(method)) => stripe.card_summary(method).await.ok(),
-        _ => None,
-    };
+    let cards = card_rows(stripe, &customer).await;
     let (invoices, invoices_problem) = invoice_rows(stripe, customer.stripe_customer_id.as_deref()).await;
     let before = query
         .charges_before
@@ -143,7 +179,7 @@ pub async fn show(
             cancel_at_period_end => customer.cancel_at_period_end,
             period_end => customer.subscription_period_end.map(|t| t.format("%Y-%m-%d").to_string()),
             has_card => customer.has_payment_method(),
-            card => Serde(card),
+            cards => Serde(cards),
             invoices => Serde(invoices),
             invoices_problem => invoices_problem,
             charges => Serde(charge_rows),
@@ -164,13 +200,7 @@ fn answered(result: Result<common::queue::Enqueued, ApiError>, under_way: &str) 
 }
 
 fn billing_on(stripe: &Option<StripeApi>) -> Result<(), ApiError> {
-    stripe.as_ref().map(|_| ()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            common::domain::ErrorCode::ServiceUnavailable,
-            "billing is not configured",
-        )
-    })
+    api::require_billing(stripe).map(|_| ())
 }
 
 pub async fn subscribe(
@@ -266,18 +296,10 @@ pub async fn card_form(
     Ok(response)
 }
 
-/// The origin (`scheme://host[:port]`) of a URL.
-fn origin(url: &str) -> &str {
-    match url.split_once("://") {
-        Some((scheme, rest)) => &url[..scheme.len() + 3 + rest.find('/').unwrap_or(rest.len())],
-        None => url,
-    }
-}
-
 /// The card page's policy: the page policy, plus Stripe.js and our card script, Stripe's
 /// API for the card's confirmation, and Stripe's frames (its Elements and 3-D Secure).
 fn card_page_policy(js_url: &str, api_base: &str) -> String {
-    let (js, api) = (origin(js_url), origin(api_base));
+    let (js, api) = (crate::browser::origin_of(js_url), crate::browser::origin_of(api_base));
     format!(
         "default-src 'none'; script-src 'self' {js}; connect-src {api} {js}; frame-src {js} https://hooks.stripe.com; \
          style-src 'unsafe-inline'; img-src 'self' data: {js}; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -310,6 +332,69 @@ pub async fn add_card(
     let consent = Some(form.consent == "yes");
     let added = api::add_payment_method_for(&pool, &waker, customer_id, form.payment_method_id.clone(), consent).await;
     answered(added, "Your card is being added.")
+}
+
+#[derive(Deserialize)]
+pub struct CardAction {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A card of the customer's for one of the forms below, checked as a Stripe id.
+fn card_id(raw: &str) -> Option<&str> {
+    let valid = raw.strip_prefix("pm_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 100 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    valid.then_some(raw)
+}
+
+/// `POST /dashboard/billing/cards/{id}/default`: this card pays from now on.
+pub async fn make_default(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
+    stripe: web::Data<Option<StripeApi>>,
+    id: web::Path<String>,
+    form: web::Form<CardAction>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    billing_on(&stripe)?;
+    let Some(card) = card_id(&id) else { return Ok(back("/dashboard/billing", "There is no such card.")) };
+    let job =
+        SetDefaultPaymentMethod { customer_id, payment_method_id: card.to_owned(), operation_id: uuid::Uuid::new_v4() };
+    waker.enqueue(pool.get_ref(), &job).await?;
+    Ok(back("/dashboard/billing", "The card is being made your default."))
+}
+
+/// `POST /dashboard/billing/cards/{id}/remove`: detaches the card at Stripe.
+pub async fn remove_card(
+    dashboard: Dashboard,
+    req: HttpRequest,
+    pool: web::Data<PgPool>,
+    waker: web::Data<JobWaker>,
+    stripe: web::Data<Option<StripeApi>>,
+    id: web::Path<String>,
+    form: web::Form<CardAction>,
+) -> Result<HttpResponse, ApiError> {
+    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
+    dashboard.check_form(&req, &form.csrf)?;
+    let stripe = api::require_billing(&stripe)?;
+    let Some(card) = card_id(&id) else { return Ok(back("/dashboard/billing", "There is no such card.")) };
+    let Some(customer) = db::customers::find(pool.get_ref(), customer_id).await? else { return Ok(to_sign_in()) };
+    // Told at once when the rule refuses; the job checks it again under the lock.
+    let others = match customer.stripe_customer_id.as_deref() {
+        Some(stripe_customer) => stripe.payment_methods(stripe_customer).await.map_or(0, |m| m.len().saturating_sub(1)),
+        None => 0,
+    };
+    if let Some(refusal) = removal_refused(&customer, card, others) {
+        return Ok(back("/dashboard/billing", &format!("The card stays: {refusal}.")));
+    }
+    let job =
+        RemovePaymentMethod { customer_id, payment_method_id: card.to_owned(), operation_id: uuid::Uuid::new_v4() };
+    waker.enqueue(pool.get_ref(), &job).await?;
+    Ok(back("/dashboard/billing", "The card is being removed."))
 }
 
 /// `card.js`, the card form's own script.
