@@ -178,3 +178,17 @@ pub async fn consumed_this_month<'e>(db: impl PgExecutor<'e>, customer_id: Uuid)
     .fetch_one(db)
     .await
 }
+
+/// Whether the customer reported a fix after the day `day` (`YYYY-MM-DD`, UTC); `false`
+/// for anything that is not such a day.
+pub async fn fixed_after_day<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, day: &str) -> Result<bool, sqlx::Error> {
+    let Ok(day) = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") else { return Ok(false) };
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM usage_fixes
+                           WHERE customer_id = $1 AND created_at >= ($2::date + 1) AT TIME ZONE 'UTC') AS "fixed!""#,
+        customer_id,
+        day,
+    )
+    .fetch_one(db)
+    .await
+}

@@ -10,6 +10,9 @@ pub enum StopCondition {
     Unsubscribed,
     /// The customer unsubscribed or no longer needs the nudge (has a card, or is Pro).
     UnsubscribedOrUpgraded,
+    /// The customer unsubscribed or came back: reported a fix after the day the
+    /// inactivity began (the step's occurrence).
+    UnsubscribedOrReturned,
 }
 
 #[derive(Debug)]
@@ -137,7 +140,7 @@ pub const EXPIRING_TRIAL: Sequence = Sequence {
 pub const RE_ENGAGEMENT: Sequence = Sequence {
     name: "re_engagement",
     about: "News and a nudge when you have not used RSOLV for a while.",
-    stop: Some(StopCondition::Unsubscribed),
+    stop: Some(StopCondition::UnsubscribedOrReturned),
     steps: &[
         Step {
             key: "we_miss_you",

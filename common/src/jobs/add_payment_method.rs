@@ -60,6 +60,12 @@ impl Job for AddPaymentMethod {
             }
             Err(error) => return Err(stripe_failure(error)),
         };
+        // Against a replayed answer (Stripe keeps one a day per key): the card must still
+        // be this customer's, not one removed since.
+        let card = stripe.payment_method(&attached).await.map_err(stripe_failure)?;
+        if card.customer.as_deref() != Some(stripe_customer.as_str()) {
+            return Ok(Outcome::cancel("the card was removed before it was added"));
+        }
         // A test build can stop here: Stripe's default is set, ours is not yet.
         fail::fail_point!("add_payment_method::after_stripe");
         db::customers::set_payment_method(&mut *tx, customer.id, &attached, self.consent_at).await?;

@@ -93,7 +93,9 @@ impl Job for SendEmailStep {
         // Unsubscribed from everything, or from this sequence in the dashboard.
         let unsubscribed = db::customers::unsubscribed(&ctx.pool, customer.id).await?.unwrap_or(true)
             || db::email_preferences::is_opted_out(&ctx.pool, customer.id, sequence.name).await?;
-        if stops(sequence.stop, &customer, unsubscribed) {
+        let returned = sequence.stop == Some(StopCondition::UnsubscribedOrReturned)
+            && db::usage::fixed_after_day(&ctx.pool, customer.id, &self.occurrence).await?;
+        if stops(sequence.stop, &customer, unsubscribed || returned) {
             let from = [Delivery::Pending, Delivery::Failed];
             db::email_deliveries::transition(&ctx.pool, key, &from, Delivery::Skipped, None, None).await?;
             return Ok(delivered(Delivery::Skipped.as_str()));
@@ -201,11 +203,12 @@ async fn record_sent(ctx: &JobContext, key: DeliveryKey<'_>, sent: Result<(), Se
     answer
 }
 
-/// Whether the sequence's stop condition holds for the customer now.
+/// Whether the sequence's stop condition holds for the customer now (`unsubscribed`
+/// includes having come back, for the condition that asks).
 fn stops(condition: Option<StopCondition>, customer: &db::customers::Customer, unsubscribed: bool) -> bool {
     match condition {
         None => false,
-        Some(StopCondition::Unsubscribed) => unsubscribed,
+        Some(StopCondition::Unsubscribed | StopCondition::UnsubscribedOrReturned) => unsubscribed,
         Some(StopCondition::UnsubscribedOrUpgraded) => {
             unsubscribed || customer.has_payment_method() || customer.subscription_type == SubscriptionType::Pro
         }

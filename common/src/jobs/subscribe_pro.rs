@@ -54,9 +54,15 @@ impl Job for SubscribePro {
         // finds the first's subscription at Stripe.
         let mut tx = ctx.pool.begin().await?;
         db::customers::lock_stripe_state(&mut tx, customer.id).await?;
-        if let Some(existing) = db::customers::find(&mut *tx, customer.id).await?.and_then(|c| c.stripe_subscription_id)
-        {
+        // Read again under the lock: a card removed since is not there to pay for Pro.
+        let Some(locked) = db::customers::find(&mut *tx, customer.id).await? else {
+            return Err(JobError::new("customer vanished"));
+        };
+        if let Some(existing) = locked.stripe_subscription_id {
             return Ok(Outcome::done(serde_json::json!({ "subscription_id": existing, "already": true })));
+        }
+        if locked.stripe_payment_method_id.is_none() {
+            return Ok(Outcome::cancel("NO_PAYMENT_METHOD: add a payment method first"));
         }
         let adopted = stripe.live_pro_subscriptions(&stripe_customer).await.map_err(stripe_failure)?.into_iter().next();
         let subscription = match adopted {

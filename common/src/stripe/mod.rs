@@ -158,7 +158,10 @@ impl StripeApi {
         let mut invoice_settings = UpdateCustomerInvoiceSettings::new();
         invoice_settings.default_payment_method = Some(payment_method.to_owned());
         let update = UpdateCustomer::new(stripe_customer).invoice_settings(invoice_settings).build();
-        let _: StripeObject = self.send(update, Some(&format!("rsolv-default-pm-{operation}"))).await?;
+        // The card is in the key: a retried operation that settles on another card asks
+        // for that, rather than for a replay of the first answer.
+        let _: StripeObject =
+            self.send(update, Some(&format!("rsolv-default-pm-{operation}-{payment_method}"))).await?;
         Ok(())
     }
 

@@ -565,6 +565,22 @@ async fn cards_are_listed_made_default_and_removed_and_the_card_paying_for_pro_s
     };
     let outcome = common::queue::Job::run(slipped, app.job_context()).await.unwrap();
     assert!(format!("{outcome:?}").contains("pays for Pro"), "{outcome:?}");
+    // Another customer's card, or none at all: nothing happens to it.
+    let (_, other_key, _) = app.stripe_customer("lee@example.com").await;
+    app.add_card(&other_key, "pm_card_visa").await;
+    let mut lee = Browser::new(&app);
+    lee.sign_in_with_key(&other_key).await;
+    let lee_csrf = lee.csrf("/dashboard/billing").await;
+    assert_eq!(
+        lee.post(&format!("/dashboard/billing/cards/{first}/remove"), &[("csrf", &lee_csrf)]).await.status(),
+        303
+    );
+    assert_eq!(
+        lee.post("/dashboard/billing/cards/pm_x%2F..%2Fcustomers/remove", &[("csrf", &lee_csrf)]).await.status(),
+        303
+    );
+    wait_for_kind_finished(&app.db.pool, "remove_payment_method", Duration::from_secs(20)).await;
+    assert_eq!(stripe.payment_methods(&stripe_id).await.unwrap().len(), 1, "Jay's card stays Jay's");
     assert_eq!(stripe.payment_methods(&stripe_id).await.unwrap().len(), 1);
 }
 
@@ -593,21 +609,24 @@ async fn a_card_change_stopped_after_stripe_answered_finishes_on_its_next_run() 
     common::queue::Job::run(make_default, app.job_context()).await.unwrap();
     assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(first.as_str()));
 
-    // The default card detached at Stripe, then stopped: the next run finds it detached
-    // and makes the other card the default, at Stripe and here.
+    // Removing the default card, stopped before the detach: the default has already
+    // moved to the other card, at Stripe and here, so the card that stays can pay; the
+    // next run detaches the removed one.
     let remove = common::jobs::RemovePaymentMethod {
         customer_id: id,
         payment_method_id: first.clone(),
         operation_id: uuid::Uuid::new_v4(),
     };
-    fail::cfg("remove_payment_method::after_stripe", "return").unwrap();
+    fail::cfg("remove_payment_method::before_detach", "return").unwrap();
     assert!(common::queue::Job::run(remove.clone(), app.job_context()).await.is_err());
-    fail::remove("remove_payment_method::after_stripe");
-    let left: Vec<String> = stripe.payment_methods(&stripe_id).await.unwrap().into_iter().map(|m| m.id).collect();
-    assert_eq!(left, std::slice::from_ref(&second), "detached at Stripe");
-    common::queue::Job::run(remove.clone(), app.job_context()).await.unwrap();
+    fail::remove("remove_payment_method::before_detach");
     assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
     assert_eq!(stripe.default_payment_method(&stripe_id).await.unwrap().as_deref(), Some(second.as_str()));
+    assert_eq!(stripe.payment_methods(&stripe_id).await.unwrap().len(), 2, "not detached yet");
+    common::queue::Job::run(remove.clone(), app.job_context()).await.unwrap();
+    let left: Vec<String> = stripe.payment_methods(&stripe_id).await.unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(left, std::slice::from_ref(&second), "detached at Stripe");
+    assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
     // Once more, as a redrive would: nothing changes.
     common::queue::Job::run(remove, app.job_context()).await.unwrap();
     assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));

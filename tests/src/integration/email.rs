@@ -259,7 +259,9 @@ async fn one_click_unsubscribe_by_post() {
 
 #[tokio::test]
 async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
-    let app = TestApp::api_only().await;
+    let sink = MailSink::start().await;
+    let smtp = sink.smtp_url();
+    let app = TestApp::spawn(&[("SMTP_URL", smtp.as_str())], false).await;
     let low = factories::create(
         &app.db.pool,
         &app.settings,
@@ -324,6 +326,25 @@ async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
     let again = (chrono::Utc::now() - chrono::Duration::days(31)).format("%Y-%m-%d").to_string();
     assert!(started().await.contains(&(quiet.customer_id, "re_engagement".into(), again)));
     assert_eq!(testing::inserted::<SendEmailStep>(&app.db.pool).await.len(), steps + RE_ENGAGEMENT_STEPS);
+
+    // The first episode's steps, when their time comes: the customer came back since, so
+    // they are skipped.
+    let first_episode = SendEmailStep {
+        customer_id: quiet.customer_id,
+        sequence: "re_engagement".into(),
+        step: "we_miss_you".into(),
+        occurrence: since,
+        vars: serde_json::Value::Null,
+    };
+    first_episode.run(app.job_context()).await.unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM email_deliveries WHERE customer_id = $1 AND sequence = 're_engagement'")
+            .bind(quiet.customer_id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "skipped");
+    assert!(sink.messages().is_empty());
 }
 
 const EXPIRING_STEPS: usize = common::email::sequences::EXPIRING_TRIAL.steps.len();

@@ -108,7 +108,7 @@ fn signed_in(dashboard: &Dashboard) -> Option<(uuid::Uuid, String)> {
     }
 }
 
-/// The message a form left for the page it led back to ([`back`]), shown once.
+/// The message a form left for the page it led back to (`back`), shown once.
 pub struct Flash(Option<String>);
 
 impl Flash {
