@@ -275,6 +275,21 @@ impl StripeApi {
         Ok(list.data)
     }
 
+    /// A page of a customer's invoices, newest first: `per_page` of them older than the
+    /// invoice `after` (the last of the page before).
+    pub async fn invoices_page(
+        &self,
+        stripe_customer: &str,
+        after: Option<&str>,
+        per_page: i64,
+    ) -> Result<InvoiceList, CallError> {
+        let mut request = ListInvoice::new().customer(stripe_customer).limit(per_page);
+        if let Some(after) = after {
+            request = request.starting_after(after);
+        }
+        self.send(request.build(), None).await
+    }
+
     /// A SetupIntent for the dashboard's card form: Stripe.js confirms it with the card,
     /// and the payment method it yields is then added as the API adds one (attached,
     /// made the default, by the `add_payment_method` job). It names no customer, so

@@ -69,6 +69,9 @@ impl Subscription {
 #[derive(Debug, Clone, Deserialize)]
 pub struct InvoiceList {
     pub data: Vec<Invoice>,
+    /// More, older invoices follow the last of these.
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -631,3 +631,27 @@ async fn a_card_change_stopped_after_stripe_answered_finishes_on_its_next_run() 
     common::queue::Job::run(remove, app.job_context()).await.unwrap();
     assert_eq!(app.customer(id).await.stripe_payment_method_id.as_deref(), Some(second.as_str()));
 }
+
+#[tokio::test]
+async fn fix_charges_are_listed_with_their_amounts_a_page_at_a_time() {
+    let app = TestApp::api_only().await;
+    let max = customer(&app, CustomerState::PayAsYouGo, "max@example.com").await;
+    for n in 0..30 {
+        let mut tx = app.db.pool.begin().await.unwrap();
+        db::charges::insert_pending(&mut tx, max.customer_id, &format!("paid-fix-{n:02}"), "max/app", 2_900, "usd")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(max.api_key.expose()).await;
+    let first = browser.page("/dashboard/billing").await;
+    assert_eq!(first.matches("29.00 USD").count(), 25, "{first}");
+    assert!(first.contains("paid-fix-29") && !first.contains("paid-fix-04"), "newest first");
+    let marker = r#"<a href="/dashboard/billing?charges_before="#;
+    let at = first.find(marker).expect("a link to older charges") + r#"<a href=""#.len();
+    let next = first[at..at + first[at..].find('"').unwrap()].replace("&amp;", "&");
+    let second = browser.page(&next).await;
+    assert_eq!(second.matches("29.00 USD").count(), 5);
+    assert!(second.contains("paid-fix-00") && !second.contains("paid-fix-29"));
+}

@@ -61,6 +61,8 @@ fn date(unix: i64) -> Option<String> {
 pub struct BillingQuery {
     /// The page of charges older than this (`created_at`, RFC 3339).
     charges_before: Option<String>,
+    /// The page of invoices after this one (Stripe's id).
+    invoices_after: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -101,15 +103,20 @@ async fn card_rows(stripe: Option<&StripeApi>, customer: &db::customers::Custome
     Some(rows)
 }
 
-/// Stripe's invoices of the customer, or why they cannot be shown now.
+/// Invoices shown per page.
+const INVOICES_PAGE: i64 = 12;
+
+/// A page of Stripe's invoices of the customer (after the invoice `after`), whether more
+/// follow, or why they cannot be shown now.
 async fn invoice_rows(
     stripe: Option<&StripeApi>,
     stripe_customer: Option<&str>,
-) -> (Vec<InvoiceRow>, Option<&'static str>) {
-    let (Some(stripe), Some(customer)) = (stripe, stripe_customer) else { return (Vec::new(), None) };
-    match stripe.invoices(customer, None).await {
-        Ok(invoices) => (
-            invoices
+    after: Option<&str>,
+) -> (Vec<InvoiceRow>, bool, Option<&'static str>) {
+    let (Some(stripe), Some(customer)) = (stripe, stripe_customer) else { return (Vec::new(), false, None) };
+    match stripe.invoices_page(customer, after, INVOICES_PAGE).await {
+        Ok(list) => (
+            list.data
                 .into_iter()
                 .map(|i| InvoiceRow {
                     amount: money(i.amount_paid.max(i.amount_due), i.currency.as_deref().unwrap_or("usd")),
@@ -123,11 +130,12 @@ async fn invoice_rows(
                     url: i.hosted_invoice_url,
                 })
                 .collect(),
+            list.has_more,
             None,
         ),
         Err(error) => {
             tracing::warn!(%error, "listing invoices for the dashboard failed");
-            (Vec::new(), Some("Invoices cannot be shown right now; try again shortly."))
+            (Vec::new(), false, Some("Invoices cannot be shown right now; try again shortly."))
         }
     }
 }
@@ -144,7 +152,10 @@ pub async fn show(
     let Some(customer) = db::customers::find(pool, customer_id).await? else { return Ok(to_sign_in()) };
     let stripe = stripe.get_ref().as_ref();
     let cards = card_rows(stripe, &customer).await;
-    let (invoices, invoices_problem) = invoice_rows(stripe, customer.stripe_customer_id.as_deref()).await;
+    let after = query.invoices_after.as_deref().filter(|id| id.starts_with("in_") && id.len() <= 100);
+    let (invoices, more_invoices, invoices_problem) =
+        invoice_rows(stripe, customer.stripe_customer_id.as_deref(), after).await;
+    let invoices_next = more_invoices.then(|| invoices.last().map(|i| i.id.clone())).flatten();
     let before = query
         .charges_before
         .as_deref()
@@ -182,6 +193,7 @@ pub async fn show(
             cards => Serde(cards),
             invoices => Serde(invoices),
             invoices_problem => invoices_problem,
+            invoices_next => invoices_next,
             charges => Serde(charge_rows),
             charges_next => next,
         },
