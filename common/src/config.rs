@@ -323,7 +323,7 @@ impl Settings {
             database_url: Secret::new(database_url),
             database_max_connections: r.parse("DATABASE_MAX_CONNECTIONS", 20)?,
             database_acquire_timeout: r.millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?,
-            bind_addr: r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            bind_addr: bind_addr(&r)?,
             max_body_bytes: r.parse("MAX_BODY_BYTES", 64 * 1024)?,
             max_header_bytes: r.parse("MAX_HEADER_BYTES", 16 * 1024)?,
             webhook_max_body_bytes: r.parse("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024)?,
@@ -534,6 +534,15 @@ impl JobSettings {
     }
 }
 
+/// `BIND_ADDR`; else, on a PaaS that names the port (`PORT`), every interface on it;
+/// else 127.0.0.1:8080.
+fn bind_addr(r: &Reader<'_>) -> Result<SocketAddr, ConfigError> {
+    match (r.string("BIND_ADDR"), r.optional::<u16>("PORT")?) {
+        (None, Some(port)) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        _ => r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+    }
+}
+
 impl LogFormat {
     fn read(r: &Reader<'_>) -> Result<Self, ConfigError> {
         match r.string("LOG_FORMAT").as_deref() {
@@ -727,6 +736,16 @@ mod tests {
         assert_eq!(err.name, "BIND_ADDR");
         let err = settings(&[("DATABASE_URL", "postgres://x"), ("JOB_GRANT_CREDITS_CONCURRENCY", "0")]).unwrap_err();
         assert!(err.name.starts_with("JOB_GRANT_CREDITS"));
+    }
+
+    #[test]
+    fn a_paas_port_binds_every_interface_unless_bind_addr_says_otherwise() {
+        let url = ("DATABASE_URL", "postgres://x");
+        assert_eq!(settings(&[url]).unwrap().bind_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings(&[url, ("PORT", "5000")]).unwrap().bind_addr.to_string(), "0.0.0.0:5000");
+        let both = settings(&[url, ("PORT", "5000"), ("BIND_ADDR", "127.0.0.1:9000")]).unwrap();
+        assert_eq!(both.bind_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(settings(&[url, ("PORT", "http")]).unwrap_err().name, "PORT");
     }
 
     #[test]

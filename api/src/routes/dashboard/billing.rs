@@ -23,7 +23,7 @@ use minijinja::value::Serde;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use super::{Flash, back, page, signed_in, to_sign_in};
+use super::{Flash, back, form_customer, page, signed_in, to_sign_in};
 use crate::dashboard_auth::Dashboard;
 use crate::errors::ApiError;
 use crate::routes::billing as api;
@@ -222,8 +222,7 @@ pub async fn subscribe(
     stripe: web::Data<Option<StripeApi>>,
     form: web::Form<super::CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     answered(api::subscribe_for(&pool, customer_id).await, "Your Pro subscription is being set up.")
 }
@@ -244,8 +243,7 @@ pub async fn cancel(
     stripe: web::Data<Option<StripeApi>>,
     form: web::Form<CancelForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     let at_period_end = form.when != "now";
     let under_way = match at_period_end {
@@ -262,8 +260,7 @@ pub async fn resume(
     stripe: web::Data<Option<StripeApi>>,
     form: web::Form<super::CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     answered(api::resume_for(&pool, customer_id).await, "Pro is being resumed: it renews as before.")
 }
@@ -338,8 +335,7 @@ pub async fn add_card(
     stripe: web::Data<Option<StripeApi>>,
     form: web::Form<CardForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     let consent = Some(form.consent == "yes");
     let added = api::add_payment_method_for(&pool, &waker, customer_id, form.payment_method_id.clone(), consent).await;
@@ -370,8 +366,7 @@ pub async fn make_default(
     id: web::Path<String>,
     form: web::Form<CardAction>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     let Some(card) = card_id(&id) else { return Ok(back("/dashboard/billing", "There is no such card.")) };
     let job =
@@ -390,8 +385,7 @@ pub async fn remove_card(
     id: web::Path<String>,
     form: web::Form<CardAction>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     let stripe = api::require_billing(&stripe)?;
     let Some(card) = card_id(&id) else { return Ok(back("/dashboard/billing", "There is no such card.")) };
     let Some(customer) = db::customers::find(pool.get_ref(), customer_id).await? else { return Ok(to_sign_in()) };

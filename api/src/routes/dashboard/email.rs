@@ -13,7 +13,7 @@ use minijinja::context;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{CsrfForm, Flash, back, page, signed_in, to_sign_in};
+use super::{CsrfForm, Flash, back, form_customer, page, signed_in, to_sign_in};
 use crate::dashboard_auth::Dashboard;
 use crate::errors::ApiError;
 
@@ -64,8 +64,8 @@ pub async fn save(
     pool: web::Data<PgPool>,
     form: web::Form<HashMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, form.get("csrf").map(String::as_str).unwrap_or_default())?;
+    let csrf = form.get("csrf").map(String::as_str).unwrap_or_default();
+    let Some(customer_id) = form_customer(&dashboard, &req, csrf)? else { return Ok(to_sign_in()) };
     let mut tx = pool.begin().await?;
     for sequence in sequences::ALL.iter().filter(|s| s.stop.is_some()) {
         let receive = form.get(&format!("receive_{}", sequence.name)).is_some_and(|v| v == "yes");
@@ -82,8 +82,7 @@ pub async fn unsubscribe(
     pool: web::Data<PgPool>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     db::customers::unsubscribe(pool.get_ref(), customer_id).await?;
     Ok(back("/dashboard/email", "You are unsubscribed: only email about your account will come."))
 }
@@ -94,8 +93,7 @@ pub async fn resubscribe(
     pool: web::Data<PgPool>,
     form: web::Form<CsrfForm>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    dashboard.check_form(&req, &form.csrf)?;
+    let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     db::customers::resubscribe(pool.get_ref(), customer_id).await?;
     Ok(back("/dashboard/email", "You are subscribed again to the email you chose below."))
 }

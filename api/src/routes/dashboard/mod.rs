@@ -100,6 +100,18 @@ fn back(path: &str, flash: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, path.to_owned())).cookie(cookie).finish()
 }
 
+/// The customer behind a state-changing form that passed its checks (sent by this site,
+/// carrying its session's CSRF token); `None` when signed out.
+fn form_customer(
+    dashboard: &Dashboard,
+    req: &actix_web::HttpRequest,
+    csrf: &str,
+) -> Result<Option<uuid::Uuid>, crate::errors::ApiError> {
+    let Some((customer_id, _)) = signed_in(dashboard) else { return Ok(None) };
+    dashboard.check_form(req, csrf)?;
+    Ok(Some(customer_id))
+}
+
 /// The signed-in customer and the CSRF token of their forms, or `None` (signed out).
 fn signed_in(dashboard: &Dashboard) -> Option<(uuid::Uuid, String)> {
     match dashboard {
