@@ -138,27 +138,6 @@ pub async fn count_unfinished<'e>(db: impl PgExecutor<'e>) -> i64 {
 
 const UNFINISHED: [JobStatus; 3] = [JobStatus::Available, JobStatus::Running, JobStatus::Retryable];
 
-/// Waits until `condition` holds of the jobs' count of `kind` in `statuses`; panics
-/// after `deadline` with the last count.
-pub async fn wait_for_count(
-    pool: &PgPool,
-    kind: Option<&str>,
-    statuses: &[JobStatus],
-    condition: impl Fn(i64) -> bool,
-    deadline: Duration,
-) {
-    let started = Instant::now();
-    loop {
-        // A read that times out under load is "not yet", until the deadline.
-        let now = try_count(pool, kind, statuses).await;
-        if now.as_ref().is_ok_and(|n| condition(*n)) {
-            return;
-        }
-        assert!(started.elapsed() < deadline, "{kind:?} jobs in {statuses:?}: {now:?} after {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Every job of kind `J`, oldest first.
 pub async fn inserted<'e, J: JobKind>(db: impl PgExecutor<'e>) -> Vec<InsertedJob<J>> {
     let rows: Vec<JobRow> =

@@ -94,6 +94,11 @@ fn token_of(raw: &str) -> Option<SignInToken> {
     well_formed.then(|| SignInToken::from_link(raw))
 }
 
+/// Signed in: to the overview, with the session's cookie.
+fn into_dashboard(session: actix_web::cookie::Cookie<'static>) -> HttpResponse {
+    HttpResponse::SeeOther().cookie(session).insert_header((actix_web::http::header::LOCATION, "/dashboard")).finish()
+}
+
 fn dead_link() -> HttpResponse {
     page(StatusCode::NOT_FOUND, "login.html", context! { flash => DEAD_LINK })
 }
@@ -129,10 +134,7 @@ pub async fn redeem(
     };
     let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, None).await?;
     tracing::info!(%customer_id, "signed in to the dashboard by email link");
-    Ok(HttpResponse::SeeOther()
-        .cookie(cookie)
-        .insert_header((actix_web::http::header::LOCATION, "/dashboard"))
-        .finish())
+    Ok(into_dashboard(cookie))
 }
 
 #[derive(Deserialize)]
@@ -167,10 +169,7 @@ pub async fn with_key(
     // Revoking this key ends the session.
     let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, Some(key_id)).await?;
     tracing::info!(%customer_id, %key_id, "signed in to the dashboard with an API key");
-    Ok(HttpResponse::SeeOther()
-        .cookie(cookie)
-        .insert_header((actix_web::http::header::LOCATION, "/dashboard"))
-        .finish())
+    Ok(into_dashboard(cookie))
 }
 
 /// `POST /dashboard/logout`: ends the session; its cookie opens nothing any more.
