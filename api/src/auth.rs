@@ -26,6 +26,11 @@ pub struct Authenticated {
     pub customer_id: Uuid,
     /// The key's hash (hex): rate limits count per key.
     pub key_hash: String,
+    /// The customer's balance and card as the key's check read them: good for an
+    /// early answer (a blocked customer told at once), never for moving money, which
+    /// is decided under the customer's lock.
+    pub credit_balance: i64,
+    pub has_payment_method: bool,
 }
 
 impl Authenticated {
@@ -54,9 +59,12 @@ pub async fn identify(req: &HttpRequest) -> Result<Option<Authenticated>, sqlx::
     let known = match (key, req.app_data::<web::Data<PgPool>>()) {
         (Some(key), Some(pool)) => {
             let hash = key.hash();
-            db::api_keys::customer_for(pool.get_ref(), &hash)
-                .await?
-                .map(|customer_id| Authenticated { customer_id, key_hash: hash.as_str().to_owned() })
+            db::api_keys::owner_of(pool.get_ref(), &hash).await?.map(|owner| Authenticated {
+                customer_id: owner.customer_id,
+                key_hash: hash.as_str().to_owned(),
+                credit_balance: owner.credit_balance,
+                has_payment_method: owner.has_payment_method,
+            })
         }
         _ => None,
     };

@@ -82,22 +82,19 @@ fn valid_payment_method_id(id: &str) -> bool {
 #[utoipa::path(tag = "billing", security(("api_key" = [])), request_body = PaymentMethodRequest, responses((status = 202, description = "Accepted: poll `status_url`", body = OperationAccepted), (status = 422, description = "BILLING_CONSENT_REQUIRED or VALIDATION_FAILED", body = ErrorBody), (status = 503, description = "SERVICE_UNAVAILABLE: billing is not configured", body = ErrorBody)))]
 #[post("/api/v1/billing/payment-methods")]
 pub async fn add_payment_method(
-    pool: web::Data<PgPool>,
     waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     auth: Authenticated,
     JsonBody(body): JsonBody<PaymentMethodRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_billing(&stripe)?;
-    let enqueued =
-        add_payment_method_for(&pool, &waker, auth.customer_id, body.payment_method_id, body.consent).await?;
+    let enqueued = add_payment_method_for(&waker, auth.customer_id, body.payment_method_id, body.consent).await?;
     Ok(accepted::<AddPaymentMethod>(enqueued))
 }
 
 /// Adds a payment method for the customer, with their consent (the API's and the
 /// dashboard's way alike).
 pub async fn add_payment_method_for(
-    pool: &PgPool,
     waker: &JobWaker,
     customer_id: Uuid,
     payment_method_id: String,
@@ -114,7 +111,7 @@ pub async fn add_payment_method_for(
         return Err(ApiError::validation("payment_method_id must be a Stripe payment method id (pm_…)"));
     }
     let job = AddPaymentMethod { customer_id, payment_method_id, operation_id: Uuid::new_v4(), consent_at: Utc::now() };
-    Ok(waker.enqueue(pool, &job).await?)
+    Ok(waker.enqueue(&job).await?)
 }
 
 /// A customer-level intent (subscribe, cancel, resume), decided under the customer's row

@@ -93,7 +93,7 @@ pub async fn onboard(
     };
     // The provision job's unique key is the email: a concurrent or repeated submission
     // finds it taken and is refused, so exactly one customer is provisioned.
-    if waker.enqueue(pool.get_ref(), &job).await?.is_duplicate() {
+    if waker.enqueue(&job).await?.is_duplicate() {
         return Err(email_taken());
     }
     tracing::info!(%customer_id, "onboarding accepted");

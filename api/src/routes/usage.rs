@@ -86,12 +86,11 @@ pub async fn report_fix(
 ) -> Result<HttpResponse, ApiError> {
     let fix_id = line("fix_id", &report.fix_id, ID_MAX_CHARS)?;
     let repo = line("repo", &report.repo, ID_MAX_CHARS)?;
-    let customer = auth.customer(pool.get_ref()).await?;
-    // A blocked customer is told at once; the job decides every other case under the
-    // customer's lock.
-    let blocked = Warning::derive(customer.credit_balance, customer.has_payment_method(), None, false)
-        .contains(&Warning::Blocked);
-    if blocked && db::usage::find(pool.get_ref(), customer.id, &fix_id).await?.is_none() {
+    // A blocked customer is told at once (by the balance read with the key); the job
+    // decides every other case under the customer's lock.
+    let blocked =
+        Warning::derive(auth.credit_balance, auth.has_payment_method, None, false).contains(&Warning::Blocked);
+    if blocked && db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await?.is_none() {
         return Err(ApiError::new(
             StatusCode::PAYMENT_REQUIRED,
             ErrorCode::NoBillingInfo,
@@ -99,12 +98,12 @@ pub async fn report_fix(
         ));
     }
     let job = RecordUsage {
-        customer_id: customer.id,
+        customer_id: auth.customer_id,
         fix_id: fix_id.clone(),
         repo,
         metadata: report.metadata.map(serde_json::Value::Object).unwrap_or_default(),
     };
-    let enqueued = waker.enqueue(pool.get_ref(), &job).await?;
+    let enqueued = waker.enqueue(&job).await?;
     Ok(HttpResponse::Accepted().json(FixRecorded {
         status: "recorded",
         status_url: status_url(&fix_id),

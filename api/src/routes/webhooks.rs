@@ -13,7 +13,6 @@ use common::queue::JobWaker;
 use common::stripe::events::Envelope;
 use common::stripe::signature;
 use serde::Serialize;
-use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use crate::errors::ApiError;
@@ -77,7 +76,6 @@ pub struct WebhookReceived {
 #[post("/stripe")]
 pub async fn stripe(
     req: HttpRequest,
-    pool: web::Data<PgPool>,
     waker: web::Data<JobWaker>,
     settings: web::Data<Settings>,
     RawJsonBody(body): RawJsonBody,
@@ -109,7 +107,7 @@ pub async fn stripe(
     if crate::extract::holds_nul(&payload) {
         return Err(invalid("a string holds NUL (U+0000)".into()));
     }
-    let enqueued = waker.enqueue(pool.get_ref(), &ProcessStripeEvent::from_envelope(&envelope, payload)).await?;
+    let enqueued = waker.enqueue(&ProcessStripeEvent::from_envelope(&envelope, payload)).await?;
     tracing::info!(event_id = %envelope.id, kind = %envelope.kind, duplicate = enqueued.is_duplicate(), "webhook accepted");
     Ok(HttpResponse::Ok().json(WebhookReceived { received: true, duplicate: enqueued.is_duplicate() }))
 }

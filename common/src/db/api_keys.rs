@@ -24,18 +24,31 @@ pub async fn insert<'e>(
     Ok(())
 }
 
-/// The customer a live (not revoked) key belongs to; notes the key as used now (at
-/// most one write a minute per key, so a busy client does not write on every request;
-/// a request that finds the key's row being written skips the write rather than wait,
-/// and the lock re-checks the minute, so concurrent requests write once).
-pub async fn customer_for<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
+/// A live key's customer, and where its money stood when the key was checked.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub customer_id: Uuid,
+    pub credit_balance: i64,
+    pub has_payment_method: bool,
+}
+
+/// The customer a live (not revoked) key belongs to, read with its balance in the same
+/// statement (a usage report needs both, and one round trip is a large share of its
+/// cost); notes the key as used now (at most one write a minute per key, so a busy
+/// client does not write on every request; a request that finds the key's row being
+/// written skips the write rather than wait, and the lock re-checks the minute, so
+/// concurrent requests write once).
+pub async fn owner_of<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<KeyOwner>, sqlx::Error> {
+    sqlx::query_as!(
+        KeyOwner,
         r#"WITH live AS (SELECT id, customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
                 stale AS (SELECT k.id FROM api_keys k JOIN live ON k.id = live.id
                            WHERE k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
                            FOR UPDATE OF k SKIP LOCKED),
                 used AS (UPDATE api_keys k SET last_used_at = now() FROM stale WHERE k.id = stale.id)
-           SELECT customer_id AS "customer_id!" FROM live"#,
+           SELECT c.id AS "customer_id!", c.credit_balance AS "credit_balance!",
+                  (c.stripe_payment_method_id IS NOT NULL) AS "has_payment_method!"
+           FROM live JOIN customers c ON c.id = live.customer_id"#,
         hash.as_str()
     )
     .fetch_optional(db)

@@ -67,20 +67,51 @@ pub async fn enqueue_with<'e, J: JobKind>(
     job: &J,
     options: EnqueueOptions,
 ) -> Result<Enqueued, sqlx::Error> {
-    let args = serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let sql = match options.wake_up {
+    insert_row(executor, &Row::of(job, options.max_attempts)?, options.run_at, options.wake_up).await
+}
+
+/// A job as it is inserted: its args serialized, its request id read from the task
+/// that enqueues it (see `correlation`).
+pub(super) struct Row {
+    pub kind: &'static str,
+    pub args: serde_json::Value,
+    pub max_attempts: Option<i32>,
+    pub unique_key: Option<String>,
+    pub customer_id: Option<uuid::Uuid>,
+    pub request_id: Option<String>,
+}
+
+impl Row {
+    pub fn of<J: JobKind>(job: &J, max_attempts: Option<i32>) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            kind: J::KIND,
+            args: serde_json::to_value(job).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            max_attempts,
+            unique_key: job.unique_key(),
+            customer_id: job.customer_id(),
+            request_id: crate::correlation::current().map(|id| id.to_string()),
+        })
+    }
+}
+
+pub(super) async fn insert_row<'e>(
+    executor: impl PgExecutor<'e>,
+    row: &Row,
+    run_at: Option<DateTime<Utc>>,
+    wake_up: WakeUp,
+) -> Result<Enqueued, sqlx::Error> {
+    let sql = match wake_up {
         WakeUp::AtCommit => INSERT,
         WakeUp::Deferred => INSERT_DEFERRING_WAKE_UP,
     };
     let id: Option<i64> = sqlx::query_scalar(sql)
-        .bind(J::KIND)
-        .bind(args)
-        .bind(options.max_attempts)
-        .bind(options.run_at)
-        .bind(job.unique_key())
-        .bind(job.customer_id())
-        // The request (or the job run) this is part of: see `correlation`.
-        .bind(crate::correlation::current().map(|id| id.to_string()))
+        .bind(row.kind)
+        .bind(&row.args)
+        .bind(row.max_attempts)
+        .bind(run_at)
+        .bind(row.unique_key.as_deref())
+        .bind(row.customer_id)
+        .bind(row.request_id.as_deref())
         .fetch_optional(executor)
         .await?;
     Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted))

@@ -37,6 +37,7 @@ mod ack;
 pub mod admin;
 pub mod cron;
 mod enqueue;
+mod group;
 #[cfg(feature = "failpoints")]
 pub mod hooks;
 mod notifier;

@@ -8,6 +8,9 @@
 //! The API's hot paths therefore insert quietly and hand the kind to this waker, which
 //! sends one `NOTIFY` for everything handed to it while the previous one was on its way.
 //! A wake-up lost with a crashed process is covered by the workers' polling tick.
+//!
+//! Its [`enqueue`](JobWaker::enqueue) is the API's one-job insert, group-committed
+//! (see `group.rs`): concurrent requests share a commit, each answered after it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -15,19 +18,24 @@ use std::sync::{Arc, Mutex};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use super::enqueue::Row;
+use super::group::GroupInsert;
 use super::notifier::CHANNEL;
-use super::{EnqueueOptions, Enqueued, JobKind, WakeUp, enqueue_with};
+use super::{Enqueued, JobKind};
 
 #[derive(Clone)]
 pub struct JobWaker {
     pending: Arc<Mutex<BTreeSet<&'static str>>>,
     poke: Arc<Notify>,
+    inserts: GroupInsert,
 }
 
 impl JobWaker {
-    /// Starts the sending task on the current runtime; it lives as long as the process.
+    /// Starts the sending task and the group-commit tasks on the current runtime; they
+    /// live as long as the process.
     pub fn spawn(pool: PgPool) -> Self {
-        let waker = Self { pending: Arc::default(), poke: Arc::new(Notify::new()) };
+        let inserts = GroupInsert::spawn(pool.clone());
+        let waker = Self { pending: Arc::default(), poke: Arc::new(Notify::new()), inserts };
         let sender = waker.clone();
         tokio::spawn(async move {
             loop {
@@ -58,13 +66,19 @@ impl JobWaker {
         self.poke.notify_one();
     }
 
-    /// Enqueues `job` in a transaction of its own, then wakes its workers.
-    pub async fn enqueue<J: JobKind>(&self, pool: &PgPool, job: &J) -> Result<Enqueued, sqlx::Error> {
-        let enqueued =
-            enqueue_with(pool, job, EnqueueOptions { wake_up: WakeUp::Deferred, ..Default::default() }).await?;
+    /// Enqueues `job` to run now, outside any transaction of the caller's: it is
+    /// committed with whatever other requests enqueue meanwhile, and this answers once
+    /// that commit is durable. Then wakes its workers.
+    pub async fn enqueue<J: JobKind>(&self, job: &J) -> Result<Enqueued, sqlx::Error> {
+        let enqueued = self.inserts.insert(Row::of(job, None)?).await?;
         if let Enqueued::Inserted(_) = enqueued {
             self.wake(J::KIND);
         }
         Ok(enqueued)
+    }
+
+    /// Commits the group inserts have made since the start (each holds one or more jobs).
+    pub fn group_commits(&self) -> u64 {
+        self.inserts.commits()
     }
 }

@@ -330,7 +330,6 @@ pub struct CardForm {
 pub async fn add_card(
     dashboard: Dashboard,
     req: HttpRequest,
-    pool: web::Data<PgPool>,
     waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     form: web::Form<CardForm>,
@@ -338,7 +337,7 @@ pub async fn add_card(
     let Some(customer_id) = form_customer(&dashboard, &req, &form.csrf)? else { return Ok(to_sign_in()) };
     billing_on(&stripe)?;
     let consent = Some(form.consent == "yes");
-    let added = api::add_payment_method_for(&pool, &waker, customer_id, form.payment_method_id.clone(), consent).await;
+    let added = api::add_payment_method_for(&waker, customer_id, form.payment_method_id.clone(), consent).await;
     answered(added, "Your card is being added.")
 }
 
@@ -360,7 +359,6 @@ fn card_id(raw: &str) -> Option<&str> {
 pub async fn make_default(
     dashboard: Dashboard,
     req: HttpRequest,
-    pool: web::Data<PgPool>,
     waker: web::Data<JobWaker>,
     stripe: web::Data<Option<StripeApi>>,
     id: web::Path<String>,
@@ -371,7 +369,7 @@ pub async fn make_default(
     let Some(card) = card_id(&id) else { return Ok(back("/dashboard/billing", "There is no such card.")) };
     let job =
         SetDefaultPaymentMethod { customer_id, payment_method_id: card.to_owned(), operation_id: uuid::Uuid::new_v4() };
-    waker.enqueue(pool.get_ref(), &job).await?;
+    waker.enqueue(&job).await?;
     Ok(back("/dashboard/billing", "The card is being made your default."))
 }
 
@@ -399,7 +397,7 @@ pub async fn remove_card(
     }
     let job =
         RemovePaymentMethod { customer_id, payment_method_id: card.to_owned(), operation_id: uuid::Uuid::new_v4() };
-    waker.enqueue(pool.get_ref(), &job).await?;
+    waker.enqueue(&job).await?;
     Ok(back("/dashboard/billing", "The card is being removed."))
 }
 

@@ -1,0 +1,249 @@
+//! Group commit for the API's one-job inserts: concurrent requests share a statement
+//! and its commit, and each is answered only once that commit is durable.
+//!
+//! # Why
+//!
+//! A request that enqueues one job (a reported fix, a Stripe event) needs one durable
+//! commit before it may answer: a 202 means the job exists. One commit per request
+//! made the commit the bound of those routes (the bench's one-at-a-time enqueue rate).
+//! Here the requests that arrive while a commit is on its way wait for the next one and
+//! go in together: one `INSERT … SELECT FROM unnest(…)` in a transaction of its own,
+//! `synchronous_commit` as the pool has it (on), so no answer is given before the rows
+//! are on disk. Nothing waits on a timer: a lone request is flushed at once, and
+//! batches grow only as load grows (at most [`FLUSHERS`] commits are in flight).
+//!
+//! # What each request gets
+//!
+//! Exactly what [`enqueue_with`](super::enqueue_with) would have answered: `Inserted`
+//! with its own job id, or `Duplicate`. Rows carry ids drawn from the jobs' sequence
+//! before the insert, so each request's answer is its own row's, whatever order
+//! Postgres inserts in. Two requests with one unique key in one batch are one row: the
+//! first is inserted (or found a duplicate) and the second is a duplicate, as they would
+//! be one after the other. A batch Postgres refuses is retried one row at a time, so a
+//! bad row fails its own request only; a batch that fails for want of the database
+//! (unreachable, connection lost) answers each request that error, as each alone would
+//! have been answered. Keys go in sorted, so two batches never deadlock on each other's
+//! keys. At most [`MAX_WAITING`] rows wait: beyond that a request is refused at once
+//! (503) instead of piling up in memory while the database is down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::enqueue::Row;
+use super::{Enqueued, WakeUp};
+
+/// Commits in flight at once: one filling while one is being written.
+pub const FLUSHERS: usize = 2;
+/// Rows in one statement at most.
+pub const MAX_BATCH: usize = 512;
+/// Rows waiting for a commit at most; beyond them a request is refused at once (503)
+/// rather than held in memory while the database cannot keep up or is down.
+pub const MAX_WAITING: usize = 8 * MAX_BATCH;
+
+struct Pending {
+    row: Row,
+    answer: oneshot::Sender<Result<Enqueued, sqlx::Error>>,
+}
+
+/// The handle requests send their rows through; cheap to clone.
+#[derive(Clone)]
+pub(super) struct GroupInsert {
+    rows: mpsc::Sender<Pending>,
+    commits: Arc<AtomicU64>,
+}
+
+impl GroupInsert {
+    /// Starts [`FLUSHERS`] flushing tasks on the current runtime.
+    pub fn spawn(pool: PgPool) -> Self {
+        let (rows, receiver) = mpsc::channel(MAX_WAITING);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let commits = Arc::new(AtomicU64::new(0));
+        for _ in 0..FLUSHERS {
+            let (pool, receiver, commits) = (pool.clone(), receiver.clone(), commits.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = next_batch(&receiver).await {
+                    // In a task of its own: a panic fails this batch's requests (their
+                    // answers are dropped), never the flusher, so later ones still go in.
+                    if let Err(error) = tokio::spawn(flush(pool.clone(), batch)).await {
+                        tracing::error!(%error, "a grouped insert panicked; its requests were answered with an error");
+                    }
+                    commits.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Self { rows, commits }
+    }
+
+    /// Inserts `row` with the next commit; answers once that commit is durable.
+    pub async fn insert(&self, row: Row) -> Result<Enqueued, sqlx::Error> {
+        let (answer, answered) = oneshot::channel();
+        self.rows.try_send(Pending { row, answer }).map_err(|_| sqlx::Error::PoolTimedOut)?;
+        answered.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    /// Batches committed since the start (each holds one or more rows).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Waits for one row, then takes every row already waiting, up to [`MAX_BATCH`].
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(pending) => batch.push(pending),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+const INSERT_MANY: &str = "
+    WITH input AS (
+        SELECT nextval(pg_get_serial_sequence('jobs', 'id')) AS id, r.*
+        FROM unnest($1::text[], $2::jsonb[], $3::int4[], $4::text[], $5::uuid[], $6::text[]) WITH ORDINALITY
+            AS r(kind, args, max_attempts, unique_key, customer_id, request_id, n)),
+    wake_up AS (SELECT set_config('rsolv.wake_up', 'deferred', true)),
+    inserted AS (
+        INSERT INTO jobs (id, kind, args, max_attempts, run_at, unique_key, customer_id, request_id)
+        OVERRIDING SYSTEM VALUE
+        SELECT id, kind, args, max_attempts, now(), unique_key, customer_id, request_id FROM input, wake_up
+        ORDER BY n
+        ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
+        DO NOTHING
+        RETURNING id)
+    SELECT input.n, inserted.id FROM input LEFT JOIN inserted USING (id) ORDER BY input.n";
+
+/// Inserts a batch in one statement and answers each request. A row Postgres refuses
+/// fails the statement: the rows are then tried one at a time, so it fails alone. Any
+/// other failure (the database unreachable, the connection lost with the commit's fate
+/// unknown) is every request's answer, as it would have been for each alone.
+async fn flush(pool: PgPool, batch: Vec<Pending>) {
+    // A request whose client went away is owed nothing: its row is left out.
+    let batch: Vec<Pending> = batch.into_iter().filter(|p| !p.answer.is_closed()).collect();
+    // Rows sharing a kind and unique key go in once, as their first; the rest follow it.
+    let mut leaders: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut followers: Vec<(usize, Pending)> = Vec::new();
+    let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
+    for pending in batch {
+        if let Some(key) = &pending.row.unique_key {
+            if let Some(&leader) = seen.get(&(pending.row.kind, key.clone())) {
+                followers.push((leader, pending));
+                continue;
+            }
+            seen.insert((pending.row.kind, key.clone()), leaders.len());
+        }
+        leaders.push(pending);
+    }
+    if leaders.len() > 1 {
+        // Keys in one order in every batch: two batches waiting on each other's
+        // uncommitted keys (ON CONFLICT waits) would deadlock otherwise.
+        let mut order: Vec<usize> = (0..leaders.len()).collect();
+        order.sort_by(|a, b| {
+            let (a, b) = (&leaders[*a].row, &leaders[*b].row);
+            (a.kind, a.unique_key.as_deref()).cmp(&(b.kind, b.unique_key.as_deref()))
+        });
+        match insert_many(&pool, &order.iter().map(|i| &leaders[*i]).collect::<Vec<_>>()).await {
+            Ok(ids) => {
+                let mut answers: Vec<Option<i64>> = vec![None; leaders.len()];
+                for (i, id) in order.into_iter().zip(ids) {
+                    answers[i] = id;
+                }
+                for (pending, id) in leaders.into_iter().zip(answers) {
+                    let _ = pending.answer.send(Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted)));
+                }
+                for (_, pending) in followers {
+                    let _ = pending.answer.send(Ok(Enqueued::Duplicate));
+                }
+                return;
+            }
+            Err(error) if refused_a_row(&error) => {
+                tracing::warn!(%error, rows = leaders.len(), "a grouped insert was refused; inserting its rows one at a time");
+            }
+            Err(error) => {
+                tracing::error!(%error, rows = leaders.len(), "a grouped insert failed");
+                for pending in leaders.into_iter().chain(followers.into_iter().map(|(_, p)| p)) {
+                    let _ = pending.answer.send(Err(same_kind_of(&error)));
+                }
+                return;
+            }
+        }
+    }
+    one_at_a_time(&pool, leaders, followers).await;
+}
+
+/// Whether Postgres itself refused the statement (a constraint, a bad value, a
+/// deadlock), as opposed to the connection or the server failing under it.
+fn refused_a_row(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| !code.starts_with("08") && !code.starts_with("57"))
+}
+
+/// An error each request of a failed batch can be answered with (`sqlx::Error` is not
+/// `Clone`): what the API answers for it stays the same (see `ApiError`'s `From`).
+fn same_kind_of(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        other => sqlx::Error::Protocol(format!("the grouped insert failed: {other}")),
+    }
+}
+
+/// Each row in a statement of its own: a lone row, or the rows of a batch that failed.
+async fn one_at_a_time(pool: &PgPool, leaders: Vec<Pending>, followers: Vec<(usize, Pending)>) {
+    let mut failed = Vec::new();
+    for (index, Pending { row, answer }) in leaders.into_iter().enumerate() {
+        let inserted = insert_one(pool, &row).await;
+        if inserted.is_err() {
+            failed.push(index);
+        }
+        let _ = answer.send(inserted);
+    }
+    for (leader, Pending { row, answer }) in followers {
+        // The follower of a stored row is its duplicate; of a failed one, it tries itself.
+        let _ = answer.send(match failed.contains(&leader) {
+            true => insert_one(pool, &row).await,
+            false => Ok(Enqueued::Duplicate),
+        });
+    }
+}
+
+/// The batch's rows in one statement: for each, its new id, or `None` for a duplicate.
+async fn insert_many(pool: &PgPool, rows: &[&Pending]) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let kinds: Vec<&str> = rows.iter().map(|p| p.row.kind).collect();
+    let args: Vec<&Value> = rows.iter().map(|p| &p.row.args).collect();
+    let attempts: Vec<Option<i32>> = rows.iter().map(|p| p.row.max_attempts).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|p| p.row.unique_key.as_deref()).collect();
+    let customers: Vec<Option<Uuid>> = rows.iter().map(|p| p.row.customer_id).collect();
+    let requests: Vec<Option<&str>> = rows.iter().map(|p| p.row.request_id.as_deref()).collect();
+    let answered: Vec<(i64, Option<i64>)> = sqlx::query_as(INSERT_MANY)
+        .bind(&kinds)
+        .bind(&args)
+        .bind(&attempts)
+        .bind(&keys)
+        .bind(&customers)
+        .bind(&requests)
+        .fetch_all(pool)
+        .await?;
+    if answered.len() != rows.len() {
+        return Err(sqlx::Error::Protocol(format!("{} rows answered for {}", answered.len(), rows.len())));
+    }
+    Ok(answered.into_iter().map(|(_, id)| id).collect())
+}
+
+/// One row, exactly as `enqueue_with` inserts it (a batch of one, or a failed batch's rows).
+async fn insert_one(pool: &PgPool, row: &Row) -> Result<Enqueued, sqlx::Error> {
+    super::enqueue::insert_row(pool, row, None, WakeUp::Deferred).await
+}
