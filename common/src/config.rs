@@ -261,6 +261,9 @@ pub struct JobSettings {
     /// Whether claims, acknowledgements and heartbeats wait for their commit to reach
     /// disk. Off by default: see `queue::bookkeeping_pool` for why that loses no job.
     pub bookkeeping_sync_commit: bool,
+    /// Whether grants and fix debits running at once in a process share a transaction
+    /// and its commit (`JOB_BATCH_POSTINGS`, on by default): see `jobs::PostingBatches`.
+    pub batch_postings: bool,
     /// Completed and cancelled jobs are deleted this long after they finished.
     pub retention_completed_hours: u32,
     /// Dead jobs are deleted this long after they died.
@@ -341,9 +344,10 @@ impl Settings {
                 .map(|list| list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
                 .unwrap_or_default(),
             email: EmailSettings::read(&r)?,
-            public_base_url: r.string("PUBLIC_BASE_URL").map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_else(
-                || format!("http://{}", r.string("BIND_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into())),
-            ),
+            public_base_url: match r.string("PUBLIC_BASE_URL") {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None => local_base_url(bind_addr(&r)?),
+            },
             product_url: r
                 .string("PRODUCT_URL")
                 .unwrap_or_else(|| "https://rsolv.dev".into())
@@ -489,6 +493,7 @@ impl JobSettings {
             fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
             statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
             bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
+            batch_postings: r.parse("JOB_BATCH_POSTINGS", true)?,
             retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
             retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
             prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,
@@ -540,6 +545,16 @@ fn bind_addr(r: &Reader<'_>) -> Result<SocketAddr, ConfigError> {
     match (r.string("BIND_ADDR"), r.optional::<u16>("PORT")?) {
         (None, Some(port)) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
         _ => r.parse("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080))),
+    }
+}
+
+/// The address the API answers on, as a link on this machine: an every-interface bind
+/// (`PORT` on a PaaS, `0.0.0.0:…`) is reached as `localhost`. Set `PUBLIC_BASE_URL` for
+/// links that leave the machine.
+fn local_base_url(bind: SocketAddr) -> String {
+    match bind.ip().is_unspecified() {
+        true => format!("http://localhost:{}", bind.port()),
+        false => format!("http://{bind}"),
     }
 }
 
@@ -746,6 +761,11 @@ mod tests {
         let both = settings(&[url, ("PORT", "5000"), ("BIND_ADDR", "127.0.0.1:9000")]).unwrap();
         assert_eq!(both.bind_addr.to_string(), "127.0.0.1:9000");
         assert_eq!(settings(&[url, ("PORT", "http")]).unwrap_err().name, "PORT");
+        // Links follow the port unless PUBLIC_BASE_URL names the public address.
+        assert_eq!(settings(&[url]).unwrap().public_base_url, "http://127.0.0.1:8080");
+        assert_eq!(settings(&[url, ("PORT", "5000")]).unwrap().public_base_url, "http://localhost:5000");
+        let public = settings(&[url, ("PORT", "5000"), ("PUBLIC_BASE_URL", "https://billing.example.com/")]).unwrap();
+        assert_eq!(public.public_base_url, "https://billing.example.com");
     }
 
     #[test]

@@ -122,6 +122,24 @@ pub async fn find_for_fix<'e>(
     select_charges!("WHERE customer_id = $1 AND fix_id = $2", customer_id, fix_id).fetch_optional(db).await
 }
 
+/// Which of `(customer_ids[i], fix_ids[i])` have a charge, whatever its state.
+pub async fn fixes_with_charges<'e>(
+    db: impl PgExecutor<'e>,
+    customer_ids: &[Uuid],
+    fix_ids: &[String],
+) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT c.customer_id, c.fix_id FROM charges c
+         JOIN unnest($1::uuid[], $2::text[]) AS f(customer_id, fix_id)
+           ON c.customer_id = f.customer_id AND c.fix_id = f.fix_id",
+        customer_ids,
+        fix_ids,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.customer_id, r.fix_id)).collect())
+}
+
 /// The charge, locked for its settlement; fails at once with Postgres's
 /// `lock_not_available` if another transaction holds it.
 pub async fn lock_nowait<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Charge>, sqlx::Error> {

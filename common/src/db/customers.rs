@@ -90,6 +90,12 @@ pub async fn lock<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Custom
     select_customers!("WHERE id = $1 FOR UPDATE", id).fetch_optional(db).await
 }
 
+/// The customers, their rows locked in id order (so two batches locking overlapping
+/// sets never wait on each other in a cycle); missing ids are left out.
+pub async fn lock_many<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<Customer>, sqlx::Error> {
+    select_customers!("WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids).fetch_all(db).await
+}
+
 pub async fn find_by_email<'e>(db: impl PgExecutor<'e>, email: &Email) -> Result<Option<Customer>, sqlx::Error> {
     select_customers!("WHERE lower(email) = $1", email.as_str()).fetch_optional(db).await
 }

@@ -64,6 +64,49 @@ pub async fn record_consumed<'e>(
     Ok(())
 }
 
+/// The fixes already recorded among `(customer_ids[i], fix_ids[i])`, with their records.
+pub async fn find_many<'e>(
+    db: impl PgExecutor<'e>,
+    customer_ids: &[Uuid],
+    fix_ids: &[String],
+) -> Result<Vec<(Uuid, String, FixRecord)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT u.customer_id, u.fix_id, u.outcome AS "outcome: FixOutcome", u.refusal_code
+           FROM usage_fixes u JOIN unnest($1::uuid[], $2::text[]) AS f(customer_id, fix_id)
+             ON u.customer_id = f.customer_id AND u.fix_id = f.fix_id"#,
+        customer_ids,
+        fix_ids,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.customer_id, r.fix_id, FixRecord { outcome: r.outcome, refusal_code: r.refusal_code }))
+        .collect())
+}
+
+/// Several fixes paid for with a credit each, in one insert (`record_consumed`'s rows).
+pub async fn record_consumed_many<'e>(
+    db: impl PgExecutor<'e>,
+    customer_ids: &[Uuid],
+    fix_ids: &[String],
+    repos: &[String],
+    ledger_entry_ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, ledger_entry_id)
+         SELECT customer_id, fix_id, repo, 'consumed', ledger_entry_id
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[]) AS f(customer_id, fix_id, repo, ledger_entry_id)",
+        customer_ids,
+        fix_ids,
+        repos,
+        ledger_entry_ids,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 pub async fn record_refused<'e>(
     db: impl PgExecutor<'e>,
     customer_id: Uuid,

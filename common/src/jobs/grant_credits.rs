@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::JobContext;
+use super::batch::Work;
 use crate::domain::LedgerSource;
 use crate::ledger::{self, LedgerError, Posted, Posting};
 use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
@@ -49,6 +50,13 @@ impl Job for GrantCredits {
             metadata: self.metadata,
             idempotency_key: self.idempotency_key,
         };
+        let posting = match &ctx.batches {
+            Some(batches) => match batches.run(Work::Grant(posting.clone())).await.done()? {
+                Some(outcome) => return Ok(outcome),
+                None => posting,
+            },
+            None => posting,
+        };
         let mut tx = ctx.pool.begin().await?;
         let posted = match ledger::post(&mut tx, &posting).await {
             Ok(posted) => posted,
@@ -59,16 +67,21 @@ impl Job for GrantCredits {
             Err(LedgerError::Database(e)) => return Err(e.into()),
         };
         tx.commit().await?;
-        Ok(match posted {
-            Posted::Posted { entry_id, balance_after } => {
-                Outcome::done(serde_json::json!({ "entry_id": entry_id, "balance_after": balance_after }))
-            }
-            Posted::AlreadyPosted { entry_id } => {
-                Outcome::done(serde_json::json!({ "entry_id": entry_id, "already_posted": true }))
-            }
-            Posted::InsufficientCredits { balance } => {
-                Outcome::cancel(format!("would take the balance of {balance} below zero"))
-            }
-        })
+        Ok(outcome(posted))
+    }
+}
+
+/// A posted grant's outcome, the same whether it ran batched or alone.
+pub(crate) fn outcome(posted: Posted) -> Outcome {
+    match posted {
+        Posted::Posted { entry_id, balance_after } => {
+            Outcome::done(serde_json::json!({ "entry_id": entry_id, "balance_after": balance_after }))
+        }
+        Posted::AlreadyPosted { entry_id } => {
+            Outcome::done(serde_json::json!({ "entry_id": entry_id, "already_posted": true }))
+        }
+        Posted::InsufficientCredits { balance } => {
+            Outcome::cancel(format!("would take the balance of {balance} below zero"))
+        }
     }
 }

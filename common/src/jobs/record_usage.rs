@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use std::collections::HashMap;
 
+use super::batch::Work;
 use super::{JobContext, stripe_failure};
 use crate::db::{self, charges::Charge, charges::ChargeStatus, customers::Customer};
 use crate::domain::{LedgerSource, SubscriptionType};
@@ -43,6 +44,29 @@ pub mod refusal {
     pub const NO_BILLING_INFO: &str = "NO_BILLING_INFO";
     pub const CARD_DECLINED: &str = "CARD_DECLINED";
     pub const PAYMENT_FAILED: &str = "PAYMENT_FAILED";
+}
+
+/// A run's result (`jobs.result.detail`), the same whether the run was batched or alone.
+pub(crate) mod details {
+    use serde_json::{Value, json};
+
+    use crate::db::usage::FixRecord;
+
+    pub fn duplicate(record: &FixRecord) -> Value {
+        json!({ "duplicate": true, "outcome": record.outcome, "refusal_code": record.refusal_code })
+    }
+
+    pub fn consumed(balance_after: i64) -> Value {
+        json!({ "outcome": "consumed", "balance_after": balance_after })
+    }
+
+    pub fn consumed_already_posted() -> Value {
+        json!({ "outcome": "consumed", "already_posted": true })
+    }
+
+    pub fn refused(code: &str) -> Value {
+        json!({ "outcome": "refused", "refusal_code": code })
+    }
 }
 
 /// How far back (seconds) before a charge row's creation its PaymentIntent is looked
@@ -101,14 +125,17 @@ impl Job for RecordUsage {
     type Context = JobContext;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        if let Some(batches) = &ctx.batches
+            && let Some(outcome) = batches.run(Work::Fix(self.clone())).await.done()?
+        {
+            return Ok(outcome);
+        }
         let mut tx = ctx.pool.begin().await?;
         let Some(customer) = db::customers::lock(&mut *tx, self.customer_id).await? else {
             return Err(JobError::new(format!("customer {} does not exist (yet)", self.customer_id)));
         };
         if let Some(record) = db::usage::find(&mut *tx, self.customer_id, &self.fix_id).await? {
-            return Ok(Outcome::done(
-                serde_json::json!({ "duplicate": true, "outcome": record.outcome, "refusal_code": record.refusal_code }),
-            ));
+            return Ok(Outcome::done(details::duplicate(&record)));
         }
         if let Some(charge) = db::charges::find_for_fix(&mut *tx, self.customer_id, &self.fix_id).await? {
             // A charge was decided for this fix: it is paid for by that charge or not at
@@ -119,11 +146,11 @@ impl Job for RecordUsage {
         let detail = match ledger::post(&mut tx, &self.debit(None)).await.map_err(ledger_error)? {
             Posted::Posted { entry_id, balance_after } => {
                 db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
-                serde_json::json!({ "outcome": "consumed", "balance_after": balance_after })
+                details::consumed(balance_after)
             }
             Posted::AlreadyPosted { entry_id } => {
                 db::usage::record_consumed(&mut *tx, self.customer_id, &self.fix_id, &self.repo, entry_id).await?;
-                serde_json::json!({ "outcome": "consumed", "already_posted": true })
+                details::consumed_already_posted()
             }
             Posted::InsufficientCredits { .. } if can_be_charged(&customer) && ctx.stripe.is_some() => {
                 let prices = &ctx.settings.prices;
@@ -147,7 +174,7 @@ impl Job for RecordUsage {
             Posted::InsufficientCredits { .. } => {
                 let code = refusal::NO_BILLING_INFO;
                 db::usage::record_refused(&mut *tx, self.customer_id, &self.fix_id, &self.repo, code).await?;
-                serde_json::json!({ "outcome": "refused", "refusal_code": code })
+                details::refused(code)
             }
         };
         tx.commit().await?;
@@ -155,12 +182,12 @@ impl Job for RecordUsage {
     }
 }
 
-fn can_be_charged(customer: &Customer) -> bool {
+pub(crate) fn can_be_charged(customer: &Customer) -> bool {
     customer.stripe_customer_id.is_some() && customer.stripe_payment_method_id.is_some()
 }
 
 impl RecordUsage {
-    fn debit(&self, payment_intent: Option<&str>) -> Posting {
+    pub(crate) fn debit(&self, payment_intent: Option<&str>) -> Posting {
         let mut metadata = serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo });
         if let Some(intent) = payment_intent {
             metadata["payment_intent_id"] = intent.into();

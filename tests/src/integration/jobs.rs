@@ -259,7 +259,9 @@ async fn a_running_job_its_live_worker_no_longer_holds_is_given_back() {
 
 #[tokio::test]
 async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
-    let mut app = TestApp::with_worker().await;
+    // Each started grant in a transaction of its own, so that each one blocks visibly
+    // (batched, they would wait on one or two batches' transactions).
+    let mut app = TestApp::spawn(&[("JOB_BATCH_POSTINGS", "false")], true).await;
     let (customer_id, _) = app.onboarded_customer("buffered@example.com").await;
     let balance_before = app.count("SELECT credit_balance FROM customers").await;
     // Hold the customer's row: the grants that start (ten slots) block on it, and twenty
