@@ -20,7 +20,8 @@ use common::config::Settings;
 use common::db;
 use common::domain::{Email, LedgerSource};
 use common::factories::{self, CustomerState};
-use common::jobs::GrantCredits;
+use common::jobs::{GrantCredits, RecordUsage};
+use common::ledger::{self, Posting};
 use common::queue::{self, Job, JobError, JobKind, JobNotifier, Outcome, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,7 +45,7 @@ impl Job for Noop {
     type Context = ();
 
     async fn run(self, _: ()) -> Result<Outcome, JobError> {
-        Ok(Outcome::Done { detail: json!(now_micros()) })
+        Ok(Outcome::Done { detail: json!({ "at": now_micros(), "pid": std::process::id() }) })
     }
 }
 
@@ -70,7 +71,8 @@ impl Options {
     }
 }
 
-const SECTIONS: [&str; 8] = ["enqueue", "throughput", "finished", "latency", "ceiling", "ledger", "api", "webhooks"];
+const SECTIONS: [&str; 10] =
+    ["enqueue", "throughput", "finished", "latency", "ceiling", "ledger", "api", "webhooks", "metering", "scaleout"];
 
 fn options(args: &[String]) -> Result<Options, Error> {
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
@@ -191,6 +193,19 @@ async fn sustained_rate(pool: &PgPool) -> Result<f64, Error> {
         "SELECT count(*), extract(epoch FROM max(finished_at) - min(locked_at))::float8
          FROM jobs WHERE status = 'completed' AND kind = 'bench_noop' AND locked_at IS NOT NULL",
     )
+    .fetch_one(pool)
+    .await?;
+    Ok(jobs as f64 / seconds)
+}
+
+/// Jobs of `kind` completed per second, from the first claim to the last completion by
+/// the database's clock (as `sustained_rate`).
+async fn rate_of(pool: &PgPool, kind: &str) -> Result<f64, Error> {
+    let (jobs, seconds): (i64, f64) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM max(finished_at) - min(locked_at))::float8
+         FROM jobs WHERE status = 'completed' AND kind = $1",
+    )
+    .bind(kind)
     .fetch_one(pool)
     .await?;
     Ok(jobs as f64 / seconds)
@@ -362,6 +377,12 @@ async fn main() -> Result<(), Error> {
         if bench.opts.runs("webhooks") {
             bench.webhooks(run).await?;
         }
+        if bench.opts.runs("metering") {
+            bench.metering(run).await?;
+        }
+        if bench.opts.runs("scaleout") {
+            bench.scale_out().await?;
+        }
     }
     bench.figures.print(&bench.opts)
 }
@@ -378,13 +399,28 @@ impl Bench {
             self.opts.jobs as f64 / took.as_secs_f64(),
         );
         clear(&self.pool).await?;
+        let rate = self.one_at_a_time().await?;
+        self.figures.record("enqueue, one at a time", "jobs/s", rate);
+        Ok(())
+    }
+
+    /// Durable commits one after another on one connection (one enqueue each): the base
+    /// the batched figures are compared with, measured in the same run.
+    async fn one_at_a_time(&mut self) -> Result<f64, Error> {
         let n = 2_000;
         let started = Instant::now();
         for seq in 0..n {
             queue::enqueue(&self.pool, &Noop { seq }).await?;
         }
-        self.figures.record("enqueue, one at a time", "jobs/s", n as f64 / started.elapsed().as_secs_f64());
-        Ok(())
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        sqlx::query("DELETE FROM jobs WHERE kind = $1").bind(Noop::KIND).execute(&self.pool).await?;
+        Ok(rate)
+    }
+
+    /// Records `rate` and its ratio to a one-at-a-time commit rate measured just before.
+    async fn record_with_ratio(&mut self, name: &str, unit: &'static str, rate: f64, base: f64) {
+        self.figures.record(name, unit, rate);
+        self.figures.record(&format!("{name}: × one-at-a-time commits"), "ratio", rate / base);
     }
 
     /// No-op jobs through `serve-noop` processes, per process count and concurrency.
@@ -459,7 +495,7 @@ impl Bench {
         .await?;
         drop(worker);
         let started: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT (args->>'seq')::bigint, (result #>> '{}')::bigint FROM jobs")
+            sqlx::query_as("SELECT (args->>'seq')::bigint, (result->>'at')::bigint FROM jobs")
                 .fetch_all(&self.pool)
                 .await?;
         let mut latencies: Vec<f64> = started
@@ -575,52 +611,61 @@ impl Bench {
         Ok(())
     }
 
-    /// Ledger postings through the real worker (grant jobs over 50 customers).
+    /// Ledger postings through the real worker (grant jobs over 50 customers), with the
+    /// worker's batched postings and without, against one-at-a-time commits.
     async fn ledger(&mut self, run: usize) -> Result<(), Error> {
-        // Ledger postings through the real worker.
         clear(&self.pool).await?;
-        let settings = Arc::new(Settings::from_lookup(
-            |k| (k == "DATABASE_URL").then(|| self.url.clone()),
-            &common::jobs::kinds(),
-        )?);
+        let base = self.one_at_a_time().await?;
+        self.figures.record("one durable commit at a time (ledger's base)", "commits/s", base);
+        let settings = self.settings()?;
         let mut customers = Vec::new();
         for n in 0..50 {
             let email = Email::parse(&format!("bench-{run}-{n}@example.com"))?;
             customers.push(factories::create(&self.pool, &settings, CustomerState::Trial, email).await?.customer_id);
         }
-        let grants: Vec<Value> = (0..20_000)
-            .map(|i| {
-                serde_json::to_value(GrantCredits {
-                    customer_id: customers[i % customers.len()],
-                    amount: 1,
-                    source: LedgerSource::AdminAdjustment,
-                    idempotency_key: format!("bench-{run}-{i}"),
-                    metadata: Value::Null,
+        for batched in [true, false] {
+            clear(&self.pool).await?;
+            let grants: Vec<Value> = (0..20_000)
+                .map(|i| {
+                    serde_json::to_value(GrantCredits {
+                        customer_id: customers[i % customers.len()],
+                        amount: 1,
+                        source: LedgerSource::AdminAdjustment,
+                        idempotency_key: format!("bench-{run}-{batched}-{i}"),
+                        metadata: Value::Null,
+                    })
+                    .unwrap()
                 })
-                .unwrap()
-            })
-            .collect();
-        sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
-            .bind(GrantCredits::KIND)
-            .bind(&grants)
-            .execute(&self.pool)
-            .await?;
-        let started = Instant::now();
-        let worker = spawn(sibling("rsolv-worker"), &[], &[("DATABASE_URL", &self.url)]);
-        wait_until(
-            &self.pool,
-            "SELECT count(*) FROM jobs WHERE kind = 'grant_credits' AND status = 'completed'",
-            grants.len() as i64,
-            Duration::from_secs(600),
-        )
-        .await?;
-        self.figures.record(
-            "ledger postings (grant_credits jobs)",
-            "postings/s",
-            grants.len() as f64 / started.elapsed().as_secs_f64(),
-        );
-        drop(worker);
+                .collect();
+            sqlx::query("INSERT INTO jobs (kind, args) SELECT $1, a FROM UNNEST($2::jsonb[]) AS a")
+                .bind(GrantCredits::KIND)
+                .bind(&grants)
+                .execute(&self.pool)
+                .await?;
+            let env = [
+                ("DATABASE_URL", self.url.as_str()),
+                ("JOB_BATCH_POSTINGS", if batched { "true" } else { "false" }),
+                ("JOB_GRANT_CREDITS_CONCURRENCY", "100"),
+                ("DATABASE_MAX_CONNECTIONS", "40"),
+            ];
+            let worker = spawn(sibling("rsolv-worker"), &[], &env);
+            wait_drained(&self.pool, Duration::from_secs(600)).await?;
+            drop(worker);
+            let rate = rate_of(&self.pool, GrantCredits::KIND).await?;
+            let name = match batched {
+                true => "ledger postings (grant_credits jobs, batched)",
+                false => "ledger postings (grant_credits jobs, one transaction each)",
+            };
+            self.record_with_ratio(name, "postings/s", rate, base).await;
+        }
         Ok(())
+    }
+
+    fn settings(&self) -> Result<Arc<Settings>, Error> {
+        Ok(Arc::new(Settings::from_lookup(
+            |k| (k == "DATABASE_URL").then(|| self.url.clone()),
+            &common::jobs::kinds(),
+        )?))
     }
 
     /// Onboarding load through the API and the worker, with both processes' peak memory.
@@ -681,11 +726,17 @@ impl Bench {
         // Signed webhook ingest (verify + durable enqueue) against the API alone: no
         // worker runs, so the figure is the API's and Postgres's, not the processing.
         clear(&self.pool).await?;
+        let commit_rate = self.one_at_a_time().await?;
         let secret = "whsec_bench";
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let bind = format!("127.0.0.1:{port}");
-        let env =
-            [("DATABASE_URL", self.url.as_str()), ("BIND_ADDR", bind.as_str()), ("STRIPE_WEBHOOK_SECRET", secret)];
+        let env = [
+            ("DATABASE_URL", self.url.as_str()),
+            ("BIND_ADDR", bind.as_str()),
+            ("STRIPE_WEBHOOK_SECRET", secret),
+            // The ingest itself is measured, not Stripe's per-address budget.
+            ("RATE_LIMIT_WEBHOOKS_PER_MINUTE", "0"),
+        ];
         let api = spawn(sibling("rsolv-api"), &[], &env);
         let client = reqwest::Client::new();
         let base = format!("http://{bind}");
@@ -727,8 +778,10 @@ impl Bench {
                             .body(body.clone())
                             .send()
                             .await;
-                        if !response.is_ok_and(|r| r.status() == 200) {
-                            return Err("a webhook was refused during the load");
+                        match response {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => return Err(format!("a webhook was answered {} during the load", r.status())),
+                            Err(e) => return Err(format!("a webhook failed during the load: {e}")),
                         }
                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                     }
@@ -739,11 +792,9 @@ impl Bench {
         for sender in senders {
             latencies.extend(sender.await??);
         }
-        self.figures.record(
-            "webhook ingest, API alone (64 concurrent, bench client)",
-            "req/s",
-            total as f64 / started.elapsed().as_secs_f64(),
-        );
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        self.record_with_ratio("webhook ingest, API alone (64 concurrent, bench client)", "req/s", rate, commit_rate)
+            .await;
         latencies.sort_by(|a, b| a.total_cmp(b));
         self.figures.record("webhook ingest latency p50", "ms", percentile(&latencies, 0.50));
         self.figures.record("webhook ingest latency p99", "ms", percentile(&latencies, 0.99));
@@ -754,4 +805,199 @@ impl Bench {
         drop(api);
         Ok(())
     }
+
+    /// Usage metering end to end: fixes reported through the API (64 concurrent clients,
+    /// most of them for a few hot customers) until every debit is posted by the worker.
+    async fn metering(&mut self, run: usize) -> Result<(), Error> {
+        clear(&self.pool).await?;
+        let base = self.one_at_a_time().await?;
+        self.figures.record("one durable commit at a time (metering's base)", "commits/s", base);
+        let settings = self.settings()?;
+        let (customers, keys) = self.customers_with_credits(&settings, run, 200, 1_000_000).await?;
+        let balance_before: i64 =
+            sqlx::query_scalar("SELECT sum(credit_balance)::bigint FROM customers WHERE id = ANY($1)")
+                .bind(&customers)
+                .fetch_one(&self.pool)
+                .await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let url = self.url.clone();
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("BIND_ADDR", bind.as_str()),
+            ("RATE_LIMIT_API_PER_MINUTE", "0"),
+            ("RATE_LIMIT_USAGE_PER_MINUTE", "0"),
+            ("JOB_RECORD_USAGE_CONCURRENCY", "200"),
+            ("DATABASE_MAX_CONNECTIONS", "12"),
+        ];
+        let api = spawn(sibling("rsolv-api"), &[], &env);
+        let client = reqwest::Client::new();
+        let base_url = format!("http://{bind}");
+        wait_for_api(&client, &base_url).await?;
+        let url = format!("{base_url}/api/v1/usage/fixes");
+        let total = 40_000;
+        // Four hot customers get 80 % of the fixes; the other 196 share the rest.
+        let reports = |phase: &str| -> Vec<(String, Vec<u8>)> {
+            (0..total)
+                .map(|i| {
+                    let customer = if i % 5 == 4 { 4 + (i / 5) % (customers.len() - 4) } else { i % 4 };
+                    let body = json!({ "fix_id": format!("r{run}-{phase}-f{i}"), "repo": "org/repo" });
+                    (keys[customer].clone(), serde_json::to_vec(&body).unwrap())
+                })
+                .collect()
+        };
+
+        // The API alone, then the worker alone on what it queued.
+        let (took, _) = load(&client, &url, reports("a"), 202).await?;
+        self.record_with_ratio("metering: API alone accepts (64 concurrent)", "fixes/s", total as f64 / took, base)
+            .await;
+        let worker = spawn(sibling("rsolv-worker"), &[], &env);
+        wait_drained(&self.pool, Duration::from_secs(600)).await?;
+        let rate = rate_of(&self.pool, RecordUsage::KIND).await?;
+        self.record_with_ratio("metering: worker alone posts the queued debits", "fixes/s", rate, base).await;
+
+        // Both at once: from the first report sent to the last debit posted.
+        let started_db: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await?;
+        let (took, latencies) = load(&client, &url, reports("b"), 202).await?;
+        self.figures.record("metering: fixes accepted with the worker running", "req/s", total as f64 / took);
+        self.figures.record("metering: API answer p50", "ms", percentile(&latencies, 0.50));
+        self.figures.record("metering: API answer p99", "ms", percentile(&latencies, 0.99));
+        let posted = "SELECT count(*) FROM usage_fixes WHERE outcome = 'consumed' AND fix_id LIKE 'r%-b-f%'";
+        wait_until(&self.pool, posted, total as i64, Duration::from_secs(600)).await?;
+        let seconds: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM max(created_at) - $1)::float8 FROM usage_fixes
+             WHERE outcome = 'consumed' AND fix_id LIKE 'r%-b-f%'",
+        )
+        .bind(started_db)
+        .fetch_one(&self.pool)
+        .await?;
+        self.record_with_ratio(
+            "metering end to end: report sent → debit posted",
+            "fixes/s",
+            total as f64 / seconds,
+            base,
+        )
+        .await;
+        self.figures.record("metering: API peak RSS", "MB", peak_rss_mb(&api));
+        self.figures.record("metering: worker peak RSS", "MB", peak_rss_mb(&worker));
+        drop((api, worker));
+        let after: i64 = sqlx::query_scalar("SELECT sum(credit_balance)::bigint FROM customers WHERE id = ANY($1)")
+            .bind(&customers)
+            .fetch_one(&self.pool)
+            .await?;
+        let spent = balance_before - after;
+        if spent != 2 * total as i64 {
+            return Err(format!("{total} fixes took {spent} credits").into());
+        }
+        Ok(())
+    }
+
+    /// `n` customers with an API key each and `credits` credits (one ledger posting each).
+    async fn customers_with_credits(
+        &self,
+        settings: &Settings,
+        run: usize,
+        n: usize,
+        credits: i64,
+    ) -> Result<(Vec<uuid::Uuid>, Vec<String>), Error> {
+        let mut customers = Vec::new();
+        let mut keys = Vec::new();
+        for i in 0..n {
+            let email = Email::parse(&format!("meter-{run}-{i}@example.com"))?;
+            let seeded = factories::create(&self.pool, settings, CustomerState::TrialExhausted, email).await?;
+            customers.push(seeded.customer_id);
+            keys.push(seeded.api_key.expose().to_owned());
+        }
+        let postings: Vec<Posting> = customers
+            .iter()
+            .map(|id| Posting {
+                customer_id: *id,
+                amount: credits,
+                source: LedgerSource::AdminAdjustment,
+                metadata: Value::Null,
+                idempotency_key: format!("bench-credits-{run}-{id}"),
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        ledger::post_many(&mut tx, &postings).await?;
+        tx.commit().await?;
+        Ok((customers, keys))
+    }
+
+    /// No-op jobs through 1, 2 and 4 worker processes (concurrency 50 each), and how
+    /// evenly they share the work.
+    async fn scale_out(&mut self) -> Result<(), Error> {
+        for processes in [1, 2, 4] {
+            clear(&self.pool).await?;
+            bulk_noops(&self.pool, self.opts.jobs).await?;
+            let workers: Vec<Process> = (0..processes)
+                .map(|_| spawn(std::env::current_exe().unwrap(), &["serve-noop", &self.url, "50"], &[]))
+                .collect();
+            wait_drained(&self.pool, Duration::from_secs(900)).await?;
+            drop(workers);
+            self.figures.record(
+                &format!("scale-out: no-op jobs, {processes} process(es)"),
+                "jobs/s",
+                sustained_rate(&self.pool).await?,
+            );
+            let shares: Vec<i64> = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE kind = $1 AND status = 'completed' GROUP BY result->>'pid'",
+            )
+            .bind(Noop::KIND)
+            .fetch_all(&self.pool)
+            .await?;
+            let fair = self.opts.jobs as f64 / processes as f64;
+            let worst = shares.iter().map(|n| (*n as f64 - fair).abs() / fair * 100.0).fold(0.0, f64::max);
+            let worst = if shares.len() < processes { 100.0 } else { worst };
+            self.figures.record(&format!("scale-out: {processes} process(es), largest share off equal"), "%", worst);
+        }
+        Ok(())
+    }
+}
+
+/// Sends every `(api key, body)` with 64 clients at once; each must answer `expected`.
+/// Returns the seconds it took and the sorted latencies (ms).
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    requests: Vec<(String, Vec<u8>)>,
+    expected: u16,
+) -> Result<(f64, Vec<f64>), Error> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests = Arc::new(requests);
+    let started = Instant::now();
+    let senders: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, next, requests, url) = (client.clone(), next.clone(), requests.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((key, body)) = requests.get(i) else { return Ok(latencies) };
+                    let sent = Instant::now();
+                    let response = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-api-key", key)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(r) if r.status().as_u16() == expected => {}
+                        Ok(r) => return Err(format!("a request answered {}", r.status())),
+                        Err(e) => return Err(format!("a request failed: {e}")),
+                    }
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for sender in senders {
+        latencies.extend(sender.await??);
+    }
+    let took = started.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok((took, latencies))
 }
