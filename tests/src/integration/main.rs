@@ -12,6 +12,7 @@ mod dashboard;
 mod dashboard_browser;
 mod email;
 mod errors;
+mod fleet;
 mod group_commit;
 mod idempotency;
 mod jobs;

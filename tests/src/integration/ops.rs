@@ -613,3 +613,40 @@ async fn a_request_id_follows_the_request_into_its_jobs_and_the_jobs_they_enqueu
     let untraced = testing::all_jobs(&app.db.pool).await.pop().unwrap();
     assert_eq!(untraced.request_id, None);
 }
+
+/// The query KEDA scales the workers on, as `deploy/k8s/base/worker-autoscaling.yaml`
+/// ships it: it counts exactly the due jobs and reads the claim index, not the table.
+#[tokio::test]
+async fn the_autoscalers_query_counts_due_jobs_from_the_claim_index() {
+    let app = TestApp::api_only().await;
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base/worker-autoscaling.yaml"),
+    )
+    .unwrap();
+    let query = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("query: "))
+        .expect("the ScaledObject has a query")
+        .trim_matches('"')
+        .to_owned();
+    let customer = Uuid::new_v4();
+    for n in 0..3 {
+        queue::enqueue(&app.db.pool, &grant(customer, &format!("due-{n}"), 1)).await.unwrap();
+    }
+    let later = EnqueueOptions { run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Default::default() };
+    queue::enqueue_with(&app.db.pool, &grant(customer, "later", 1), later).await.unwrap();
+    sqlx::query("UPDATE jobs SET status = 'completed', finished_at = now() WHERE unique_key = 'due-2'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let due: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.clone())).fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(due, 2, "waiting and due only: not the scheduled one, not the finished one");
+
+    // The index can serve it: with scanning the table priced out (as it is once the
+    // table holds a history of finished jobs), the plan reads the partial index.
+    let mut tx = app.db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {query}"))).fetch_all(&mut *tx).await.unwrap();
+    assert!(plan.iter().any(|line| line.contains("jobs_claim")), "{plan:#?}");
+}
