@@ -764,7 +764,9 @@ mod tests {
         // Links follow the port unless PUBLIC_BASE_URL names the public address.
         assert_eq!(settings(&[url]).unwrap().public_base_url, "http://127.0.0.1:8080");
         assert_eq!(settings(&[url, ("PORT", "5000")]).unwrap().public_base_url, "http://localhost:5000");
-        let public = settings(&[url, ("PORT", "5000"), ("PUBLIC_BASE_URL", "https://billing.example.com/")]).unwrap();
+        let secret = ("EMAIL_UNSUBSCRIBE_SECRET", "a-secret-of-our-own-0123");
+        let public =
+            settings(&[url, ("PORT", "5000"), ("PUBLIC_BASE_URL", "https://billing.example.com/"), secret]).unwrap();
         assert_eq!(public.public_base_url, "https://billing.example.com");
     }
 

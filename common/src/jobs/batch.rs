@@ -32,11 +32,15 @@ use super::record_usage::{RecordUsage, details, refusal};
 use crate::db;
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::Outcome;
+use crate::queue::next_batch;
 
 /// Batches written at once per process: one filling while one commits.
 const FLUSHERS: usize = 2;
 /// Postings in one transaction at most (a batch holds its customers' locks this long).
 const MAX_BATCH: usize = 256;
+/// Postings waiting at most; in practice the jobs that can wait are fewer (their kinds'
+/// concurrency), and a job finding it full waits its turn.
+const MAX_WAITING: usize = 16 * MAX_BATCH;
 
 /// What a batch decided for one job.
 #[derive(Debug)]
@@ -66,48 +70,39 @@ struct Pending {
 /// every job alone.
 #[derive(Clone)]
 pub struct PostingBatches {
-    work: mpsc::UnboundedSender<Pending>,
+    work: mpsc::Sender<Pending>,
 }
 
 impl PostingBatches {
     /// Starts the batch writers on the current runtime. `charges`: whether a fix that
     /// finds no credit may be charged (Stripe is configured), in which case it runs alone.
     pub fn spawn(pool: PgPool, charges: bool) -> Self {
-        let (work, receiver) = mpsc::unbounded_channel();
+        let (work, receiver) = mpsc::channel(MAX_WAITING);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..FLUSHERS {
             let (pool, receiver) = (pool.clone(), receiver.clone());
             tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver).await {
-                    write(&pool, batch, charges).await;
+                while let Some(batch) = next_batch(&receiver, MAX_BATCH).await {
+                    // In a task of its own: a panic drops this batch's answers (its jobs
+                    // run alone), never the writer.
+                    let pool = pool.clone();
+                    if let Err(error) = tokio::spawn(async move { write(&pool, batch, charges).await }).await {
+                        tracing::error!(%error, "a batch of postings panicked; its jobs run alone");
+                    }
                 }
             });
         }
         Self { work }
     }
 
-    /// Runs `work` with the next batch; `Alone` if the batch cannot decide it. The queue
-    /// is bounded by the jobs that can wait on it (their kinds' concurrency).
+    /// Runs `work` with the next batch; `Alone` if the batch cannot decide it.
     pub(crate) async fn run(&self, work: Work) -> Batched {
         let (answer, answered) = oneshot::channel();
-        if self.work.send(Pending { work, answer }).is_err() {
+        if self.work.send(Pending { work, answer }).await.is_err() {
             return Batched::Alone;
         }
         answered.await.unwrap_or(Batched::Alone)
     }
-}
-
-async fn next_batch(receiver: &Mutex<mpsc::UnboundedReceiver<Pending>>) -> Option<Vec<Pending>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match receiver.try_recv() {
-            Ok(pending) => batch.push(pending),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 /// Decides and commits a batch, then answers each job; a failed batch answers `Alone`.

@@ -67,7 +67,7 @@ impl GroupInsert {
         for _ in 0..FLUSHERS {
             let (pool, receiver, commits) = (pool.clone(), receiver.clone(), commits.clone());
             tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver).await {
+                while let Some(batch) = next_batch(&receiver, MAX_BATCH).await {
                     // In a task of its own: a panic fails this batch's requests (their
                     // answers are dropped), never the flusher, so later ones still go in.
                     if let Err(error) = tokio::spawn(flush(pool.clone(), batch)).await {
@@ -93,14 +93,15 @@ impl GroupInsert {
     }
 }
 
-/// Waits for one row, then takes every row already waiting, up to [`MAX_BATCH`].
-async fn next_batch(receiver: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+/// Waits for one item, then takes every item already waiting, up to `max`: the batch
+/// of a group commit (the API's inserts here, the worker's postings in `jobs::batch`).
+pub(crate) async fn next_batch<T>(receiver: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
     let mut receiver = receiver.lock().await;
     let first = receiver.recv().await?;
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
+    while batch.len() < max {
         match receiver.try_recv() {
-            Ok(pending) => batch.push(pending),
+            Ok(item) => batch.push(item),
             Err(_) => break,
         }
     }
@@ -181,13 +182,15 @@ async fn flush(pool: PgPool, batch: Vec<Pending>) {
     one_at_a_time(&pool, leaders, followers).await;
 }
 
-/// Whether Postgres itself refused the statement (a constraint, a bad value, a
-/// deadlock), as opposed to the connection or the server failing under it.
+/// Whether Postgres refused the statement for something in it (a constraint, a bad
+/// value, a deadlock), as opposed to the connection, the server or its resources failing
+/// under it (classes 08, 57, 53, 58, XX), where trying each row alone would only fail
+/// each of them more slowly.
 fn refused_a_row(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| !code.starts_with("08") && !code.starts_with("57"))
+        .is_some_and(|code| !["08", "57", "53", "58", "XX"].iter().any(|class| code.starts_with(class)))
 }
 
 /// An error each request of a failed batch can be answered with (`sqlx::Error` is not

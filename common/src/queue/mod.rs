@@ -38,6 +38,7 @@ pub mod admin;
 pub mod cron;
 mod enqueue;
 mod group;
+pub(crate) use group::next_batch;
 #[cfg(feature = "failpoints")]
 pub mod hooks;
 mod notifier;

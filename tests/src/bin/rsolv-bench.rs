@@ -743,7 +743,7 @@ impl Bench {
         wait_for_api(&client, &base).await?;
         let total = 20_000;
         let now = chrono::Utc::now().timestamp();
-        let events: Vec<(Vec<u8>, String)> = (0..total)
+        let events: Vec<Request> = (0..total)
             .map(|i| {
                 let body = serde_json::to_vec(&json!({
                     "id": format!("evt_bench_{run}_{i}"), "object": "event", "type": "invoice.payment_succeeded",
@@ -755,47 +755,13 @@ impl Bench {
                 }))
                 .unwrap();
                 let signature = common::stripe::signature::sign(&body, secret, now);
-                (body, signature)
+                ("stripe-signature", signature, body)
             })
             .collect();
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let events = Arc::new(events);
-        let started = Instant::now();
-        let senders: Vec<_> = (0..64)
-            .map(|_| {
-                let (client, next, events, url) =
-                    (client.clone(), next.clone(), events.clone(), format!("{base}/api/webhooks/stripe"));
-                tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((body, signature)) = events.get(i) else { return Ok(latencies) };
-                        let sent = Instant::now();
-                        let response = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .header("stripe-signature", signature)
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match response {
-                            Ok(r) if r.status() == 200 => {}
-                            Ok(r) => return Err(format!("a webhook was answered {} during the load", r.status())),
-                            Err(e) => return Err(format!("a webhook failed during the load: {e}")),
-                        }
-                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-                    }
-                })
-            })
-            .collect();
-        let mut latencies = Vec::with_capacity(total);
-        for sender in senders {
-            latencies.extend(sender.await??);
-        }
-        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let (took, latencies) = load(&client, &format!("{base}/api/webhooks/stripe"), events, 200).await?;
+        let rate = total as f64 / took;
         self.record_with_ratio("webhook ingest, API alone (64 concurrent, bench client)", "req/s", rate, commit_rate)
             .await;
-        latencies.sort_by(|a, b| a.total_cmp(b));
         self.figures.record("webhook ingest latency p50", "ms", percentile(&latencies, 0.50));
         self.figures.record("webhook ingest latency p99", "ms", percentile(&latencies, 0.99));
         let stored = count(&self.pool, "SELECT count(*) FROM jobs WHERE kind = 'process_stripe_event'").await;
@@ -837,12 +803,12 @@ impl Bench {
         let url = format!("{base_url}/api/v1/usage/fixes");
         let total = 40_000;
         // Four hot customers get 80 % of the fixes; the other 196 share the rest.
-        let reports = |phase: &str| -> Vec<(String, Vec<u8>)> {
+        let reports = |phase: &str| -> Vec<Request> {
             (0..total)
                 .map(|i| {
                     let customer = if i % 5 == 4 { 4 + (i / 5) % (customers.len() - 4) } else { i % 4 };
                     let body = json!({ "fix_id": format!("r{run}-{phase}-f{i}"), "repo": "org/repo" });
-                    (keys[customer].clone(), serde_json::to_vec(&body).unwrap())
+                    ("x-api-key", keys[customer].clone(), serde_json::to_vec(&body).unwrap())
                 })
                 .collect()
         };
@@ -956,12 +922,15 @@ impl Bench {
     }
 }
 
-/// Sends every `(api key, body)` with 64 clients at once; each must answer `expected`.
+/// A JSON POST of the load: one header (the API key, a signature) and the body.
+type Request = (&'static str, String, Vec<u8>);
+
+/// Sends every request with 64 clients at once; each must answer `expected`.
 /// Returns the seconds it took and the sorted latencies (ms).
 async fn load(
     client: &reqwest::Client,
     url: &str,
-    requests: Vec<(String, Vec<u8>)>,
+    requests: Vec<Request>,
     expected: u16,
 ) -> Result<(f64, Vec<f64>), Error> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -974,12 +943,12 @@ async fn load(
                 let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((key, body)) = requests.get(i) else { return Ok(latencies) };
+                    let Some((header, value, body)) = requests.get(i) else { return Ok(latencies) };
                     let sent = Instant::now();
                     let response = client
                         .post(&url)
                         .header("content-type", "application/json")
-                        .header("x-api-key", key)
+                        .header(*header, value)
                         .body(body.clone())
                         .send()
                         .await;
