@@ -146,7 +146,7 @@ pub async fn post_many(
             *balance += posting.amount;
             keys_in_batch.insert(&posting.idempotency_key, index);
             new_entries.push((index, *balance));
-            decided.push(Decided::New);
+            decided.push(Decided::New(*balance));
         } else {
             decided.push(Decided::Short(*balance));
         }
@@ -166,12 +166,8 @@ pub async fn post_many(
                     Posted::AlreadyPosted { entry_id: existing[&postings[first].idempotency_key] }
                 }
                 Decided::Short(balance) => Posted::InsufficientCredits { balance },
-                Decided::New => {
-                    let balance_after = new_entries.iter().find(|(i, _)| *i == index).map(|(_, after)| *after);
-                    Posted::Posted {
-                        entry_id: existing[&posting.idempotency_key],
-                        balance_after: balance_after.expect("a new entry has its balance"),
-                    }
+                Decided::New(balance_after) => {
+                    Posted::Posted { entry_id: existing[&posting.idempotency_key], balance_after }
                 }
             })
         })
@@ -185,7 +181,8 @@ enum Decided {
     /// The key of an earlier posting of the same batch.
     SameAs(usize),
     Short(i64),
-    New,
+    /// Posted, leaving this balance.
+    New(i64),
 }
 
 /// The new entries in one insert, in the batch's order; their ids are added to `ids`.
@@ -198,13 +195,12 @@ async fn insert_entries(
     if new_entries.is_empty() {
         return Ok(());
     }
-    let pick = |f: &dyn Fn(&Posting) -> String| new_entries.iter().map(|(i, _)| f(&postings[*i])).collect::<Vec<_>>();
     let customers: Vec<Uuid> = new_entries.iter().map(|(i, _)| postings[*i].customer_id).collect();
     let amounts: Vec<i64> = new_entries.iter().map(|(i, _)| postings[*i].amount).collect();
     let balances_after: Vec<i64> = new_entries.iter().map(|(_, after)| *after).collect();
-    let sources = pick(&|p| p.source.as_str().to_owned());
+    let sources: Vec<&str> = new_entries.iter().map(|(i, _)| postings[*i].source.as_str()).collect();
     let metadata: Vec<Value> = new_entries.iter().map(|(i, _)| postings[*i].metadata.clone()).collect();
-    let keys = pick(&|p| p.idempotency_key.clone());
+    let keys: Vec<&str> = new_entries.iter().map(|(i, _)| postings[*i].idempotency_key.as_str()).collect();
     let inserted = sqlx::query!(
         "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, metadata, idempotency_key)
          SELECT customer_id, amount, balance_after, source, metadata, idempotency_key
@@ -215,9 +211,9 @@ async fn insert_entries(
         &customers,
         &amounts,
         &balances_after,
-        &sources,
+        &sources as &[&str],
         &metadata,
-        &keys,
+        &keys as &[&str],
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -28,7 +28,7 @@ use apalis::prelude::Monitor;
 use sqlx::PgPool;
 
 pub use add_payment_method::AddPaymentMethod;
-pub use batch::{Batched, PostingBatches};
+pub use batch::PostingBatches;
 pub use cancel_subscription::CancelSubscription;
 pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;

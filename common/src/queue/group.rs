@@ -27,6 +27,7 @@
 //! (503) instead of piling up in memory while the database is down.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -122,7 +123,7 @@ const INSERT_MANY: &str = "
         ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL AND status NOT IN ('dead', 'cancelled')
         DO NOTHING
         RETURNING id)
-    SELECT input.n, inserted.id FROM input LEFT JOIN inserted USING (id) ORDER BY input.n";
+    SELECT inserted.id FROM input LEFT JOIN inserted USING (id) ORDER BY input.n";
 
 /// Inserts a batch in one statement and answers each request. A row Postgres refuses
 /// fails the statement: the rows are then tried one at a time, so it fails alone. Any
@@ -130,36 +131,33 @@ const INSERT_MANY: &str = "
 /// unknown) is every request's answer, as it would have been for each alone.
 async fn flush(pool: PgPool, batch: Vec<Pending>) {
     // A request whose client went away is owed nothing: its row is left out.
-    let batch: Vec<Pending> = batch.into_iter().filter(|p| !p.answer.is_closed()).collect();
+    let mut batch: Vec<Pending> = batch.into_iter().filter(|p| !p.answer.is_closed()).collect();
+    // Keys in one order in every batch: two batches waiting on each other's uncommitted
+    // keys (ON CONFLICT waits) would deadlock otherwise. Stable, so that of two requests
+    // with one key the first to arrive stays first.
+    batch.sort_by(|a, b| (a.row.kind, a.row.unique_key.as_deref()).cmp(&(b.row.kind, b.row.unique_key.as_deref())));
     // Rows sharing a kind and unique key go in once, as their first; the rest follow it.
     let mut leaders: Vec<Pending> = Vec::with_capacity(batch.len());
     let mut followers: Vec<(usize, Pending)> = Vec::new();
     let mut seen: HashMap<(&'static str, String), usize> = HashMap::new();
     for pending in batch {
-        if let Some(key) = &pending.row.unique_key {
-            if let Some(&leader) = seen.get(&(pending.row.kind, key.clone())) {
-                followers.push((leader, pending));
-                continue;
+        if let Some(key) = pending.row.unique_key.clone() {
+            match seen.entry((pending.row.kind, key)) {
+                Entry::Occupied(leader) => {
+                    followers.push((*leader.get(), pending));
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(leaders.len());
+                }
             }
-            seen.insert((pending.row.kind, key.clone()), leaders.len());
         }
         leaders.push(pending);
     }
     if leaders.len() > 1 {
-        // Keys in one order in every batch: two batches waiting on each other's
-        // uncommitted keys (ON CONFLICT waits) would deadlock otherwise.
-        let mut order: Vec<usize> = (0..leaders.len()).collect();
-        order.sort_by(|a, b| {
-            let (a, b) = (&leaders[*a].row, &leaders[*b].row);
-            (a.kind, a.unique_key.as_deref()).cmp(&(b.kind, b.unique_key.as_deref()))
-        });
-        match insert_many(&pool, &order.iter().map(|i| &leaders[*i]).collect::<Vec<_>>()).await {
+        match insert_many(&pool, &leaders).await {
             Ok(ids) => {
-                let mut answers: Vec<Option<i64>> = vec![None; leaders.len()];
-                for (i, id) in order.into_iter().zip(ids) {
-                    answers[i] = id;
-                }
-                for (pending, id) in leaders.into_iter().zip(answers) {
+                for (pending, id) in leaders.into_iter().zip(ids) {
                     let _ = pending.answer.send(Ok(id.map_or(Enqueued::Duplicate, Enqueued::Inserted)));
                 }
                 for (_, pending) in followers {
@@ -224,14 +222,14 @@ async fn one_at_a_time(pool: &PgPool, leaders: Vec<Pending>, followers: Vec<(usi
 }
 
 /// The batch's rows in one statement: for each, its new id, or `None` for a duplicate.
-async fn insert_many(pool: &PgPool, rows: &[&Pending]) -> Result<Vec<Option<i64>>, sqlx::Error> {
+async fn insert_many(pool: &PgPool, rows: &[Pending]) -> Result<Vec<Option<i64>>, sqlx::Error> {
     let kinds: Vec<&str> = rows.iter().map(|p| p.row.kind).collect();
     let args: Vec<&Value> = rows.iter().map(|p| &p.row.args).collect();
     let attempts: Vec<Option<i32>> = rows.iter().map(|p| p.row.max_attempts).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|p| p.row.unique_key.as_deref()).collect();
     let customers: Vec<Option<Uuid>> = rows.iter().map(|p| p.row.customer_id).collect();
     let requests: Vec<Option<&str>> = rows.iter().map(|p| p.row.request_id.as_deref()).collect();
-    let answered: Vec<(i64, Option<i64>)> = sqlx::query_as(INSERT_MANY)
+    let answered: Vec<Option<i64>> = sqlx::query_scalar(INSERT_MANY)
         .bind(&kinds)
         .bind(&args)
         .bind(&attempts)
@@ -243,7 +241,7 @@ async fn insert_many(pool: &PgPool, rows: &[&Pending]) -> Result<Vec<Option<i64>
     if answered.len() != rows.len() {
         return Err(sqlx::Error::Protocol(format!("{} rows answered for {}", answered.len(), rows.len())));
     }
-    Ok(answered.into_iter().map(|(_, id)| id).collect())
+    Ok(answered)
 }
 
 /// One row, exactly as `enqueue_with` inserts it (a batch of one, or a failed batch's rows).

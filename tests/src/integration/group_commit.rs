@@ -9,10 +9,10 @@ use common::domain::Email;
 use common::factories::{self, CustomerState};
 use common::jobs::{GrantCredits, JobContext, RecordUsage};
 use common::queue::{self, Enqueued, Job, JobKind, JobWaker, Outcome, testing};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestDb, assert_ledger_consistent, grant};
+use crate::helpers::{TestApp, TestDb, assert_ledger_consistent, fix, grant};
 
 #[tokio::test]
 async fn concurrent_enqueues_share_commits_and_each_is_answered_with_its_own_row() {
@@ -77,10 +77,6 @@ async fn customers(app: &TestApp, n: usize) -> Vec<Uuid> {
         ids.push(seeded.customer_id);
     }
     ids
-}
-
-fn fix(customer_id: Uuid, fix_id: &str) -> RecordUsage {
-    RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
 }
 
 async fn run_all<J: Job<Context = JobContext> + Clone>(ctx: &JobContext, jobs: &[J]) -> Vec<Outcome> {

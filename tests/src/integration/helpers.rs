@@ -255,6 +255,11 @@ pub fn grant(customer_id: Uuid, key: &str, amount: i64) -> GrantCredits {
     }
 }
 
+/// A report of fix `fix_id` for `customer_id` (repo `org/repo`), as the usage job takes it.
+pub fn fix(customer_id: Uuid, fix_id: &str) -> common::jobs::RecordUsage {
+    common::jobs::RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
+}
+
 /// Locks the customer's row in a transaction of its own: a job posting to the customer
 /// blocks in the middle of its transaction until this one ends.
 pub async fn hold_customer_row(pool: &PgPool, customer_id: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {

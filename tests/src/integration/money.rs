@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::db::charges::ChargeStatus;
 use common::factories::CustomerState;
-use common::jobs::{ProcessStripeEvent, RecordUsage};
+use common::jobs::ProcessStripeEvent;
 use common::queue::JobStatus;
 use common::queue::testing;
 use common::queue::{Job, Outcome};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, grant, localstripe, stripe_base,
+    PRO_PRICE, STRIPE_KEY, TestApp, WEBHOOK_SECRET, assert_ledger_consistent, fix, grant, localstripe, stripe_base,
     wait_for_kind_finished,
 };
 
@@ -96,10 +96,6 @@ async fn stopped_at<J: Job<Context = common::jobs::JobContext>>(app: &TestApp, j
     let outcome = job.run(app.job_context()).await;
     fail::remove(point);
     assert!(outcome.is_err(), "stopped at {point}: {outcome:?}");
-}
-
-fn fix(customer_id: Uuid, fix_id: &str) -> RecordUsage {
-    RecordUsage { customer_id, fix_id: fix_id.into(), repo: "org/repo".into(), metadata: Value::Null }
 }
 
 #[tokio::test]
