@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::from_env(&common::jobs::kinds())?;
     let _telemetry = telemetry::init(settings.log_format, "rsolv-api", settings.otlp_endpoint.as_deref());
     let pool = db::pool(&settings)?;
-    db::migrate(&pool).await?;
+    db::apply_migrations(&settings, &pool).await?;
     let kinds = common::jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
     common::queue::admin::spawn_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
     let listener = TcpListener::bind(settings.bind_addr)?;

@@ -65,6 +65,12 @@ pub enum LogFormat {
 pub struct Settings {
     /// Holds the database password: never printed (`Debug` redacts it).
     pub database_url: Secret,
+    /// `DATABASE_DIRECT_URL`: set when `DATABASE_URL` points at a pooler in transaction
+    /// mode (PgBouncer), to a direct connection to the same database. What needs a session
+    /// of its own uses it: the workers' `LISTEN` and the migrations' advisory lock. Its
+    /// presence also tells the pools not to set anything per session (startup options),
+    /// which a transaction pooler cannot carry (`db` module guide).
+    pub database_direct_url: Option<Secret>,
     pub database_max_connections: u32,
     /// How long a request waits for a database connection before it answers 503.
     pub database_acquire_timeout: Duration,
@@ -324,6 +330,7 @@ impl Settings {
         })?;
         let settings = Self {
             database_url: Secret::new(database_url),
+            database_direct_url: r.string("DATABASE_DIRECT_URL").map(Secret::new),
             database_max_connections: r.parse("DATABASE_MAX_CONNECTIONS", 20)?,
             database_acquire_timeout: r.millis("DATABASE_ACQUIRE_TIMEOUT_MS", 5_000)?,
             bind_addr: bind_addr(&r)?,
@@ -719,10 +726,15 @@ mod tests {
 
     #[test]
     fn the_database_password_never_appears_in_a_debug_of_the_settings() {
-        let settings = settings(&[("DATABASE_URL", "postgres://app:hunter2-secret@db.internal/rsolv")]).unwrap();
+        let settings = settings(&[
+            ("DATABASE_URL", "postgres://app:hunter2-secret@pgbouncer.internal/rsolv"),
+            ("DATABASE_DIRECT_URL", "postgres://app:hunter3-secret@db.internal/rsolv"),
+        ])
+        .unwrap();
         let printed = format!("{settings:?}");
-        assert!(!printed.contains("hunter2-secret"), "{printed}");
-        assert_eq!(settings.database_url.expose(), "postgres://app:hunter2-secret@db.internal/rsolv");
+        assert!(!printed.contains("hunter2-secret") && !printed.contains("hunter3-secret"), "{printed}");
+        assert_eq!(settings.database_url.expose(), "postgres://app:hunter2-secret@pgbouncer.internal/rsolv");
+        assert_eq!(settings.database_direct_url.unwrap().expose(), "postgres://app:hunter3-secret@db.internal/rsolv");
     }
 
     #[test]

@@ -49,7 +49,7 @@ async fn main() -> Result<(), Error> {
     let settings = Settings::from_env(&jobs::kinds())?;
     let _telemetry = telemetry::init(settings.log_format, "rsolv-worker", settings.otlp_endpoint.as_deref());
     let pool = db::pool(&settings)?;
-    db::migrate(&pool).await?;
+    db::apply_migrations(&settings, &pool).await?;
     match args.first().map(String::as_str) {
         None | Some("run") => {
             if let Some(addr) = settings.metrics_addr {
@@ -60,7 +60,9 @@ async fn main() -> Result<(), Error> {
             }
             let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
             common::queue::admin::spawn_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
-            let ctx = JobContext::new(db::job_pool(&settings)?, Arc::new(settings))?;
+            let job_pool = db::job_pool(&settings)?;
+            db::warn_if_jobs_unbounded(&settings, &job_pool).await;
+            let ctx = JobContext::new(job_pool, Arc::new(settings))?;
             jobs::run_workers(ctx, shutdown_signal()).await
         }
         Some("migrate") => {

@@ -1,5 +1,21 @@
 //! The pool, migrations, and one module per table group; all SQL of a table lives in
 //! its module (the job queue's SQL lives in `queue`).
+//!
+//! ## Behind a transaction pooler
+//! With `DATABASE_DIRECT_URL` set, `DATABASE_URL` is taken to lead to PgBouncer in
+//! transaction mode (1.21 or later, with `max_prepared_statements` above 0): each of our
+//! transactions, and each statement outside one, may run in another server session.
+//! - Nothing is set per session. The job pool's `statement_timeout` and the bookkeeping
+//!   pool's `synchronous_commit = off` are startup options, which PgBouncer refuses: set
+//!   the first for the worker's role on the server (`ALTER ROLE … SET statement_timeout`;
+//!   the worker warns at start when it is off); bookkeeping commits stay synchronous.
+//! - What needs one session across statements takes a direct connection: the workers'
+//!   `LISTEN` ([`listen_pool`]) and the migrations ([`apply_migrations`]: sqlx holds a
+//!   session-level advisory lock while migrating, which through a pooler could be
+//!   released in another session than took it, and stay held).
+//! - The rest already fits: per-transaction settings are `SET LOCAL` or
+//!   `set_config(…, true)`, advisory locks are `pg_advisory_xact_lock`, and PgBouncer
+//!   itself carries sqlx's named prepared statements from server to server.
 
 pub mod api_keys;
 pub mod audit;
@@ -15,38 +31,85 @@ pub mod sessions;
 pub mod sign_in_links;
 pub mod usage;
 
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::config::Settings;
 
 /// Our migrations, embedded in the binaries.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
-/// A pool whose connections are made lazily, so a process starts (and can answer
-/// `/health`) while the database is still coming up.
+/// How every pool connects to `DATABASE_URL`.
+fn connect_options(settings: &Settings) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = settings.database_url.expose().parse()?;
+    // sqlx sends `extra_float_digits` at startup, a parameter PgBouncer refuses. Postgres
+    // 12 and later print floats exactly without it, and our statements return binary.
+    Ok(options.extra_float_digits(None))
+}
+
 /// The pool jobs run their own statements on: as [`pool`], with `statement_timeout`
 /// (`JOB_STATEMENT_TIMEOUT_MS`, 60 s). A run that overruns its kind's timeout is dropped
 /// by the worker, but Postgres would go on running (or waiting for a lock with) the
 /// statement it was in, holding its locks; this ends such a statement on the server.
+/// Behind a pooler the timeout is the role's (module guide).
 pub fn job_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = settings.database_url.expose().parse()?;
     let statement_timeout = settings.jobs.statement_timeout.as_millis().to_string();
+    let options = connect_options(settings)?.application_name("rsolv-jobs");
+    let options = match settings.database_direct_url {
+        Some(_) => options,
+        None => options.options([("statement_timeout", statement_timeout.as_str())]),
+    };
     Ok(PgPoolOptions::new()
         .max_connections(settings.database_max_connections)
         .acquire_timeout(settings.database_acquire_timeout)
-        .connect_lazy_with(
-            options.application_name("rsolv-jobs").options([("statement_timeout", statement_timeout.as_str())]),
-        ))
+        .connect_lazy_with(options))
 }
 
+/// A pool whose connections are made lazily, so a process starts (and can answer
+/// `/health`) while the database is still coming up.
 pub fn pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = settings.database_url.expose().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(settings.database_max_connections)
         .acquire_timeout(settings.database_acquire_timeout)
-        .connect_lazy_with(options.application_name("rsolv")))
+        .connect_lazy_with(connect_options(settings)?.application_name("rsolv")))
+}
+
+/// Where a process `LISTEN`s: one connection of its own on `DATABASE_DIRECT_URL`, or,
+/// without a pooler, `pool` itself.
+pub fn listen_pool(settings: &Settings, pool: &PgPool) -> Result<PgPool, sqlx::Error> {
+    let Some(direct) = &settings.database_direct_url else { return Ok(pool.clone()) };
+    let options: PgConnectOptions = direct.expose().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(settings.database_acquire_timeout)
+        .connect_lazy_with(options.application_name("rsolv-listen")))
+}
+
+/// Applies our migrations as the processes do at start: on `DATABASE_DIRECT_URL` when a
+/// pooler is in between (module guide), else on `pool`.
+pub async fn apply_migrations(settings: &Settings, pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    match &settings.database_direct_url {
+        Some(direct) => MIGRATOR.run(&mut PgConnection::connect(direct.expose()).await?).await,
+        None => migrate(pool).await,
+    }
+}
+
+/// Behind a pooler, warns when the job pool's statements run without a
+/// `statement_timeout` (it cannot be set per session there: module guide).
+pub async fn warn_if_jobs_unbounded(settings: &Settings, job_pool: &PgPool) {
+    if settings.database_direct_url.is_none() {
+        return;
+    }
+    match sqlx::query_scalar!(r#"SELECT current_setting('statement_timeout') AS "timeout!""#).fetch_one(job_pool).await
+    {
+        Ok(timeout) if timeout == "0" => tracing::warn!(
+            "behind a pooler, jobs' statements have no statement_timeout: set one for the worker's role \
+             (ALTER ROLE … SET statement_timeout = '60s')"
+        ),
+        Ok(timeout) => tracing::info!(%timeout, "jobs' statement_timeout, from the role behind the pooler"),
+        Err(error) => tracing::warn!(%error, "could not read jobs' statement_timeout"),
+    }
 }
 
 /// Postgres's `lock_not_available` (55P03): a `NOWAIT` lock was held by another.

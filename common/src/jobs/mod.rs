@@ -181,9 +181,11 @@ pub async fn run_workers(
     ctx: JobContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let notifier = JobNotifier::listen(&ctx.pool).await?;
+    let notifier = JobNotifier::listen(&crate::db::listen_pool(&ctx.settings, &ctx.pool)?).await?;
     let instance = instance_name();
-    let bookkeeping = queue::bookkeeping_pool(&ctx.pool, ctx.settings.jobs.bookkeeping_sync_commit);
+    // Behind a pooler no session can be set to commit asynchronously (`db` module guide).
+    let sync_commit = ctx.settings.jobs.bookkeeping_sync_commit || ctx.settings.database_direct_url.is_some();
+    let bookkeeping = queue::bookkeeping_pool(&ctx.pool, sync_commit);
     let monitor = register_all(Monitor::new(), &bookkeeping, &ctx, &notifier, &instance);
     let renewals = queue::cron::spawn_schedule(ctx.pool.clone(), ctx.settings.renewal_schedule.clone(), |tick| {
         RenewalSweep { tick }

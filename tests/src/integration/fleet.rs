@@ -51,6 +51,12 @@ async fn send(client: &reqwest::Client, apis: &[String; 2], first: usize, reques
 #[tokio::test]
 async fn two_apis_and_four_workers_lose_nothing_when_one_of_each_is_killed_mid_load() {
     let db = TestDb::fresh().await;
+    lose_nothing_when_one_api_and_one_worker_die(&db, &db.url, &[]).await;
+}
+
+/// The fleet's load and its checks, every process on `process_url` (the test's database,
+/// or a pooler in front of it) with `env` after the fleet's settings.
+pub async fn lose_nothing_when_one_api_and_one_worker_die(db: &TestDb, process_url: &str, env: &[(&str, &str)]) {
     let settings = crate::helpers::settings(&db.url, &[]);
     let mut payers = Vec::new();
     for n in 0..10 {
@@ -66,13 +72,14 @@ async fn two_apis_and_four_workers_lose_nothing_when_one_of_each_is_killed_mid_l
     let mut addresses = Vec::new();
     for _ in 0..2 {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = our_command("rsolv-api", &db.url);
-        command.env("BIND_ADDR", format!("127.0.0.1:{port}")).envs(FLEET_ENV);
+        let mut command = our_command("rsolv-api", process_url);
+        command.env("BIND_ADDR", format!("127.0.0.1:{port}")).envs(FLEET_ENV).envs(env.iter().copied());
         apis.push(Process::spawn(command.stdout(std::process::Stdio::null())));
         addresses.push(format!("http://127.0.0.1:{port}"));
     }
     let addresses: [String; 2] = addresses.try_into().unwrap();
-    let mut workers: Vec<Process> = (0..4).map(|_| Process::worker(&db.url, &FLEET_ENV)).collect();
+    let worker_env: Vec<_> = FLEET_ENV.iter().chain(env).copied().collect();
+    let mut workers: Vec<Process> = (0..4).map(|_| Process::worker(process_url, &worker_env)).collect();
     let client = reqwest::Client::new();
     for base in &addresses {
         wait_for("an API to be ready", Duration::from_secs(20), || async {

@@ -20,6 +20,7 @@ mod money;
 mod onboarding;
 mod ops;
 mod otel;
+mod pgbouncer;
 mod schema_fuzz;
 mod simulation;
 mod usage;
