@@ -2,17 +2,24 @@
 
 - Every Kubernetes object of the base and the local overlay validates against the
   Kubernetes API schemas that kubernetes-validate (PyPI) bundles, strictly (no unknown
-  fields). KEDA's kinds are not in those schemas: their required fields are checked here.
+  fields); KEDA's kinds against KEDA's schemas (npm's @kubernetes-models/keda, through
+  deploy/keda-schema.mjs), and compose.yaml against the Compose Specification's schema
+  (check-jsonschema's, PyPI). The schemas come with those packages at test time; none
+  is copied into the repository.
 - The pieces agree with each other and with the Procfile: every process runs one of the
   Procfile's commands, workers get more grace than JOB_SHUTDOWN_TIMEOUT_MS, the
   autoscaler targets the worker Deployment with the secret the pods use, and the compose
   file's services refer only to services it defines.
 
-Usage: python deploy/check.py   (from the repository's root, with kubernetes-validate)
+Usage: python deploy/check.py   (from the repository's root, with kubernetes-validate
+       and check-jsonschema in the interpreter's environment, and @kubernetes-models/keda
+       in .tools/node_modules: scripts/test installs them)
 """
 
+import json
 import pathlib
 import re
+import subprocess
 import sys
 
 import kubernetes_validate
@@ -58,36 +65,36 @@ def kustomization_objects(directory):
 
 
 def check_kubernetes(objects):
+    keda = []
     for path, obj in objects:
-        name = f"{path.relative_to(ROOT)}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         if obj.get("apiVersion", "").startswith("keda.sh/"):
-            check_keda(name, obj)
+            keda.append(obj)
             continue
+        name = f"{path.relative_to(ROOT)}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
             fail(f"{name}: {error.message} at {'/'.join(map(str, error.path))}")
+    check_keda(keda)
 
 
-def check_keda(name, obj):
-    spec = obj.get("spec", {})
-    if obj["kind"] == "ScaledObject":
-        if not spec.get("scaleTargetRef", {}).get("name"):
-            fail(f"{name}: spec.scaleTargetRef.name is required")
-        if not spec.get("triggers"):
-            fail(f"{name}: no triggers")
-        for trigger in spec.get("triggers") or []:
-            if trigger.get("type") == "postgresql":
-                if not trigger.get("metadata", {}).get("query"):
-                    fail(f"{name}: the postgresql trigger needs metadata.query")
-                if not trigger.get("metadata", {}).get("targetQueryValue"):
-                    fail(f"{name}: the postgresql trigger needs metadata.targetQueryValue")
-    elif obj["kind"] == "TriggerAuthentication":
-        for ref in spec.get("secretTargetRef", []):
-            if not {"parameter", "name", "key"} <= ref.keys():
-                fail(f"{name}: secretTargetRef entries need parameter, name and key")
-    else:
-        fail(f"{name}: unexpected KEDA kind")
+def check_keda(objects):
+    validator = subprocess.run(
+        ["node", str(DEPLOY / "keda-schema.mjs"), str(ROOT / ".tools" / "node_modules")],
+        input=json.dumps(objects), capture_output=True, text=True,
+    )
+    for line in validator.stdout.splitlines():
+        fail(f"KEDA: {line}")
+    if validator.returncode and not validator.stdout:
+        fail(f"KEDA: the schema check did not run: {validator.stderr.strip()}")
+    for obj in objects:
+        if obj["kind"] == "ScaledObject":
+            for trigger in obj["spec"].get("triggers", []):
+                if trigger.get("type") == "postgresql":
+                    # KEDA's schema leaves a trigger's metadata free-form; its scaler needs these.
+                    for key in ("query", "targetQueryValue"):
+                        if not trigger.get("metadata", {}).get(key):
+                            fail(f"KEDA: the postgresql trigger needs metadata.{key}")
 
 
 def check_consistency(objects, procfile):
@@ -115,6 +122,13 @@ def check_consistency(objects, procfile):
 
 
 def check_compose(procfile):
+    schema = subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("check-jsonschema")), "--builtin-schema",
+         "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
+        capture_output=True, text=True,
+    )
+    if schema.returncode:
+        fail(f"compose: not valid against the Compose Specification: {schema.stdout}{schema.stderr}".strip())
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     commands = list(procfile.values())
@@ -147,7 +161,8 @@ def main():
     check_dockerfile(procfile)
     for failure in failures:
         print(f"deploy: {failure}", file=sys.stderr)
-    print(f"deploy: {len(objects)} Kubernetes objects, compose and Dockerfile checked; {len(failures)} problems")
+    print(f"deploy: {len(objects)} Kubernetes objects (KEDA's included), compose and Dockerfile checked; "
+          f"{len(failures)} problems")
     return 1 if failures else 0
 
 
