@@ -1,6 +1,7 @@
 //! API key authentication: `x-api-key` → SHA-256 → a live key's customer.
 //!
-//! The key is looked up once per request ([`identify`]) and the answer kept in the
+//! The key is looked up once per request ([`identify`]; concurrent requests' lookups
+//! share a statement, `db::api_keys::KeyLookups`) and the answer kept in the
 //! request's extensions: the rate limiter (which bucket), the idempotency guard (whose
 //! key, and whether a stored answer may be replayed at all) and the handler's
 //! [`Authenticated`] extractor all read the same answer, so a revoked key is refused
@@ -9,6 +10,7 @@
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use common::db;
+use common::db::api_keys::KeyLookups;
 use common::domain::ApiKey;
 use futures::future::LocalBoxFuture;
 use sqlx::PgPool;
@@ -56,10 +58,10 @@ pub async fn identify(req: &HttpRequest) -> Result<Option<Authenticated>, sqlx::
         return Ok(known.clone());
     }
     let key = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).and_then(|raw| ApiKey::parse(raw.trim()).ok());
-    let known = match (key, req.app_data::<web::Data<PgPool>>()) {
-        (Some(key), Some(pool)) => {
+    let known = match (key, req.app_data::<web::Data<KeyLookups>>()) {
+        (Some(key), Some(lookups)) => {
             let hash = key.hash();
-            db::api_keys::owner_of(pool.get_ref(), &hash).await?.map(|owner| Authenticated {
+            lookups.owner_of(&hash).await?.map(|owner| Authenticated {
                 customer_id: owner.customer_id,
                 key_hash: hash.as_str().to_owned(),
                 credit_balance: owner.credit_balance,

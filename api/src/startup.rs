@@ -9,6 +9,7 @@ use actix_web::dev::Service;
 use actix_web::{App, HttpServer, web};
 use common::clock::Clock;
 use common::config::Settings;
+use common::db::api_keys::KeyLookups;
 use common::queue::JobWaker;
 use common::stripe::StripeApi;
 use sqlx::PgPool;
@@ -53,6 +54,7 @@ impl Application {
             tracing::info!(%addr, "metrics at /metrics on their own address");
         }
         let waker = web::Data::new(JobWaker::spawn(pool.clone()));
+        let key_lookups = web::Data::new(KeyLookups::spawn(pool.clone()));
         let pool = web::Data::new(pool);
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
         let webhook_limit = settings.webhook_max_body_bytes;
@@ -88,6 +90,7 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(crate::request_id::assign))
                 .app_data(pool.clone())
                 .app_data(waker.clone())
+                .app_data(key_lookups.clone())
                 .app_data(limit.clone())
                 .app_data(stripe.clone())
                 .app_data(clock.clone())

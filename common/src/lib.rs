@@ -2,6 +2,7 @@
 //! the job backbone and the job kinds. `api` and `worker` are thin binaries over it.
 
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod correlation;
 pub mod db;

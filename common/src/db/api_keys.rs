@@ -1,6 +1,10 @@
-use sqlx::PgExecutor;
+use std::collections::HashMap;
+
+use sqlx::{PgExecutor, PgPool};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::coalesce::Coalescer;
 use crate::domain::ApiKeyHash;
 
 pub async fn insert<'e>(
@@ -39,20 +43,99 @@ pub struct KeyOwner {
 /// written skips the write rather than wait, and the lock re-checks the minute, so
 /// concurrent requests write once).
 pub async fn owner_of<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<KeyOwner>, sqlx::Error> {
-    sqlx::query_as!(
-        KeyOwner,
-        r#"WITH live AS (SELECT id, customer_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL),
+    let owners = owners_of(db, &[hash.as_str()]).await?;
+    Ok(owners.into_iter().next().map(|(_, owner)| owner))
+}
+
+/// [`owner_of`] for many keys in one statement: each live key's hash with its owner;
+/// unknown and revoked keys are left out.
+pub async fn owners_of<'e>(db: impl PgExecutor<'e>, hashes: &[&str]) -> Result<Vec<(String, KeyOwner)>, sqlx::Error> {
+    let hashes: Vec<String> = hashes.iter().map(|h| h.to_string()).collect();
+    let rows = sqlx::query!(
+        r#"WITH live AS (SELECT id, customer_id, key_hash FROM api_keys WHERE key_hash = ANY($1) AND revoked_at IS NULL),
                 stale AS (SELECT k.id FROM api_keys k JOIN live ON k.id = live.id
                            WHERE k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute'
                            FOR UPDATE OF k SKIP LOCKED),
                 used AS (UPDATE api_keys k SET last_used_at = now() FROM stale WHERE k.id = stale.id)
-           SELECT c.id AS "customer_id!", c.credit_balance AS "credit_balance!",
+           SELECT live.key_hash AS "key_hash!", c.id AS "customer_id!", c.credit_balance AS "credit_balance!",
                   (c.stripe_payment_method_id IS NOT NULL) AS "has_payment_method!"
            FROM live JOIN customers c ON c.id = live.customer_id"#,
-        hash.as_str()
+        &hashes[..]
     )
-    .fetch_optional(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let owner = KeyOwner {
+                customer_id: r.customer_id,
+                credit_balance: r.credit_balance,
+                has_payment_method: r.has_payment_method,
+            };
+            (r.key_hash, owner)
+        })
+        .collect())
+}
+
+/// Lookups in flight at once.
+const LOOKUP_FLUSHERS: usize = 2;
+/// Keys in one lookup at most.
+const MAX_LOOKUP: usize = 256;
+
+struct PendingLookup {
+    hash: String,
+    answer: oneshot::Sender<Result<Option<KeyOwner>, sqlx::Error>>,
+}
+
+/// The API's key checks, coalesced (`crate::coalesce`): requests arriving while a lookup
+/// is in flight are checked together in the next [`owners_of`]. Each lookup still starts
+/// after its request arrived, so a key revoked before a request is refused as before:
+/// nothing is cached. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyLookups(Coalescer<PendingLookup>);
+
+impl KeyLookups {
+    /// Starts the lookup tasks on the current runtime.
+    pub fn spawn(pool: PgPool) -> Self {
+        Self(Coalescer::spawn("key lookup", LOOKUP_FLUSHERS, MAX_LOOKUP, 8 * MAX_LOOKUP, move |batch| {
+            look_up(pool.clone(), batch)
+        }))
+    }
+
+    /// As [`owner_of`], with the next lookup.
+    pub async fn owner_of(&self, hash: &ApiKeyHash) -> Result<Option<KeyOwner>, sqlx::Error> {
+        let (answer, answered) = oneshot::channel();
+        let pending = PendingLookup { hash: hash.as_str().to_owned(), answer };
+        self.0.offer(pending).map_err(|_| sqlx::Error::PoolTimedOut)?;
+        answered.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    /// Lookups made since the start (each for one or more keys).
+    pub fn lookups(&self) -> u64 {
+        self.0.batches()
+    }
+}
+
+async fn look_up(pool: PgPool, batch: Vec<PendingLookup>) {
+    // A request whose client went away is owed nothing.
+    let batch: Vec<PendingLookup> = batch.into_iter().filter(|p| !p.answer.is_closed()).collect();
+    let mut hashes: Vec<&str> = batch.iter().map(|p| p.hash.as_str()).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    match owners_of(&pool, &hashes).await {
+        Ok(owners) => {
+            let owners: HashMap<String, KeyOwner> = owners.into_iter().collect();
+            for pending in batch {
+                let _ = pending.answer.send(Ok(owners.get(&pending.hash).cloned()));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, keys = hashes.len(), "a grouped key lookup failed");
+            for pending in batch {
+                let _ = pending.answer.send(Err(crate::coalesce::same_kind_of(&error)));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]

@@ -22,17 +22,16 @@
 //! own job alone (with its own retries), never its neighbours.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::record_usage::{RecordUsage, details, refusal};
+use crate::coalesce::Coalescer;
 use crate::db;
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::Outcome;
-use crate::queue::next_batch;
 
 /// Batches written at once per process: one filling while one commits.
 const FLUSHERS: usize = 2;
@@ -69,36 +68,24 @@ struct Pending {
 /// The handle jobs hand their postings to; cheap to clone. `None` in a context runs
 /// every job alone.
 #[derive(Clone)]
-pub struct PostingBatches {
-    work: mpsc::Sender<Pending>,
-}
+pub struct PostingBatches(Coalescer<Pending>);
 
 impl PostingBatches {
     /// Starts the batch writers on the current runtime. `charges`: whether a fix that
     /// finds no credit may be charged (Stripe is configured), in which case it runs alone.
+    /// A panicking batch drops its answers: its jobs run alone.
     pub fn spawn(pool: PgPool, charges: bool) -> Self {
-        let (work, receiver) = mpsc::channel(MAX_WAITING);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..FLUSHERS {
-            let (pool, receiver) = (pool.clone(), receiver.clone());
-            tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver, MAX_BATCH).await {
-                    // In a task of its own: a panic drops this batch's answers (its jobs
-                    // run alone), never the writer.
-                    let pool = pool.clone();
-                    if let Err(error) = tokio::spawn(async move { write(&pool, batch, charges).await }).await {
-                        tracing::error!(%error, "a batch of postings panicked; its jobs run alone");
-                    }
-                }
-            });
-        }
-        Self { work }
+        Self(Coalescer::spawn("batch of postings", FLUSHERS, MAX_BATCH, MAX_WAITING, move |batch| {
+            let pool = pool.clone();
+            async move { write(&pool, batch, charges).await }
+        }))
     }
 
-    /// Runs `work` with the next batch; `Alone` if the batch cannot decide it.
+    /// Runs `work` with the next batch; `Alone` if the batch cannot decide it, or if
+    /// [`MAX_WAITING`] postings already wait.
     pub(crate) async fn run(&self, work: Work) -> Batched {
         let (answer, answered) = oneshot::channel();
-        if self.work.send(Pending { work, answer }).await.is_err() {
+        if self.0.offer(Pending { work, answer }).is_err() {
             return Batched::Alone;
         }
         answered.await.unwrap_or(Batched::Alone)

@@ -28,16 +28,15 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::enqueue::Row;
 use super::{Enqueued, WakeUp};
+use crate::coalesce::Coalescer;
 
 /// Commits in flight at once: one filling while one is being written.
 pub const FLUSHERS: usize = 2;
@@ -54,59 +53,27 @@ struct Pending {
 
 /// The handle requests send their rows through; cheap to clone.
 #[derive(Clone)]
-pub(super) struct GroupInsert {
-    rows: mpsc::Sender<Pending>,
-    commits: Arc<AtomicU64>,
-}
+pub(super) struct GroupInsert(Coalescer<Pending>);
 
 impl GroupInsert {
     /// Starts [`FLUSHERS`] flushing tasks on the current runtime.
     pub fn spawn(pool: PgPool) -> Self {
-        let (rows, receiver) = mpsc::channel(MAX_WAITING);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let commits = Arc::new(AtomicU64::new(0));
-        for _ in 0..FLUSHERS {
-            let (pool, receiver, commits) = (pool.clone(), receiver.clone(), commits.clone());
-            tokio::spawn(async move {
-                while let Some(batch) = next_batch(&receiver, MAX_BATCH).await {
-                    // In a task of its own: a panic fails this batch's requests (their
-                    // answers are dropped), never the flusher, so later ones still go in.
-                    if let Err(error) = tokio::spawn(flush(pool.clone(), batch)).await {
-                        tracing::error!(%error, "a grouped insert panicked; its requests were answered with an error");
-                    }
-                    commits.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        }
-        Self { rows, commits }
+        Self(Coalescer::spawn("grouped insert", FLUSHERS, MAX_BATCH, MAX_WAITING, move |batch| {
+            flush(pool.clone(), batch)
+        }))
     }
 
     /// Inserts `row` with the next commit; answers once that commit is durable.
     pub async fn insert(&self, row: Row) -> Result<Enqueued, sqlx::Error> {
         let (answer, answered) = oneshot::channel();
-        self.rows.try_send(Pending { row, answer }).map_err(|_| sqlx::Error::PoolTimedOut)?;
+        self.0.offer(Pending { row, answer }).map_err(|_| sqlx::Error::PoolTimedOut)?;
         answered.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 
     /// Batches committed since the start (each holds one or more rows).
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.0.batches()
     }
-}
-
-/// Waits for one item, then takes every item already waiting, up to `max`: the batch
-/// of a group commit (the API's inserts here, the worker's postings in `jobs::batch`).
-pub(crate) async fn next_batch<T>(receiver: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < max {
-        match receiver.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
-    }
-    Some(batch)
 }
 
 const INSERT_MANY: &str = "
@@ -171,7 +138,7 @@ async fn flush(pool: PgPool, batch: Vec<Pending>) {
             Err(error) => {
                 tracing::error!(%error, rows = leaders.len(), "a grouped insert failed");
                 for pending in leaders.into_iter().chain(followers.into_iter().map(|(_, p)| p)) {
-                    let _ = pending.answer.send(Err(same_kind_of(&error)));
+                    let _ = pending.answer.send(Err(crate::coalesce::same_kind_of(&error)));
                 }
                 return;
             }
@@ -189,17 +156,6 @@ fn refused_a_row(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| !["08", "57", "53", "58", "XX"].iter().any(|class| code.starts_with(class)))
-}
-
-/// An error each request of a failed batch can be answered with (`sqlx::Error` is not
-/// `Clone`): what the API answers for it stays the same (see `ApiError`'s `From`).
-fn same_kind_of(error: &sqlx::Error) -> sqlx::Error {
-    match error {
-        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
-        sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
-        other => sqlx::Error::Protocol(format!("the grouped insert failed: {other}")),
-    }
 }
 
 /// Each row in a statement of its own: a lone row, or the rows of a batch that failed.

@@ -38,7 +38,6 @@ pub mod admin;
 pub mod cron;
 mod enqueue;
 mod group;
-pub(crate) use group::next_batch;
 #[cfg(feature = "failpoints")]
 pub mod hooks;
 mod notifier;

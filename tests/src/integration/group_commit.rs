@@ -1,11 +1,14 @@
-//! Shared commits: the API's one-job inserts group-committed (`JobWaker::enqueue`), and
+//! Shared commits: the API's one-job inserts group-committed (`JobWaker::enqueue`), its
+//! key checks sharing lookups (`KeyLookups`), and
 //! the worker's grants and fix debits posted in batches (`jobs::PostingBatches`). Each
 //! request and job must get exactly the answer it would have got alone, a bad row must
 //! fail alone, and a batch stopped before or after its commit must post nothing twice.
 
 use std::collections::{HashMap, HashSet};
 
-use common::domain::Email;
+use common::db;
+use common::db::api_keys::KeyLookups;
+use common::domain::{ApiKey, Email};
 use common::factories::{self, CustomerState};
 use common::jobs::{GrantCredits, JobContext, RecordUsage};
 use common::queue::{self, Enqueued, Job, JobKind, JobWaker, Outcome, testing};
@@ -65,6 +68,46 @@ async fn a_bad_row_in_a_grouped_insert_fails_its_own_request_only() {
     }
     assert_eq!(testing::count(&db.pool, Some(GrantCredits::KIND), &[]).await, 59);
     assert!(waker.group_commits() < 60, "the rows were grouped before the bad one split them");
+}
+
+#[tokio::test]
+async fn concurrent_key_checks_share_lookups_and_each_is_answered_for_its_own_key() {
+    let db = TestDb::fresh().await;
+    let settings = crate::helpers::settings(&db.url, &[]);
+    let mut seeded = Vec::new();
+    for (n, state) in [CustomerState::PayAsYouGo, CustomerState::Pro, CustomerState::PayAsYouGo].into_iter().enumerate()
+    {
+        let email = Email::parse(&format!("keys{n}@example.com")).unwrap();
+        seeded.push(factories::create(&db.pool, &settings, state, email).await.unwrap());
+    }
+    let revoked = &seeded[2];
+    let revoked_id = db::api_keys::live(&db.pool, &revoked.api_key.hash()).await.unwrap().unwrap().0;
+    assert!(db::api_keys::revoke(&db.pool, revoked.customer_id, revoked_id).await.unwrap());
+    let unknown = ApiKey::generate();
+    let lookups = KeyLookups::spawn(db.pool.clone());
+
+    // 400 checks at once over four keys: two live, one revoked, one never issued.
+    let keys = [&seeded[0].api_key, &seeded[1].api_key, &revoked.api_key, &unknown];
+    let hashes: Vec<_> = (0..400).map(|i| keys[i % 4].hash()).collect();
+    let answers = futures::future::join_all(hashes.iter().map(|hash| lookups.owner_of(hash))).await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let owner = answer.expect("every check is answered");
+        match i % 4 {
+            live @ (0 | 1) => {
+                let owner = owner.expect("a live key has its owner");
+                let customer = db::customers::find(&db.pool, seeded[live].customer_id).await.unwrap().unwrap();
+                assert_eq!(owner.customer_id, customer.id, "check {i} is answered for its own key");
+                assert_eq!(owner.credit_balance, customer.credit_balance);
+            }
+            _ => assert!(owner.is_none(), "check {i}: a revoked or unknown key has no owner"),
+        }
+    }
+    assert!(lookups.lookups() < 100, "400 checks took {} lookups", lookups.lookups());
+
+    // Nothing is cached: a key revoked now is refused by the next check.
+    let live_id = db::api_keys::live(&db.pool, &seeded[0].api_key.hash()).await.unwrap().unwrap().0;
+    assert!(db::api_keys::revoke(&db.pool, seeded[0].customer_id, live_id).await.unwrap());
+    assert!(lookups.owner_of(&seeded[0].api_key.hash()).await.unwrap().is_none(), "revoked at once");
 }
 
 /// `n` customers with no credits and no card.
