@@ -42,9 +42,20 @@ impl Authenticated {
     }
 }
 
-/// The answer of [`identify`], cached for the rest of the request.
+/// The answer of [`identify`], cached for the rest of the request: a failed lookup too,
+/// so that the rate limiter, the idempotency guard and the handler all see the same
+/// answer (a request the limiter could not count is not served either).
 #[derive(Clone)]
-struct Identified(Option<Authenticated>);
+struct Identified(Result<Option<Authenticated>, Failed>);
+
+/// A lookup's failure, kept in a form each reader can be answered with.
+struct Failed(sqlx::Error);
+
+impl Clone for Failed {
+    fn clone(&self) -> Self {
+        Self(common::coalesce::same_kind_of(&self.0))
+    }
+}
 
 /// Whether the request carries an `x-api-key` header at all.
 pub fn presents_key(req: &HttpRequest) -> bool {
@@ -55,23 +66,29 @@ pub fn presents_key(req: &HttpRequest) -> bool {
 /// an unknown one or a revoked one. Looked up once per request.
 pub async fn identify(req: &HttpRequest) -> Result<Option<Authenticated>, sqlx::Error> {
     if let Some(Identified(known)) = req.extensions().get::<Identified>() {
-        return Ok(known.clone());
+        return known.clone().map_err(|Failed(error)| error);
     }
     let key = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).and_then(|raw| ApiKey::parse(raw.trim()).ok());
-    let known = match (key, req.app_data::<web::Data<KeyLookups>>()) {
-        (Some(key), Some(lookups)) => {
-            let hash = key.hash();
-            lookups.owner_of(&hash).await?.map(|owner| Authenticated {
-                customer_id: owner.customer_id,
-                key_hash: hash.as_str().to_owned(),
-                credit_balance: owner.credit_balance,
-                has_payment_method: owner.has_payment_method,
-            })
-        }
-        _ => None,
+    let known = match key {
+        Some(key) => look_up(req, key).await,
+        None => Ok(None),
     };
-    req.extensions_mut().insert(Identified(known.clone()));
-    Ok(known)
+    req.extensions_mut()
+        .insert(Identified(known.as_ref().map(Clone::clone).map_err(|e| Failed(common::coalesce::same_kind_of(e)))));
+    known
+}
+
+async fn look_up(req: &HttpRequest, key: ApiKey) -> Result<Option<Authenticated>, sqlx::Error> {
+    let lookups = req
+        .app_data::<web::Data<KeyLookups>>()
+        .ok_or_else(|| sqlx::Error::Configuration("the app has no key lookups registered".into()))?;
+    let hash = key.hash();
+    Ok(lookups.owner_of(&hash).await?.map(|owner| Authenticated {
+        customer_id: owner.customer_id,
+        key_hash: hash.as_str().to_owned(),
+        credit_balance: owner.credit_balance,
+        has_payment_method: owner.has_payment_method,
+    }))
 }
 
 impl FromRequest for Authenticated {

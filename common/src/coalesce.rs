@@ -90,12 +90,20 @@ async fn next_batch<T>(receiver: &Mutex<mpsc::Receiver<T>>, max: usize) -> Optio
 }
 
 /// An error each request of a failed batch can be answered with (`sqlx::Error` is not
-/// `Clone`): what the API answers for it stays the same (see `ApiError`'s `From`).
+/// `Clone`): what the API answers for it stays the same (see `ApiError`'s `From`): the
+/// database unavailable (no connection, a broken one, classes 08, 57 and 53) is 503,
+/// anything else the statement met is 500.
 pub fn same_kind_of(error: &sqlx::Error) -> sqlx::Error {
+    let unavailable = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| ["08", "57", "53"].iter().any(|class| code.starts_with(class)));
     match error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
-        other => sqlx::Error::Protocol(format!("a grouped statement failed: {other}")),
+        sqlx::Error::Protocol(message) => sqlx::Error::Protocol(message.clone()),
+        other if unavailable => sqlx::Error::Protocol(format!("a grouped statement failed: {other}")),
+        other => sqlx::Error::InvalidArgument(format!("a grouped statement failed: {other}")),
     }
 }

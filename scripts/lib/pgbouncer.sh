@@ -3,18 +3,26 @@
 # Debian 12's package is PgBouncer 1.18, which cannot serve sqlx in transaction mode:
 # sqlx prepares every statement, and only 1.21 and later (`max_prepared_statements`)
 # carry prepared statements from one server session to the next. So this builds
-# Debian 13's source package (upstream's release plus Debian's patches) from Debian's
-# archive, checked the way apt checks it: the release file's signature against the
-# Debian archive keyring, the source index against the release file, each file against
-# the index. Built once into .tools/.
+# Debian 13's current source package (upstream's release plus Debian's security patches)
+# from Debian's archive, checked as apt checks what it fetches: the release file's
+# signature against the Debian archive keyring, the source index against the release
+# file, each file against the index. Built once into .tools/, and any binary found
+# there is used only if it is 1.21 or later.
 
 PGBOUNCER_SUITE=trixie
+
+# Whether $1 is a pgbouncer of 1.21 or later (named prepared statements in transaction mode).
+pgbouncer_carries_prepared_statements() {
+    local version
+    version=$("$1" --version 2>/dev/null | sed -n 's/^PgBouncer \([0-9]*\.[0-9]*\).*/\1/p')
+    [ -n "$version" ] && [ "${version%%.*}" -ge 1 ] && { [ "${version%%.*}" -gt 1 ] || [ "${version#*.}" -ge 21 ]; }
+}
 
 # Prints the path of a pgbouncer binary of 1.21 or later, building it if need be.
 install_pgbouncer() {
     local existing
     for existing in .tools/pgbouncer-*/bin/pgbouncer; do
-        [ -x "$existing" ] && { echo "$PWD/$existing"; return 0; }
+        [ -x "$existing" ] && pgbouncer_carries_prepared_statements "$existing" && { echo "$PWD/$existing"; return 0; }
     done
     echo "==> building PgBouncer from Debian's $PGBOUNCER_SUITE source package into .tools/" >&2
     local missing=()
@@ -63,7 +71,8 @@ install_pgbouncer() {
     ) || { rm -rf "$work"; echo "building PgBouncer failed" >&2; return 1; }
     rm -rf "$work"
     for existing in .tools/pgbouncer-*/bin/pgbouncer; do
-        [ -x "$existing" ] && { echo "$PWD/$existing"; return 0; }
+        [ -x "$existing" ] && pgbouncer_carries_prepared_statements "$existing" && { echo "$PWD/$existing"; return 0; }
     done
+    echo "Debian's $PGBOUNCER_SUITE source package built no PgBouncer of 1.21 or later" >&2
     return 1
 }

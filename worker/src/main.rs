@@ -61,7 +61,7 @@ async fn main() -> Result<(), Error> {
             let kinds = jobs::kinds().into_iter().map(|(kind, _)| kind).collect();
             common::queue::admin::spawn_gauges(pool.clone(), kinds, std::time::Duration::from_secs(5));
             let job_pool = db::job_pool(&settings)?;
-            db::warn_if_jobs_unbounded(&settings, &job_pool).await;
+            db::check_job_sessions(&settings, &job_pool).await?;
             let ctx = JobContext::new(job_pool, Arc::new(settings))?;
             jobs::run_workers(ctx, shutdown_signal()).await
         }

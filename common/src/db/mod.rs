@@ -7,8 +7,9 @@
 //! transactions, and each statement outside one, may run in another server session.
 //! - Nothing is set per session. The job pool's `statement_timeout` and the bookkeeping
 //!   pool's `synchronous_commit = off` are startup options, which PgBouncer refuses: set
-//!   the first for the worker's role on the server (`ALTER ROLE … SET statement_timeout`;
-//!   the worker warns at start when it is off); bookkeeping commits stay synchronous.
+//!   the first where the pooler connects for the workers (PgBouncer's `connect_query` on
+//!   their database entry, or their own role; the worker refuses to start without one:
+//!   [`check_job_sessions`]); bookkeeping commits stay synchronous.
 //! - What needs one session across statements takes a direct connection: the workers'
 //!   `LISTEN` ([`listen_pool`]) and the migrations ([`apply_migrations`]: sqlx holds a
 //!   session-level advisory lock while migrating, which through a pooler could be
@@ -86,29 +87,48 @@ pub fn listen_pool(settings: &Settings, pool: &PgPool) -> Result<PgPool, sqlx::E
         .connect_lazy_with(options.application_name("rsolv-listen")))
 }
 
-/// Applies our migrations as the processes do at start: on `DATABASE_DIRECT_URL` when a
-/// pooler is in between (module guide), else on `pool`.
+/// Applies our migrations as the processes do at start: on one direct connection when
+/// a pooler is in between (module guide), else on `pool`. The direct connection has no
+/// `statement_timeout` (a role's, meant for jobs, must not cancel a long migration or the
+/// wait for another process's migration lock) and is made within
+/// `DATABASE_ACQUIRE_TIMEOUT_MS`, so an unreachable address fails the start clearly.
 pub async fn apply_migrations(settings: &Settings, pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    match &settings.database_direct_url {
-        Some(direct) => MIGRATOR.run(&mut PgConnection::connect(direct.expose()).await?).await,
-        None => migrate(pool).await,
-    }
+    let Some(direct) = &settings.database_direct_url else { return migrate(pool).await };
+    let options: PgConnectOptions = direct.expose().parse()?;
+    let options = options.application_name("rsolv-migrate").options([("statement_timeout", "0")]);
+    let mut connection = tokio::time::timeout(settings.database_acquire_timeout, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    MIGRATOR.run(&mut connection).await
 }
 
-/// Behind a pooler, warns when the job pool's statements run without a
-/// `statement_timeout` (it cannot be set per session there: module guide).
-pub async fn warn_if_jobs_unbounded(settings: &Settings, job_pool: &PgPool) {
-    if settings.database_direct_url.is_none() {
-        return;
-    }
-    match sqlx::query_scalar!(r#"SELECT current_setting('statement_timeout') AS "timeout!""#).fetch_one(job_pool).await
-    {
-        Ok(timeout) if timeout == "0" => tracing::warn!(
-            "behind a pooler, jobs' statements have no statement_timeout: set one for the worker's role \
-             (ALTER ROLE … SET statement_timeout = '60s')"
-        ),
-        Ok(timeout) => tracing::info!(%timeout, "jobs' statement_timeout, from the role behind the pooler"),
-        Err(error) => tracing::warn!(%error, "could not read jobs' statement_timeout"),
+/// Checks, as a worker starts, that jobs' statements run with a `statement_timeout`:
+/// without a pooler, the one `JOB_STATEMENT_TIMEOUT_MS` asked for (else something in
+/// between drops startup options: a pooler, which needs `DATABASE_DIRECT_URL`); behind
+/// one, any but none (it is set where the pooler connects: README, "Behind PgBouncer").
+pub async fn check_job_sessions(settings: &Settings, job_pool: &PgPool) -> Result<(), String> {
+    let timeout_ms = sqlx::query_scalar!(
+        r#"SELECT (extract(epoch FROM current_setting('statement_timeout')::interval) * 1000)::int8 AS "ms!""#
+    )
+    .fetch_one(job_pool)
+    .await
+    .map_err(|error| format!("could not read jobs' statement_timeout: {error}"))?;
+    let asked = settings.jobs.statement_timeout.as_millis() as i64;
+    match &settings.database_direct_url {
+        None if timeout_ms != asked => Err(format!(
+            "jobs' connections asked for statement_timeout = {asked} ms and have {timeout_ms} ms: something between \
+             the worker and Postgres drops startup options. Behind a pooler, set DATABASE_DIRECT_URL \
+             (README, \"Behind PgBouncer\")"
+        )),
+        Some(_) if timeout_ms == 0 => Err("behind a pooler, jobs' statements would run without a statement_timeout: \
+             set one where the pooler connects for the workers (PgBouncer's connect_query on their database entry, \
+             or their own role: README, \"Behind PgBouncer\")"
+            .to_owned()),
+        Some(_) => {
+            tracing::info!(timeout_ms, "jobs' statement_timeout, as the pooler's sessions have it");
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 

@@ -38,7 +38,7 @@ const FLUSHERS: usize = 2;
 /// Postings in one transaction at most (a batch holds its customers' locks this long).
 const MAX_BATCH: usize = 256;
 /// Postings waiting at most; in practice the jobs that can wait are fewer (their kinds'
-/// concurrency), and a job finding it full waits its turn.
+/// concurrency), and a job finding it full runs alone.
 const MAX_WAITING: usize = 16 * MAX_BATCH;
 
 /// What a batch decided for one job.

@@ -51,12 +51,17 @@ async fn send(client: &reqwest::Client, apis: &[String; 2], first: usize, reques
 #[tokio::test]
 async fn two_apis_and_four_workers_lose_nothing_when_one_of_each_is_killed_mid_load() {
     let db = TestDb::fresh().await;
-    lose_nothing_when_one_api_and_one_worker_die(&db, &db.url, &[]).await;
+    lose_nothing_when_one_api_and_one_worker_die(&db, [&db.url, &db.url], &[]).await;
 }
 
-/// The fleet's load and its checks, every process on `process_url` (the test's database,
-/// or a pooler in front of it) with `env` after the fleet's settings.
-pub async fn lose_nothing_when_one_api_and_one_worker_die(db: &TestDb, process_url: &str, env: &[(&str, &str)]) {
+/// The fleet's load and its checks, the APIs on `urls[0]` and the workers on `urls[1]`
+/// (the test's database, or a pooler in front of it), with `env` after the fleet's
+/// settings. Returns the processes left running (one API and three workers).
+pub async fn lose_nothing_when_one_api_and_one_worker_die(
+    db: &TestDb,
+    urls: [&str; 2],
+    env: &[(&str, &str)],
+) -> Vec<Process> {
     let settings = crate::helpers::settings(&db.url, &[]);
     let mut payers = Vec::new();
     for n in 0..10 {
@@ -72,14 +77,14 @@ pub async fn lose_nothing_when_one_api_and_one_worker_die(db: &TestDb, process_u
     let mut addresses = Vec::new();
     for _ in 0..2 {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = our_command("rsolv-api", process_url);
+        let mut command = our_command("rsolv-api", urls[0]);
         command.env("BIND_ADDR", format!("127.0.0.1:{port}")).envs(FLEET_ENV).envs(env.iter().copied());
         apis.push(Process::spawn(command.stdout(std::process::Stdio::null())));
         addresses.push(format!("http://127.0.0.1:{port}"));
     }
     let addresses: [String; 2] = addresses.try_into().unwrap();
     let worker_env: Vec<_> = FLEET_ENV.iter().chain(env).copied().collect();
-    let mut workers: Vec<Process> = (0..4).map(|_| Process::worker(process_url, &worker_env)).collect();
+    let mut workers: Vec<Process> = (0..4).map(|_| Process::worker(urls[1], &worker_env)).collect();
     let client = reqwest::Client::new();
     for base in &addresses {
         wait_for("an API to be ready", Duration::from_secs(20), || async {
@@ -189,4 +194,5 @@ pub async fn lose_nothing_when_one_api_and_one_worker_die(db: &TestDb, process_u
     let payers_now: i64 = count("SELECT sum(credit_balance)::bigint FROM customers WHERE email LIKE 'payer%'").await;
     assert_eq!(payers_now, balances_before + 100 * 60 - 300, "the payers' balances moved by exactly that");
     assert_ledger_consistent(&db.pool).await;
+    apis.into_iter().skip(1).chain(workers.into_iter().skip(1)).collect()
 }

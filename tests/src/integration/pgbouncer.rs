@@ -1,7 +1,8 @@
 //! The platform behind PgBouncer in transaction mode, as a deployment that pools its
 //! connections runs it: the fleet's load (signups, fix reports, paid invoices) through
 //! two API processes and four workers, one of each killed mid-load, every process on
-//! PgBouncer and its `LISTEN` and migrations on `DATABASE_DIRECT_URL`.
+//! PgBouncer and its `LISTEN` and migrations on `DATABASE_DIRECT_URL`. The workers use a
+//! database entry of their own, whose sessions carry the jobs' `statement_timeout`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +36,8 @@ impl PgBouncer {
         let ini = format!(
             "[databases]\n\
              {database} = host={host} port={server_port} dbname={database}\n\
+             {database}_jobs = host={host} port={server_port} dbname={database} \
+             connect_query='SET statement_timeout = 60000'\n\
              [pgbouncer]\n\
              listen_addr = 127.0.0.1\n\
              listen_port = {port}\n\
@@ -80,13 +83,17 @@ impl PgBouncer {
         format!("postgres://{}@127.0.0.1:{}/{database}", server.get_username(), self.port)
     }
 
-    /// One row of the admin console's `SHOW STATS`: what passed through for `database`.
-    async fn stats(&self, database: &str) -> PgRow {
+    /// A counter of the admin console's `SHOW STATS`, summed over the database's entries
+    /// (the API's and the workers').
+    async fn stat(&self, database: &str, column: &str) -> i64 {
         let mut admin = connect(&self.url("pgbouncer")).await.expect("the admin console answers");
         let rows = sqlx::raw_sql("SHOW STATS").fetch_all(&mut admin).await.unwrap();
-        rows.into_iter()
-            .find(|row| row.try_get_unchecked::<String, _>("database").is_ok_and(|name| name == database))
-            .expect("stats for the database")
+        // The console answers in text.
+        let text = |row: &PgRow, column: &str| row.try_get_unchecked::<String, _>(column).unwrap_or_default();
+        rows.iter()
+            .filter(|row| text(row, "database").starts_with(database))
+            .map(|row| text(row, column).parse::<i64>().unwrap())
+            .sum()
     }
 }
 
@@ -104,36 +111,63 @@ async fn connect(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
     url.parse::<PgConnectOptions>()?.extra_float_digits(None).connect().await
 }
 
-/// A counter of `SHOW STATS` (the admin console answers in text).
-fn stat(row: &PgRow, column: &str) -> i64 {
-    row.try_get_unchecked::<String, _>(column).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn the_fleet_loses_nothing_behind_pgbouncer_in_transaction_mode() {
     let db = TestDb::fresh().await;
     let database = db.url.rsplit('/').next().unwrap().to_owned();
-    // Behind a pooler a session cannot be given a statement_timeout, so the role (here,
-    // the test database) carries the jobs' one; the worker reads it back at start.
-    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {database} SET statement_timeout = '60s'")))
-        .execute(&db.pool)
-        .await
-        .unwrap();
     let bouncer = PgBouncer::start(&database).await;
-    let pooled = bouncer.url(&database);
+    let (api_url, worker_url) = (bouncer.url(&database), bouncer.url(&format!("{database}_jobs")));
 
-    crate::fleet::lose_nothing_when_one_api_and_one_worker_die(
+    let survivors = crate::fleet::lose_nothing_when_one_api_and_one_worker_die(
         &db,
-        &pooled,
+        [&api_url, &worker_url],
         &[("DATABASE_DIRECT_URL", db.url.as_str()), ("DATABASE_MAX_CONNECTIONS", "10")],
     )
     .await;
 
-    // The load did pass through PgBouncer, and its prepared statements were carried from
-    // session to session (parsed once per client, bound many times).
-    let stats = bouncer.stats(&database).await;
-    let (transactions, parses, binds) =
-        (stat(&stats, "total_xact_count"), stat(&stats, "total_client_parse_count"), stat(&stats, "total_bind_count"));
-    assert!(transactions >= 600, "every request's transaction went through PgBouncer: {transactions}");
+    // The load did pass through PgBouncer, and prepared statements were carried from
+    // session to session (bound many times more often than parsed).
+    let transactions = bouncer.stat(&database, "total_xact_count").await;
+    let parses = bouncer.stat(&database, "total_client_parse_count").await;
+    let binds = bouncer.stat(&database, "total_bind_count").await;
+    assert!(transactions >= 600, "the load's transactions went through PgBouncer: {transactions}");
     assert!(parses > 0 && binds > 2 * parses, "prepared statements were reused: {parses} parsed, {binds} bound");
+    // Each live worker listens on a direct session of its own, not through the pooler.
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'rsolv-listen' AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(listening, 3, "the three live workers listen on direct sessions");
+    // No migration lock (a session-level advisory lock) was left held in a pooled session.
+    let advisory: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+         WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(advisory, 0, "no advisory lock is held");
+    // The workers' sessions carry the jobs' statement_timeout (a worker refuses to start
+    // behind a pooler without one).
+    let mut jobs_session = connect(&worker_url).await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout").fetch_one(&mut jobs_session).await.unwrap();
+    assert_eq!(timeout, "1min");
+    drop(survivors);
+}
+
+#[tokio::test]
+async fn a_worker_behind_pgbouncer_refuses_to_start_when_its_jobs_would_have_no_statement_timeout() {
+    let db = TestDb::fresh().await;
+    let database = db.url.rsplit('/').next().unwrap().to_owned();
+    let bouncer = PgBouncer::start(&database).await;
+    // The API's entry: its sessions have no statement_timeout.
+    let mut worker = crate::helpers::our_command("rsolv-worker", &bouncer.url(&database));
+    worker.env("DATABASE_DIRECT_URL", &db.url).env("METRICS_ADDR", "off");
+    let output = tokio::task::spawn_blocking(move || worker.output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the worker refused to start");
+    assert!(stderr.contains("without a statement_timeout"), "and said why: {stderr}");
 }
