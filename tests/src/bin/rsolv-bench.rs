@@ -829,15 +829,20 @@ impl Bench {
         self.figures.record("metering: fixes accepted with the worker running", "req/s", total as f64 / took);
         self.figures.record("metering: API answer p50", "ms", percentile(&latencies, 0.50));
         self.figures.record("metering: API answer p99", "ms", percentile(&latencies, 0.99));
-        let posted = "SELECT count(*) FROM usage_fixes WHERE outcome = 'consumed' AND fix_id LIKE 'r%-b-f%'";
-        wait_until(&self.pool, posted, total as i64, Duration::from_secs(600)).await?;
-        let seconds: f64 = sqlx::query_scalar(
-            "SELECT extract(epoch FROM max(created_at) - $1)::float8 FROM usage_fixes
-             WHERE outcome = 'consumed' AND fix_id LIKE 'r%-b-f%'",
+        // Every job of this phase done, then this phase's fixes only (earlier runs' fix
+        // ids share the pattern; a wait on their count was met before this run's were).
+        wait_drained(&self.pool, Duration::from_secs(600)).await?;
+        let (posted, seconds): (i64, f64) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM max(created_at) - $1)::float8 FROM usage_fixes
+             WHERE outcome = 'consumed' AND fix_id LIKE $2",
         )
         .bind(started_db)
+        .bind(format!("r{run}-b-f%"))
         .fetch_one(&self.pool)
         .await?;
+        if posted != total as i64 {
+            return Err(format!("{posted} of {total} fixes were posted").into());
+        }
         self.record_with_ratio(
             "metering end to end: report sent → debit posted",
             "fixes/s",
