@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::queue::{JobStatus, testing};
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
@@ -185,7 +186,12 @@ async fn a_customer_signs_in_adds_a_card_subscribes_uses_cancels_resumes_and_sig
     until_shown(&browser, &app, "/dashboard", "cancelled at the end of the current period").await;
     browser.goto(&app.url("/dashboard/billing")).await;
     browser.click("#resume").await;
-    wait_for_kind_finished(&app.db.pool, "resume_subscription", Duration::from_secs(20)).await;
+    // The click may return before its form's request is served: wait for the resume job
+    // to exist and finish, not merely for no such job to be unfinished.
+    wait_for("the resume to be done", Duration::from_secs(20), || async {
+        testing::count(&app.db.pool, Some("resume_subscription"), &[JobStatus::Completed]).await == 1
+    })
+    .await;
     browser.goto(&app.url("/dashboard")).await;
     assert!(!browser.page().await.contains("cancelled at the end of the current period"));
 
