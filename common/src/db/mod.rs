@@ -53,7 +53,7 @@ fn connect_options(settings: &Settings) -> Result<PgConnectOptions, sqlx::Error>
 /// (`JOB_STATEMENT_TIMEOUT_MS`, 60 s). A run that overruns its kind's timeout is dropped
 /// by the worker, but Postgres would go on running (or waiting for a lock with) the
 /// statement it was in, holding its locks; this ends such a statement on the server.
-/// Behind a pooler the timeout is the role's (module guide).
+/// Behind a pooler it is set where the pooler connects (module guide).
 pub fn job_pool(settings: &Settings) -> Result<PgPool, sqlx::Error> {
     let statement_timeout = settings.jobs.statement_timeout.as_millis().to_string();
     let options = connect_options(settings)?.application_name("rsolv-jobs");
