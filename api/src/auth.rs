@@ -73,9 +73,9 @@ pub async fn identify(req: &HttpRequest) -> Result<Option<Authenticated>, sqlx::
         Some(key) => look_up(req, key).await,
         None => Ok(None),
     };
-    req.extensions_mut()
-        .insert(Identified(known.as_ref().map(Clone::clone).map_err(|e| Failed(common::coalesce::same_kind_of(e)))));
-    known
+    let identified = Identified(known.map_err(Failed));
+    req.extensions_mut().insert(identified.clone());
+    identified.0.map_err(|Failed(error)| error)
 }
 
 async fn look_up(req: &HttpRequest, key: ApiKey) -> Result<Option<Authenticated>, sqlx::Error> {
