@@ -106,3 +106,29 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
     assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &key).await.status(), 200);
     assert_eq!(app.get_with_key("/api/v1/usage/fixes/mine", &other_key).await.status(), 404);
 }
+
+/// What every usage job's run (`first_enqueued_at`) and the usage status route
+/// (`by_unique_key`) ask, by kind and key whatever the job's state, is answered from an
+/// index: with scanning the table priced out, as it is once the table holds a history
+/// of finished jobs, neither reads `jobs` itself. Before `jobs_by_unique_key`, both did.
+#[tokio::test]
+async fn the_usage_jobs_key_lookups_read_an_index_not_the_whole_table() {
+    use common::jobs::RecordUsage;
+    use common::queue::{self, JobKind};
+
+    let app = TestApp::api_only().await;
+    let job = crate::helpers::fix(uuid::Uuid::new_v4(), "fix-1");
+    queue::enqueue(&app.db.pool, &job).await.unwrap();
+    let key = job.unique_key().unwrap();
+
+    let mut tx = app.db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
+    // This backend's own counters (no delay, no other session's reads), before and after.
+    let scans = "SELECT (SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'),
+                        pg_stat_get_xact_numscans('jobs_by_unique_key'::regclass)";
+    let before: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    assert!(queue::first_enqueued_at(&mut *tx, RecordUsage::KIND, &key).await.unwrap().is_some());
+    assert!(queue::by_unique_key(&mut *tx, RecordUsage::KIND, &key).await.unwrap().is_some());
+    let after: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 2), "table scans and index scans of the two lookups");
+}

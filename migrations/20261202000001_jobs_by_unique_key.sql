@@ -1,0 +1,13 @@
+-- no-transaction
+-- Jobs by kind and unique key, whatever their state: what `queue::first_enqueued_at`
+-- (every usage job's run) and `queue::by_unique_key` (the usage status route) ask.
+-- `jobs_unique_key` cannot answer them: its predicate names `status` (a dead or
+-- cancelled job gives its key back), and these ask about every job that held the key,
+-- so until now each call read the whole table, history included.
+--
+-- Built CONCURRENTLY, outside a transaction, so that a live queue keeps inserting and
+-- claiming while it builds (a plain CREATE INDEX would hold up every insert for the
+-- build, seconds per million rows). If a build is interrupted, Postgres leaves the index
+-- INVALID and this statement skips it when run again: drop it (DROP INDEX CONCURRENTLY
+-- jobs_by_unique_key) and run the migrations again.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_by_unique_key ON jobs (kind, unique_key) WHERE unique_key IS NOT NULL;
