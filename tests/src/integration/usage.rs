@@ -1,9 +1,10 @@
 use std::time::Duration;
 
-use common::queue::testing;
+use common::jobs::RecordUsage;
+use common::queue::{self, JobKind, testing};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_ledger_consistent, wait_for_kind_finished};
+use crate::helpers::{TestApp, assert_ledger_consistent, fix, wait_for_kind_finished};
 
 #[tokio::test]
 async fn two_hundred_concurrent_fixes_consume_exactly_the_five_credits() {
@@ -113,11 +114,8 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
 /// of finished jobs, neither reads `jobs` itself. Before `jobs_by_unique_key`, both did.
 #[tokio::test]
 async fn the_usage_jobs_key_lookups_read_an_index_not_the_whole_table() {
-    use common::jobs::RecordUsage;
-    use common::queue::{self, JobKind};
-
     let app = TestApp::api_only().await;
-    let job = crate::helpers::fix(uuid::Uuid::new_v4(), "fix-1");
+    let job = fix(uuid::Uuid::new_v4(), "fix-1");
     queue::enqueue(&app.db.pool, &job).await.unwrap();
     let key = job.unique_key().unwrap();
 
