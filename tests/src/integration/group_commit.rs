@@ -254,3 +254,65 @@ async fn a_batch_stopped_before_its_commit_leaves_each_job_to_post_once_alone() 
 async fn a_batch_whose_answers_are_lost_after_its_commit_posts_nothing_twice() {
     stopped_batch_posts_once("postings::after_commit", "failed").await;
 }
+
+/// A batch plans its lookups for the tables as they are. A pooled connection keeps the
+/// generic plan it chose on a statement's sixth run: chosen while `usage_fixes` held a
+/// few rows (a new deployment; no ANALYZE since), it read the whole table for every
+/// later batch, however large the table grew. On one connection: 8 batches while the
+/// table is nearly empty, 50,000 fixes recorded, 20 batches more; the table may be
+/// scanned for the first batches (small, it is the cheaper plan), never for the later ones.
+#[tokio::test]
+async fn batches_read_recorded_fixes_by_index_once_the_table_has_grown_under_their_connection() {
+    let app = TestApp::api_only().await;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&app.db.url).await.unwrap();
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap();
+    let ctx = JobContext::new(pool.clone(), app.settings.clone()).unwrap();
+    let email = Email::parse("grows@example.com").unwrap();
+    let customer = factories::create(&app.db.pool, &app.settings, CustomerState::Pro, email).await.unwrap().customer_id;
+    let consume = |fix_id: String| {
+        let ctx = ctx.clone();
+        async move {
+            let outcome = fix(customer, &fix_id).run(ctx).await.expect("the fix is paid");
+            assert!(matches!(&outcome, Outcome::Done { detail } if detail["outcome"] == "consumed"), "{outcome:?}");
+        }
+    };
+    let (early, later) = (8, 20);
+    for n in 0..early {
+        consume(format!("early-{n}")).await;
+    }
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
+         SELECT $1, 'recorded-' || n, 'org/repo', 'refused', 'NO_BILLING_INFO' FROM generate_series(1, 50000) n",
+    )
+    .bind(customer)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    for n in 0..later {
+        consume(format!("later-{n}")).await;
+    }
+
+    // A backend reports its table counters when it ends: end it, and wait until it has.
+    pool.close().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+            .bind(backend)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        if !alive {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the batches' connection did not end");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (table_scans, index_scans): (i64, i64) =
+        sqlx::query_as("SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'usage_fixes'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(table_scans <= early, "{table_scans} reads of the whole table: the later batches read it too");
+    assert!(index_scans >= later, "the later batches looked their fixes up by index ({index_scans} index scans)");
+    assert_eq!(app.balance(customer).await, 60 - early - later);
+}
