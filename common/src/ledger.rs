@@ -235,6 +235,9 @@ async fn move_balances(
     }
     let (customers, deltas): (Vec<Uuid>, Vec<i64>) = moved.into_iter().filter(|(_, d)| *d != 0).unzip();
     let expected: Vec<i64> = customers.iter().map(|id| balances[id]).collect();
+    // Joins the batch's customers against the table: planned for them (see
+    // `db::planned_for_arguments`), not by a plan cached while the table was small.
+    crate::db::planned_for_arguments(&mut *tx).await?;
     let drifted = sqlx::query_scalar!(
         "WITH moved AS (
              UPDATE customers c SET credit_balance = c.credit_balance + m.delta, updated_at = now()
@@ -248,6 +251,7 @@ async fn move_balances(
     )
     .fetch_one(&mut *tx)
     .await?;
+    crate::db::cached_plans(&mut *tx).await?;
     if drifted > 0 {
         return Err(sqlx::Error::Protocol(format!("{drifted} balances moved other than their entries say")));
     }

@@ -128,21 +128,11 @@ async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batch
     let mut tx = pool.begin().await?;
     // A customer held elsewhere (an operator's long transaction) must not hold up the
     // batch's other customers: past this wait the batch fails and its jobs run alone.
-    //
-    // The batch's lookups are planned for their own arguments and the tables as they
-    // are now. A pooled connection otherwise keeps the generic plan it chose on its
-    // sixth run, and one chosen while `usage_fixes` was nearly empty (a new deployment,
-    // or a database where ANALYZE has not run since) hashes the batch's keys and reads
-    // the whole table for every batch: measured, 15 ms a batch at 80,000 recorded fixes
-    // and growing with them, while the batch holds its customers' locks. Planning them
-    // costs a fraction of that, once per batch. Only them: the ledger's triggers run
-    // their statements once per entry, and planning those each time cost more than
-    // the scans did (see `plans_for_lookups_only`).
-    sqlx::query(
-        "SELECT set_config('lock_timeout', '2s', true), set_config('plan_cache_mode', 'force_custom_plan', true)",
-    )
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await?;
+    // The lookups below join the batch's keys against tables that grow (see
+    // `db::planned_for_arguments`); the postings after them run the ledger's triggers
+    // once per entry, and keep their cached plans.
+    db::planned_for_arguments(&mut tx).await?;
     let mut ids: Vec<Uuid> = work.iter().map(Work::customer_id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -159,7 +149,7 @@ async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batch
             .collect();
     let charged: HashSet<(Uuid, String)> =
         db::charges::fixes_with_charges(&mut *tx, &fix_customers, &fix_ids).await?.into_iter().collect();
-    plans_for_lookups_only(&mut tx).await?;
+    db::cached_plans(&mut tx).await?;
 
     let mut postings = Vec::new();
     let mut seen_fixes = HashSet::new();
@@ -233,13 +223,6 @@ async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batch
         }
     }
     Ok(decided)
-}
-
-/// Back to cached plans for the rest of the transaction: the postings' statements and
-/// the ledger triggers' (run once per entry) keep theirs.
-async fn plans_for_lookups_only(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('plan_cache_mode', 'auto', true)").execute(tx).await?;
-    Ok(())
 }
 
 /// Fixes paid by a credit in this batch, recorded in one insert.
