@@ -15,7 +15,7 @@ use common::queue::{self, Enqueued, Job, JobKind, JobWaker, Outcome, testing};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestDb, assert_ledger_consistent, fix, grant};
+use crate::helpers::{TestApp, TestDb, assert_ledger_consistent, fix, grant, wait_for};
 
 #[tokio::test]
 async fn concurrent_enqueues_share_commits_and_each_is_answered_with_its_own_row() {
@@ -302,19 +302,15 @@ async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection()
 
     // A backend reports its table counters when it ends: end it, and wait until it has.
     pool.close().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    wait_for("the batches' connection to end", std::time::Duration::from_secs(30), || async {
         let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
             .bind(backend)
             .fetch_one(&app.db.pool)
             .await
             .unwrap();
-        if !alive {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the batches' connection did not end");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        !alive
+    })
+    .await;
     // Without a plan for the grown tables, each later batch adds one full read of each.
     for table in ["usage_fixes", "customers"] {
         let (whole, by_key): (i64, i64) =
