@@ -234,9 +234,13 @@ async fn move_balances(
         *moved.entry(postings[*index].customer_id).or_default() += postings[*index].amount;
     }
     let (customers, deltas): (Vec<Uuid>, Vec<i64>) = moved.into_iter().filter(|(_, d)| *d != 0).unzip();
+    if customers.is_empty() {
+        return Ok(());
+    }
     let expected: Vec<i64> = customers.iter().map(|id| balances[id]).collect();
     // Joins the batch's customers against the table: planned for them (see
-    // `db::planned_for_arguments`), not by a plan cached while the table was small.
+    // `db::planned_for_arguments`), not by a plan cached while the table was small. The
+    // transaction's statements after it run in the session's own plan cache mode.
     crate::db::planned_for_arguments(&mut *tx).await?;
     let drifted = sqlx::query_scalar!(
         "WITH moved AS (

@@ -153,11 +153,13 @@ pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
 /// they are now, until [`cached_plans`].
 ///
 /// sqlx prepares each statement once per connection, and Postgres keeps the generic plan
-/// it settles on at a statement's sixth run until the connection is replaced (30 minutes)
-/// or the table is analyzed. For a statement that joins a batch of keys (`unnest`)
-/// against a table, a plan chosen while the table was nearly empty (a new deployment)
-/// reads the whole table and keeps doing so as it grows: measured, 15 ms a batch of
-/// postings at 80,000 recorded fixes, under the batch's row locks. Planning a statement
+/// it settles on at a statement's sixth run while the server connection lives (sqlx
+/// replaces its connections after 30 minutes; behind PgBouncer, its `server_lifetime`)
+/// and the table is not vacuumed, analyzed or altered. For a statement that joins a
+/// batch of keys (`unnest`) against a table, a plan chosen while the table was nearly
+/// empty (a new deployment) reads the whole table, and keeps doing so as it grows until
+/// then; with autovacuum off, for the connection's whole life: measured, 15 ms a batch
+/// of postings at 80,000 recorded fixes, under the batch's row locks. Planning a statement
 /// costs a fraction of a millisecond; use this around the few that need it, not around
 /// statements run once per row (a trigger's), where planning each run costs more than it
 /// saves.
@@ -167,7 +169,8 @@ pub async fn planned_for_arguments(tx: &mut PgConnection) -> Result<(), sqlx::Er
 }
 
 /// Back to the session's own plan cache mode (`auto`, unless an operator set another
-/// for the role or database) after [`planned_for_arguments`].
+/// for the server, role or database) after [`planned_for_arguments`]: a mode the caller
+/// set for its transaction is not restored.
 pub async fn cached_plans(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query!("SET LOCAL plan_cache_mode TO DEFAULT").execute(tx).await?;
     Ok(())
