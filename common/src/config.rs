@@ -267,8 +267,9 @@ pub struct JobSettings {
     /// Whether claims, acknowledgements and heartbeats wait for their commit to reach
     /// disk. Off by default: see `queue::bookkeeping_pool` for why that loses no job.
     pub bookkeeping_sync_commit: bool,
-    /// Whether grants and fix debits running at once in a process share a transaction
-    /// and its commit (`JOB_BATCH_POSTINGS`, on by default): see `jobs::PostingBatches`.
+    /// Whether grants and fix debits are settled in their claims, the jobs of one claim
+    /// sharing a transaction and its commit (`JOB_BATCH_POSTINGS`, on by default): see
+    /// `queue::settle` and `jobs::batch`.
     pub batch_postings: bool,
     /// Completed and cancelled jobs are deleted this long after they finished.
     pub retention_completed_hours: u32,

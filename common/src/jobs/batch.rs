@@ -1,118 +1,86 @@
-//! Group commit for the ledger's jobs: grants and fix debits that run at the same time
-//! in one worker process share one transaction and one durable commit.
+//! Group commit for the ledger's jobs: the grants and fix debits one claim takes are
+//! decided and posted in the claim's own transaction, with one durable commit.
 //!
 //! # Why
 //!
 //! A grant or a fix debit is a handful of statements and one durable commit
 //! (`synchronous_commit` stays on: it moves money). Run one job per transaction, the
 //! commit and the round trips around it bound the ledger at a few thousand postings a
-//! second however many jobs run at once. apalis still runs each job on its own; a job
-//! of these kinds hands its posting to [`PostingBatches`], and the postings handed over
-//! while the previous batch was being written go in together: customers locked in id
-//! order, each posting under its own idempotency key and the non-negative rule
-//! (`ledger::post_many`), and the job is answered after the commit.
+//! second however many jobs run at once. These kinds settle their claims ([`settler`],
+//! `queue::settle`): the due jobs a claim locks are decided together — customers locked
+//! in id order, each posting under its own idempotency key and the non-negative rule
+//! (`ledger::post_many`) — and the jobs decided are completed in the same transaction,
+//! so a settled job's row is written twice (inserted, completed) instead of three times,
+//! and its completion commits with its posting.
 //!
 //! # What stays with the job
 //!
 //! A batch decides only the common cases: a grant, a fix paid by a credit, a fix
 //! recorded before, a fix refused for want of credits and card. Anything else — a fix
-//! with a charge, one to be charged, a customer not there yet, a grant of nothing —
-//! is answered [`Batched::Alone`] and the job runs its own path, unchanged. A batch
-//! whose transaction fails answers every member `Alone`, so a poison posting fails its
-//! own job alone (with its own retries), never its neighbours.
+//! with a charge, one to be charged, a customer not there yet, a grant of nothing or one
+//! the balance cannot take — is left to the worker, which runs the job's own path,
+//! unchanged; nothing is written for it here. A batch whose transaction fails leaves
+//! every job to the worker (the claim is retried the ordinary way), so a poison posting
+//! fails its own job alone (with its own retries), never its neighbours.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::PgPool;
-use tokio::sync::oneshot;
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::JobContext;
 use super::record_usage::{RecordUsage, details, refusal};
-use crate::coalesce::Coalescer;
 use crate::db;
 use crate::ledger::{self, Posted, Posting};
 use crate::queue::Outcome;
-
-/// Batches written at once per process: one filling while one commits.
-const FLUSHERS: usize = 2;
-/// Postings in one transaction at most (a batch holds its customers' locks this long).
-const MAX_BATCH: usize = 256;
-/// Postings waiting at most; in practice the jobs that can wait are fewer (their kinds'
-/// concurrency), and a job finding it full runs alone.
-const MAX_WAITING: usize = 16 * MAX_BATCH;
-
-/// What a batch decided for one job.
-#[derive(Debug)]
-pub enum Batched {
-    /// Committed: the job's outcome.
-    Done(Outcome),
-    /// The job runs its own path.
-    Alone,
-    /// What the batch did is unknown to this run (a test build's stop after the commit,
-    /// as a crash would leave it): the attempt fails, and its retry finds what committed.
-    Lost,
-}
+use crate::queue::settle::{self, Claimed, Settled, Settler};
 
 /// A job's work as a batch takes it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Work {
     Grant(Posting),
     Fix(RecordUsage),
 }
 
-struct Pending {
-    work: Work,
-    answer: oneshot::Sender<Batched>,
+/// What settles the claims of kind `J`, whose jobs `work` says what a batch would do
+/// (`None`: left to the worker); none with `JOB_BATCH_POSTINGS=false`, where each job
+/// runs in a transaction of its own.
+pub(crate) fn settler<J: DeserializeOwned + 'static>(ctx: &JobContext, work: fn(J) -> Option<Work>) -> Option<Settler> {
+    // Whether a fix that finds no credit may be charged (Stripe is configured), in which
+    // case it is left to the worker.
+    let charges = ctx.stripe.is_some();
+    ctx.settings.jobs.batch_postings.then(|| settle::settler(move |tx, jobs| Box::pin(settle(tx, jobs, work, charges))))
 }
 
-/// The handle jobs hand their postings to; cheap to clone. `None` in a context runs
-/// every job alone.
-#[derive(Clone)]
-pub struct PostingBatches(Coalescer<Pending>);
-
-impl PostingBatches {
-    /// Starts the batch writers on the current runtime. `charges`: whether a fix that
-    /// finds no credit may be charged (Stripe is configured), in which case it runs alone.
-    /// A panicking batch drops its answers: its jobs run alone.
-    pub fn spawn(pool: PgPool, charges: bool) -> Self {
-        Self(Coalescer::spawn("batch of postings", FLUSHERS, MAX_BATCH, MAX_WAITING, move |batch| {
-            let pool = pool.clone();
-            async move { write(&pool, batch, charges).await }
-        }))
-    }
-
-    /// Runs `work` with the next batch; `Alone` if the batch cannot decide it, or if
-    /// [`MAX_WAITING`] postings already wait.
-    pub(crate) async fn run(&self, work: Work) -> Batched {
-        let (answer, answered) = oneshot::channel();
-        if self.0.offer(Pending { work, answer }).is_err() {
-            return Batched::Alone;
-        }
-        answered.await.unwrap_or(Batched::Alone)
-    }
+async fn settle<J: DeserializeOwned>(
+    tx: &mut sqlx::PgConnection,
+    jobs: &[Claimed],
+    work: fn(J) -> Option<Work>,
+    charges: bool,
+) -> Result<Settled, sqlx::Error> {
+    // The store has checked that the args decode.
+    let taken: Vec<Option<Work>> =
+        jobs.iter().map(|job| serde_json::from_value(job.args.clone()).ok().and_then(work)).collect();
+    let batch: Vec<Work> = taken.iter().flatten().cloned().collect();
+    let Decided { answers, posted } = decide(tx, &batch, charges).await?;
+    let mut answers = answers.into_iter();
+    let done = taken
+        .iter()
+        .map(|taken| match taken.as_ref().and_then(|_| answers.next()) {
+            Some(Some(Outcome::Done { detail })) => Some(detail),
+            // A grant the balance cannot take is cancelled by its own run, which finds
+            // the same; nothing was written for it here.
+            _ => None,
+        })
+        .collect();
+    Ok(Settled { done, after_commit: Some(Box::new(move || posted.iter().for_each(ledger::count_posted))) })
 }
 
-/// Decides and commits a batch, then answers each job; a failed batch answers `Alone`.
-async fn write(pool: &PgPool, batch: Vec<Pending>, charges: bool) {
-    let (work, answers): (Vec<Work>, Vec<_>) = batch.into_iter().map(|p| (p.work, p.answer)).unzip();
-    let decided = match decide(pool, &work, charges).await {
-        // A test build can stop here: committed, no job told (as a crash would leave it).
-        Ok(decided) if stopped_after_commit() => decided.into_iter().map(|_| Batched::Lost).collect(),
-        Ok(decided) => decided,
-        Err(error) => {
-            tracing::warn!(%error, jobs = work.len(), "a batch of postings failed; its jobs run one at a time");
-            work.iter().map(|_| Batched::Alone).collect()
-        }
-    };
-    for (answer, batched) in answers.into_iter().zip(decided) {
-        let _ = answer.send(batched);
-    }
-}
-
-/// Whether the `postings::after_commit` failpoint is on (never in a release build).
-fn stopped_after_commit() -> bool {
-    fail::fail_point!("postings::after_commit", |_| true);
-    false
+/// A batch decided in its transaction: each job's outcome (`None`: left to the worker,
+/// nothing written for it), and the postings made, to be counted once committed.
+struct Decided {
+    answers: Vec<Option<Outcome>>,
+    posted: Vec<Posting>,
 }
 
 /// How one job's work stands while its batch is decided.
@@ -124,15 +92,15 @@ enum Plan {
     Fix(usize),
 }
 
-async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batched>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+/// Decides a batch in `tx`, leaving nothing written for a job it leaves to the worker.
+async fn decide(tx: &mut sqlx::PgConnection, work: &[Work], charges: bool) -> Result<Decided, sqlx::Error> {
     // A customer held elsewhere (an operator's long transaction) must not hold up the
     // batch's other customers: past this wait the batch fails and its jobs run alone.
     sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await?;
     // The lookups below join the batch's keys against tables that grow (see
     // `db::planned_for_arguments`); the postings after them run the ledger's triggers
     // once per entry, and keep their cached plans.
-    db::planned_for_arguments(&mut tx).await?;
+    db::planned_for_arguments(&mut *tx).await?;
     let mut ids: Vec<Uuid> = work.iter().map(Work::customer_id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -149,7 +117,7 @@ async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batch
             .collect();
     let charged: HashSet<(Uuid, String)> =
         db::charges::fixes_with_charges(&mut *tx, &fix_customers, &fix_ids).await?.into_iter().collect();
-    db::cached_plans(&mut tx).await?;
+    db::cached_plans(&mut *tx).await?;
 
     let mut postings = Vec::new();
     let mut seen_fixes = HashSet::new();
@@ -178,51 +146,48 @@ async fn decide(pool: &PgPool, work: &[Work], charges: bool) -> Result<Vec<Batch
         })
         .collect();
 
-    let posted = ledger::post_many(&mut tx, &postings).await?;
+    let posted = ledger::post_many(&mut *tx, &postings).await?;
     let mut consumed = Consumed::default();
     let mut decided = Vec::with_capacity(plans.len());
     for (plan, work) in plans.into_iter().zip(work) {
         decided.push(match (plan, work) {
-            (Plan::Done(outcome), _) => Batched::Done(outcome),
-            (Plan::Alone, _) => Batched::Alone,
+            (Plan::Done(outcome), _) => Some(outcome),
+            (Plan::Alone, _) => None,
             (Plan::Grant(i), _) => match &posted[i] {
-                Ok(posted) => Batched::Done(super::grant_credits::outcome(*posted)),
-                Err(_) => Batched::Alone,
+                Ok(posted) => Some(super::grant_credits::outcome(*posted)),
+                Err(_) => None,
             },
             (Plan::Fix(i), Work::Fix(fix)) => match &posted[i] {
                 Ok(Posted::Posted { entry_id, balance_after }) => {
                     consumed.push(fix, *entry_id);
-                    Batched::Done(Outcome::done(details::consumed(*balance_after)))
+                    Some(Outcome::done(details::consumed(*balance_after)))
                 }
                 Ok(Posted::AlreadyPosted { entry_id }) => {
                     consumed.push(fix, *entry_id);
-                    Batched::Done(Outcome::done(details::consumed_already_posted()))
+                    Some(Outcome::done(details::consumed_already_posted()))
                 }
                 Ok(Posted::InsufficientCredits { .. })
                     if charges && super::record_usage::can_be_charged(&customers[&fix.customer_id]) =>
                 {
-                    Batched::Alone
+                    None
                 }
                 Ok(Posted::InsufficientCredits { .. }) => {
                     let code = refusal::NO_BILLING_INFO;
                     db::usage::record_refused(&mut *tx, fix.customer_id, &fix.fix_id, &fix.repo, code).await?;
-                    Batched::Done(Outcome::done(details::refused(code)))
+                    Some(Outcome::done(details::refused(code)))
                 }
-                Err(_) => Batched::Alone,
+                Err(_) => None,
             },
             (Plan::Fix(_), Work::Grant(_)) => unreachable!("a fix's plan is for a fix"),
         });
     }
-    consumed.record(&mut tx).await?;
-    // A test build can stop here: decided and written, not committed.
-    fail::fail_point!("postings::before_commit", |_| Err(sqlx::Error::Protocol("failpoint: before commit".into())));
-    tx.commit().await?;
-    for (posting, posted) in postings.iter().zip(&posted) {
-        if let Ok(Posted::Posted { .. }) = posted {
-            ledger::count_posted(posting);
-        }
-    }
-    Ok(decided)
+    consumed.record(&mut *tx).await?;
+    let posted = postings
+        .into_iter()
+        .zip(&posted)
+        .filter_map(|(posting, posted)| matches!(posted, Ok(Posted::Posted { .. })).then_some(posting))
+        .collect();
+    Ok(Decided { answers: decided, posted })
 }
 
 /// Fixes paid by a credit in this batch, recorded in one insert.
@@ -262,17 +227,6 @@ impl Work {
         match self {
             Self::Fix(fix) => Some(fix),
             Self::Grant(_) => None,
-        }
-    }
-}
-
-impl Batched {
-    /// For a job's `run`: the batch's outcome, `None` to run alone, or the failed attempt.
-    pub fn done(self) -> Result<Option<Outcome>, crate::queue::JobError> {
-        match self {
-            Self::Done(outcome) => Ok(Some(outcome)),
-            Self::Alone => Ok(None),
-            Self::Lost => Err(crate::queue::JobError::new("the batch's outcome was lost; the retry finds it")),
         }
     }
 }

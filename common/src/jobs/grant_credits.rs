@@ -39,24 +39,15 @@ impl JobKind for GrantCredits {
 impl Job for GrantCredits {
     type Context = JobContext;
 
+    fn settler(ctx: &JobContext) -> Option<crate::queue::settle::Settler> {
+        super::batch::settler(ctx, |grant: Self| (grant.amount != 0).then(|| Work::Grant(grant.posting())))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         if self.amount == 0 {
             return Ok(Outcome::cancel("a grant of 0 credits posts nothing"));
         }
-        let posting = Posting {
-            customer_id: self.customer_id,
-            amount: self.amount,
-            source: self.source,
-            metadata: self.metadata,
-            idempotency_key: self.idempotency_key,
-        };
-        let posting = match &ctx.batches {
-            Some(batches) => match batches.run(Work::Grant(posting.clone())).await.done()? {
-                Some(outcome) => return Ok(outcome),
-                None => posting,
-            },
-            None => posting,
-        };
+        let posting = self.posting();
         let mut tx = ctx.pool.begin().await?;
         let posted = match ledger::post(&mut tx, &posting).await {
             Ok(posted) => posted,
@@ -68,6 +59,18 @@ impl Job for GrantCredits {
         };
         tx.commit().await?;
         Ok(outcome(posted))
+    }
+}
+
+impl GrantCredits {
+    fn posting(self) -> Posting {
+        Posting {
+            customer_id: self.customer_id,
+            amount: self.amount,
+            source: self.source,
+            metadata: self.metadata,
+            idempotency_key: self.idempotency_key,
+        }
     }
 }
 

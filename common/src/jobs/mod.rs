@@ -28,7 +28,6 @@ use apalis::prelude::Monitor;
 use sqlx::PgPool;
 
 pub use add_payment_method::AddPaymentMethod;
-pub use batch::PostingBatches;
 pub use cancel_subscription::CancelSubscription;
 pub use create_stripe_customer::CreateStripeCustomer;
 pub use grant_credits::GrantCredits;
@@ -59,9 +58,6 @@ pub struct JobContext {
     pub stripe: Option<StripeApi>,
     /// Absent when email is not configured.
     pub mailer: Option<Mailer>,
-    /// Where grants and fix debits share commits; absent: each runs alone
-    /// (`JOB_BATCH_POSTINGS=false`).
-    pub batches: Option<PostingBatches>,
 }
 
 /// The settings do not make the clients jobs need.
@@ -83,9 +79,7 @@ impl JobContext {
         if mailer.is_some() && settings.unsubscribe_secret.expose() == crate::config::DEV_UNSUBSCRIBE_SECRET {
             tracing::warn!("EMAIL_UNSUBSCRIBE_SECRET is unset: unsubscribe links use the development secret");
         }
-        // Spawned on the caller's runtime: a context is made where its jobs will run.
-        let batches = settings.jobs.batch_postings.then(|| PostingBatches::spawn(pool.clone(), stripe.is_some()));
-        Ok(Self { pool, settings, stripe, mailer, batches })
+        Ok(Self { pool, settings, stripe, mailer })
     }
 
     /// The customer a job is about; missing is a failed attempt (it may still be being

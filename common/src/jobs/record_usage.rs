@@ -124,12 +124,11 @@ fn ledger_error(error: LedgerError) -> JobError {
 impl Job for RecordUsage {
     type Context = JobContext;
 
+    fn settler(ctx: &JobContext) -> Option<crate::queue::settle::Settler> {
+        super::batch::settler(ctx, |fix: Self| Some(Work::Fix(fix)))
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        if let Some(batches) = &ctx.batches
-            && let Some(outcome) = batches.run(Work::Fix(self.clone())).await.done()?
-        {
-            return Ok(outcome);
-        }
         let mut tx = ctx.pool.begin().await?;
         let Some(customer) = db::customers::lock(&mut *tx, self.customer_id).await? else {
             return Err(JobError::new(format!("customer {} does not exist (yet)", self.customer_id)));

@@ -15,7 +15,9 @@
 //!
 //! Workers are plain apalis workers (`WorkerBuilder` + `Monitor`) over [`JobStore`], our
 //! implementation of apalis's `Backend` trait on our own `jobs` table, which claims and
-//! acknowledges in a pipeline (see `store.rs`).
+//! acknowledges in a pipeline (see `store.rs`). A kind whose common cases are cheap and
+//! batchable (ledger postings) may settle them in the claim's own transaction instead
+//! ([`Job::settler`], `settle.rs`).
 //!
 //! # Why our own storage rather than apalis-postgres's
 //!
@@ -41,6 +43,7 @@ mod group;
 #[cfg(feature = "failpoints")]
 pub mod hooks;
 mod notifier;
+pub mod settle;
 mod store;
 mod table;
 mod waker;
@@ -86,6 +89,12 @@ pub trait Job: JobKind {
     type Context: Clone + Send + Sync + 'static;
 
     fn run(self, ctx: Self::Context) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+
+    /// What settles the kind's common cases in the claim's own transaction, if anything
+    /// (see `settle`); jobs it leaves are run by [`Job::run`].
+    fn settler(_ctx: &Self::Context) -> Option<settle::Settler> {
+        None
+    }
 }
 
 /// How a kind runs and retries (defined with the job settings it is read into, so the

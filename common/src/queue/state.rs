@@ -11,6 +11,7 @@
 //! |---|---|---|---|
 //! | insert | – → `available` (`run_at` now or later) | `enqueue` (in the caller's transaction) | 0 |
 //! | claim | `available`, `retryable` (due) → `running` | the claimer (`CLAIM`) | +1 |
+//! | settle | `available`, `retryable` (due) → `completed` | the claimer of a kind with a settler (`settle`), in the transaction of the job's effect | +1 |
 //! | complete | `running` → `completed` | the acknowledger (`COMPLETE`), fenced by the claim | = |
 //! | snooze | `running` → `available` (`run_at` later) | the acknowledger, `Outcome::Snooze` | −1 |
 //! | cancel | `running` → `cancelled`, error kept | the acknowledger, `Outcome::Cancel` | = |
@@ -24,7 +25,7 @@
 //! | discard | `dead`, `cancelled` → deleted | an operator (`admin::discard`) | – |
 //! | prune | `completed`, `cancelled`, `dead` (old) → deleted | the `prune_jobs` cron job | – |
 //!
-//! Only a claim sets `locked_at`, and every transition out of `running` made for a
+//! Only a claim (or a settlement) sets `locked_at`, and every transition out of `running` made for a
 //! worker's run names the claim it came from (see `claim_fence!`), so a stale run never
 //! moves a newer attempt.
 

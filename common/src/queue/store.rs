@@ -11,7 +11,8 @@
 //!   dies has been charged an attempt for few jobs it never started. It claims once
 //!   half of that room is free (so each claim is worth its round trip), and waits for a
 //!   wake-up (a notification or the polling tick) once the queue gives less than it
-//!   asked for;
+//!   asked for. A kind with a settler (`settle`) completes in the claim's own
+//!   transaction the jobs the settler decides; only the rest reach the worker;
 //! - the **acknowledger** writes finished runs as they arrive, everything waiting in one
 //!   transaction (so under load its batches grow by themselves);
 //! - the **heartbeat** registers the worker before anything is claimed and keeps it
@@ -53,7 +54,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::ack::{AckLayer, AckMessage};
-use super::table::{Acks, JobTable, job_id};
+use super::settle::Settler;
+use super::table::{Acks, Claim, JobTable, job_id};
 use super::{JobKind, RetryPolicy};
 
 /// The settings one kind's worker runs with.
@@ -146,6 +148,7 @@ impl<J: JobKind> JobStore<J> {
             pool,
             config: Arc::new(config),
             decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
+            settler: None,
         };
         // Room for every run that can finish while one batch of acknowledgements is written.
         let (acks, ack_receiver) = ack_channel::channel(table.config.batch_size * 4);
@@ -164,6 +167,12 @@ impl<J: JobKind> JobStore<J> {
 }
 
 impl<J> JobStore<J> {
+    /// Settles the kind's common cases in its claims (see `settle`).
+    pub fn settling(mut self, settler: Settler) -> Self {
+        self.table.settler = Some(settler);
+        self
+    }
+
     fn start(&mut self, worker: &WorkerContext) {
         let name: Arc<str> = worker.name().into();
         let (claimed_tx, claimed) = mpsc::channel(CLAIM_AHEAD * self.table.config.policy.concurrency.max(1));
@@ -223,19 +232,18 @@ async fn claim_loop(
         let more = claimed.capacity().min(batch - least);
         let Ok(rest) = claimed.try_reserve_many(more) else { return };
         let want = least + more;
-        let tasks = match table.claim(&worker, want).await {
-            Ok(tasks) => tasks,
+        let Claim { tasks, more } = match table.claim(&worker, want).await {
+            Ok(claim) => claim,
             Err(error) => {
                 tracing::warn!(kind = table.kind(), %error, "claiming jobs failed; the next tick retries");
-                Vec::new()
+                Claim { tasks: Vec::new(), more: false }
             }
         };
-        let full = tasks.len() == want;
         held.add(tasks.iter().filter_map(|task| task.task_id().and_then(job_id)));
         for (permit, task) in first.chain(rest).zip(tasks) {
             permit.send(task);
         }
-        if !full {
+        if !more {
             tokio::select! {
                 _ = wake_ups.next() => {}
                 _ = claimed.closed() => return,

@@ -12,6 +12,12 @@ use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use sqlx::PgConnection;
+
+use super::settle::{Claimed, Settler};
 use super::{JobStatus, Outcome, StoreConfig};
 use crate::correlation::RequestId;
 
@@ -22,6 +28,8 @@ pub(super) struct JobTable {
     pub(super) config: Arc<StoreConfig>,
     /// Whether stored args decode as the kind's type; a row that does not is poison.
     pub(super) decodes: fn(&Value) -> Result<(), String>,
+    /// Decides the kind's common cases in the claim's transaction (see `settle`).
+    pub(super) settler: Option<Settler>,
 }
 
 impl JobTable {
@@ -273,6 +281,30 @@ pub const CLAIM: &str = "WITH next AS (
      FROM next WHERE j.id = next.id
      RETURNING j.id, j.args, j.attempts, j.locked_at, j.customer_id, j.request_id";
 
+/// Locks up to `$2` due jobs of kind `$1` for a settling claim (see `settle`).
+const LOCK_DUE: &str = "SELECT id, args FROM jobs
+     WHERE kind = $1 AND status IN ('available', 'retryable') AND run_at <= now()
+     ORDER BY run_at
+     LIMIT $2
+     FOR UPDATE SKIP LOCKED";
+
+/// Completes jobs `$1`, locked by this transaction and settled in it, with results `$2`
+/// (in the same order): the attempt a claim would have counted, the result an
+/// acknowledgement would have written. By `= ANY` on the primary key, so that no cached
+/// plan can join the results against the whole table.
+const COMPLETE_SETTLED: &str = "UPDATE jobs j SET status = 'completed', attempts = j.attempts + 1,
+         locked_at = clock_timestamp(), locked_by = NULL, finished_at = now(),
+         result = ($2::jsonb[])[array_position($1::bigint[], j.id)]
+     WHERE j.id = ANY($1)";
+
+/// Claims jobs `$1`, locked by this transaction, for worker `$2` (as `CLAIM` does). The
+/// claim's time is the statement's, not the transaction's start: the settlement before
+/// it may have taken a while, and the heartbeat measures a claim's age from it.
+const CLAIM_LOCKED: &str = "UPDATE jobs j SET status = 'running', attempts = j.attempts + 1, locked_by = $2,
+         locked_at = clock_timestamp()
+     WHERE j.id = ANY($1)
+     RETURNING j.id, j.args, j.attempts, j.locked_at, j.customer_id, j.request_id";
+
 /// Completes jobs `$1` with results `$4`, where worker `$5` still holds the claims that
 /// gave them attempts `$2` at `$3` (see `ClaimToken`).
 pub const COMPLETE: &str = concat!(
@@ -322,12 +354,153 @@ const FAIL: &str = concat!(
     " RETURNING j.id, j.status"
 );
 
-impl JobTable {
-    /// Claims up to `limit` due jobs for `worker`.
-    pub(super) async fn claim(&self, worker: &str, limit: usize) -> Result<Vec<Task<Value>>, sqlx::Error> {
-        let rows: Vec<ClaimedRow> =
-            sqlx::query_as(CLAIM).bind(self.kind()).bind(limit as i64).bind(worker).fetch_all(&self.pool).await?;
+/// What one claim took.
+pub(super) struct Claim {
+    /// The jobs claimed for the worker to run.
+    pub(super) tasks: Vec<Task<Value>>,
+    /// Whether the queue may hold more due jobs than the claim took.
+    pub(super) more: bool,
+}
 
+/// Why a settling claim did not settle.
+enum Unsettled {
+    /// Nothing of it committed: the ordinary claim takes over.
+    RolledBack(sqlx::Error),
+    /// Its commit's fate is unknown (the connection lost in the commit): it may have
+    /// committed, so claiming the same jobs again is left to the next claim. Jobs it
+    /// claimed for the worker, if it did commit, are given back by the heartbeat.
+    CommitUnknown(sqlx::Error),
+}
+
+impl JobTable {
+    /// Claims up to `room` due jobs for `worker` (the room in its buffer); a kind with a
+    /// settler first settles what it can of up to `batch_size` due jobs (`settle`), which
+    /// need no room.
+    pub(super) async fn claim(&self, worker: &str, room: usize) -> Result<Claim, sqlx::Error> {
+        if let Some(settler) = &self.settler {
+            let settling = AssertUnwindSafe(self.claim_settling(settler, worker, room)).catch_unwind().await;
+            let why = match settling {
+                Ok(Ok(claim)) => return Ok(claim),
+                Ok(Err(Unsettled::CommitUnknown(error))) => return Err(error),
+                Ok(Err(Unsettled::RolledBack(error))) => error.to_string(),
+                Err(panic) => panic_message(&panic),
+            };
+            metrics::counter!("rsolv_jobs_settle_failed_total", "kind" => self.kind()).increment(1);
+            tracing::warn!(kind = self.kind(), error = %why, "settling a claim failed; its jobs are claimed to run one at a time");
+        }
+        let rows: Vec<ClaimedRow> =
+            sqlx::query_as(CLAIM).bind(self.kind()).bind(room as i64).bind(worker).fetch_all(&self.pool).await?;
+        let more = rows.len() == room;
+        let (tasks, poison) = self.tasks(rows);
+        if !poison.0.is_empty() {
+            self.bury(&self.pool, &poison).await?;
+        }
+        Ok(Claim { tasks, more })
+    }
+
+    /// Locks due jobs, lets the kind's settler decide what it can, completes those and
+    /// claims up to `room` of the rest, in one durably committed transaction (`settle`).
+    async fn claim_settling(&self, settler: &Settler, worker: &str, room: usize) -> Result<Claim, Unsettled> {
+        let limit = self.config.batch_size.max(room);
+        let mut tx = self.pool.begin().await.map_err(Unsettled::RolledBack)?;
+        let due: Vec<(i64, Value)> = sqlx::query_as(LOCK_DUE)
+            .bind(self.kind())
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Unsettled::RolledBack)?;
+        if due.is_empty() {
+            return Ok(Claim { tasks: Vec::new(), more: false });
+        }
+        let started = std::time::Instant::now();
+        let settled = self.settle(&mut tx, settler, worker, room, due.len() == limit, due).await;
+        let Written { claim, done, after_commit } = settled.map_err(Unsettled::RolledBack)?;
+        // A test build can stop here: settled and written, not committed.
+        fail::fail_point!("settle::before_commit", |_| Err(Unsettled::RolledBack(sqlx::Error::Protocol(
+            "failpoint: before commit".into()
+        ))));
+        tx.commit().await.map_err(Unsettled::CommitUnknown)?;
+        // Or here: committed, and the claimer never told (a connection lost in the commit).
+        fail::fail_point!("settle::after_commit", |_| Err(Unsettled::CommitUnknown(sqlx::Error::Protocol(
+            "failpoint: after commit".into()
+        ))));
+        if let Some(after_commit) = after_commit {
+            after_commit();
+        }
+        if done > 0 {
+            let kind = self.kind();
+            metrics::counter!("rsolv_jobs_started_total", "kind" => kind).increment(done);
+            metrics::counter!("rsolv_jobs_succeeded_total", "kind" => kind).increment(done);
+            metrics::counter!("rsolv_jobs_settled_in_claim_total", "kind" => kind).increment(done);
+            let took = started.elapsed().as_secs_f64();
+            let duration = metrics::histogram!("rsolv_job_duration_seconds", "kind" => kind);
+            (0..done).for_each(|_| duration.record(took));
+            tracing::debug!(kind, settled = done, left = claim.tasks.len(), "settled jobs in their claim");
+        }
+        Ok(claim)
+    }
+
+    /// The settling claim's writes in `tx`: the claim, how many jobs were settled, and
+    /// what runs once they are durable.
+    async fn settle(
+        &self,
+        tx: &mut PgConnection,
+        settler: &Settler,
+        worker: &str,
+        room: usize,
+        full: bool,
+        due: Vec<(i64, Value)>,
+    ) -> Result<Written, sqlx::Error> {
+        // The settled jobs' effects move money: durable before anyone hears of them,
+        // whatever the bookkeeping pool does for plain claims (a stricter setting kept).
+        // No statement may hold these jobs' and customers' locks for long: the claim's
+        // jobs wait on it, and its rows must not look lost to the heartbeat.
+        let bound = (self.config.orphan_after / 4).max(std::time::Duration::from_secs(1));
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', CASE current_setting('synchronous_commit')
+                     WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, true),
+                    set_config('statement_timeout', $1, true)",
+        )
+        .bind(bound.as_millis().to_string())
+        .execute(&mut *tx)
+        .await?;
+        // Undecodable jobs are claimed to be marked dead, as an ordinary claim does.
+        let (jobs, poison): (Vec<Claimed>, Vec<Claimed>) =
+            due.into_iter().map(|(id, args)| Claimed { id, args }).partition(|job| (self.decodes)(&job.args).is_ok());
+        let settled = settler(&mut *tx, &jobs).await?;
+        if settled.done.len() != jobs.len() {
+            return Err(sqlx::Error::Protocol(format!("{} jobs settled of {}", settled.done.len(), jobs.len())));
+        }
+        let (mut done, mut results, mut left) = (Vec::new(), Vec::new(), Vec::new());
+        for (job, result) in jobs.iter().zip(settled.done) {
+            match result {
+                Some(result) => {
+                    done.push(job.id);
+                    results.push(result);
+                }
+                None => left.push(job.id),
+            }
+        }
+        if !done.is_empty() {
+            sqlx::query(COMPLETE_SETTLED).bind(&done).bind(&results).execute(&mut *tx).await?;
+        }
+        // What the buffer has no room for stays waiting (its lock ends with the commit).
+        let more = full || left.len() > room;
+        left.truncate(room);
+        left.extend(poison.iter().map(|job| job.id));
+        let rows: Vec<ClaimedRow> = match left.is_empty() {
+            true => Vec::new(),
+            false => sqlx::query_as(CLAIM_LOCKED).bind(&left).bind(worker).fetch_all(&mut *tx).await?,
+        };
+        let (tasks, buried) = self.tasks(rows);
+        if !buried.0.is_empty() {
+            self.bury(&mut *tx, &buried).await?;
+        }
+        Ok(Written { claim: Claim { tasks, more }, done: done.len() as u64, after_commit: settled.after_commit })
+    }
+
+    /// The claimed rows as tasks, and those whose args do not decode (poison).
+    fn tasks(&self, rows: Vec<ClaimedRow>) -> (Vec<Task<Value>>, Poison) {
         let mut tasks = Vec::with_capacity(rows.len());
         let mut poison = (Vec::new(), Vec::new());
         for row in rows {
@@ -346,20 +519,23 @@ impl JobTable {
                 Err(e) => push(&mut poison, row.id, format!("args do not decode as {}: {e}", self.kind())),
             }
         }
-        if !poison.0.is_empty() {
-            tracing::error!(kind = self.kind(), ids = ?poison.0, "undecodable jobs marked dead");
-            sqlx::query!(
-                "UPDATE jobs j SET status = 'dead', finished_at = now(), locked_by = NULL,
+        (tasks, poison)
+    }
+
+    /// Marks undecodable jobs dead, with why.
+    async fn bury(&self, executor: impl sqlx::PgExecutor<'_>, poison: &Poison) -> Result<(), sqlx::Error> {
+        tracing::error!(kind = self.kind(), ids = ?poison.0, "undecodable jobs marked dead");
+        sqlx::query!(
+            "UPDATE jobs j SET status = 'dead', finished_at = now(), locked_by = NULL,
                      errors = j.errors || jsonb_build_array(jsonb_build_object(
                          'attempt', j.attempts, 'at', now(), 'error', u.error))
                  FROM UNNEST($1::bigint[], $2::text[]) AS u(id, error) WHERE j.id = u.id",
-                &poison.0,
-                &poison.1,
-            )
-            .execute(&self.pool)
-            .await?;
-        }
-        Ok(tasks)
+            &poison.0,
+            &poison.1,
+        )
+        .execute(executor)
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn release(&self, tasks: &[Task<Value>], worker: &str) -> Result<u64, sqlx::Error> {
@@ -463,4 +639,24 @@ impl JobTable {
         }
         Ok(failed.len() as u64)
     }
+}
+
+/// Undecodable jobs' ids, and why each does not decode.
+type Poison = (Vec<i64>, Vec<String>);
+
+/// A settling claim's writes, not yet committed.
+struct Written {
+    claim: Claim,
+    /// Jobs settled.
+    done: u64,
+    after_commit: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// What a caught panic said, for the log.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned())
 }

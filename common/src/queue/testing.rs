@@ -219,3 +219,30 @@ pub async fn wait_for_kind_finished(pool: &PgPool, kind: &str, deadline: Duratio
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Claims due jobs of kind `J` as the worker `worker` would with room for `room` in its
+/// buffer, settling what the kind settles in its claims (`settle`, with `ctx`'s settler,
+/// up to 100 jobs, the default batch): the ids of the jobs claimed to be run (now
+/// `running` under `worker`), and whether the queue may hold more due jobs; an error
+/// where the worker's claim would have failed (a settlement whose commit's fate is unknown).
+pub async fn claim<J: super::Job>(
+    pool: &PgPool,
+    ctx: &J::Context,
+    worker: &str,
+    room: usize,
+) -> Result<(Vec<i64>, bool), sqlx::Error> {
+    let table = super::table::JobTable {
+        pool: pool.clone(),
+        config: std::sync::Arc::new(super::StoreConfig {
+            kind: J::KIND,
+            batch_size: 100,
+            policy: J::RETRY,
+            heartbeat_interval: Duration::from_secs(5),
+            orphan_after: Duration::from_secs(30),
+        }),
+        decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
+        settler: J::settler(ctx),
+    };
+    let claim = table.claim(worker, room).await?;
+    Ok((claim.tasks.iter().filter_map(|task| task.task_id().and_then(super::table::job_id)).collect(), claim.more))
+}

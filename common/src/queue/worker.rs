@@ -67,6 +67,10 @@ pub fn register_with<J: Job>(
     let name = format!("{}@{instance}", J::KIND);
     monitor.register(move |restarts| {
         let store = JobStore::<J>::new(pool.clone(), config.clone(), notifier.wake_ups(J::KIND, poll_interval));
+        let store = match J::settler(&ctx) {
+            Some(settler) => store.settling(settler),
+            None => store,
+        };
         let ctx = ctx.clone();
         WorkerBuilder::new(format!("{name}#{restarts}"))
             .backend(store)

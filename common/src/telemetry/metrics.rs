@@ -6,7 +6,7 @@
 //! | metric | labels |
 //! |---|---|
 //! | `rsolv_http_request_duration_seconds` (histogram) | `route`, `method`, `status` |
-//! | `rsolv_jobs_started_total`, `rsolv_jobs_succeeded_total`, `rsolv_jobs_failed_total`, `rsolv_jobs_cancelled_total`, `rsolv_jobs_dead_total` | `kind` |
+//! | `rsolv_jobs_started_total`, `rsolv_jobs_succeeded_total`, `rsolv_jobs_failed_total`, `rsolv_jobs_cancelled_total`, `rsolv_jobs_dead_total`, `rsolv_jobs_settled_in_claim_total` (completed in their claim, `queue::settle`), `rsolv_jobs_settle_failed_total` (settlements rolled back, their jobs run alone) | `kind` |
 //! | `rsolv_job_duration_seconds` (histogram) | `kind` |
 //! | `rsolv_queue_depth`, `rsolv_queue_oldest_waiting_seconds`, `rsolv_queue_dead` (gauges) | `queue` |
 //! | `rsolv_ledger_postings_total` | `source` |

@@ -1,8 +1,8 @@
 //! Shared commits: the API's one-job inserts group-committed (`JobWaker::enqueue`), its
-//! key checks sharing lookups (`KeyLookups`), and
-//! the worker's grants and fix debits posted in batches (`jobs::PostingBatches`). Each
-//! request and job must get exactly the answer it would have got alone, a bad row must
-//! fail alone, and a batch stopped before or after its commit must post nothing twice.
+//! key checks sharing lookups (`KeyLookups`), and the worker's grants and fix debits
+//! settled in their claims (`queue::settle`, `jobs::batch`). Each request and job must
+//! get exactly the answer it would have got alone, a bad row must fail alone, and a
+//! settlement stopped before or after its commit must post nothing twice.
 
 use std::collections::{HashMap, HashSet};
 
@@ -122,9 +122,57 @@ async fn customers(app: &TestApp, n: usize) -> Vec<Uuid> {
     ids
 }
 
-async fn run_all<J: Job<Context = JobContext> + Clone>(ctx: &JobContext, jobs: &[J]) -> Vec<Outcome> {
-    let runs = jobs.iter().cloned().map(|job| job.run(ctx.clone()));
-    futures::future::join_all(runs).await.into_iter().map(|r| r.expect("every run succeeds")).collect()
+/// Enqueues `jobs` through the queue, as the API and other jobs do: their ids.
+async fn enqueued<J: JobKind>(app: &TestApp, jobs: &[J]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for job in jobs {
+        match queue::enqueue(&app.db.pool, job).await.unwrap() {
+            Enqueued::Inserted(id) => ids.push(id),
+            Enqueued::Duplicate => panic!("{} {:?} was enqueued before", J::KIND, job.unique_key()),
+        }
+    }
+    ids
+}
+
+/// One claim of kind `J`'s due jobs, as the worker makes it: the ids it left to be run.
+async fn claim<J: Job<Context = JobContext>>(app: &TestApp, ctx: &JobContext) -> Vec<i64> {
+    testing::claim::<J>(&app.db.pool, ctx, "settling-test", 500).await.expect("claiming").0
+}
+
+/// Runs jobs `ids` of kind `J` as the worker runs a job it was left (its own path).
+async fn run_alone<J: Job<Context = JobContext>>(
+    app: &TestApp,
+    ctx: &JobContext,
+    ids: &[i64],
+) -> Vec<Result<Outcome, String>> {
+    let mut results = Vec::new();
+    for id in ids {
+        let row = testing::require_job(&app.db.pool, *id).await;
+        let job: J = serde_json::from_value(row.args).unwrap();
+        results.push(job.run(ctx.clone()).await.map_err(|e| e.to_string()));
+    }
+    results
+}
+
+/// Each completed job's result (`detail`) by id.
+async fn results(app: &TestApp, ids: &[i64]) -> HashMap<i64, serde_json::Value> {
+    sqlx::query_as::<_, (i64, serde_json::Value)>(
+        "SELECT id, result FROM jobs WHERE id = ANY($1) AND status = 'completed'",
+    )
+    .bind(ids)
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// How a fix's job ended, from its result.
+fn fix_ended(detail: &serde_json::Value) -> String {
+    match detail["duplicate"] == true {
+        true => "duplicate".to_owned(),
+        false => detail["outcome"].as_str().unwrap_or_default().to_owned(),
+    }
 }
 
 /// Ledger entries and how many transactions wrote them (entries of one transaction share
@@ -136,102 +184,202 @@ async fn entries_and_transactions(app: &TestApp) -> (i64, i64) {
         .unwrap()
 }
 
+/// Jobs finished since `pruned`: what pruning does to completed jobs, so that the same
+/// unique key can be enqueued again (a report of the same fix after its job is gone).
+async fn prune_completed(app: &TestApp, kind: &str) {
+    sqlx::query("DELETE FROM jobs WHERE kind = $1 AND status = 'completed'")
+        .bind(kind)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
-async fn batched_postings_answer_each_job_as_if_it_ran_alone() {
+async fn a_claim_settles_each_job_as_if_it_ran_alone_in_one_commit_with_its_completion() {
     let app = TestApp::api_only().await;
     let ctx = app.job_context();
-    assert!(ctx.batches.is_some(), "batching is on by default");
     let ids = customers(&app, 4).await;
-    let (before, _) = entries_and_transactions(&app).await;
+    let (before, before_transactions) = entries_and_transactions(&app).await;
 
-    // Grants: each key sent twice, in one burst. Customer c gets 3 + c credits.
-    let grants: Vec<GrantCredits> = (0..2)
-        .flat_map(|_| ids.iter().enumerate().map(|(c, id)| grant(*id, &format!("grant-{c}"), 3 + c as i64)))
-        .collect();
-    let granted = run_all(&ctx, &grants).await;
-    let already: usize =
-        granted.iter().filter(|o| matches!(o, Outcome::Done { detail } if detail["already_posted"] == true)).count();
-    assert_eq!(already, ids.len(), "each key's second grant is answered as already posted: {granted:?}");
+    // Grants: customer c gets 3 + c credits, all settled in one claim; the same keys
+    // enqueued again once those jobs are pruned are each answered as already posted.
+    let grants: Vec<GrantCredits> =
+        ids.iter().enumerate().map(|(c, id)| grant(*id, &format!("grant-{c}"), 3 + c as i64)).collect();
+    let granted = enqueued(&app, &grants).await;
+    assert_eq!(claim::<GrantCredits>(&app, &ctx).await, Vec::<i64>::new(), "every grant settled in the claim");
+    let posted = results(&app, &granted).await;
+    assert!(granted.iter().all(|id| posted[id]["entry_id"].is_i64()), "{posted:?}");
+    prune_completed(&app, GrantCredits::KIND).await;
+    let again = enqueued(&app, &grants).await;
+    assert!(claim::<GrantCredits>(&app, &ctx).await.is_empty());
+    let again = results(&app, &again).await;
+    assert!(again.values().all(|detail| detail["already_posted"] == true), "{again:?}");
 
-    // Fixes: 6 per customer, one of them reported twice, all in one burst. Customer c pays
-    // 3 + c of them with credits; the rest are refused (no card).
-    let fixes: Vec<RecordUsage> =
-        ids.iter().flat_map(|id| (0..6).map(|n| fix(*id, &format!("fix-{n}"))).chain([fix(*id, "fix-0")])).collect();
-    let outcomes = run_all(&ctx, &fixes).await;
+    // Fixes: 6 per customer in one claim. Customer c pays 3 + c of them with credits; the
+    // rest are refused (no card). Then fix-0 again, its job pruned: a duplicate.
+    let fixes: Vec<RecordUsage> = ids.iter().flat_map(|id| (0..6).map(|n| fix(*id, &format!("fix-{n}")))).collect();
+    let fix_jobs = enqueued(&app, &fixes).await;
+    assert!(claim::<RecordUsage>(&app, &ctx).await.is_empty(), "every fix settled in the claim");
+    let ended = results(&app, &fix_jobs).await;
     let mut per_outcome: HashMap<String, usize> = HashMap::new();
-    for outcome in &outcomes {
-        let Outcome::Done { detail } = outcome else { panic!("a fix ended {outcome:?}") };
-        let key = if detail["duplicate"] == true { "duplicate".into() } else { detail["outcome"].to_string() };
-        *per_outcome.entry(key).or_default() += 1;
+    for detail in ended.values() {
+        *per_outcome.entry(fix_ended(detail)).or_default() += 1;
     }
     let paid: usize = (0..ids.len()).map(|c| 3 + c).sum(); // 3 + 4 + 5 + 6 = 18 of 24
-    assert_eq!(per_outcome.get("\"consumed\"").copied().unwrap_or(0), paid, "{per_outcome:?}");
-    assert_eq!(per_outcome.get("\"refused\"").copied().unwrap_or(0), 24 - paid, "{per_outcome:?}");
-    assert_eq!(per_outcome.get("duplicate").copied().unwrap_or(0), ids.len(), "{per_outcome:?}");
+    assert_eq!(per_outcome.get("consumed").copied().unwrap_or(0), paid, "{per_outcome:?}");
+    assert_eq!(per_outcome.get("refused").copied().unwrap_or(0), 24 - paid, "{per_outcome:?}");
+    // Each job completed at its first attempt, in the transaction that posted its debit.
+    let (attempts, job_transactions, shared): (Vec<i32>, i64, i64) = sqlx::query_as(
+        "SELECT array_agg(attempts), count(DISTINCT xmin::text),
+                count(*) FILTER (WHERE xmin::text IN (SELECT xmin::text FROM credit_ledger WHERE source = 'fix_deployed'))
+         FROM jobs WHERE id = ANY($1)",
+    )
+    .bind(&fix_jobs)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    assert_eq!((job_transactions, shared), (1, 24), "the fixes' jobs completed in the debits' transaction");
+    prune_completed(&app, RecordUsage::KIND).await;
+    let reported_again = enqueued(&app, &ids.iter().map(|id| fix(*id, "fix-0")).collect::<Vec<_>>()).await;
+    assert!(claim::<RecordUsage>(&app, &ctx).await.is_empty());
+    let duplicates = results(&app, &reported_again).await;
+    assert!(duplicates.values().all(|detail| fix_ended(detail) == "duplicate"), "{duplicates:?}");
 
     for (c, id) in ids.iter().enumerate() {
         assert_eq!(app.balance(*id).await, 0, "customer {c} spent every credit");
     }
     let (entries, transactions) = entries_and_transactions(&app).await;
     assert_eq!(entries - before, (ids.len() + paid) as i64, "one entry per grant key and per paid fix");
+    assert_eq!(transactions - before_transactions, 2, "one transaction for the grants' claim, one for the fixes'");
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_fixes WHERE fix_id LIKE 'fix-%'")
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
     assert_eq!(recorded, 24, "each fix recorded once");
-    assert!(transactions < entries, "postings shared transactions ({entries} entries, {transactions} transactions)");
     assert_ledger_consistent(&app.db.pool).await;
 }
 
 #[tokio::test]
-async fn a_poison_posting_fails_its_own_job_and_its_batch_still_posts() {
+async fn a_claim_settles_what_it_can_and_claims_only_what_its_buffer_has_room_for() {
+    let app = TestApp::api_only().await;
+    let ctx = app.job_context();
+    let ids = customers(&app, 1).await;
+    enqueued(&app, &[grant(ids[0], "room", 5)]).await;
+    assert!(claim::<GrantCredits>(&app, &ctx).await.is_empty());
+    // Two fixes the claim can settle, and three for a customer not there yet, which only
+    // their own runs can decide (they retry until the customer exists).
+    let nobody = Uuid::new_v4();
+    let paid = enqueued(&app, &[fix(ids[0], "paid-1"), fix(ids[0], "paid-2")]).await;
+    let waiting = enqueued(&app, &[fix(nobody, "early-1"), fix(nobody, "early-2"), fix(nobody, "early-3")]).await;
+
+    // Room for one job in the worker's buffer: settled jobs need none.
+    let (left, more) = testing::claim::<RecordUsage>(&app.db.pool, &ctx, "settling-test", 1).await.unwrap();
+    assert_eq!(left.len(), 1, "one job claimed to run: {left:?}");
+    assert!(more, "the claim says the queue holds more");
+    let ended = results(&app, &paid).await;
+    assert!(paid.iter().all(|id| ended[id]["outcome"] == "consumed"), "{ended:?}");
+    for id in &waiting {
+        let row = testing::require_job(&app.db.pool, *id).await;
+        match left.contains(id) {
+            true => {
+                assert_eq!((row.status, row.attempts), (queue::JobStatus::Running, 1), "{row:?}");
+                assert_eq!(row.locked_by.as_deref(), Some("settling-test"));
+            }
+            false => assert_eq!((row.status, row.attempts), (queue::JobStatus::Available, 0), "left waiting: {row:?}"),
+        }
+    }
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_fixes WHERE customer_id = $1")
+        .bind(nobody)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "nothing written for the jobs left to the worker");
+    assert_eq!(app.balance(ids[0]).await, 3);
+    // The job left to the worker runs its own path; it fails for want of its customer.
+    let ran = run_alone::<RecordUsage>(&app, &ctx, &left).await;
+    assert!(ran[0].as_ref().is_err_and(|e| e.contains("does not exist")), "{ran:?}");
+    assert_ledger_consistent(&app.db.pool).await;
+}
+
+#[tokio::test]
+async fn a_poison_posting_fails_its_own_job_and_the_rest_of_its_claim_still_posts() {
     let app = TestApp::api_only().await;
     let ctx = app.job_context();
     let ids = customers(&app, 3).await;
+    // Postgres refuses one posting (as it would a row it cannot store), which fails
+    // any transaction it is part of.
+    sqlx::query(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'a posting Postgres refuses'; END $$",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON credit_ledger FOR EACH ROW
+         WHEN (NEW.idempotency_key = 'poison') EXECUTE FUNCTION refuse_poison()",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     let mut grants: Vec<GrantCredits> = (0..30).map(|i| grant(ids[i % ids.len()], &format!("good-{i}"), 1)).collect();
-    // One the ledger cannot store (it fails the batch's insert), one for nobody.
-    grants[10].metadata = json!({ "note": "a\u{0}b" });
-    grants[20].customer_id = Uuid::new_v4();
-    let runs = grants.iter().cloned().map(|job| job.run(ctx.clone()));
-    let results = futures::future::join_all(runs).await;
-    for (i, result) in results.iter().enumerate() {
+    grants[10].idempotency_key = "poison".into();
+    grants[20].customer_id = Uuid::new_v4(); // for nobody (yet)
+    let jobs = enqueued(&app, &grants).await;
+
+    let left = claim::<GrantCredits>(&app, &ctx).await;
+    assert_eq!(left.len(), 30, "the failed settlement left every job of the claim to the worker");
+    let total = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT sum(credit_balance)::bigint FROM customers")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    };
+    assert_eq!(total().await, 0, "nothing of the failed settlement stayed");
+    let ran = run_alone::<GrantCredits>(&app, &ctx, &jobs).await;
+    for (i, result) in ran.iter().enumerate() {
         match i {
             10 | 20 => assert!(result.is_err(), "grant {i} fails alone: {result:?}"),
             _ => assert!(result.is_ok(), "grant {i}: {result:?}"),
         }
     }
-    let total: i64 =
-        sqlx::query_scalar("SELECT sum(credit_balance)::bigint FROM customers").fetch_one(&app.db.pool).await.unwrap();
-    assert_eq!(total, 28, "every good grant posted once");
+    assert_eq!(total().await, 28, "every good grant posted once");
     assert_ledger_consistent(&app.db.pool).await;
 }
 
-/// Runs the burst with `point` configured to `return`, then the same burst again (the
-/// queue's retry): every posting lands once.
-/// `first_ends`: how the stopped burst's jobs end: run alone and paid (the batch rolled
-/// back), or failed (the batch committed and they were not told; the retry finds it).
-async fn stopped_batch_posts_once(point: &str, first_ends: &str) {
+/// Settles a claim of 20 fixes with `point` configured to `return`, then runs alone
+/// whatever that left to the worker and, as a retry or a redrive would, every fix's job
+/// again: every posting lands once. `left`: how many jobs the stopped claim left to the
+/// worker (all, if it rolled back; none, if it committed and was not told).
+async fn stopped_settlement_posts_once(point: &str, left: usize) {
     let app = TestApp::api_only().await;
     let ctx = app.job_context();
     let ids = customers(&app, 2).await;
     let grants: Vec<GrantCredits> = (0..20).map(|i| grant(ids[i % 2], &format!("grant-{i}"), 2)).collect();
+    enqueued(&app, &grants).await;
+    assert!(claim::<GrantCredits>(&app, &ctx).await.is_empty());
     let fixes: Vec<RecordUsage> = (0..20).map(|i| fix(ids[i % 2], &format!("fix-{i}"))).collect();
-    run_all(&ctx, &grants).await;
+    let jobs = enqueued(&app, &fixes).await;
 
     fail::cfg(point, "return").unwrap();
-    let runs = fixes.iter().cloned().map(|job| job.run(ctx.clone()));
-    let first = futures::future::join_all(runs).await;
+    let claimed = testing::claim::<RecordUsage>(&app.db.pool, &ctx, "settling-test", 500).await;
     fail::remove(point);
-    let again = run_all(&ctx, &fixes).await;
-
-    let ended = |outcome: &Outcome| match outcome {
-        Outcome::Done { detail } if detail["duplicate"] == true => "duplicate".to_owned(),
-        Outcome::Done { detail } => detail["outcome"].as_str().unwrap_or_default().to_owned(),
-        other => format!("{other:?}"),
-    };
-    let first_ended = |result: &Result<Outcome, _>| result.as_ref().map_or("failed".to_owned(), ended);
-    assert!(first.iter().all(|r| first_ended(r) == first_ends), "{point}: {first:?}");
-    assert!(again.iter().all(|o| ended(o) == "duplicate"), "run again, each fix is a duplicate: {again:?}");
+    // A claim whose commit's fate is unknown fails (the worker's claimer logs it and
+    // claims again at its next tick); one rolled back is claimed the ordinary way.
+    let to_run = claimed.map_or_else(|_| Vec::new(), |(ids, _)| ids);
+    assert_eq!(to_run.len(), left, "{point}: left to the worker {to_run:?}");
+    let first = run_alone::<RecordUsage>(&app, &ctx, &to_run).await;
+    assert!(
+        first.iter().all(|r| matches!(r, Ok(Outcome::Done { detail }) if detail["outcome"] == "consumed")),
+        "{first:?}"
+    );
+    let again = run_alone::<RecordUsage>(&app, &ctx, &jobs).await;
+    assert!(
+        again.iter().all(|r| matches!(r, Ok(Outcome::Done { detail }) if detail["duplicate"] == true)),
+        "run again, each fix is a duplicate: {again:?}"
+    );
     let recorded: HashSet<String> = sqlx::query_scalar("SELECT fix_id FROM usage_fixes WHERE fix_id LIKE 'fix-%'")
         .fetch_all(&app.db.pool)
         .await
@@ -246,13 +394,13 @@ async fn stopped_batch_posts_once(point: &str, first_ends: &str) {
 }
 
 #[tokio::test]
-async fn a_batch_stopped_before_its_commit_leaves_each_job_to_post_once_alone() {
-    stopped_batch_posts_once("postings::before_commit", "consumed").await;
+async fn a_settlement_stopped_before_its_commit_leaves_each_job_to_post_once_alone() {
+    stopped_settlement_posts_once("settle::before_commit", 20).await;
 }
 
 #[tokio::test]
-async fn a_batch_whose_answers_are_lost_after_its_commit_posts_nothing_twice() {
-    stopped_batch_posts_once("postings::after_commit", "failed").await;
+async fn a_settlement_whose_answer_is_lost_after_its_commit_posts_nothing_twice() {
+    stopped_settlement_posts_once("settle::after_commit", 0).await;
 }
 
 /// A batch reads its tables by their keys however small they were when its connection
@@ -273,10 +421,13 @@ async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection()
     let email = Email::parse("grows@example.com").unwrap();
     let customer = factories::create(&app.db.pool, &app.settings, CustomerState::Pro, email).await.unwrap().customer_id;
     let consume = |fix_id: String| {
-        let ctx = ctx.clone();
+        let (ctx, pool, app) = (ctx.clone(), pool.clone(), &app);
         async move {
-            let outcome = fix(customer, &fix_id).run(ctx).await.expect("the fix is paid");
-            assert!(matches!(&outcome, Outcome::Done { detail } if detail["outcome"] == "consumed"), "{outcome:?}");
+            let job = enqueued(app, &[fix(customer, &fix_id)]).await;
+            let (left, _) = testing::claim::<RecordUsage>(&pool, &ctx, "one-connection", 10).await.unwrap();
+            assert!(left.is_empty(), "the fix is settled in its claim");
+            let ended = results(app, &job).await;
+            assert_eq!(ended[&job[0]]["outcome"], "consumed", "{ended:?}");
         }
     };
     let (early, later) = (8, 40);

@@ -394,7 +394,9 @@ async fn a_stalled_runs_result_never_finishes_a_newer_attempt_of_its_job() {
 
     use tokio::sync::Notify;
 
-    let app = TestApp::with_worker().await;
+    // Grants run by the worker, one by one: settled in their claim, they would never
+    // reach the hook that stalls a run.
+    let app = TestApp::spawn(&[("JOB_BATCH_POSTINGS", "false")], true).await;
     let (customer, _) = app.onboarded_customer("stalled@example.com").await;
     // The first run stalls after its effect, before its result is reported; the second
     // run (a newer attempt of the same job, claimed by the same worker) stalls too and
@@ -467,7 +469,9 @@ async fn a_stalled_runs_result_never_finishes_the_same_attempt_number_after_a_re
 
     use tokio::sync::Notify;
 
-    let app = TestApp::with_worker().await;
+    // Grants run by the worker, one by one: settled in their claim, they would never
+    // reach the hook that stalls a run.
+    let app = TestApp::spawn(&[("JOB_BATCH_POSTINGS", "false")], true).await;
     let (customer, _) = app.onboarded_customer("redriven-stall@example.com").await;
     let (first, second) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let hits = hold_two_grant_runs(&first, &second, "the redriven run fails");
