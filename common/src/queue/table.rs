@@ -1,21 +1,19 @@
 //! The SQL of a worker's life, and nowhere else: registering and heartbeating (with
-//! orphan rescue), claiming a batch, acknowledging a batch of results, and giving back
-//! jobs claimed but never started.
+//! orphan rescue), claiming a batch (settling what the kind settles in the claim, see
+//! `settle`), acknowledging a batch of results, and giving back jobs claimed but never
+//! started.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, LazyLock};
 
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::PgPool;
-
-use std::panic::AssertUnwindSafe;
-
-use futures::FutureExt;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::settle::{Claimed, Settler};
 use super::{JobStatus, Outcome, StoreConfig};
