@@ -36,7 +36,7 @@ use crate::queue::Outcome;
 use crate::queue::settle::{self, Claimed, Settled, Settler};
 
 /// A job's work as a batch takes it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Work {
     Grant(Posting),
     Fix(RecordUsage),
@@ -58,15 +58,23 @@ async fn settle<J: DeserializeOwned>(
     work: fn(J) -> Option<Work>,
     charges: bool,
 ) -> Result<Settled, sqlx::Error> {
-    // The store has checked that the args decode.
-    let taken: Vec<Option<Work>> =
-        jobs.iter().map(|job| serde_json::from_value(job.args.clone()).ok().and_then(work)).collect();
-    let batch: Vec<Work> = taken.iter().flatten().cloned().collect();
+    // The store has checked that the args decode; `work` says which the batch takes.
+    let mut batch = Vec::with_capacity(jobs.len());
+    let taken: Vec<bool> = jobs
+        .iter()
+        .map(|job| match <J as serde::Deserialize>::deserialize(&job.args).ok().and_then(work) {
+            Some(work) => {
+                batch.push(work);
+                true
+            }
+            None => false,
+        })
+        .collect();
     let Decided { answers, posted } = decide(tx, &batch, charges).await?;
     let mut answers = answers.into_iter();
     let done = taken
-        .iter()
-        .map(|taken| match taken.as_ref().and_then(|_| answers.next()) {
+        .into_iter()
+        .map(|taken| match taken.then(|| answers.next()).flatten() {
             Some(Some(Outcome::Done { detail })) => Some(detail),
             // A grant the balance cannot take is cancelled by its own run, which finds
             // the same; nothing was written for it here.

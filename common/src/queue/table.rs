@@ -411,12 +411,23 @@ impl JobTable {
             return Ok(Claim { tasks: Vec::new(), more: false });
         }
         let started = std::time::Instant::now();
-        let settled = self.settle(&mut tx, settler, worker, room, due.len() == limit, due).await;
-        let Written { claim, done, after_commit } = settled.map_err(Unsettled::RolledBack)?;
-        // A test build can stop here: settled and written, not committed.
-        fail::fail_point!("settle::before_commit", |_| Err(Unsettled::RolledBack(sqlx::Error::Protocol(
-            "failpoint: before commit".into()
-        ))));
+        let settled = self.settle(&mut tx, settler, worker, room, due.len() == limit, due).await.and_then(|written| {
+            // A test build can stop here: settled and written, not committed.
+            fail::fail_point!("settle::before_commit", |_| Err(sqlx::Error::Protocol(
+                "failpoint: before commit".into()
+            )));
+            Ok(written)
+        });
+        let Written { claim, done, after_commit } = match settled {
+            Ok(written) => written,
+            Err(error) => {
+                // Rolled back before the ordinary claim looks for the same jobs: a
+                // dropped transaction's rollback waits for its connection's next use,
+                // and until then the jobs stay locked, skipped by that claim.
+                let _ = tx.rollback().await;
+                return Err(Unsettled::RolledBack(error));
+            }
+        };
         tx.commit().await.map_err(Unsettled::CommitUnknown)?;
         // Or here: committed, and the claimer never told (a connection lost in the commit).
         fail::fail_point!("settle::after_commit", |_| Err(Unsettled::CommitUnknown(sqlx::Error::Protocol(
