@@ -2,6 +2,10 @@
 //!
 //! # Guide
 //!
+//! The common cases (a credit to consume, a fix recorded before, a refusal for want of
+//! credits and card) are settled in the claim with the other fixes it takes
+//! (`jobs::batch`); this is the path of every fix left to run on its own.
+//!
 //! Deciding, under the customer's lock in one transaction: a fix already recorded is a
 //! duplicate; a fix that has a charge goes to that charge's resolution and is never
 //! debited; otherwise one credit is debited, or, at balance 0 with a payment method, a

@@ -376,15 +376,13 @@ impl JobTable {
     /// need no room.
     pub(super) async fn claim(&self, worker: &str, room: usize) -> Result<Claim, sqlx::Error> {
         if let Some(settler) = &self.settler {
-            let settling = AssertUnwindSafe(self.claim_settling(settler, worker, room)).catch_unwind().await;
-            let why = match settling {
-                Ok(Ok(claim)) => return Ok(claim),
-                Ok(Err(Unsettled::CommitUnknown(error))) => return Err(error),
-                Ok(Err(Unsettled::RolledBack(error))) => error.to_string(),
-                Err(panic) => panic_message(&panic),
+            let error = match self.claim_settling(settler, worker, room).await {
+                Ok(claim) => return Ok(claim),
+                Err(Unsettled::CommitUnknown(error)) => return Err(error),
+                Err(Unsettled::RolledBack(error)) => error,
             };
             metrics::counter!("rsolv_jobs_settle_failed_total", "kind" => self.kind()).increment(1);
-            tracing::warn!(kind = self.kind(), error = %why, "settling a claim failed; its jobs are claimed to run one at a time");
+            tracing::warn!(kind = self.kind(), %error, "settling a claim failed; its jobs are claimed to run one at a time");
         }
         let rows: Vec<ClaimedRow> =
             sqlx::query_as(CLAIM).bind(self.kind()).bind(room as i64).bind(worker).fetch_all(&self.pool).await?;
@@ -411,13 +409,20 @@ impl JobTable {
             return Ok(Claim { tasks: Vec::new(), more: false });
         }
         let started = std::time::Instant::now();
-        let settled = self.settle(&mut tx, settler, worker, room, due.len() == limit, due).await.and_then(|written| {
+        let settling = async {
+            let written = self.settle(&mut tx, settler, worker, room, due.len() == limit, due).await?;
             // A test build can stop here: settled and written, not committed.
             fail::fail_point!("settle::before_commit", |_| Err(sqlx::Error::Protocol(
                 "failpoint: before commit".into()
             )));
             Ok(written)
-        });
+        };
+        // A settler that panics fails its settlement, not the claimer (apalis would stop
+        // the kind's worker for good): rolled back below like any other failure.
+        let settled = match AssertUnwindSafe(settling).catch_unwind().await {
+            Ok(settled) => settled,
+            Err(panic) => Err(sqlx::Error::Protocol(format!("the settlement panicked: {}", panic_message(&panic)))),
+        };
         let Written { claim, done, after_commit } = match settled {
             Ok(written) => written,
             Err(error) => {

@@ -349,11 +349,11 @@ async fn a_poison_posting_fails_its_own_job_and_the_rest_of_its_claim_still_post
     assert_ledger_consistent(&app.db.pool).await;
 }
 
-/// Settles a claim of 20 fixes with `point` configured to `return`, then runs alone
+/// Settles a claim of 20 fixes with `point` configured to `action`, then runs alone
 /// whatever that left to the worker and, as a retry or a redrive would, every fix's job
 /// again: every posting lands once. `left`: how many jobs the stopped claim left to the
 /// worker (all, if it rolled back; none, if it committed and was not told).
-async fn stopped_settlement_posts_once(point: &str, left: usize) {
+async fn stopped_settlement_posts_once(point: &str, action: &str, left: usize) {
     let app = TestApp::api_only().await;
     let ctx = app.job_context();
     let ids = customers(&app, 2).await;
@@ -363,7 +363,7 @@ async fn stopped_settlement_posts_once(point: &str, left: usize) {
     let fixes: Vec<RecordUsage> = (0..20).map(|i| fix(ids[i % 2], &format!("fix-{i}"))).collect();
     let jobs = enqueued(&app, &fixes).await;
 
-    fail::cfg(point, "return").unwrap();
+    fail::cfg(point, action).unwrap();
     let claimed = testing::claim::<RecordUsage>(&app.db.pool, &ctx, "settling-test", 500).await;
     fail::remove(point);
     // A claim whose commit's fate is unknown fails (the worker's claimer logs it and
@@ -395,12 +395,17 @@ async fn stopped_settlement_posts_once(point: &str, left: usize) {
 
 #[tokio::test]
 async fn a_settlement_stopped_before_its_commit_leaves_each_job_to_post_once_alone() {
-    stopped_settlement_posts_once("settle::before_commit", 20).await;
+    stopped_settlement_posts_once("settle::before_commit", "return", 20).await;
+}
+
+#[tokio::test]
+async fn a_settlement_that_panics_is_rolled_back_and_each_job_posts_once_alone() {
+    stopped_settlement_posts_once("settle::before_commit", "panic", 20).await;
 }
 
 #[tokio::test]
 async fn a_settlement_whose_answer_is_lost_after_its_commit_posts_nothing_twice() {
-    stopped_settlement_posts_once("settle::after_commit", 0).await;
+    stopped_settlement_posts_once("settle::after_commit", "return", 0).await;
 }
 
 /// A batch reads its tables by their keys however small they were when its connection
