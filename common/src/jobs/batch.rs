@@ -42,10 +42,9 @@ pub(crate) enum Work {
     Fix(RecordUsage),
 }
 
-/// What settles the claims of kind `J`, whose jobs `work` says what a batch would do
-/// (`None`: left to the worker); none with `JOB_BATCH_POSTINGS=false`, where each job
-/// runs in a transaction of its own.
-pub(crate) fn settler<J: DeserializeOwned + 'static>(ctx: &JobContext, work: fn(J) -> Option<Work>) -> Option<Settler> {
+/// What settles the claims of kind `J`, whose jobs' work a batch takes as `work` says;
+/// none with `JOB_BATCH_POSTINGS=false`, where each job runs in a transaction of its own.
+pub(crate) fn settler<J: DeserializeOwned + 'static>(ctx: &JobContext, work: fn(J) -> Work) -> Option<Settler> {
     // Whether a fix that finds no credit may be charged (Stripe is configured), in which
     // case it is left to the worker.
     let charges = ctx.stripe.is_some();
@@ -55,14 +54,14 @@ pub(crate) fn settler<J: DeserializeOwned + 'static>(ctx: &JobContext, work: fn(
 async fn settle<J: DeserializeOwned>(
     tx: &mut sqlx::PgConnection,
     jobs: &[Claimed],
-    work: fn(J) -> Option<Work>,
+    work: fn(J) -> Work,
     charges: bool,
 ) -> Result<Settled, sqlx::Error> {
-    // The store has checked that the args decode; `work` says which the batch takes.
+    // The store has checked that the args decode (one that does not is left alone).
     let mut batch = Vec::with_capacity(jobs.len());
     let taken: Vec<bool> = jobs
         .iter()
-        .map(|job| match <J as serde::Deserialize>::deserialize(&job.args).ok().and_then(work) {
+        .map(|job| match <J as serde::Deserialize>::deserialize(&job.args).ok().map(work) {
             Some(work) => {
                 batch.push(work);
                 true

@@ -40,7 +40,7 @@ impl Job for GrantCredits {
     type Context = JobContext;
 
     fn settler(ctx: &JobContext) -> Option<crate::queue::settle::Settler> {
-        super::batch::settler(ctx, |grant: Self| (grant.amount != 0).then(|| Work::Grant(grant.posting())))
+        super::batch::settler(ctx, |grant: Self| Work::Grant(grant.posting()))
     }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {

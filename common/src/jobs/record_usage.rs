@@ -129,7 +129,7 @@ impl Job for RecordUsage {
     type Context = JobContext;
 
     fn settler(ctx: &JobContext) -> Option<crate::queue::settle::Settler> {
-        super::batch::settler(ctx, |fix: Self| Some(Work::Fix(fix)))
+        super::batch::settler(ctx, |fix: Self| Work::Fix(fix))
     }
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {

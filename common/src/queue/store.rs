@@ -144,12 +144,7 @@ impl<J: JobKind> JobStore<J> {
     /// `wake_ups` yields whenever jobs of this kind may be waiting (see `JobNotifier`).
     pub fn new(pool: PgPool, config: StoreConfig, wake_ups: BoxStream<'static, ()>) -> Self {
         assert_eq!(config.kind, J::KIND, "a store serves exactly its own kind");
-        let table = JobTable {
-            pool,
-            config: Arc::new(config),
-            decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
-            settler: None,
-        };
+        let table = JobTable::of::<J>(pool, config, None);
         // Room for every run that can finish while one batch of acknowledgements is written.
         let (acks, ack_receiver) = ack_channel::channel(table.config.batch_size * 4);
         Self {

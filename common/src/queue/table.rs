@@ -31,6 +31,16 @@ pub(super) struct JobTable {
 }
 
 impl JobTable {
+    /// Kind `J`'s rows, claimed with `config`, settled by `settler` if any.
+    pub(super) fn of<J: super::JobKind>(pool: PgPool, config: StoreConfig, settler: Option<Settler>) -> Self {
+        Self {
+            pool,
+            config: Arc::new(config),
+            decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
+            settler,
+        }
+    }
+
     pub(super) fn kind(&self) -> &'static str {
         self.config.kind
     }

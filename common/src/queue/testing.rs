@@ -231,18 +231,14 @@ pub async fn claim<J: super::Job>(
     worker: &str,
     room: usize,
 ) -> Result<(Vec<i64>, bool), sqlx::Error> {
-    let table = super::table::JobTable {
-        pool: pool.clone(),
-        config: std::sync::Arc::new(super::StoreConfig {
-            kind: J::KIND,
-            batch_size: 100,
-            policy: J::RETRY,
-            heartbeat_interval: Duration::from_secs(5),
-            orphan_after: Duration::from_secs(30),
-        }),
-        decodes: |args| J::deserialize(args).map(drop).map_err(|e| e.to_string()),
-        settler: J::settler(ctx),
+    let config = super::StoreConfig {
+        kind: J::KIND,
+        batch_size: 100,
+        policy: J::RETRY,
+        heartbeat_interval: Duration::from_secs(5),
+        orphan_after: Duration::from_secs(30),
     };
+    let table = super::table::JobTable::of::<J>(pool.clone(), config, J::settler(ctx));
     let claim = table.claim(worker, room).await?;
     Ok((claim.tasks.iter().filter_map(|task| task.task_id().and_then(super::table::job_id)).collect(), claim.more))
 }
