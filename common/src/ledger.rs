@@ -240,7 +240,7 @@ async fn move_balances(
     let expected: Vec<i64> = customers.iter().map(|id| balances[id]).collect();
     // Joins the batch's customers against the table: planned for them (see
     // `db::planned_for_arguments`), not by a plan cached while the table was small. The
-    // transaction's statements after it run in the session's own plan cache mode.
+    // transaction's statements after it run with the session's own planner settings.
     crate::db::planned_for_arguments(&mut *tx).await?;
     let drifted = sqlx::query_scalar!(
         "WITH moved AS (

@@ -150,28 +150,47 @@ pub async fn is_ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
 }
 
 /// Plans the transaction's next statements for their own arguments and the tables as
-/// they are now, until [`cached_plans`].
+/// they are now, each key of a batch looked up by index, until [`cached_plans`].
 ///
-/// sqlx prepares each statement once per connection, and Postgres keeps the generic plan
-/// it settles on at a statement's sixth run while the server connection lives (sqlx
-/// replaces its connections after 30 minutes; behind PgBouncer, its `server_lifetime`)
-/// and the table is not vacuumed, analyzed or altered. For a statement that joins a
-/// batch of keys (`unnest`) against a table, a plan chosen while the table was nearly
-/// empty (a new deployment) reads the whole table, and keeps doing so as it grows until
-/// then; with autovacuum off, for the connection's whole life: measured, 15 ms a batch
-/// of postings at 80,000 recorded fixes, under the batch's row locks. Planning a statement
-/// costs a fraction of a millisecond; use this around the few that need it, not around
-/// statements run once per row (a trigger's), where planning each run costs more than it
-/// saves.
+/// For the statements that join a batch of keys (`unnest`, a few hundred at most)
+/// against a table that grows (recorded fixes, charges, customers). Two plans read such
+/// a table whole, and both were measured doing it:
+///
+/// - **A cached plan.** sqlx prepares each statement once per connection, and Postgres
+///   keeps the generic plan it settles on at a statement's sixth run while the server
+///   connection lives (sqlx replaces its connections after 30 minutes; behind PgBouncer,
+///   its `server_lifetime`) and the table is not vacuumed, analyzed or altered. Chosen
+///   while the table was nearly empty (a new deployment), it reads the whole table, and
+///   keeps doing so as it grows: 15 ms a batch of postings at 80,000 recorded fixes.
+///   Hence `plan_cache_mode = force_custom_plan`: planned at each run.
+/// - **A hash join.** Planned for its arguments, a batch of 300 keys against 81,000
+///   recorded fixes was still a hash of the whole table (33 ms, against 0.9 ms for 300
+///   index probes): by the default `random_page_cost` each probe is priced as a read
+///   from disk, though the pages a batch probes are in memory. A batch is far smaller
+///   than the tables it probes, so hash and merge joins are off for these statements
+///   (BENCHMARKS.md, "Batch lookups that hashed a whole table").
+///
+/// Planning a statement costs a fraction of a millisecond; use this around the few that
+/// need it, not around statements run once per row (a trigger's), where planning each
+/// run costs more than it saves.
 pub async fn planned_for_arguments(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("SET LOCAL plan_cache_mode = force_custom_plan").execute(tx).await?;
+    // One round trip for the three (a multi-statement string, so not `query!`).
+    sqlx::raw_sql(
+        "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+    )
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
-/// Back to the session's own plan cache mode (`auto`, unless an operator set another
-/// for the server, role or database) after [`planned_for_arguments`]: a mode the caller
-/// set for its transaction is not restored.
+/// Back to the session's own planner settings (those an operator set for the server,
+/// role or database) after [`planned_for_arguments`]: settings the caller made for its
+/// transaction are not restored.
 pub async fn cached_plans(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query!("SET LOCAL plan_cache_mode TO DEFAULT").execute(tx).await?;
+    sqlx::raw_sql(
+        "SET LOCAL plan_cache_mode TO DEFAULT; SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT",
+    )
+    .execute(tx)
+    .await?;
     Ok(())
 }
