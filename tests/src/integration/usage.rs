@@ -130,3 +130,38 @@ async fn the_usage_jobs_key_lookups_read_an_index_not_the_whole_table() {
     let after: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
     assert_eq!((after.0 - before.0, after.1 - before.1), (0, 2), "table scans and index scans of the two lookups");
 }
+
+/// A payment intent pays for one fix at most, and the fixes paid with a credit (most of
+/// them, with no intent) are not entries of the index that keeps it so: each would be a
+/// write per fix for nothing.
+#[tokio::test]
+async fn a_payment_intent_pays_for_one_fix_and_fixes_paid_with_credits_are_not_indexed_by_it() {
+    let app = TestApp::api_only().await;
+    let email = common::domain::Email::parse("intents@example.com").unwrap();
+    let customer = common::factories::create(&app.db.pool, &app.settings, common::factories::CustomerState::Pro, email)
+        .await
+        .unwrap()
+        .customer_id;
+    let record = |fix_id: &'static str| {
+        sqlx::query(
+            "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code, payment_intent_id)
+             VALUES ($1, $2, 'org/repo', 'refused', 'CARD_DECLINED', 'pi_same')",
+        )
+        .bind(customer)
+        .bind(fix_id)
+        .execute(&app.db.pool)
+    };
+    record("first").await.unwrap();
+    let second = record("second").await.unwrap_err();
+    assert_eq!(second.as_database_error().and_then(|e| e.code()).as_deref(), Some("23505"), "{second}");
+
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'usage_fixes' AND indexdef LIKE '%payment_intent_id%'",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    assert!(indexes[0].starts_with("CREATE UNIQUE INDEX"), "{indexes:?}");
+    assert!(indexes[0].ends_with("WHERE (payment_intent_id IS NOT NULL)"), "{indexes:?}");
+}

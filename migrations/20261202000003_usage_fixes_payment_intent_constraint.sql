@@ -1,0 +1,12 @@
+-- Drops the unique constraint that `usage_fixes_payment_intent` (previous migration)
+-- replaces, only once that index is valid: a payment intent is never without uniqueness.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_index
+        WHERE indexrelid = to_regclass('usage_fixes_payment_intent') AND indisvalid AND indisunique
+    ) THEN
+        RAISE EXCEPTION 'usage_fixes_payment_intent is missing or INVALID (an interrupted build): drop it (DROP INDEX CONCURRENTLY usage_fixes_payment_intent) and run the migrations again';
+    END IF;
+END $$;
+ALTER TABLE usage_fixes DROP CONSTRAINT IF EXISTS usage_fixes_payment_intent_id_key;
