@@ -39,14 +39,27 @@ pub async fn latest_for_customer<'e>(
 }
 
 /// The newest job of `kind` holding (or having held) a unique key.
+///
+/// In two halves, each answered by a partial index (see [`first_enqueued_at`]).
 pub async fn by_unique_key<'e>(
     db: impl PgExecutor<'e>,
     kind: &str,
     key: &str,
 ) -> Result<Option<JobState>, sqlx::Error> {
-    select_job_states!("WHERE kind = $1 AND unique_key = $2 ORDER BY id DESC LIMIT 1", kind, key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as!(
+        JobState,
+        r#"SELECT id AS "id!", status AS "status!: JobStatus", attempts AS "attempts!", last_error, result
+         FROM (SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result FROM jobs
+               WHERE kind = $1 AND unique_key = $2 AND status NOT IN ('dead', 'cancelled')
+               UNION ALL
+               SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result FROM jobs
+               WHERE kind = $1 AND unique_key = $2 AND status IN ('dead', 'cancelled')) j
+         ORDER BY id DESC LIMIT 1"#,
+        kind,
+        key,
+    )
+    .fetch_optional(db)
+    .await
 }
 
 /// A job by id, only if it is about `customer_id` (callers see their own jobs only).
@@ -98,12 +111,26 @@ pub async fn unfinished_for_customer<'e>(
 
 /// When the first job of `kind` with this unique key was enqueued (a redriven or
 /// re-enqueued job keeps the history).
+///
+/// A key is indexed twice over, never both at once: while its job holds it
+/// (`jobs_unique_key`, which keeps it unique) and once a dead or cancelled job has given
+/// it back (`jobs_given_back_keys`). So each half of this lookup reads an index, and a
+/// job's insert and completion write one entry for its key, not two (migration
+/// `20261202000004_jobs_given_back_keys`).
 pub async fn first_enqueued_at<'e>(
     db: impl PgExecutor<'e>,
     kind: &str,
     key: &str,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
-    sqlx::query_scalar!("SELECT min(created_at) FROM jobs WHERE kind = $1 AND unique_key = $2", kind, key,)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar!(
+        "SELECT least(
+             (SELECT min(created_at) FROM jobs
+              WHERE kind = $1 AND unique_key = $2 AND status NOT IN ('dead', 'cancelled')),
+             (SELECT min(created_at) FROM jobs
+              WHERE kind = $1 AND unique_key = $2 AND status IN ('dead', 'cancelled')))",
+        kind,
+        key,
+    )
+    .fetch_one(db)
+    .await
 }

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use common::jobs::RecordUsage;
-use common::queue::{self, JobKind, testing};
+use common::queue::{self, Enqueued, JobKind, testing};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_ledger_consistent, fix, wait_for_kind_finished};
@@ -109,26 +109,50 @@ async fn fix_reports_are_validated_and_private_to_their_customer() {
 }
 
 /// What every usage job's run (`first_enqueued_at`) and the usage status route
-/// (`by_unique_key`) ask, by kind and key whatever the job's state, is answered from an
-/// index: with scanning the table priced out, as it is once the table holds a history
-/// of finished jobs, neither reads `jobs` itself. Before `jobs_by_unique_key`, both did.
+/// (`by_unique_key`) ask, by kind and key whatever the job's state, is answered from
+/// indexes: with scanning the table priced out, as it is once the table holds a history
+/// of finished jobs, neither reads `jobs` itself, and both see a key's whole history (a
+/// dead job that gave the key back, and the job enqueued with it since). Without an index
+/// for such keys, both read the whole table.
 #[tokio::test]
 async fn the_usage_jobs_key_lookups_read_an_index_not_the_whole_table() {
     let app = TestApp::api_only().await;
     let job = fix(uuid::Uuid::new_v4(), "fix-1");
-    queue::enqueue(&app.db.pool, &job).await.unwrap();
     let key = job.unique_key().unwrap();
+    let Enqueued::Inserted(first) = queue::enqueue(&app.db.pool, &job).await.unwrap() else { panic!("inserted") };
+    sqlx::query(
+        "UPDATE jobs SET status = 'dead', finished_at = now(), created_at = now() - interval '1 hour' WHERE id = $1",
+    )
+    .bind(first)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let Enqueued::Inserted(second) = queue::enqueue(&app.db.pool, &job).await.unwrap() else {
+        panic!("a dead job gives its key back")
+    };
+    let first_created: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT created_at FROM jobs WHERE id = $1")
+        .bind(first)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
 
     let mut tx = app.db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
     // This backend's own counters (no delay, no other session's reads), before and after.
     let scans = "SELECT (SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'),
-                        pg_stat_get_xact_numscans('jobs_by_unique_key'::regclass)";
-    let before: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
-    assert!(queue::first_enqueued_at(&mut *tx, RecordUsage::KIND, &key).await.unwrap().is_some());
-    assert!(queue::by_unique_key(&mut *tx, RecordUsage::KIND, &key).await.unwrap().is_some());
-    let after: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
-    assert_eq!((after.0 - before.0, after.1 - before.1), (0, 2), "table scans and index scans of the two lookups");
+                        pg_stat_get_xact_numscans('jobs_unique_key'::regclass),
+                        pg_stat_get_xact_numscans('jobs_given_back_keys'::regclass)";
+    let before: (i64, i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    let began = queue::first_enqueued_at(&mut *tx, RecordUsage::KIND, &key).await.unwrap();
+    let newest = queue::by_unique_key(&mut *tx, RecordUsage::KIND, &key).await.unwrap();
+    let after: (i64, i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1, after.2 - before.2),
+        (0, 2, 2),
+        "table scans, and index scans of held and of given-back keys, of the two lookups"
+    );
+    assert_eq!(began, Some(first_created), "the key's history began with the dead job");
+    assert_eq!(newest.map(|job| job.id), Some(second), "the newest job with the key is the live one");
 }
 
 /// A payment intent pays for one fix at most, and the fixes paid with a credit (most of
