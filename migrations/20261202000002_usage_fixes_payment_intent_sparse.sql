@@ -5,8 +5,9 @@
 -- fixes paid by card only; the next migration drops the constraint it replaces.
 --
 -- Built CONCURRENTLY, outside a transaction, so that fixes keep being recorded while it
--- builds. If a build is interrupted, Postgres leaves the index INVALID and this statement
--- skips it when run again; the next migration then refuses to drop the constraint: drop
--- the index (DROP INDEX CONCURRENTLY usage_fixes_payment_intent) and run them again.
+-- builds. If a build is interrupted, Postgres leaves the index INVALID, this statement
+-- skips it when run again (and is recorded as applied), and the next migration refuses to
+-- drop the constraint: rebuild the index (REINDEX INDEX CONCURRENTLY
+-- usage_fixes_payment_intent) and run the migrations again.
 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS usage_fixes_payment_intent ON usage_fixes (payment_intent_id)
     WHERE payment_intent_id IS NOT NULL;

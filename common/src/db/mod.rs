@@ -184,8 +184,9 @@ pub async fn planned_for_arguments(tx: &mut PgConnection) -> Result<(), sqlx::Er
 }
 
 /// Back to the session's own planner settings (those an operator set for the server,
-/// role or database) after [`planned_for_arguments`]: settings the caller made for its
-/// transaction are not restored.
+/// role or database, or the connection's startup options) after
+/// [`planned_for_arguments`]: settings the caller made for its transaction, or a `SET`
+/// the session ran (PgBouncer's `connect_query`, say), are not restored.
 pub async fn cached_plans(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
         "SET LOCAL plan_cache_mode TO DEFAULT; SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT",

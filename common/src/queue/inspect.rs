@@ -114,8 +114,9 @@ pub async fn unfinished_for_customer<'e>(
 ///
 /// A key is indexed twice over, never both at once: while its job holds it
 /// (`jobs_unique_key`, which keeps it unique) and once a dead or cancelled job has given
-/// it back (`jobs_given_back_keys`). So each half of this lookup reads an index, and a
-/// job's insert and completion write one entry for its key, not two (migration
+/// it back (`jobs_given_back_keys`). So each half of this lookup reads an index, and once
+/// the older index of every key (`jobs_by_unique_key`) is dropped, a job's insert and
+/// completion write one entry for its key, not two (migration
 /// `20261202000004_jobs_given_back_keys`).
 pub async fn first_enqueued_at<'e>(
     db: impl PgExecutor<'e>,
