@@ -415,6 +415,32 @@ async fn a_settlement_whose_answer_is_lost_after_its_commit_posts_nothing_twice(
 /// later batch. On one connection: 8 batches while both are nearly empty, 50,000 fixes
 /// and 20,000 customers added, 40 batches more, none of which may read either table
 /// whole (the early ones may: small tables are cheaper read whole).
+/// `n` fixes of `customer` recorded (refused) before the test's own, in one insert.
+async fn fixes_recorded_before(app: &TestApp, customer: Uuid, n: i32) {
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
+         SELECT $1, 'recorded-' || n, 'org/repo', 'refused', 'NO_BILLING_INFO' FROM generate_series(1, $2) n",
+    )
+    .bind(customer)
+    .bind(n)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+}
+
+/// Every connection of the test pool reports its table counters now, the migrations'
+/// index builds (full reads of every table) among them: a backend reports at most once a
+/// second when left to itself, so without this they could land among the reads a test
+/// counts afterwards.
+async fn test_pool_reports_its_reads(app: &TestApp) {
+    let mut connections = Vec::new();
+    for _ in 0..app.db.pool.size() {
+        let mut connection = app.db.pool.acquire().await.unwrap();
+        sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *connection).await.unwrap();
+        connections.push(connection);
+    }
+}
+
 #[tokio::test]
 async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection() {
     let app = TestApp::api_only().await;
@@ -455,14 +481,7 @@ async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection()
     for n in 0..early {
         consume(format!("early-{n}")).await;
     }
-    sqlx::query(
-        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
-         SELECT $1, 'recorded-' || n, 'org/repo', 'refused', 'NO_BILLING_INFO' FROM generate_series(1, 50000) n",
-    )
-    .bind(customer)
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    fixes_recorded_before(&app, customer, 50_000).await;
     sqlx::query(
         "INSERT INTO customers (id, name, email) SELECT gen_random_uuid(), 'Other', 'other-' || n || '@example.com'
          FROM generate_series(1, 20000) n",
@@ -470,17 +489,7 @@ async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection()
     .execute(&app.db.pool)
     .await
     .unwrap();
-    // The test pool's connections report their counters too, the migrations' index
-    // builds (full reads of both tables) among them: a backend reports at most once a
-    // second when left to itself, so without this they could land among the later
-    // batches' reads.
-    let mut connections = Vec::new();
-    for _ in 0..app.db.pool.size() {
-        let mut connection = app.db.pool.acquire().await.unwrap();
-        sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *connection).await.unwrap();
-        connections.push(connection);
-    }
-    drop(connections);
+    test_pool_reports_its_reads(&app).await;
     let before = full_reads().await;
     for n in 0..later {
         consume(format!("later-{n}")).await;
@@ -515,14 +524,7 @@ async fn a_large_batch_probes_the_recorded_fixes_by_key_instead_of_hashing_the_t
     };
     common::ledger::post(&mut tx, &credits).await.unwrap();
     tx.commit().await.unwrap();
-    sqlx::query(
-        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
-         SELECT $1, 'recorded-' || n, 'org/repo', 'refused', 'NO_BILLING_INFO' FROM generate_series(1, 80000) n",
-    )
-    .bind(customer)
-    .execute(&app.db.pool)
-    .await
-    .unwrap();
+    fixes_recorded_before(&app, customer, 80_000).await;
     let batch = 400;
     let jobs: Vec<RecordUsage> = (0..batch).map(|n| fix(customer, &format!("new-{n}"))).collect();
     let ids = enqueued(&app, &jobs).await;
@@ -536,15 +538,7 @@ async fn a_large_batch_probes_the_recorded_fixes_by_key_instead_of_hashing_the_t
             .await
             .unwrap()
     };
-    // The test pool's counters reported first (the migrations' index builds read the
-    // table whole), so that only the claim's reads land between the two counts.
-    let mut connections = Vec::new();
-    for _ in 0..app.db.pool.size() {
-        let mut connection = app.db.pool.acquire().await.unwrap();
-        sqlx::query("SELECT pg_stat_force_next_flush()").execute(&mut *connection).await.unwrap();
-        connections.push(connection);
-    }
-    drop(connections);
+    test_pool_reports_its_reads(&app).await;
     let reads_before = full_reads().await;
     let (left, _) = testing::claim::<RecordUsage>(&pool, &ctx, "large-batch", batch).await.unwrap();
     assert!(left.is_empty(), "the whole batch is settled in its claim");
