@@ -4,7 +4,7 @@
 -- `jobs_unique_key`, which holds every other job's key, they cover what
 -- `jobs_by_unique_key` covered. Once that index is dropped, a job with a key writes one
 -- index entry for it when it is inserted and one when it completes, instead of two each
--- (a usage report's job: nine entries in all instead of eleven). The previous release
+-- (a usage report's job, inserted and settled: eight index entries instead of ten). The previous release
 -- still reads `jobs_by_unique_key`, so it is dropped by a later release (expand, then
 -- contract: README, "Rolling deploys"), after a check that this index is valid.
 --

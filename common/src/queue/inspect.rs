@@ -112,9 +112,10 @@ pub async fn unfinished_for_customer<'e>(
 /// When the first job of `kind` with this unique key was enqueued (a redriven or
 /// re-enqueued job keeps the history).
 ///
-/// A key is indexed twice over, never both at once: while its job holds it
-/// (`jobs_unique_key`, which keeps it unique) and once a dead or cancelled job has given
-/// it back (`jobs_given_back_keys`). So each half of this lookup reads an index, and once
+/// Each job with a key is in one of two partial indexes, by its state: `jobs_unique_key`
+/// while it holds the key (which keeps the key unique), `jobs_given_back_keys` once it
+/// died or was cancelled and gave the key back. So each half of this lookup reads an
+/// index, and once
 /// the older index of every key (`jobs_by_unique_key`) is dropped, a job's insert and
 /// completion write one entry for its key, not two (migration
 /// `20261202000004_jobs_given_back_keys`).
