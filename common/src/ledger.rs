@@ -102,10 +102,11 @@ pub async fn post(tx: &mut PgConnection, posting: &Posting) -> Result<Posted, Le
 /// The same rules, kept the same way: every customer named is locked first, in id order
 /// (so two batches never wait on each other in a cycle), and nothing is read before its
 /// lock; a posting whose key has an entry, or appeared earlier in `postings`, is
-/// `AlreadyPosted`; one that would take its balance below zero moves nothing. The
-/// entries go in one insert, in order, so each continues its customer's chain (the
-/// `credit_ledger_chain` trigger checks every one), and each balance moves by the sum of
-/// its postings, `credit_balance + moved`, checked against what the entries say.
+/// `AlreadyPosted`; one that would take its balance below zero moves nothing. Each
+/// balance moves by the sum of its postings, `credit_balance + moved`, checked against
+/// what the entries will say; then the entries go in one insert, in order, so each
+/// continues its customer's chain (the `credit_ledger_entries_checked` trigger checks
+/// every one, and each balance against its newest entry, when the insert ends).
 /// A posting for a customer that does not exist answers `CustomerNotFound` alone.
 /// Postings are not counted in the metric here: see [`count_posted`].
 pub async fn post_many(
@@ -151,8 +152,10 @@ pub async fn post_many(
             decided.push(Decided::Short(*balance));
         }
     }
-    insert_entries(tx, postings, &new_entries, &mut existing).await?;
+    // The balances first: the entries' insert is checked against them when it ends
+    // (`credit_ledger_entries_checked`: each customer's balance is its newest entry's).
     move_balances(tx, postings, &new_entries, &balances).await?;
+    insert_entries(tx, postings, &new_entries, &mut existing).await?;
 
     Ok(decided
         .into_iter()

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use common::db::charges::ChargeStatus;
-use common::factories::CustomerState;
+use common::domain::Email;
+use common::factories::{self, CustomerState};
 use common::jobs::ProcessStripeEvent;
 use common::queue::JobStatus;
 use common::queue::testing;
@@ -371,7 +372,7 @@ async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
     assert!(moved_alone.is_err(), "a balance moved without an entry is refused at commit");
     for (balance_after, key, why) in [
         (100, "off-chain", "an entry must continue its customer's chain"),
-        (6, "no-balance-move", "an entry without its balance move is refused at commit"),
+        (6, "no-balance-move", "an entry without its balance move is refused"),
     ] {
         let inserted = sqlx::query(
             "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
@@ -391,6 +392,88 @@ async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
     grant(id, "enforced-1", 2).run(app.job_context()).await.unwrap();
     grant(id, "enforced-2", -7).run(app.job_context()).await.unwrap();
     assert_eq!(app.balance(id).await, 0);
+    assert_ledger_consistent(pool).await;
+}
+
+/// One posting in a transaction: the balance moves, then entries go in one insert (as
+/// `ledger::post_many` writes a batch).
+async fn post_raw(
+    pool: &sqlx::PgPool,
+    moves: &[(Uuid, i64)],
+    entries: &[(Uuid, i64, i64, &str)],
+    move_after: bool,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let move_balances = async |tx: &mut sqlx::PgConnection| -> Result<(), sqlx::Error> {
+        for (id, delta) in moves {
+            sqlx::query("UPDATE customers SET credit_balance = credit_balance + $2 WHERE id = $1")
+                .bind(id)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    };
+    if !move_after {
+        move_balances(&mut tx).await?;
+    }
+    sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+         SELECT customer_id, amount, balance_after, 'admin_adjustment', key
+         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[]) WITH ORDINALITY
+             AS e(customer_id, amount, balance_after, key, n)
+         ORDER BY n",
+    )
+    .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.1).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.2).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.3).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    if move_after {
+        move_balances(&mut tx).await?;
+    }
+    tx.commit().await
+}
+
+/// The ledger's checks hold for an insert of many entries as for one: each entry of the
+/// statement continues its customer's chain, from the entry before it in the same
+/// statement where there is one, and the balances must have moved by the time the insert
+/// ends, not later in the transaction.
+#[tokio::test]
+async fn postgres_checks_every_entry_of_an_insert_of_many() {
+    let app = TestApp::api_only().await;
+    let pool = &app.db.pool;
+    let a = factories::create(pool, &app.settings, CustomerState::Pro, Email::parse("many-a@example.com").unwrap())
+        .await
+        .unwrap()
+        .customer_id;
+    let b = factories::create(pool, &app.settings, CustomerState::Pro, Email::parse("many-b@example.com").unwrap())
+        .await
+        .unwrap()
+        .customer_id;
+    let (start_a, start_b) = (app.balance(a).await, app.balance(b).await);
+    let refused = |result: Result<(), sqlx::Error>, why: &str| {
+        let error = result.expect_err(why);
+        assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("23514"), "{why}: {error}");
+    };
+
+    // Two customers' entries interleaved, a's two chained within the statement.
+    let entries = [(a, 1, start_a + 1, "many-1"), (b, -1, start_b - 1, "many-2"), (a, 2, start_a + 3, "many-3")];
+    post_raw(pool, &[(a, 3), (b, -1)], &entries, false).await.expect("a batch whose entries chain is accepted");
+    let (start_a, start_b) = (start_a + 3, start_b - 1);
+    assert_eq!((app.balance(a).await, app.balance(b).await), (start_a, start_b));
+
+    // The second entry of the statement breaks its chain (the first is fine).
+    let entries = [(a, 1, start_a + 1, "many-4"), (a, 2, start_a + 4, "many-5")];
+    refused(post_raw(pool, &[(a, 3)], &entries, false).await, "an entry off its chain within the statement");
+    // The chain is fine, but one balance did not move with its entries.
+    let entries = [(a, 1, start_a + 1, "many-6"), (b, 1, start_b + 1, "many-7")];
+    refused(post_raw(pool, &[(a, 1)], &entries, false).await, "a balance left behind its entries");
+    // Moved, but only after the insert.
+    refused(post_raw(pool, &[(a, 1), (b, 1)], &entries, true).await, "balances moved after the entries' insert");
+
+    assert_eq!((app.balance(a).await, app.balance(b).await), (start_a, start_b), "nothing refused moved");
     assert_ledger_consistent(pool).await;
 }
 
