@@ -467,6 +467,10 @@ async fn postgres_checks_every_entry_of_an_insert_of_many() {
     // The second entry of the statement breaks its chain (the first is fine).
     let entries = [(a, 1, start_a + 1, "many-4"), (a, 2, start_a + 4, "many-5")];
     refused(post_raw(pool, &[(a, 3)], &entries, false).await, "an entry off its chain within the statement");
+    // The first breaks it (the second continues from it), though the newest entry says
+    // what the balance says.
+    let entries = [(a, 1, start_a + 2, "many-4"), (a, 2, start_a + 4, "many-5")];
+    refused(post_raw(pool, &[(a, 4)], &entries, false).await, "an entry off its chain, the balance right");
     // The chain is fine, but one balance did not move with its entries.
     let entries = [(a, 1, start_a + 1, "many-6"), (b, 1, start_b + 1, "many-7")];
     refused(post_raw(pool, &[(a, 1)], &entries, false).await, "a balance left behind its entries");
@@ -474,6 +478,102 @@ async fn postgres_checks_every_entry_of_an_insert_of_many() {
     refused(post_raw(pool, &[(a, 1), (b, 1)], &entries, true).await, "balances moved after the entries' insert");
 
     assert_eq!((app.balance(a).await, app.balance(b).await), (start_a, start_b), "nothing refused moved");
+
+    // An entry slipped in before one recorded already (an explicit id), its chain and the
+    // balance both fine as far as they go: refused, or the entry after it would no longer
+    // continue its chain.
+    let explicit = |id: i64, amount: i64, balance_after: i64, key: &'static str| {
+        sqlx::query(
+            "INSERT INTO credit_ledger (id, customer_id, amount, balance_after, source, idempotency_key)
+             OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, 'admin_adjustment', $5)",
+        )
+        .bind(id)
+        .bind(a)
+        .bind(amount)
+        .bind(balance_after)
+        .bind(key)
+    };
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("UPDATE customers SET credit_balance = credit_balance + 1 WHERE id = $1")
+        .bind(a)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    explicit(1_000_000, 1, start_a + 1, "many-8").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    let start_a = start_a + 1;
+    refused(
+        explicit(999_999, -1, start_a - 2, "many-9").execute(pool).await.map(|_| ()),
+        "an entry before one recorded already",
+    );
+    assert_eq!(app.balance(a).await, start_a);
+    assert_ledger_consistent(pool).await;
+}
+
+/// A writer that inserts entries without locking their customer (raw SQL, not
+/// `ledger::post`) waits for the posting in flight, and is then checked against its
+/// entry: here it chained from the entry before, and is refused. Without that wait, both
+/// would commit, and the posting's balance would disagree with the newest entry.
+#[tokio::test]
+async fn an_insert_racing_a_posting_waits_for_it_and_is_checked_against_its_entry() {
+    let app = TestApp::api_only().await;
+    let pool = &app.db.pool;
+    let email = Email::parse("racing@example.com").unwrap();
+    let a = factories::create(pool, &app.settings, CustomerState::Pro, email).await.unwrap().customer_id;
+    let start = app.balance(a).await;
+
+    let mut posting = pool.begin().await.unwrap();
+    sqlx::query("UPDATE customers SET credit_balance = credit_balance + 5 WHERE id = $1")
+        .bind(a)
+        .execute(&mut *posting)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+         VALUES ($1, 5, $2, 'admin_adjustment', 'racing-posting')",
+    )
+    .bind(a)
+    .bind(start + 5)
+    .execute(&mut *posting)
+    .await
+    .unwrap();
+
+    // +1 then -1, chained from the balance before the posting: fine on its own.
+    let racing = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+                 VALUES ($1, 1, $2, 'admin_adjustment', 'racing-1'), ($1, -1, $3, 'admin_adjustment', 'racing-2')",
+            )
+            .bind(a)
+            .bind(start + 1)
+            .bind(start)
+            .execute(&pool)
+            .await
+            .map(|_| ())
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%racing-1%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(!racing.is_finished(), "the racing insert went through while the posting was in flight");
+        assert!(std::time::Instant::now() < deadline, "the racing insert never waited for the posting");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    posting.commit().await.unwrap();
+    let error = racing.await.unwrap().expect_err("the racing insert is refused once it sees the posting");
+    assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("23514"), "{error}");
+    assert_eq!(app.balance(a).await, start + 5);
     assert_ledger_consistent(pool).await;
 }
 
