@@ -395,27 +395,28 @@ async fn postgres_itself_keeps_the_balance_equal_to_the_ledger() {
     assert_ledger_consistent(pool).await;
 }
 
-/// One posting in a transaction: the balance moves, then entries go in one insert (as
-/// `ledger::post_many` writes a batch).
-async fn post_raw(
-    pool: &sqlx::PgPool,
+/// Moves a customer's balance by `delta` in raw SQL, as no posting of ours would alone.
+async fn move_balance(conn: &mut sqlx::PgConnection, customer: Uuid, delta: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE customers SET credit_balance = credit_balance + $2 WHERE id = $1")
+        .bind(customer)
+        .bind(delta)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Balances moved and entries inserted in one statement (as `ledger::post_many` writes a
+/// batch), the moves before the insert or, with `move_after`, after it; not committed.
+async fn write_raw(
+    tx: &mut sqlx::PgConnection,
     moves: &[(Uuid, i64)],
     entries: &[(Uuid, i64, i64, &str)],
     move_after: bool,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let move_balances = async |tx: &mut sqlx::PgConnection| -> Result<(), sqlx::Error> {
-        for (id, delta) in moves {
-            sqlx::query("UPDATE customers SET credit_balance = credit_balance + $2 WHERE id = $1")
-                .bind(id)
-                .bind(delta)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(())
-    };
     if !move_after {
-        move_balances(&mut tx).await?;
+        for (customer, delta) in moves {
+            move_balance(tx, *customer, *delta).await?;
+        }
     }
     sqlx::query(
         "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
@@ -431,8 +432,22 @@ async fn post_raw(
     .execute(&mut *tx)
     .await?;
     if move_after {
-        move_balances(&mut tx).await?;
+        for (customer, delta) in moves {
+            move_balance(tx, *customer, *delta).await?;
+        }
     }
+    Ok(())
+}
+
+/// [`write_raw`] in a transaction of its own, committed.
+async fn post_raw(
+    pool: &sqlx::PgPool,
+    moves: &[(Uuid, i64)],
+    entries: &[(Uuid, i64, i64, &str)],
+    move_after: bool,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    write_raw(&mut tx, moves, entries, move_after).await?;
     tx.commit().await
 }
 
@@ -494,11 +509,7 @@ async fn postgres_checks_every_entry_of_an_insert_of_many() {
         .bind(key)
     };
     let mut tx = pool.begin().await.unwrap();
-    sqlx::query("UPDATE customers SET credit_balance = credit_balance + 1 WHERE id = $1")
-        .bind(a)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    move_balance(&mut tx, a, 1).await.unwrap();
     explicit(1_000_000, 1, start_a + 1, "many-8").execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     let start_a = start_a + 1;
@@ -522,21 +533,10 @@ async fn an_insert_racing_a_posting_waits_for_it_and_is_checked_against_its_entr
     let a = factories::create(pool, &app.settings, CustomerState::Pro, email).await.unwrap().customer_id;
     let start = app.balance(a).await;
 
+    // The posting in flight: its balance moved (a plain update: the row is not locked
+    // FOR UPDATE, so nothing but the ledger's own lock makes a writer wait for it).
     let mut posting = pool.begin().await.unwrap();
-    sqlx::query("UPDATE customers SET credit_balance = credit_balance + 5 WHERE id = $1")
-        .bind(a)
-        .execute(&mut *posting)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
-         VALUES ($1, 5, $2, 'admin_adjustment', 'racing-posting')",
-    )
-    .bind(a)
-    .bind(start + 5)
-    .execute(&mut *posting)
-    .await
-    .unwrap();
+    write_raw(&mut posting, &[(a, 5)], &[(a, 5, start + 5, "racing-posting")], false).await.unwrap();
 
     // +1 then -1, chained from the balance before the posting: fine on its own.
     let racing = tokio::spawn({
