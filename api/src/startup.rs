@@ -10,7 +10,6 @@ use actix_web::{App, HttpServer, web};
 use common::clock::Clock;
 use common::config::Settings;
 use common::db::api_keys::KeyLookups;
-use common::jobs::FixReports;
 use common::queue::JobWaker;
 use common::stripe::StripeApi;
 use sqlx::PgPool;
@@ -54,10 +53,7 @@ impl Application {
             tokio::spawn(metrics);
             tracing::info!(%addr, "metrics at /metrics on their own address");
         }
-        let waker = JobWaker::spawn(pool.clone());
-        let fix_reports =
-            web::Data::new(FixReports::spawn(pool.clone(), waker.clone(), settings.jobs.settle_fixes_on_report));
-        let waker = web::Data::new(waker);
+        let waker = web::Data::new(JobWaker::spawn(pool.clone()));
         let key_lookups = web::Data::new(KeyLookups::spawn(pool.clone()));
         let pool = web::Data::new(pool);
         let limit = web::Data::new(BodyLimit(settings.max_body_bytes));
@@ -94,7 +90,6 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(crate::request_id::assign))
                 .app_data(pool.clone())
                 .app_data(waker.clone())
-                .app_data(fix_reports.clone())
                 .app_data(key_lookups.clone())
                 .app_data(limit.clone())
                 .app_data(stripe.clone())

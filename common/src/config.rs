@@ -271,10 +271,6 @@ pub struct JobSettings {
     /// sharing a transaction and its commit (`JOB_BATCH_POSTINGS`, on by default): see
     /// `queue::settle` and `jobs::batch`.
     pub batch_postings: bool,
-    /// Whether the API settles reported fixes in the commit that answers them (debit,
-    /// duplicate, refusal), leaving only the rest to `record_usage` jobs
-    /// (`USAGE_SETTLE_ON_REPORT`, on by default): see `jobs::usage_reports`.
-    pub settle_fixes_on_report: bool,
     /// Completed and cancelled jobs are deleted this long after they finished.
     pub retention_completed_hours: u32,
     /// Dead jobs are deleted this long after they died.
@@ -506,7 +502,6 @@ impl JobSettings {
             statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
             bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
             batch_postings: r.parse("JOB_BATCH_POSTINGS", true)?,
-            settle_fixes_on_report: r.parse("USAGE_SETTLE_ON_REPORT", true)?,
             retention_completed_hours: r.parse("JOB_RETENTION_COMPLETED_HOURS", 7 * 24)?,
             retention_dead_hours: r.parse("JOB_RETENTION_DEAD_HOURS", 30 * 24)?,
             prune_batch: r.parse("JOB_PRUNE_BATCH", 10_000)?,

@@ -4,8 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, post, web};
 use common::db::{self, charges::ChargeStatus, usage::FixOutcome};
 use common::domain::{ErrorCode, Warning};
-use common::jobs::{FixReports, RecordUsage};
-use common::queue::{self, JobKind};
+use common::jobs::RecordUsage;
+use common::queue::{self, JobKind, JobWaker};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -33,20 +33,16 @@ pub struct FixReport {
         pattern = r"^[^\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]*[^\s\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb][^\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]*$"
     )]
     repo: String,
-    /// Anything the client wants kept with the fix: stored with its debit in the
-    /// ledger (`client_metadata`), so at most 4096 bytes as JSON.
+    /// Anything the client wants kept with the fix.
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 const ID_MAX_CHARS: usize = 200;
-/// The ledger keeps a fix's metadata for good: it is bounded well below the body limit.
-const METADATA_MAX_BYTES: usize = 4096;
 
 #[derive(Serialize, ToSchema)]
 pub struct FixRecorded {
-    /// Always `recorded`: durably paid for with a credit (or refused), or durably queued
-    /// to be charged; `status_url` tells which.
+    /// Always `recorded`: durably queued to be paid for.
     #[schema(example = "recorded")]
     status: &'static str,
     fix_id: String,
@@ -84,18 +80,14 @@ fn status_url(fix_id: &str) -> String {
 #[post("/api/v1/usage/fixes")]
 pub async fn report_fix(
     pool: web::Data<PgPool>,
-    reports: web::Data<FixReports>,
+    waker: web::Data<JobWaker>,
     auth: Authenticated,
     JsonBody(report): JsonBody<FixReport>,
 ) -> Result<HttpResponse, ApiError> {
     let fix_id = line("fix_id", &report.fix_id, ID_MAX_CHARS)?;
     let repo = line("repo", &report.repo, ID_MAX_CHARS)?;
-    let metadata = report.metadata.map(serde_json::Value::Object).unwrap_or_default();
-    if serde_json::to_vec(&metadata).map_or(true, |json| json.len() > METADATA_MAX_BYTES) {
-        return Err(ApiError::validation(format!("metadata must be at most {METADATA_MAX_BYTES} bytes as JSON")));
-    }
-    // A blocked customer is told at once (by the balance read with the key); the
-    // report's batch, or its job, decides every other case under the customer's lock.
+    // A blocked customer is told at once (by the balance read with the key); the job
+    // decides every other case under the customer's lock.
     let blocked =
         Warning::derive(auth.credit_balance, auth.has_payment_method, None, false).contains(&Warning::Blocked);
     if blocked && db::usage::find(pool.get_ref(), auth.customer_id, &fix_id).await?.is_none() {
@@ -105,13 +97,18 @@ pub async fn report_fix(
             "no credits left and no payment method on file",
         ));
     }
-    let job = RecordUsage { customer_id: auth.customer_id, fix_id: fix_id.clone(), repo, metadata };
-    let reported = reports.report(job).await?;
+    let job = RecordUsage {
+        customer_id: auth.customer_id,
+        fix_id: fix_id.clone(),
+        repo,
+        metadata: report.metadata.map(serde_json::Value::Object).unwrap_or_default(),
+    };
+    let enqueued = waker.enqueue(&job).await?;
     Ok(HttpResponse::Accepted().json(FixRecorded {
         status: "recorded",
         status_url: status_url(&fix_id),
         fix_id,
-        duplicate: reported.is_duplicate(),
+        duplicate: enqueued.is_duplicate(),
     }))
 }
 

@@ -69,12 +69,12 @@ async fn settle<J: DeserializeOwned>(
             None => false,
         })
         .collect();
-    let Decided { answers, posted } = decide(tx, &batch, charges, DecidedFor::Claim).await?;
+    let Decided { answers, posted } = decide(tx, &batch, charges).await?;
     let mut answers = answers.into_iter();
     let done = taken
         .into_iter()
         .map(|taken| match taken.then(|| answers.next()).flatten() {
-            Some(Some(Answer { outcome: Outcome::Done { detail }, .. })) => Some(detail),
+            Some(Some(Outcome::Done { detail })) => Some(detail),
             // A grant the balance cannot take is cancelled by its own run, which finds
             // the same; nothing was written for it here.
             _ => None,
@@ -83,58 +83,27 @@ async fn settle<J: DeserializeOwned>(
     Ok(Settled { done, after_commit: Some(Box::new(move || posted.iter().for_each(ledger::count_posted))) })
 }
 
-/// A batch decided in its transaction: each work's answer (`None`: left to its job,
+/// A batch decided in its transaction: each job's outcome (`None`: left to the worker,
 /// nothing written for it), and the postings made, to be counted once committed.
-pub(crate) struct Decided {
-    pub answers: Vec<Option<Answer>>,
-    pub posted: Vec<Posting>,
-}
-
-/// What a batch decided for one work.
-pub(crate) struct Answer {
-    /// The job's result.
-    pub outcome: Outcome,
-    /// Nothing new was recorded or posted: the fix was recorded (or its debit posted)
-    /// before.
-    pub duplicate: bool,
-}
-
-/// Whose work a batch decides.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DecidedFor {
-    /// A worker's claim: each work is a job, holding its unique key.
-    Claim,
-    /// Fixes as the API receives them (`jobs::usage_reports`), before any job of theirs
-    /// exists: a fix whose key a job holds is that job's to decide, and left to it.
-    Report,
+struct Decided {
+    answers: Vec<Option<Outcome>>,
+    posted: Vec<Posting>,
 }
 
 /// How one job's work stands while its batch is decided.
 enum Plan {
-    /// Recorded before.
-    Duplicate(Outcome),
+    Done(Outcome),
     Alone,
     /// Its posting is `postings[i]`.
     Grant(usize),
     Fix(usize),
 }
 
-/// Decides a batch in `tx`, leaving nothing written for a work it leaves to its job.
-pub(crate) async fn decide(
-    tx: &mut sqlx::PgConnection,
-    work: &[Work],
-    charges: bool,
-    decided_for: DecidedFor,
-) -> Result<Decided, sqlx::Error> {
+/// Decides a batch in `tx`, leaving nothing written for a job it leaves to the worker.
+async fn decide(tx: &mut sqlx::PgConnection, work: &[Work], charges: bool) -> Result<Decided, sqlx::Error> {
     // A customer held elsewhere (an operator's long transaction) must not hold up the
-    // batch's other customers: past this wait the batch fails and its jobs run alone (a
-    // report batch's become jobs). Reports wait less: their clients are waiting, and a
-    // batch of them waits only for the other batch in flight to commit.
-    let lock_timeout = match decided_for {
-        DecidedFor::Claim => "SET LOCAL lock_timeout = '2s'",
-        DecidedFor::Report => "SET LOCAL lock_timeout = '250ms'",
-    };
-    sqlx::query(lock_timeout).execute(&mut *tx).await?;
+    // batch's other customers: past this wait the batch fails and its jobs run alone.
+    sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await?;
     // The lookups below join the batch's keys against tables that grow (see
     // `db::planned_for_arguments`); the postings after them run the ledger's triggers
     // once per entry, and keep their cached plans.
@@ -155,19 +124,6 @@ pub(crate) async fn decide(
             .collect();
     let charged: HashSet<(Uuid, String)> =
         db::charges::fixes_with_charges(&mut *tx, &fix_customers, &fix_ids).await?.into_iter().collect();
-    // Read under the customers' locks, which every job of a fix takes before it writes:
-    // a job inserted after this read is one whose run will find this batch's record.
-    let held: HashSet<String> = match decided_for {
-        DecidedFor::Claim => HashSet::new(),
-        DecidedFor::Report => {
-            let keys: Vec<String> =
-                fixes.iter().map(|f| RecordUsage::unique_key_for(f.customer_id, &f.fix_id)).collect();
-            crate::queue::held_keys(&mut *tx, <RecordUsage as crate::queue::JobKind>::KIND, &keys)
-                .await?
-                .into_iter()
-                .collect()
-        }
-    };
     db::cached_plans(&mut *tx).await?;
 
     let mut postings = Vec::new();
@@ -184,12 +140,11 @@ pub(crate) async fn decide(
                 let key = (fix.customer_id, fix.fix_id.clone());
                 if !customers.contains_key(&fix.customer_id)
                     || charged.contains(&key)
-                    || held.contains(&RecordUsage::unique_key_for(fix.customer_id, &fix.fix_id))
                     || !seen_fixes.insert(key.clone())
                 {
                     Plan::Alone
                 } else if let Some(record) = recorded.get(&key) {
-                    Plan::Duplicate(Outcome::done(details::duplicate(record)))
+                    Plan::Done(Outcome::done(details::duplicate(record)))
                 } else {
                     postings.push(fix.debit(None));
                     Plan::Fix(postings.len() - 1)
@@ -203,23 +158,20 @@ pub(crate) async fn decide(
     let mut decided = Vec::with_capacity(plans.len());
     for (plan, work) in plans.into_iter().zip(work) {
         decided.push(match (plan, work) {
-            (Plan::Duplicate(outcome), _) => Some(Answer { outcome, duplicate: true }),
+            (Plan::Done(outcome), _) => Some(outcome),
             (Plan::Alone, _) => None,
             (Plan::Grant(i), _) => match &posted[i] {
-                Ok(posted) => Some(Answer {
-                    outcome: super::grant_credits::outcome(*posted),
-                    duplicate: matches!(posted, Posted::AlreadyPosted { .. }),
-                }),
+                Ok(posted) => Some(super::grant_credits::outcome(*posted)),
                 Err(_) => None,
             },
             (Plan::Fix(i), Work::Fix(fix)) => match &posted[i] {
                 Ok(Posted::Posted { entry_id, balance_after }) => {
                     consumed.push(fix, *entry_id);
-                    Some(Answer { outcome: Outcome::done(details::consumed(*balance_after)), duplicate: false })
+                    Some(Outcome::done(details::consumed(*balance_after)))
                 }
                 Ok(Posted::AlreadyPosted { entry_id }) => {
                     consumed.push(fix, *entry_id);
-                    Some(Answer { outcome: Outcome::done(details::consumed_already_posted()), duplicate: true })
+                    Some(Outcome::done(details::consumed_already_posted()))
                 }
                 Ok(Posted::InsufficientCredits { .. })
                     if charges && super::record_usage::can_be_charged(&customers[&fix.customer_id]) =>
@@ -229,7 +181,7 @@ pub(crate) async fn decide(
                 Ok(Posted::InsufficientCredits { .. }) => {
                     let code = refusal::NO_BILLING_INFO;
                     db::usage::record_refused(&mut *tx, fix.customer_id, &fix.fix_id, &fix.repo, code).await?;
-                    Some(Answer { outcome: Outcome::done(details::refused(code)), duplicate: false })
+                    Some(Outcome::done(details::refused(code)))
                 }
                 Err(_) => None,
             },

@@ -20,7 +20,6 @@ mod resume_subscription;
 mod send_email_step;
 mod send_sign_in_link;
 mod subscribe_pro;
-mod usage_reports;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +43,6 @@ pub use resume_subscription::ResumeSubscription;
 pub use send_email_step::SendEmailStep;
 pub use send_sign_in_link::SendSignInLink;
 pub use subscribe_pro::SubscribePro;
-pub use usage_reports::{FixReports, Reported};
 
 use crate::config::Settings;
 use crate::email::Mailer;

@@ -192,11 +192,6 @@ pub(crate) fn can_be_charged(customer: &Customer) -> bool {
 impl RecordUsage {
     pub(crate) fn debit(&self, payment_intent: Option<&str>) -> Posting {
         let mut metadata = serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo });
-        // What the client sent with the report is kept with its debit: a fix settled as
-        // it is reported has no job whose args would keep it.
-        if self.metadata.as_object().is_some_and(|m| !m.is_empty()) {
-            metadata["client_metadata"] = self.metadata.clone();
-        }
         if let Some(intent) = payment_intent {
             metadata["payment_intent_id"] = intent.into();
         }

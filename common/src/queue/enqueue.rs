@@ -70,30 +70,6 @@ pub async fn enqueue_with<'e, J: JobKind>(
     insert_row(executor, &Row::of(job, options.max_attempts)?, options.run_at, options.wake_up).await
 }
 
-/// Enqueues `jobs` of one kind to run now, in one statement in the caller's transaction
-/// `tx`, each carrying the request id given with it (the caller may be serving many
-/// requests), and answers for each what [`enqueue`] would have. The insert does not
-/// notify the workers, nor does any later insert in `tx` (it is for a transaction whose
-/// only inserts of jobs these are): the caller wakes them once `tx` has committed
-/// ([`JobWaker::wake`](super::JobWaker::wake)). Give them in unique-key order, so that
-/// two such transactions never wait on each other's keys; of two jobs with one key, the
-/// second is a duplicate.
-pub async fn enqueue_batch_quietly<J: JobKind>(
-    tx: &mut sqlx::PgConnection,
-    jobs: &[(&J, Option<String>)],
-) -> Result<Vec<Enqueued>, sqlx::Error> {
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = jobs
-        .iter()
-        .map(|(job, request_id)| Ok(Row { request_id: request_id.clone(), ..Row::of(*job, None)? }))
-        .collect::<Result<Vec<Row>, sqlx::Error>>()?;
-    let rows: Vec<&Row> = rows.iter().collect();
-    let ids = super::group::insert_rows(tx, &rows).await?;
-    Ok(ids.into_iter().map(|id| id.map_or(Enqueued::Duplicate, Enqueued::Inserted)).collect())
-}
-
 /// A job as it is inserted: its args serialized, its request id read from the task
 /// that enqueues it (see `correlation`).
 pub(super) struct Row {

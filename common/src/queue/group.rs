@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use serde_json::Value;
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -179,19 +179,12 @@ async fn one_at_a_time(pool: &PgPool, leaders: Vec<Pending>, followers: Vec<(usi
 
 /// The batch's rows in one statement: for each, its new id, or `None` for a duplicate.
 async fn insert_many(pool: &PgPool, rows: &[Pending]) -> Result<Vec<Option<i64>>, sqlx::Error> {
-    let rows: Vec<&Row> = rows.iter().map(|p| &p.row).collect();
-    insert_rows(pool, &rows).await
-}
-
-/// `rows` in one statement through `db` (see [`INSERT_MANY`]), workers not notified by
-/// it: for each row, its new id, or `None` for a duplicate.
-pub(super) async fn insert_rows<'e>(db: impl PgExecutor<'e>, rows: &[&Row]) -> Result<Vec<Option<i64>>, sqlx::Error> {
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
-    let args: Vec<&Value> = rows.iter().map(|r| &r.args).collect();
-    let attempts: Vec<Option<i32>> = rows.iter().map(|r| r.max_attempts).collect();
-    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.unique_key.as_deref()).collect();
-    let customers: Vec<Option<Uuid>> = rows.iter().map(|r| r.customer_id).collect();
-    let requests: Vec<Option<&str>> = rows.iter().map(|r| r.request_id.as_deref()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|p| p.row.kind).collect();
+    let args: Vec<&Value> = rows.iter().map(|p| &p.row.args).collect();
+    let attempts: Vec<Option<i32>> = rows.iter().map(|p| p.row.max_attempts).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|p| p.row.unique_key.as_deref()).collect();
+    let customers: Vec<Option<Uuid>> = rows.iter().map(|p| p.row.customer_id).collect();
+    let requests: Vec<Option<&str>> = rows.iter().map(|p| p.row.request_id.as_deref()).collect();
     let answered: Vec<Option<i64>> = sqlx::query_scalar(INSERT_MANY)
         .bind(&kinds)
         .bind(&args)
@@ -199,7 +192,7 @@ pub(super) async fn insert_rows<'e>(db: impl PgExecutor<'e>, rows: &[&Row]) -> R
         .bind(&keys)
         .bind(&customers)
         .bind(&requests)
-        .fetch_all(db)
+        .fetch_all(pool)
         .await?;
     if answered.len() != rows.len() {
         return Err(sqlx::Error::Protocol(format!("{} rows answered for {}", answered.len(), rows.len())));

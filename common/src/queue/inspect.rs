@@ -62,20 +62,6 @@ pub async fn by_unique_key<'e>(
     .await
 }
 
-/// Which of `keys` a job of `kind` holds now (waiting, running, retrying or completed;
-/// dead and cancelled jobs have given theirs back): the keys a new job would be a
-/// duplicate of. Read from the `jobs_unique_key` index.
-pub async fn held_keys<'e>(db: impl PgExecutor<'e>, kind: &str, keys: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT unique_key AS "unique_key!" FROM jobs
-           WHERE kind = $1 AND unique_key = ANY($2) AND status NOT IN ('dead', 'cancelled')"#,
-        kind,
-        keys,
-    )
-    .fetch_all(db)
-    .await
-}
-
 /// A job by id, only if it is about `customer_id` (callers see their own jobs only).
 pub async fn for_customer<'e>(
     db: impl PgExecutor<'e>,

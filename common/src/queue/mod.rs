@@ -54,7 +54,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-pub use enqueue::{EnqueueOptions, Enqueued, WakeUp, enqueue, enqueue_batch_quietly, enqueue_with};
+pub use enqueue::{EnqueueOptions, Enqueued, WakeUp, enqueue, enqueue_with};
 pub use notifier::JobNotifier;
 pub use store::{CLAIM_AHEAD, JobStore, StoreConfig};
 pub use waker::JobWaker;
@@ -166,5 +166,5 @@ pub mod testing;
 
 mod inspect;
 pub use inspect::{
-    JobState, by_unique_key, first_enqueued_at, for_customer, held_keys, latest_for_customer, unfinished_for_customer,
+    JobState, by_unique_key, first_enqueued_at, for_customer, latest_for_customer, unfinished_for_customer,
 };

@@ -773,9 +773,7 @@ impl Bench {
     }
 
     /// Usage metering end to end: fixes reported through the API (64 concurrent clients,
-    /// most of them for a few hot customers) until every debit is posted, first with each
-    /// fix queued as a job for the worker (`USAGE_SETTLE_ON_REPORT=false`: the API alone,
-    /// the worker alone, then both), then as shipped (the API settles what it can).
+    /// most of them for a few hot customers) until every debit is posted by the worker.
     async fn metering(&mut self, run: usize) -> Result<(), Error> {
         clear(&self.pool).await?;
         let base = self.one_at_a_time().await?;
@@ -787,6 +785,22 @@ impl Bench {
                 .bind(&customers)
                 .fetch_one(&self.pool)
                 .await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let bind = format!("127.0.0.1:{port}");
+        let url = self.url.clone();
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("BIND_ADDR", bind.as_str()),
+            ("RATE_LIMIT_API_PER_MINUTE", "0"),
+            ("RATE_LIMIT_USAGE_PER_MINUTE", "0"),
+            ("JOB_RECORD_USAGE_CONCURRENCY", "200"),
+            ("DATABASE_MAX_CONNECTIONS", "12"),
+        ];
+        let api = spawn(sibling("rsolv-api"), &[], &env);
+        let client = reqwest::Client::new();
+        let base_url = format!("http://{bind}");
+        wait_for_api(&client, &base_url).await?;
+        let url = format!("{base_url}/api/v1/usage/fixes");
         let total = 40_000;
         // Four hot customers get 80 % of the fixes; the other 196 share the rest.
         let reports = |phase: &str| -> Vec<Request> {
@@ -798,35 +812,44 @@ impl Bench {
                 })
                 .collect()
         };
-        let client = reqwest::Client::new();
 
-        // Queued for the worker: the API alone, then the worker alone on what it queued,
-        // then both at once.
-        let (api, url) = self.metering_api(false).await?;
+        // The API alone, then the worker alone on what it queued.
         let (took, _) = load(&client, &url, reports("a"), 202).await?;
+        self.record_with_ratio("metering: API alone accepts (64 concurrent)", "fixes/s", total as f64 / took, base)
+            .await;
+        let worker = spawn(sibling("rsolv-worker"), &[], &env);
+        wait_drained(&self.pool, Duration::from_secs(600)).await?;
+        let rate = rate_of(&self.pool, RecordUsage::KIND).await?;
+        self.record_with_ratio("metering: worker alone posts the queued debits", "fixes/s", rate, base).await;
+
+        // Both at once: from the first report sent to the last debit posted.
+        let started_db: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await?;
+        let (took, latencies) = load(&client, &url, reports("b"), 202).await?;
+        self.figures.record("metering: fixes accepted with the worker running", "req/s", total as f64 / took);
+        self.figures.record("metering: API answer p50", "ms", percentile(&latencies, 0.50));
+        self.figures.record("metering: API answer p99", "ms", percentile(&latencies, 0.99));
+        // Every job of this phase done, then this phase's fixes only (earlier runs' fix
+        // ids share the pattern; a wait on their count was met before this run's were).
+        wait_drained(&self.pool, Duration::from_secs(600)).await?;
+        let (posted, seconds): (i64, f64) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM max(created_at) - $1)::float8 FROM usage_fixes
+             WHERE outcome = 'consumed' AND fix_id LIKE $2",
+        )
+        .bind(started_db)
+        .bind(format!("r{run}-b-f%"))
+        .fetch_one(&self.pool)
+        .await?;
+        if posted != total as i64 {
+            return Err(format!("{posted} of {total} fixes were posted").into());
+        }
         self.record_with_ratio(
-            "metering, queued as jobs: API alone accepts (64 concurrent)",
+            "metering end to end: report sent → debit posted",
             "fixes/s",
-            total as f64 / took,
+            total as f64 / seconds,
             base,
         )
         .await;
-        let worker = self.metering_worker(false);
-        wait_drained(&self.pool, Duration::from_secs(600)).await?;
-        let rate = rate_of(&self.pool, RecordUsage::KIND).await?;
-        self.record_with_ratio("metering, queued as jobs: worker alone posts the debits", "fixes/s", rate, base).await;
-        let (rate, latencies) = self.metering_end_to_end(&client, &url, reports("b"), run, "b").await?;
-        self.record_with_ratio("metering, queued as jobs: end to end", "fixes/s", rate, base).await;
-        self.figures.record("metering, queued as jobs: API answer p99", "ms", percentile(&latencies, 0.99));
-        drop((api, worker));
-
-        // As shipped: the API settles each fix it can in the commit that answers it.
-        let (api, url) = self.metering_api(true).await?;
-        let worker = self.metering_worker(true);
-        let (rate, latencies) = self.metering_end_to_end(&client, &url, reports("c"), run, "c").await?;
-        self.figures.record("metering: API answer p50", "ms", percentile(&latencies, 0.50));
-        self.figures.record("metering: API answer p99", "ms", percentile(&latencies, 0.99));
-        self.record_with_ratio("metering end to end: report sent → debit posted", "fixes/s", rate, base).await;
         self.figures.record("metering: API peak RSS", "MB", peak_rss_mb(&api));
         self.figures.record("metering: worker peak RSS", "MB", peak_rss_mb(&worker));
         drop((api, worker));
@@ -835,74 +858,10 @@ impl Bench {
             .fetch_one(&self.pool)
             .await?;
         let spent = balance_before - after;
-        if spent != 3 * total as i64 {
-            return Err(format!("{} fixes took {spent} credits", 3 * total).into());
+        if spent != 2 * total as i64 {
+            return Err(format!("{total} fixes took {spent} credits").into());
         }
         Ok(())
-    }
-
-    /// The metering processes' environment; `bind`: the API's address (none for the worker).
-    fn metering_env(&self, settle: bool, bind: Option<&str>) -> Vec<(&'static str, String)> {
-        let mut env = vec![
-            ("DATABASE_URL", self.url.clone()),
-            ("RATE_LIMIT_API_PER_MINUTE", "0".into()),
-            ("RATE_LIMIT_USAGE_PER_MINUTE", "0".into()),
-            ("JOB_RECORD_USAGE_CONCURRENCY", "200".into()),
-            ("DATABASE_MAX_CONNECTIONS", "12".into()),
-            ("USAGE_SETTLE_ON_REPORT", settle.to_string()),
-        ];
-        env.extend(bind.map(|bind| ("BIND_ADDR", bind.to_owned())));
-        env
-    }
-
-    /// The worker for the metering load.
-    fn metering_worker(&self, settle: bool) -> Process {
-        let env = self.metering_env(settle, None);
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        spawn(sibling("rsolv-worker"), &[], &env)
-    }
-
-    /// An API process for the metering load, and its reporting URL.
-    async fn metering_api(&self, settle: bool) -> Result<(Process, String), Error> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let bind = format!("127.0.0.1:{port}");
-        let env = self.metering_env(settle, Some(&bind));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let api = spawn(sibling("rsolv-api"), &[], &env);
-        let base_url = format!("http://{bind}");
-        wait_for_api(&reqwest::Client::new(), &base_url).await?;
-        Ok((api, format!("{base_url}/api/v1/usage/fixes")))
-    }
-
-    /// Sends `reports` and waits for every debit: fixes per second from the first report
-    /// sent to the last debit posted, and the API's sorted answer latencies (ms).
-    async fn metering_end_to_end(
-        &self,
-        client: &reqwest::Client,
-        url: &str,
-        reports: Vec<Request>,
-        run: usize,
-        phase: &str,
-    ) -> Result<(f64, Vec<f64>), Error> {
-        let total = reports.len() as i64;
-        let started_db: chrono::DateTime<chrono::Utc> =
-            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&self.pool).await?;
-        let (_, latencies) = load(client, url, reports, 202).await?;
-        // Every job done, then this phase's fixes only (earlier runs' fix ids share the
-        // pattern; a wait on their count was met before this run's were).
-        wait_drained(&self.pool, Duration::from_secs(600)).await?;
-        let (posted, seconds): (i64, f64) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM max(created_at) - $1)::float8 FROM usage_fixes
-             WHERE outcome = 'consumed' AND fix_id LIKE $2",
-        )
-        .bind(started_db)
-        .bind(format!("r{run}-{phase}-f%"))
-        .fetch_one(&self.pool)
-        .await?;
-        if posted != total {
-            return Err(format!("{posted} of {total} fixes were posted").into());
-        }
-        Ok((total as f64 / seconds, latencies))
     }
 
     /// `n` customers with an API key each and `credits` credits (one ledger posting each).

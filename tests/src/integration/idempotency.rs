@@ -219,16 +219,12 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
     wait_for("the fix recorded and its answer not yet stored", Duration::from_secs(20), || {
         let pool = pool.clone();
         async move {
-            // Settled as it was reported: the fix's debit is its record.
-            let fixes: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_fixes WHERE fix_id = 'fix-cut-off'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+            let jobs = testing::count(&pool, Some("record_usage"), &[]).await;
             let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE response_status IS NULL")
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-            fixes == 1 && claims == 1
+            jobs == 1 && claims == 1
         }
     })
     .await;
@@ -257,7 +253,7 @@ async fn a_request_cut_off_by_a_killed_api_is_retried_with_its_key_and_takes_eff
     let again = send(app.address.clone()).await.unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     crate::helpers::wait_for_kind_finished(&app.db.pool, "record_usage", Duration::from_secs(20)).await;
-    assert_eq!(app.count("SELECT count(*) FROM usage_fixes").await, 1);
+    assert_eq!(testing::count(&app.db.pool, Some("record_usage"), &[]).await, 1);
     assert_eq!(app.count("SELECT count(*) FROM credit_ledger WHERE source = 'fix_deployed'").await, 1);
     let balance: i64 = sqlx::query_scalar("SELECT credit_balance FROM customers WHERE id = $1")
         .bind(customer)
