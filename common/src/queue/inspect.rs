@@ -115,10 +115,9 @@ pub async fn unfinished_for_customer<'e>(
 /// Each job with a key is in one of two partial indexes, by its state: `jobs_unique_key`
 /// while it holds the key (which keeps the key unique), `jobs_given_back_keys` once it
 /// died or was cancelled and gave the key back. So each half of this lookup reads an
-/// index, and once
-/// the older index of every key (`jobs_by_unique_key`) is dropped, a job's insert and
-/// completion write one entry for its key, not two (migration
-/// `20261202000004_jobs_given_back_keys`).
+/// index, and a job's insert and completion write one entry for its key, not two (the
+/// older index of every key, `jobs_by_unique_key`, is gone: migrations
+/// `20261202000004_jobs_given_back_keys` and `20261203000002_drop_jobs_by_unique_key`).
 pub async fn first_enqueued_at<'e>(
     db: impl PgExecutor<'e>,
     kind: &str,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::domain::{ApiKey, CustomerName, Email};
 use common::jobs::{GrantCredits, ProvisionCustomer, RecordUsage};
-use common::queue::{self, EnqueueOptions, Enqueued, Job, JobStatus, Outcome, testing};
+use common::queue::{self, EnqueueOptions, Enqueued, Job, JobKind, JobStatus, Outcome, testing};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -641,4 +641,57 @@ async fn customer_delivery_and_fix_states_in_rust_are_exactly_those_the_tables_a
             sqlx::query_as("SELECT $1::text, $2::text").bind(kind).bind(state).fetch_one(&db.pool).await.unwrap();
         assert_eq!(read, (*kind, Some(state)));
     }
+}
+
+/// The contract step that drops `jobs_by_unique_key` waits for its replacement: with
+/// `jobs_given_back_keys` INVALID (a concurrent build interrupted), the migrations stop
+/// with the repair to run and drop nothing; once it is rebuilt they drop the old index,
+/// and a dead job's key is still found by key.
+#[tokio::test]
+async fn the_old_key_index_is_dropped_only_once_its_replacement_is_valid() {
+    let db = crate::helpers::TestDb::fresh().await;
+    let exists = |name: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!exists("jobs_by_unique_key").await, "dropped by the migrations");
+    // The database as the previous release left it, its last build interrupted.
+    for statement in [
+        "CREATE INDEX jobs_by_unique_key ON jobs (kind, unique_key) WHERE unique_key IS NOT NULL",
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'jobs_given_back_keys'::regclass",
+        "DELETE FROM _sqlx_migrations WHERE version >= 20261203000001",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    // Each run in a pool of its own, as each process has: a run that fails leaves sqlx's
+    // migration lock with its connection, which the process's exit releases.
+    let migrate = || async {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let migrated = common::db::migrate(&pool).await;
+        pool.close().await;
+        migrated
+    };
+    let stopped = migrate().await.expect_err("the migrations stop");
+    assert!(
+        format!("{stopped:?}").contains("REINDEX INDEX CONCURRENTLY jobs_given_back_keys"),
+        "the error names the repair: {stopped:?}"
+    );
+    assert!(exists("jobs_by_unique_key").await, "nothing dropped");
+
+    sqlx::query("REINDEX INDEX CONCURRENTLY jobs_given_back_keys").execute(&db.pool).await.unwrap();
+    migrate().await.expect("the migrations finish");
+    assert!(!exists("jobs_by_unique_key").await);
+    let customer = Uuid::new_v4();
+    let job = queue::enqueue(&db.pool, &crate::helpers::fix(customer, "dead-fix")).await.unwrap();
+    let Enqueued::Inserted(id) = job else { panic!("{job:?}") };
+    sqlx::query("UPDATE jobs SET status = 'dead' WHERE id = $1").bind(id).execute(&db.pool).await.unwrap();
+    let key = RecordUsage::unique_key_for(customer, "dead-fix");
+    let found = queue::by_unique_key(&db.pool, RecordUsage::KIND, &key).await.unwrap().expect("found by its key");
+    assert_eq!((found.id, found.status), (id, JobStatus::Dead));
 }

@@ -139,12 +139,10 @@ async fn the_usage_jobs_key_lookups_read_an_index_not_the_whole_table() {
     let mut tx = app.db.pool.begin().await.unwrap();
     sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
     // This backend's own counters (no delay, no other session's reads), before and after:
-    // the table's, and the key indexes' (`jobs_by_unique_key` until a later release drops
-    // it; the planner may answer either half from it meanwhile).
+    // the table's, and the two key indexes'.
     let scans = "SELECT (SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'),
                         pg_stat_get_xact_numscans('jobs_unique_key'::regclass)
-                        + pg_stat_get_xact_numscans('jobs_given_back_keys'::regclass)
-                        + coalesce(pg_stat_get_xact_numscans(to_regclass('jobs_by_unique_key')), 0)";
+                        + pg_stat_get_xact_numscans('jobs_given_back_keys'::regclass)";
     let before: (i64, i64) = sqlx::query_as(scans).fetch_one(&mut *tx).await.unwrap();
     let began = queue::first_enqueued_at(&mut *tx, RecordUsage::KIND, &key).await.unwrap();
     let newest = queue::by_unique_key(&mut *tx, RecordUsage::KIND, &key).await.unwrap();
