@@ -645,8 +645,9 @@ async fn customer_delivery_and_fix_states_in_rust_are_exactly_those_the_tables_a
 
 /// The contract step that drops `jobs_by_unique_key` waits for its replacement: with
 /// `jobs_given_back_keys` INVALID (a concurrent build interrupted), the migrations stop
-/// with the repair to run and drop nothing; once it is rebuilt they drop the old index,
-/// and a dead job's key is still found by key.
+/// with the repair to run and drop nothing (so too when it is missing); once it is
+/// rebuilt they drop the old index, even one an interrupted drop left INVALID, and a
+/// dead job's key is still found by key.
 #[tokio::test]
 async fn the_old_key_index_is_dropped_only_once_its_replacement_is_valid() {
     let db = crate::helpers::TestDb::fresh().await;
@@ -684,7 +685,21 @@ async fn the_old_key_index_is_dropped_only_once_its_replacement_is_valid() {
     );
     assert!(exists("jobs_by_unique_key").await, "nothing dropped");
 
-    sqlx::query("REINDEX INDEX CONCURRENTLY jobs_given_back_keys").execute(&db.pool).await.unwrap();
+    // Missing altogether, the error gives the statement that makes it.
+    sqlx::query("DROP INDEX jobs_given_back_keys").execute(&db.pool).await.unwrap();
+    let stopped = migrate().await.expect_err("the migrations stop");
+    assert!(format!("{stopped:?}").contains("CREATE INDEX CONCURRENTLY jobs_given_back_keys"), "{stopped:?}");
+    assert!(exists("jobs_by_unique_key").await, "nothing dropped");
+
+    sqlx::query("CREATE INDEX jobs_given_back_keys ON jobs (kind, unique_key) WHERE unique_key IS NOT NULL AND status IN ('dead', 'cancelled')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The old index as an interrupted drop leaves it (INVALID): the run again drops it.
+    sqlx::query("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'jobs_by_unique_key'::regclass")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     migrate().await.expect("the migrations finish");
     assert!(!exists("jobs_by_unique_key").await);
     let customer = Uuid::new_v4();
