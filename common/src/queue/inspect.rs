@@ -46,15 +46,12 @@ pub async fn by_unique_key<'e>(
     kind: &str,
     key: &str,
 ) -> Result<Option<JobState>, sqlx::Error> {
-    sqlx::query_as!(
-        JobState,
-        r#"SELECT id AS "id!", status AS "status!: JobStatus", attempts AS "attempts!", last_error, result
-         FROM (SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result FROM jobs
-               WHERE kind = $1 AND unique_key = $2 AND status NOT IN ('dead', 'cancelled')
-               UNION ALL
-               SELECT id, status, attempts, errors -> -1 ->> 'error' AS last_error, result FROM jobs
-               WHERE kind = $1 AND unique_key = $2 AND status IN ('dead', 'cancelled')) j
-         ORDER BY id DESC LIMIT 1"#,
+    select_job_states!(
+        "WHERE id = greatest(
+             (SELECT max(id) FROM jobs
+              WHERE kind = $1 AND unique_key = $2 AND status NOT IN ('dead', 'cancelled')),
+             (SELECT max(id) FROM jobs
+              WHERE kind = $1 AND unique_key = $2 AND status IN ('dead', 'cancelled')))",
         kind,
         key,
     )
