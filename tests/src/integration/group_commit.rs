@@ -408,13 +408,6 @@ async fn a_settlement_whose_answer_is_lost_after_its_commit_posts_nothing_twice(
     stopped_settlement_posts_once("settle::after_commit", "return", 0).await;
 }
 
-/// A batch reads its tables by their keys however small they were when its connection
-/// planned it. A pooled connection keeps the generic plan it chose on a statement's
-/// sixth run while it lives and the table is not analyzed: chosen while `usage_fixes`
-/// or `customers` held a few rows (a new deployment), it read the whole table for every
-/// later batch. On one connection: 8 batches while both are nearly empty, 50,000 fixes
-/// and 20,000 customers added, 40 batches more, none of which may read either table
-/// whole (the early ones may: small tables are cheaper read whole).
 /// `n` fixes of `customer` recorded (refused) before the test's own, in one insert.
 async fn fixes_recorded_before(app: &TestApp, customer: Uuid, n: i32) {
     sqlx::query(
@@ -441,6 +434,13 @@ async fn test_pool_reports_its_reads(app: &TestApp) {
     }
 }
 
+/// A batch reads its tables by their keys however small they were when its connection
+/// planned it. A pooled connection keeps the generic plan it chose on a statement's
+/// sixth run while it lives and the table is not analyzed: chosen while `usage_fixes`
+/// or `customers` held a few rows (a new deployment), it read the whole table for every
+/// later batch. On one connection: 8 batches while both are nearly empty, 50,000 fixes
+/// and 20,000 customers added, 40 batches more, none of which may read either table
+/// whole (the early ones may: small tables are cheaper read whole).
 #[tokio::test]
 async fn batches_read_by_key_once_the_tables_have_grown_under_their_connection() {
     let app = TestApp::api_only().await;
