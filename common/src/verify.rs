@@ -44,6 +44,26 @@ const CHECKS: &[(&str, &str)] = &[
          WHERE balance_after <> running",
     ),
     (
+        "consumed_fix_without_its_debit",
+        "SELECT 'fix ' || u.fix_id || ' of customer ' || u.customer_id, 'names entry ' || u.ledger_entry_id || ', '
+                || coalesce('a ' || l.source || ' entry of customer ' || l.customer_id || ' keyed ' || l.idempotency_key,
+                            'which does not exist')
+         FROM usage_fixes u LEFT JOIN credit_ledger l ON l.id = u.ledger_entry_id
+         WHERE u.outcome = 'consumed' AND ($1::uuid IS NULL OR u.customer_id = $1)
+           AND (l.id IS NULL OR l.customer_id <> u.customer_id OR l.source <> 'fix_deployed'
+                OR l.idempotency_key <> 'fix_deployed:' || u.customer_id || ':' || u.fix_id)",
+    ),
+    (
+        "record_without_its_customer",
+        "SELECT 'entry ' || l.id, 'of customer ' || l.customer_id || ', which does not exist'
+         FROM credit_ledger l
+         WHERE ($1::uuid IS NULL OR l.customer_id = $1) AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = l.customer_id)
+         UNION ALL
+         SELECT 'fix ' || u.fix_id, 'of customer ' || u.customer_id || ', which does not exist'
+         FROM usage_fixes u
+         WHERE ($1::uuid IS NULL OR u.customer_id = $1) AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = u.customer_id)",
+    ),
+    (
         "plan_without_subscription",
         "SELECT 'customer ' || id, 'plan ' || subscription_type || ', subscription ' || coalesce(stripe_subscription_id, 'none')
          FROM customers

@@ -554,27 +554,217 @@ async fn an_insert_racing_a_posting_waits_for_it_and_is_checked_against_its_entr
             .map(|_| ())
         }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
-               AND query LIKE '%racing-1%'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(!racing.is_finished(), "the racing insert went through while the posting was in flight");
-        assert!(std::time::Instant::now() < deadline, "the racing insert never waited for the posting");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_lock(pool, "racing-1", &racing).await;
     posting.commit().await.unwrap();
     let error = racing.await.unwrap().expect_err("the racing insert is refused once it sees the posting");
     assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("23514"), "{error}");
     assert_eq!(app.balance(a).await, start + 5);
     assert_ledger_consistent(pool).await;
+}
+
+/// Waits (with a deadline) until the statement containing `marker` waits on a lock, and
+/// fails if `task`, which runs it, finished instead.
+async fn wait_for_a_lock<T>(pool: &sqlx::PgPool, marker: &str, task: &tokio::task::JoinHandle<T>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+        )
+        .bind(marker)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            return;
+        }
+        assert!(!task.is_finished(), "the statement marked {marker} went through instead of waiting");
+        assert!(std::time::Instant::now() < deadline, "the statement marked {marker} never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A customer row written directly, with nothing else naming it (no key, no events).
+async fn bare_customer(pool: &sqlx::PgPool, name: &str) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("INSERT INTO customers (id, name, email) VALUES ($1, $2, $2 || '@example.com')")
+        .bind(id)
+        .bind(name)
+        .execute(pool)
+        .await
+        .unwrap();
+    id
+}
+
+/// One entry of `amount` for `customer`, its balance moved with it; the entry's id.
+async fn entry(pool: &sqlx::PgPool, customer: Uuid, amount: i64, source: &str, key: &str) -> i64 {
+    let mut tx = pool.begin().await.unwrap();
+    move_balance(&mut tx, customer, amount).await.unwrap();
+    let id = sqlx::query_scalar(
+        "INSERT INTO credit_ledger (customer_id, amount, balance_after, source, idempotency_key)
+         SELECT $1, $2, credit_balance, $3, $4 FROM customers WHERE id = $1 RETURNING id",
+    )
+    .bind(customer)
+    .bind(amount)
+    .bind(source)
+    .bind(key)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// Fixes recorded in one statement: `(customer, fix_id, ledger entry)`, consumed where
+/// an entry is named, refused where not.
+async fn record_fixes(pool: &sqlx::PgPool, fixes: &[(Uuid, &str, Option<i64>)]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code, ledger_entry_id)
+         SELECT customer_id, fix_id, 'org/repo', CASE WHEN entry IS NULL THEN 'refused' ELSE 'consumed' END,
+                CASE WHEN entry IS NULL THEN 'NO_BILLING_INFO' END, entry
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS f(customer_id, fix_id, entry)",
+    )
+    .bind(fixes.iter().map(|f| f.0).collect::<Vec<_>>())
+    .bind(fixes.iter().map(|f| f.1).collect::<Vec<_>>())
+    .bind(fixes.iter().map(|f| f.2).collect::<Vec<_>>())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+fn refused_as_a_dangling_reference<T: std::fmt::Debug>(result: Result<T, sqlx::Error>, why: &str) {
+    let error = result.expect_err(why);
+    assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("23503"), "{why}: {error}");
+}
+
+/// What the ledger's entries and the fixes' records name must exist (checked once per
+/// inserting statement, not by a foreign key per row): an entry's customer, a fix's
+/// customer, and a consumed fix's entry, which must moreover be that fix's own debit.
+/// One such row refuses its whole statement; a customer with entries or fixes is
+/// neither deleted, truncated nor renumbered, one without them is (at READ COMMITTED,
+/// where the check sees what committed while it waited).
+#[tokio::test]
+async fn entries_and_fixes_name_only_what_exists_and_a_consumed_fix_its_own_debit() {
+    let app = TestApp::api_only().await;
+    let pool = &app.db.pool;
+    let (a, b, missing) = (bare_customer(pool, "names-a").await, bare_customer(pool, "names-b").await, Uuid::new_v4());
+    let grant_a = entry(pool, a, 5, "admin_adjustment", "names-grant-a").await;
+    entry(pool, b, 5, "admin_adjustment", "names-grant-b").await;
+    let debit_a = entry(pool, a, -1, "fix_deployed", &format!("fix_deployed:{a}:fix-good")).await;
+    let other_debit_a = entry(pool, a, -1, "fix_deployed", &format!("fix_deployed:{a}:fix-other")).await;
+    let debit_b = entry(pool, b, -1, "fix_deployed", &format!("fix_deployed:{b}:fix-good")).await;
+
+    // An entry for no customer, beside a good one for a, in one statement.
+    refused_as_a_dangling_reference(
+        post_raw(pool, &[(a, 1)], &[(a, 1, 4, "names-1"), (missing, 1, 1, "names-2")], false).await,
+        "an entry for a customer that does not exist",
+    );
+    assert_eq!(app.balance(a).await, 3, "nothing of the refused statement stays");
+
+    // Each beside a good row, which is refused with it.
+    let good = (a, "fix-good", Some(debit_a));
+    for (bad, why) in [
+        ((a, "fix-bad", Some(debit_b)), "a fix paid by another customer's debit"),
+        ((a, "fix-bad", Some(other_debit_a)), "a fix paid by another fix's debit"),
+        ((a, "fix-bad", Some(debit_a)), "a second fix paid by the first one's debit"),
+        ((a, "fix-bad", Some(grant_a)), "a fix naming its customer's grant, not a debit"),
+        ((a, "fix-bad", Some(i64::MAX)), "a fix naming an entry that does not exist"),
+        ((missing, "fix-bad", None), "a refused fix of a customer that does not exist"),
+        ((missing, "fix-bad", Some(debit_a)), "a consumed fix of a customer that does not exist"),
+    ] {
+        refused_as_a_dangling_reference(record_fixes(pool, &[good, bad]).await, why);
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_fixes").fetch_one(pool).await.unwrap();
+    assert_eq!(recorded, 0, "no row of a refused statement is recorded");
+    record_fixes(pool, &[good, (b, "fix-good", Some(debit_b)), (b, "fix-refused", None)])
+        .await
+        .expect("fixes naming their own debits, and a refused one, are recorded");
+    // Updates are checked too.
+    refused_as_a_dangling_reference(
+        sqlx::query("UPDATE usage_fixes SET ledger_entry_id = $1 WHERE customer_id = $2 AND outcome = 'consumed'")
+            .bind(debit_a)
+            .bind(b)
+            .execute(pool)
+            .await,
+        "a recorded fix moved onto another customer's debit",
+    );
+
+    // The other side: a customer with entries or fixes is kept; a bare one is not.
+    let (only_fixes, bare) = (bare_customer(pool, "names-fixes").await, bare_customer(pool, "names-bare").await);
+    record_fixes(pool, &[(only_fixes, "fix-only", None)]).await.unwrap();
+    for id in [a, only_fixes] {
+        refused_as_a_dangling_reference(
+            sqlx::query("DELETE FROM customers WHERE id = $1").bind(id).execute(pool).await,
+            "a customer with entries or fixes deleted",
+        );
+        refused_as_a_dangling_reference(
+            sqlx::query("UPDATE customers SET id = gen_random_uuid() WHERE id = $1").bind(id).execute(pool).await,
+            "a customer with entries or fixes renumbered",
+        );
+    }
+    refused_as_a_dangling_reference(
+        sqlx::query("TRUNCATE customers CASCADE").execute(pool).await,
+        "the customers truncated under their entries",
+    );
+    let mut repeatable = pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *repeatable).await.unwrap();
+    let error =
+        sqlx::query("DELETE FROM customers WHERE id = $1").bind(bare).execute(&mut *repeatable).await.unwrap_err();
+    assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("55000"), "{error}");
+    repeatable.rollback().await.unwrap();
+    sqlx::query("UPDATE customers SET name = 'renamed' WHERE id = $1").bind(a).execute(pool).await.unwrap();
+    sqlx::query("UPDATE customers SET id = gen_random_uuid() WHERE id = $1").bind(bare).execute(pool).await.unwrap();
+    let deleted = sqlx::query("DELETE FROM customers WHERE name = 'names-bare'").execute(pool).await.unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM customers").fetch_one(pool).await.unwrap();
+    assert_eq!(kept, 3, "the customers with records are all there");
+    assert_ledger_consistent(pool).await;
+    assert_eq!(common::verify::money_invariants(pool, None).await.unwrap(), []);
+}
+
+/// A fix recorded for a customer being deleted waits for the delete and is then refused;
+/// a customer whose fix is being recorded is deleted only after that commit, and then
+/// refused. As a foreign key's lock would: no fix outlives its customer either way.
+#[tokio::test]
+async fn a_fix_and_the_delete_of_its_customer_wait_for_each_other_and_never_both_commit() {
+    let app = TestApp::api_only().await;
+    let pool = &app.db.pool;
+    let (gone, kept) = (bare_customer(pool, "racing-gone").await, bare_customer(pool, "racing-kept").await);
+
+    let mut delete = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM customers WHERE id = $1").bind(gone).execute(&mut *delete).await.unwrap();
+    let fix = tokio::spawn({
+        let pool = pool.clone();
+        async move { record_fixes(&pool, &[(gone, "fix-racing-delete", None)]).await }
+    });
+    wait_for_a_lock(pool, "INSERT INTO usage_fixes", &fix).await;
+    delete.commit().await.unwrap();
+    refused_as_a_dangling_reference(fix.await.unwrap(), "a fix of a customer deleted while it waited");
+
+    let mut fix = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code)
+         VALUES ($1, 'fix-racing-kept', 'org/repo', 'refused', 'NO_BILLING_INFO')",
+    )
+    .bind(kept)
+    .execute(&mut *fix)
+    .await
+    .unwrap();
+    let delete = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            sqlx::query("DELETE FROM customers WHERE id = $1 AND name = 'racing-kept'").bind(kept).execute(&pool).await
+        }
+    });
+    wait_for_a_lock(pool, "racing-kept", &delete).await;
+    fix.commit().await.unwrap();
+    refused_as_a_dangling_reference(delete.await.unwrap(), "a customer deleted under a fix recorded while it waited");
+    let kept_fixes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM usage_fixes u JOIN customers c ON c.id = u.customer_id")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(kept_fixes, 1, "the one fix recorded has its customer");
 }
 
 #[tokio::test]
@@ -735,7 +925,9 @@ async fn the_cli_adjusts_credits_and_verify_names_each_broken_invariant() {
     let report = String::from_utf8_lossy(&broken.stderr);
     assert!(report.contains("balance_differs_from_ledger"), "{report}");
     assert!(report.contains("charged_fix_without_its_charge"), "{report}");
-    assert!(report.contains("2 violation(s)"), "{report}");
+    // Its entry is the operator's grant, not a fix debit.
+    assert!(report.contains("consumed_fix_without_its_debit"), "{report}");
+    assert!(report.contains("3 violation(s)"), "{report}");
 }
 
 /// A form-encoded write straight to localstripe: the world changing behind our back.
