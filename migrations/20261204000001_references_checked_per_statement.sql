@@ -4,9 +4,13 @@
 -- nearly half of its two inserts' time (BENCHMARKS.md, "References checked once per
 -- statement"). The same rules, and stricter ones, are now checked set-wise:
 --  1. each ledger entry's customer exists (credit_ledger_customer_id_fkey): checked by
---     `credit_ledger_entries_checked`, which locks the statement's customers already;
---  2. each fix's customer exists (usage_fixes_customer_id_fkey), locked FOR KEY SHARE
---     as the foreign key did, so that it cannot be deleted before the fix commits;
+--     `credit_ledger_entries_checked` as it locks the statement's customers, which it
+--     did already;
+--  2. each fix's customer exists (usage_fixes_customer_id_fkey), locked until the commit
+--     so that it cannot be deleted before the fix commits: FOR NO KEY UPDATE, as the
+--     ledger's check locks them (`lock_named_customers`), where the foreign key took FOR
+--     KEY SHARE; the product records a fix under its customer's lock already, so only
+--     another writer would now wait for the postings in flight;
 --  3. each consumed fix's entry exists (usage_fixes_ledger_entry_id_fkey) and, new, is
 --     that fix's own debit: a `fix_deployed` entry of the same customer under the fix's
 --     idempotency key (`fix_deployed:<customer>:<fix>`, unique), so no two fixes name
@@ -35,24 +39,31 @@
 SET LOCAL lock_timeout = '2s';
 LOCK TABLE customers, credit_ledger, usage_fixes IN ACCESS EXCLUSIVE MODE;
 
+-- Locks customers `ids` (FOR NO KEY UPDATE, as a posting does), in id order, one index
+-- probe each (LATERAL) whatever the plan cached for the calling statement: a row our
+-- own postings hold costs no new lock, any other writer waits here for the postings in
+-- flight, and a delete waits for our commit. Refuses a customer not there (or deleted
+-- while we waited), as `what` names it. (plpgsql, whose plans a session keeps; a SQL
+-- function's would be made again in every transaction.)
+CREATE OR REPLACE FUNCTION lock_named_customers(ids uuid[], what text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    missing uuid;
+BEGIN
+    SELECT (array_agg(a.id ORDER BY a.id) FILTER (WHERE c.locked IS NULL))[1] INTO missing
+    FROM (SELECT DISTINCT id FROM unnest(ids) AS u(id) ORDER BY id) a
+    LEFT JOIN LATERAL (SELECT true AS locked FROM customers WHERE id = a.id FOR NO KEY UPDATE) c ON true;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '% names customer %, which does not exist', what, missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION credit_ledger_entries_checked() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     broken record;
-    named bigint;
-    locked bigint;
 BEGIN
-    -- Our postings hold these rows already; any other writer waits here for the
-    -- postings in flight, and the reads below then see their entries. One index probe
-    -- per customer (LATERAL), in id order, whatever the plan cached for the statement.
-    SELECT count(*), count(c.locked) INTO named, locked
-    FROM (SELECT DISTINCT customer_id FROM added ORDER BY customer_id) a
-    LEFT JOIN LATERAL (SELECT true AS locked FROM customers WHERE id = a.customer_id FOR NO KEY UPDATE) c ON true;
-    IF locked < named THEN
-        SELECT a.customer_id INTO broken FROM added a
-        WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = a.customer_id) LIMIT 1;
-        RAISE EXCEPTION 'credit_ledger entry names customer %, which does not exist', broken.customer_id
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
+    -- Locked first, so that the reads below see every posting committed before ours.
+    PERFORM lock_named_customers(ARRAY(SELECT customer_id FROM added), 'a credit_ledger entry');
     -- Each a scalar subquery per row (an index probe of credit_ledger_customer),
     -- whatever the plan cached for the statement: never a scan of the ledger. OFFSET 0
     -- keeps the subqueries from being evaluated twice.
@@ -95,21 +106,9 @@ END $$;
 CREATE OR REPLACE FUNCTION usage_fixes_references_checked() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     broken record;
-    named bigint;
-    locked bigint;
 BEGIN
-    -- The fixes' customers, held until the commit against a delete (rows our own
-    -- postings hold already cost no new lock), in id order, one index probe each; a
-    -- customer not found (or deleted while we waited) is not there.
-    SELECT count(*), count(c.locked) INTO named, locked
-    FROM (SELECT DISTINCT customer_id FROM added ORDER BY customer_id) a
-    LEFT JOIN LATERAL (SELECT true AS locked FROM customers WHERE id = a.customer_id FOR KEY SHARE) c ON true;
-    IF locked < named THEN
-        SELECT a.customer_id, a.fix_id INTO broken FROM added a
-        WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = a.customer_id) LIMIT 1;
-        RAISE EXCEPTION 'fix % names customer %, which does not exist', broken.fix_id, broken.customer_id
-            USING ERRCODE = 'foreign_key_violation';
-    END IF;
+    -- The fixes' customers, held against a delete until the commit.
+    PERFORM lock_named_customers(ARRAY(SELECT customer_id FROM added), 'a fix');
     -- A scalar subquery per consumed fix: a probe of the ledger's primary key, never a
     -- scan (see the ledger's check).
     SELECT e.* INTO broken
