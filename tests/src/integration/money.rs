@@ -618,6 +618,13 @@ async fn entry(pool: &sqlx::PgPool, customer: Uuid, amount: i64, source: &str, k
 /// Fixes recorded in one statement: `(customer, fix_id, ledger entry)`, consumed where
 /// an entry is named, refused where not.
 async fn record_fixes(pool: &sqlx::PgPool, fixes: &[(Uuid, &str, Option<i64>)]) -> Result<(), sqlx::Error> {
+    record_fixes_on(&mut *pool.acquire().await?, fixes).await
+}
+
+async fn record_fixes_on(
+    conn: &mut sqlx::PgConnection,
+    fixes: &[(Uuid, &str, Option<i64>)],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code, ledger_entry_id)
          SELECT customer_id, fix_id, 'org/repo', CASE WHEN entry IS NULL THEN 'refused' ELSE 'consumed' END,
@@ -627,7 +634,7 @@ async fn record_fixes(pool: &sqlx::PgPool, fixes: &[(Uuid, &str, Option<i64>)]) 
     .bind(fixes.iter().map(|f| f.0).collect::<Vec<_>>())
     .bind(fixes.iter().map(|f| f.1).collect::<Vec<_>>())
     .bind(fixes.iter().map(|f| f.2).collect::<Vec<_>>())
-    .execute(pool)
+    .execute(conn)
     .await
     .map(|_| ())
 }
@@ -720,6 +727,16 @@ async fn entries_and_fixes_name_only_what_exists_and_a_consumed_fix_its_own_debi
     assert_eq!(kept, 3, "the customers with records are all there");
     assert_ledger_consistent(pool).await;
     assert_eq!(common::verify::money_invariants(pool, None).await.unwrap(), []);
+
+    // Behind the triggers' back (off for this session only), `verify` still finds a fix
+    // whose customer is not there.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut *conn).await.unwrap();
+    record_fixes_on(&mut conn, &[(missing, "fix-ghost", None)]).await.unwrap();
+    sqlx::query("RESET session_replication_role").execute(&mut *conn).await.unwrap();
+    let found: Vec<_> =
+        common::verify::money_invariants(pool, None).await.unwrap().into_iter().map(|v| v.invariant).collect();
+    assert_eq!(found, ["record_without_its_customer"]);
 }
 
 /// A fix recorded for a customer being deleted waits for the delete and is then refused;
