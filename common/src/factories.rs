@@ -188,7 +188,7 @@ async fn use_fix(tx: &mut sqlx::PgConnection, customer_id: Uuid, fix_id: &str) -
         amount: -1,
         source: LedgerSource::FixDeployed,
         metadata: serde_json::json!({ "fix_id": fix_id, "seed": true }),
-        idempotency_key: format!("fix_deployed:{customer_id}:{fix_id}"),
+        idempotency_key: crate::jobs::RecordUsage::debit_key(customer_id, fix_id),
     };
     if let ledger::Posted::Posted { entry_id, .. } = ledger::post(tx, &posting).await? {
         db::usage::record_consumed(&mut *tx, customer_id, fix_id, "demo/repo", entry_id).await?;

@@ -190,6 +190,12 @@ pub(crate) fn can_be_charged(customer: &Customer) -> bool {
 }
 
 impl RecordUsage {
+    /// The idempotency key of a fix's debit: the one ledger entry a consumed fix may name
+    /// (`usage_fixes_references_checked` and `verify` hold the record to it).
+    pub(crate) fn debit_key(customer_id: Uuid, fix_id: &str) -> String {
+        format!("fix_deployed:{customer_id}:{fix_id}")
+    }
+
     pub(crate) fn debit(&self, payment_intent: Option<&str>) -> Posting {
         let mut metadata = serde_json::json!({ "fix_id": self.fix_id, "repo": self.repo });
         if let Some(intent) = payment_intent {
@@ -200,7 +206,7 @@ impl RecordUsage {
             amount: -1,
             source: LedgerSource::FixDeployed,
             metadata,
-            idempotency_key: format!("fix_deployed:{}:{}", self.customer_id, self.fix_id),
+            idempotency_key: Self::debit_key(self.customer_id, &self.fix_id),
         }
     }
 
