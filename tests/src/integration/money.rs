@@ -517,6 +517,32 @@ async fn postgres_checks_every_entry_of_an_insert_of_many() {
         explicit(999_999, -1, start_a - 2, "many-9").execute(pool).await.map(|_| ()),
         "an entry before one recorded already",
     );
+    // Two entries of one statement on either side of the recorded one, each continuing
+    // the entry before it by id and the balance their newest's: refused all the same,
+    // for the recorded entry would sit between two new ones.
+    let mut tx = pool.begin().await.unwrap();
+    move_balance(&mut tx, a, 1).await.unwrap();
+    let straddling = sqlx::query(
+        "INSERT INTO credit_ledger (id, customer_id, amount, balance_after, source, idempotency_key)
+         OVERRIDING SYSTEM VALUE VALUES (999998, $1, 1, $2, 'admin_adjustment', 'many-10'),
+                                        (1000001, $1, 1, $3, 'admin_adjustment', 'many-11')",
+    )
+    .bind(a)
+    .bind(start_a)
+    .bind(start_a + 1)
+    .execute(&mut *tx)
+    .await
+    .map(|_| ());
+    refused(straddling, "entries on either side of one recorded already");
+    tx.rollback().await.unwrap();
+    // A right entry at REPEATABLE READ: refused (55000), for the check would read the
+    // transaction's first snapshot and miss entries committed while it waited.
+    let mut repeatable = pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *repeatable).await.unwrap();
+    move_balance(&mut repeatable, a, 1).await.unwrap();
+    let error = explicit(1_000_002, 1, start_a + 1, "many-12").execute(&mut *repeatable).await.unwrap_err();
+    assert_eq!(error.as_database_error().and_then(|e| e.code()).as_deref(), Some("55000"), "{error}");
+    repeatable.rollback().await.unwrap();
     assert_eq!(app.balance(a).await, start_a);
     assert_ledger_consistent(pool).await;
 }
