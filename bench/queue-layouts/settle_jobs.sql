@@ -1,0 +1,2 @@
+-- A settling claim's lock and completion of usage jobs (keys and customers), landed layout.
+WITH d AS (SELECT id FROM jobs WHERE kind = 'record_usage' AND status IN ('available', 'retryable') AND run_at <= now() ORDER BY run_at LIMIT :batch FOR UPDATE SKIP LOCKED) UPDATE jobs j SET status = 'completed', attempts = j.attempts + 1, locked_at = clock_timestamp(), locked_by = NULL, finished_at = now(), result = '{"outcome":"debited"}' FROM d WHERE j.id = d.id;

@@ -1,0 +1,2 @@
+-- The same on the queue-table layout.
+WITH d AS (DELETE FROM q3 WHERE id IN (SELECT id FROM q3 WHERE kind = 'record_usage' AND run_at <= now() ORDER BY run_at LIMIT :batch FOR UPDATE SKIP LOCKED) RETURNING id) UPDATE jobs3 j SET status = 'completed', attempts = j.attempts + 1, locked_at = clock_timestamp(), locked_by = NULL, finished_at = now(), result = '{"outcome":"debited"}' FROM d WHERE j.id = d.id;
