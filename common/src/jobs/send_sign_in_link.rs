@@ -7,6 +7,11 @@
 //! conversation broke midway is not resent, as a step of a sequence is not, and the
 //! customer asks again. Sign-in email is transactional: it goes out whatever the
 //! customer's email preferences.
+//!
+//! A request for an address without an account is enqueued too, with no customer, and
+//! its run sends nothing: the request then does the same durable work whether the
+//! address has an account or not, so neither its answer nor the time that answer takes
+//! tells an asker which addresses have one.
 
 use std::time::Duration;
 
@@ -20,7 +25,8 @@ use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendSignInLink {
-    pub customer_id: Uuid,
+    /// `None`: the address asked for has no account (see the module guide).
+    pub customer_id: Option<Uuid>,
     /// Tells one request for a link from the next (the unique key).
     pub request: Uuid,
 }
@@ -36,7 +42,7 @@ impl JobKind for SendSignInLink {
     }
 
     fn customer_id(&self) -> Option<Uuid> {
-        Some(self.customer_id)
+        self.customer_id
     }
 }
 
@@ -44,8 +50,11 @@ impl Job for SendSignInLink {
     type Context = JobContext;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let Some(customer_id) = self.customer_id else {
+            return Ok(Outcome::done(serde_json::json!({ "delivery": "no account" })));
+        };
         let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
-        let customer = ctx.customer(self.customer_id).await?;
+        let customer = ctx.customer(customer_id).await?;
         mailer.reachable().await.map_err(|e| JobError::caused("", e))?;
         let token = db::sign_in_links::create(&ctx.pool, customer.id).await?;
         let link = format!("{}/dashboard/login/{}", ctx.settings.public_base_url, token.expose());
