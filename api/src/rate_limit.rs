@@ -1,6 +1,7 @@
 //! The domain's rate limits, per minute: onboarding per client address, usage reports
 //! and every other authenticated request per API key, webhooks and everything without a
-//! live API key (status polls, the admin sign-in, unknown keys) per client address. Counted in Postgres, so two API
+//! live API key (status polls, the admin sign-in, unknown keys) per client address (an
+//! IPv6 client per /64: [`client_network`]). Counted in Postgres, so two API
 //! processes share one budget. Limited routes carry `x-ratelimit-limit`,
 //! `x-ratelimit-remaining` and `x-ratelimit-reset` (unix seconds); over the limit is 429
 //! with `Retry-After`.
@@ -9,6 +10,8 @@
 //! warning is logged: the limiter lives in the same database the request needs, so such
 //! a request fails with 503 on its own, and a limiter hiccup never refuses traffic the
 //! database could serve.
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -43,13 +46,36 @@ pub fn client_address(req: &actix_web::HttpRequest, settings: &Settings) -> Stri
     forwarded.unwrap_or_else(|| req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()))
 }
 
+/// The budget a client address counts against ([`client_address`]): an IPv4 address
+/// itself, an IPv6 address its /64. A /64 is the least one subscriber is given (RFC
+/// 6177), and one host may use any address in it: counted per address, it could take a
+/// fresh budget with every request. An IPv4-mapped IPv6 address (a dual-stack socket)
+/// counts as its IPv4 address; anything that is not an address counts as itself.
+pub fn client_network(req: &actix_web::HttpRequest, settings: &Settings) -> String {
+    network_of(&client_address(req, settings))
+}
+
+fn network_of(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{}/64", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => address.to_owned(),
+    }
+}
+
 /// The bucket and limit of a request, if it is limited. Only a live API key has a
 /// bucket of its own: without one (no key, a malformed, unknown or revoked one) the
 /// request counts against its client address, so made-up keys cannot mint fresh budgets.
 async fn bucket(req: &ServiceRequest, settings: &Settings) -> Result<Option<(String, u32)>, sqlx::Error> {
     let path = req.path();
     let limits = settings.rate_limits;
-    let address = || client_address(req.request(), settings);
+    let address = || client_network(req.request(), settings);
     if path == "/api/v1/customers/onboard" {
         return Ok(Some((format!("onboard:{}", address()), limits.onboard)));
     }
@@ -126,4 +152,19 @@ pub async fn enforce(req: ServiceRequest, next: Next<impl MessageBody + 'static>
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network_of;
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_64_and_everything_else_as_itself() {
+        assert_eq!(network_of("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(network_of("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(network_of("2001:db8:1:3::1"), network_of("2001:db8:1:2::1"));
+        assert_eq!(network_of("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(network_of("203.0.113.7"), "203.0.113.7");
+        assert_eq!(network_of("unknown"), "unknown");
+    }
 }

@@ -87,6 +87,26 @@ async fn behind_two_trusted_proxies_the_client_is_two_entries_from_the_right() {
 }
 
 #[tokio::test]
+async fn an_ipv6_client_has_one_budget_for_its_whole_64() {
+    let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1"), ("TRUST_FORWARDED_FOR", "true")], false).await;
+    let onboard = |forwarded: &'static str, email: &'static str| {
+        app.client
+            .post(app.url("/api/v1/customers/onboard"))
+            .header("x-forwarded-for", forwarded)
+            .json(&serde_json::json!({ "name": "Six", "email": email }))
+            .send()
+    };
+    assert_eq!(onboard("2001:db8:1:2::1", "six1@example.com").await.unwrap().status(), 202);
+    // Another address of the same /64 is the same subscriber, and nothing was created.
+    assert_limited(onboard("2001:db8:1:2:9f3c::77", "six2@example.com").await.unwrap(), "1").await;
+    let traces = "SELECT (SELECT count(*) FROM customers WHERE email = 'six2@example.com')
+                       + (SELECT count(*) FROM jobs WHERE args::text LIKE '%six2@example.com%')";
+    assert_eq!(app.count(traces).await, 0);
+    // Another /64 has a budget of its own.
+    assert_eq!(onboard("2001:db8:1:3::1", "six3@example.com").await.unwrap().status(), 202);
+}
+
+#[tokio::test]
 async fn a_forwarded_for_header_is_ignored_unless_the_proxy_is_trusted() {
     let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
     assert_eq!(app.onboard("One", "one@example.com").await.status(), 202);

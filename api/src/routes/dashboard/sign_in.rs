@@ -70,7 +70,7 @@ pub async fn request_link(
         return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, "login.html", context! { flash => flash }));
     };
     let limits = settings.rate_limits;
-    let address = crate::rate_limit::client_address(&req, &settings);
+    let address = crate::rate_limit::client_network(&req, &settings);
     // The address asked for is hashed, with a server secret, into its bucket: the table
     // holds no email, and a list of addresses does not reverse it.
     let keyed = [settings.unsubscribe_secret.expose().as_bytes(), b"\0sign-in\0", email.as_str().as_bytes()].concat();
@@ -155,7 +155,7 @@ pub async fn with_key(
     form: web::Form<KeySignIn>,
 ) -> Result<HttpResponse, ApiError> {
     crate::browser::same_site(&req)?;
-    let address = crate::rate_limit::client_address(&req, &settings);
+    let address = crate::rate_limit::client_network(&req, &settings);
     let limit = settings.rate_limits.sign_in_per_address;
     if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limit).await? {
         return Ok(too_many());
