@@ -377,6 +377,42 @@ async fn usage_is_paged_filtered_exported_and_charted() {
 }
 
 #[tokio::test]
+async fn a_usage_export_of_several_pages_holds_every_fix_once_newest_first() {
+    let app = TestApp::api_only().await;
+    let fay = customer(&app, CustomerState::ProPartlyUsed, "fay@example.com").await;
+    // More than two of the export's pages (a thousand rows each), two fixes to a second,
+    // so that pages also break between fixes of the same time.
+    sqlx::query(
+        "INSERT INTO usage_fixes (customer_id, fix_id, repo, outcome, refusal_code, created_at)
+         SELECT $1, 'bulk-' || lpad(g::text, 5, '0'), 'org/bulk', 'refused', 'NO_BILLING_INFO',
+                now() - (g / 2) * interval '1 second'
+         FROM generate_series(1, 2345) g",
+    )
+    .bind(fay.customer_id)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let mut browser = Browser::new(&app);
+    browser.sign_in_with_key(fay.api_key.expose()).await;
+
+    let csv = browser.get("/dashboard/usage.csv?repo=org%2Fbulk").await;
+    assert_eq!(csv.status(), 200);
+    let body = csv.text().await.unwrap();
+    let rows: Vec<(String, String)> = body
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').map(|f| f.trim_matches('"')).collect();
+            (fields[0].to_owned(), fields[1].to_owned())
+        })
+        .collect();
+    assert_eq!(rows.len(), 2345);
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), 2345, "every fix once");
+    assert!(rows.windows(2).all(|pair| pair[0].0 >= pair[1].0), "newest first");
+}
+
+#[tokio::test]
 async fn dashboard_pages_are_private_uncached_and_under_the_page_policy() {
     let app = TestApp::api_only().await;
     let fay = customer(&app, CustomerState::Trial, "fay@example.com").await;

@@ -1,5 +1,6 @@
 //! `GET /dashboard/usage` (and `.csv`): the customer's fixes, newest first, filtered by
-//! repository and outcome, fifty to a page; the CSV holds every fix the filter keeps.
+//! repository and outcome, fifty to a page; the CSV holds every fix the filter keeps (up
+//! to `CSV_MAX_ROWS`), streamed a page at a time.
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
@@ -10,14 +11,16 @@ use minijinja::context;
 use minijinja::value::Serde;
 use serde::Deserialize;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::{page, signed_in, to_sign_in};
 use crate::dashboard_auth::Dashboard;
 use crate::errors::ApiError;
 
 const PAGE: i64 = 50;
-/// The most rows one CSV export holds (read a thousand at a time).
+/// The most rows one CSV export holds, read and sent `CSV_PAGE` at a time.
 const CSV_MAX_ROWS: usize = 100_000;
+const CSV_PAGE: i64 = 1_000;
 
 #[derive(Deserialize, Default)]
 pub struct UsageQuery {
@@ -121,25 +124,60 @@ pub async fn csv(
     query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let Some((customer_id, _)) = signed_in(&dashboard) else { return Ok(to_sign_in()) };
-    let mut filter = query.filter(1_000).map_err(ApiError::validation)?;
-    let mut body = String::from("\"date\",\"fix_id\",\"repo\",\"outcome\",\"refusal_code\",\"charged_cents\"\r\n");
-    let mut written = 0;
-    while written < CSV_MAX_ROWS {
-        let rows = usage::history(pool.get_ref(), customer_id, &filter).await?;
-        let Some(last) = rows.last() else { break };
-        filter.before = Some((last.created_at, last.fix_id.clone()));
-        written += rows.len();
-        body.extend(rows.iter().map(csv_line));
-        if (rows.len() as i64) < filter.limit {
-            break;
-        }
-    }
+    let filter = query.filter(CSV_PAGE).map_err(ApiError::validation)?;
+    // The first page is read before answering, so that a failure there is an error page;
+    // the rest follows a page at a time as the client takes it, so an export holds one
+    // page in memory however many fixes it has.
+    let first = usage::history(pool.get_ref(), customer_id, &filter).await?;
+    let export = Export { pool, customer_id, filter, first: Some(first), written: 0, done: false };
     let name = format!("rsolv-usage-{}.csv", Utc::now().format("%Y-%m-%d"));
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(body))
+        .streaming(futures::stream::unfold(export, Export::next_chunk)))
+}
+
+/// A CSV export's pages, read one after the other (see `csv`).
+struct Export {
+    pool: web::Data<PgPool>,
+    customer_id: Uuid,
+    /// The next page's filter: after the last row written.
+    filter: HistoryFilter,
+    /// The first page, read before the answer began.
+    first: Option<Vec<FixHistoryRow>>,
+    written: usize,
+    done: bool,
+}
+
+impl Export {
+    const HEADER: &str = "\"date\",\"fix_id\",\"repo\",\"outcome\",\"refusal_code\",\"charged_cents\"\r\n";
+
+    async fn next_chunk(mut self) -> Option<(Result<web::Bytes, std::io::Error>, Self)> {
+        if self.done {
+            return None;
+        }
+        let (mut chunk, rows) = match self.first.take() {
+            Some(rows) => (Self::HEADER.to_owned(), rows),
+            None => match usage::history(self.pool.get_ref(), self.customer_id, &self.filter).await {
+                Ok(rows) => (String::new(), rows),
+                Err(error) => {
+                    // The answer has begun: cutting it short is all that is left, and the
+                    // client sees a failed download rather than a file missing its end.
+                    tracing::error!(customer_id = %self.customer_id, %error, "a usage export failed midway");
+                    self.done = true;
+                    return Some((Err(std::io::Error::other("the usage export failed midway")), self));
+                }
+            },
+        };
+        self.written += rows.len();
+        self.done = (rows.len() as i64) < self.filter.limit || self.written >= CSV_MAX_ROWS;
+        if let Some(last) = rows.last() {
+            self.filter.before = Some((last.created_at, last.fix_id.clone()));
+        }
+        chunk.extend(rows.iter().map(csv_line));
+        Some((Ok(web::Bytes::from(chunk)), self))
+    }
 }
 
 #[cfg(test)]
