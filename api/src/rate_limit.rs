@@ -49,24 +49,57 @@ pub fn client_address(req: &actix_web::HttpRequest, settings: &Settings) -> Stri
 /// The budget a client address counts against ([`client_address`]): an IPv4 address
 /// itself, an IPv6 address its /64. A /64 is the least one subscriber is given (RFC
 /// 6177), and one host may use any address in it: counted per address, it could take a
-/// fresh budget with every request. An IPv4-mapped IPv6 address (a dual-stack socket)
-/// counts as its IPv4 address; anything that is not an address counts as itself.
+/// fresh budget with every request. An IPv6 address that carries an IPv4 one (IPv4-mapped,
+/// from a dual-stack socket, or the NAT64 well-known prefix `64:ff9b::/96`) counts as
+/// that IPv4 address. A port or zone a proxy wrote with the address is left out (else each
+/// connection would have a budget of its own), and an entry that is no address at all
+/// counts in one bucket shared by all such entries, with a warning: a proxy writing
+/// something else is misconfigured, and that must not lift the limits.
 pub fn client_network(req: &actix_web::HttpRequest, settings: &Settings) -> String {
     network_of(&client_address(req, settings))
 }
 
 fn network_of(address: &str) -> String {
-    match address.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+    match parse_address(address) {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => match embedded_ipv4(v6) {
             Some(v4) => v4.to_string(),
             None => {
                 let [a, b, c, d, ..] = v6.segments();
                 format!("{}/64", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
             }
         },
-        Ok(IpAddr::V4(v4)) => v4.to_string(),
-        Err(_) => address.to_owned(),
+        None if address == "unknown" => address.to_owned(),
+        None => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("a client address is not an IP address (X-Forwarded-For from a misconfigured proxy?); such requests share one rate-limit budget");
+            });
+            "unparsed".to_owned()
+        }
     }
+}
+
+/// An address as proxies write it: bare, with a port (`1.2.3.4:5`, `[::1]:5`), in
+/// brackets, or with a zone (`fe80::1%eth0`).
+fn parse_address(text: &str) -> Option<IpAddr> {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    bare.split_once('%').map_or(bare, |(address, _zone)| address).parse().ok()
+}
+
+fn embedded_ipv4(v6: Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let [a, b, c, d, e, f, ..] = v6.segments();
+    let [.., w, x, y, z] = v6.octets();
+    ([a, b, c, d, e, f] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| std::net::Ipv4Addr::new(w, x, y, z))
 }
 
 /// The bucket and limit of a request, if it is limited. Only a live API key has a
@@ -159,12 +192,22 @@ mod tests {
     use super::network_of;
 
     #[test]
-    fn an_ipv6_client_counts_as_its_64_and_everything_else_as_itself() {
+    fn an_ipv6_client_counts_as_its_64_and_an_ipv4_one_as_itself() {
         assert_eq!(network_of("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
         assert_eq!(network_of("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
         assert_ne!(network_of("2001:db8:1:3::1"), network_of("2001:db8:1:2::1"));
         assert_eq!(network_of("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(network_of("64:ff9b::203.0.113.7"), "203.0.113.7");
         assert_eq!(network_of("203.0.113.7"), "203.0.113.7");
+    }
+
+    #[test]
+    fn ports_brackets_and_zones_choose_no_bucket_and_non_addresses_share_one() {
+        assert_eq!(network_of("203.0.113.7:51234"), "203.0.113.7");
+        assert_eq!(network_of("[2001:db8:1:2::1]:51234"), "2001:db8:1:2::/64");
+        assert_eq!(network_of("[2001:db8:1:2::1]"), "2001:db8:1:2::/64");
+        assert_eq!(network_of("fe80::1%eth0"), "fe80::/64");
+        assert_eq!(network_of("not-an-address-1"), network_of("not-an-address-2"));
         assert_eq!(network_of("unknown"), "unknown");
     }
 }

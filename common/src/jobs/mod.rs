@@ -41,7 +41,7 @@ pub use record_usage::{RecordUsage, refusal};
 pub use renewal::{RenewSubscription, RenewalSweep};
 pub use resume_subscription::ResumeSubscription;
 pub use send_email_step::SendEmailStep;
-pub use send_sign_in_link::SendSignInLink;
+pub use send_sign_in_link::{SendSignInLink, SignInLinkNotSent};
 pub use subscribe_pro::SubscribePro;
 
 use crate::config::Settings;
@@ -165,6 +165,7 @@ job_kinds!(
     ReconcileCustomer,
     SendEmailStep,
     SendSignInLink,
+    SignInLinkNotSent,
     NudgeSweep,
     PruneJobs,
 );

@@ -8,10 +8,12 @@
 //! customer asks again. Sign-in email is transactional: it goes out whatever the
 //! customer's email preferences.
 //!
-//! A request for an address without an account is enqueued too, with no customer, and
-//! its run sends nothing: the request then does the same durable work whether the
-//! address has an account or not, so neither its answer nor the time that answer takes
-//! tells an asker which addresses have one.
+//! A request for an address without an account enqueues a [`SignInLinkNotSent`], whose
+//! run sends nothing: the request then does the same durable work whether the address
+//! has an account or not, so neither its answer nor the time that answer takes tells an
+//! asker which addresses have one. It is a kind of its own rather than a
+//! `SendSignInLink` without a customer so that workers of an earlier release, which do
+//! not run the kind, never meet args they cannot read (README, "Rolling deploys").
 
 use std::time::Duration;
 
@@ -25,8 +27,7 @@ use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendSignInLink {
-    /// `None`: the address asked for has no account (see the module guide).
-    pub customer_id: Option<Uuid>,
+    pub customer_id: Uuid,
     /// Tells one request for a link from the next (the unique key).
     pub request: Uuid,
 }
@@ -42,7 +43,7 @@ impl JobKind for SendSignInLink {
     }
 
     fn customer_id(&self) -> Option<Uuid> {
-        self.customer_id
+        Some(self.customer_id)
     }
 }
 
@@ -50,11 +51,8 @@ impl Job for SendSignInLink {
     type Context = JobContext;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
-        let Some(customer_id) = self.customer_id else {
-            return Ok(Outcome::done(serde_json::json!({ "delivery": "no account" })));
-        };
         let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
-        let customer = ctx.customer(customer_id).await?;
+        let customer = ctx.customer(self.customer_id).await?;
         mailer.reachable().await.map_err(|e| JobError::caused("", e))?;
         let token = db::sign_in_links::create(&ctx.pool, customer.id).await?;
         let link = format!("{}/dashboard/login/{}", ctx.settings.public_base_url, token.expose());
@@ -72,5 +70,29 @@ impl Job for SendSignInLink {
                 Ok(Outcome::cancel(error.to_string()))
             }
         }
+    }
+}
+
+/// A sign-in link asked for an address without an account (see the module guide).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignInLinkNotSent {
+    /// Tells one request from the next (the unique key), as for [`SendSignInLink`].
+    pub request: Uuid,
+}
+
+impl JobKind for SignInLinkNotSent {
+    const KIND: &'static str = "sign_in_link_not_sent";
+    const RETRY: RetryPolicy = SendSignInLink::RETRY;
+
+    fn unique_key(&self) -> Option<String> {
+        Some(self.request.to_string())
+    }
+}
+
+impl Job for SignInLinkNotSent {
+    type Context = JobContext;
+
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        Ok(Outcome::done(serde_json::json!({ "delivery": "no account" })))
     }
 }

@@ -36,6 +36,17 @@ async fn assert_limited(response: reqwest::Response, limit: &str) {
     assert_eq!(body["error"]["code"], "RATE_LIMITED");
 }
 
+/// An onboarding as a proxy forwards it, with its `X-Forwarded-For`.
+async fn onboard_forwarded(app: &TestApp, forwarded: &str, email: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/customers/onboard"))
+        .header("x-forwarded-for", forwarded)
+        .json(&serde_json::json!({ "name": "Forwarded", "email": email }))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
     let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "10"), ("TRUST_FORWARDED_FOR", "true")], false).await;
@@ -47,21 +58,14 @@ async fn the_eleventh_onboarding_from_one_address_in_a_minute_is_refused() {
     assert_limited(app.onboard("Limited", "limited10@example.com").await, "10").await;
     assert_eq!(testing::count_all(&app.db.pool).await, 10, "the refused request enqueued nothing");
     // Behind one trusted proxy, the entry it appended (the rightmost) is the client.
-    let onboard_via_proxy = |forwarded: &'static str, email: String| {
-        app.client
-            .post(app.url("/api/v1/customers/onboard"))
-            .header("x-forwarded-for", forwarded)
-            .json(&serde_json::json!({ "name": "Elsewhere", "email": email }))
-            .send()
-    };
-    let other = onboard_via_proxy("203.0.113.7", "elsewhere@example.com".into()).await.unwrap();
+    let other = onboard_forwarded(&app, "203.0.113.7", "elsewhere@example.com").await;
     assert_eq!(other.status(), 202);
     // A client that prepends entries of its own does not choose its bucket: the proxy
     // appended its real address, which has used its ten.
     for i in 0..9 {
-        assert_eq!(onboard_via_proxy("203.0.113.7", format!("proxied{i}@example.com")).await.unwrap().status(), 202);
+        assert_eq!(onboard_forwarded(&app, "203.0.113.7", &format!("proxied{i}@example.com")).await.status(), 202);
     }
-    let spoofed = onboard_via_proxy("198.51.100.1, 203.0.113.7", "spoofed@example.com".into()).await.unwrap();
+    let spoofed = onboard_forwarded(&app, "198.51.100.1, 203.0.113.7", "spoofed@example.com").await;
     assert_limited(spoofed, "10").await;
 }
 
@@ -72,52 +76,31 @@ async fn behind_two_trusted_proxies_the_client_is_two_entries_from_the_right() {
         false,
     )
     .await;
-    let onboard = |forwarded: &'static str, email: &'static str| {
-        app.client
-            .post(app.url("/api/v1/customers/onboard"))
-            .header("x-forwarded-for", forwarded)
-            .json(&serde_json::json!({ "name": "Hops", "email": email }))
-            .send()
-    };
     // CDN saw the client 203.0.113.7 and appended it; the load balancer appended the CDN.
-    assert_eq!(onboard("203.0.113.7, 192.0.2.1", "hop1@example.com").await.unwrap().status(), 202);
-    let spoofed = onboard("198.51.100.1, 203.0.113.7, 192.0.2.1", "hop2@example.com").await.unwrap();
+    assert_eq!(onboard_forwarded(&app, "203.0.113.7, 192.0.2.1", "hop1@example.com").await.status(), 202);
+    let spoofed = onboard_forwarded(&app, "198.51.100.1, 203.0.113.7, 192.0.2.1", "hop2@example.com").await;
     assert_limited(spoofed, "1").await;
-    assert_eq!(onboard("203.0.113.8, 192.0.2.1", "hop3@example.com").await.unwrap().status(), 202);
+    assert_eq!(onboard_forwarded(&app, "203.0.113.8, 192.0.2.1", "hop3@example.com").await.status(), 202);
 }
 
 #[tokio::test]
 async fn an_ipv6_client_has_one_budget_for_its_whole_64() {
     let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1"), ("TRUST_FORWARDED_FOR", "true")], false).await;
-    let onboard = |forwarded: &'static str, email: &'static str| {
-        app.client
-            .post(app.url("/api/v1/customers/onboard"))
-            .header("x-forwarded-for", forwarded)
-            .json(&serde_json::json!({ "name": "Six", "email": email }))
-            .send()
-    };
-    assert_eq!(onboard("2001:db8:1:2::1", "six1@example.com").await.unwrap().status(), 202);
+    assert_eq!(onboard_forwarded(&app, "2001:db8:1:2::1", "six1@example.com").await.status(), 202);
     // Another address of the same /64 is the same subscriber, and nothing was created.
-    assert_limited(onboard("2001:db8:1:2:9f3c::77", "six2@example.com").await.unwrap(), "1").await;
+    assert_limited(onboard_forwarded(&app, "2001:db8:1:2:9f3c::77", "six2@example.com").await, "1").await;
     let traces = "SELECT (SELECT count(*) FROM customers WHERE email = 'six2@example.com')
                        + (SELECT count(*) FROM jobs WHERE args::text LIKE '%six2@example.com%')";
     assert_eq!(app.count(traces).await, 0);
     // Another /64 has a budget of its own.
-    assert_eq!(onboard("2001:db8:1:3::1", "six3@example.com").await.unwrap().status(), 202);
+    assert_eq!(onboard_forwarded(&app, "2001:db8:1:3::1", "six3@example.com").await.status(), 202);
 }
 
 #[tokio::test]
 async fn a_forwarded_for_header_is_ignored_unless_the_proxy_is_trusted() {
     let app = limited_app(&[("RATE_LIMIT_ONBOARD_PER_MINUTE", "1")], false).await;
     assert_eq!(app.onboard("One", "one@example.com").await.status(), 202);
-    let spoofed = app
-        .client
-        .post(app.url("/api/v1/customers/onboard"))
-        .header("x-forwarded-for", "198.51.100.9")
-        .json(&serde_json::json!({ "name": "Two", "email": "two@example.com" }))
-        .send()
-        .await
-        .unwrap();
+    let spoofed = onboard_forwarded(&app, "198.51.100.9", "two@example.com").await;
     assert_limited(spoofed, "1").await;
 }
 

@@ -13,7 +13,7 @@ use common::clock::Clock;
 use common::config::Settings;
 use common::db::{self, rate_limits, sign_in_links::SignInToken};
 use common::domain::{ApiKey, Email};
-use common::jobs::SendSignInLink;
+use common::jobs::{SendSignInLink, SignInLinkNotSent};
 use common::queue;
 use minijinja::context;
 use serde::Deserialize;
@@ -80,14 +80,15 @@ pub async fn request_link(
     {
         return Ok(too_many());
     }
-    // Enqueued whether the address has an account or not (the run sends nothing when it
-    // has none): the same work either way, so the answer's time does not tell.
+    // A job either way (one that sends nothing without an account): the same work, so
+    // the answer's time does not tell whether the address has one.
+    let request = uuid::Uuid::new_v4();
     let customer_id = db::customers::find_by_email(pool.get_ref(), &email).await?.map(|customer| customer.id);
-    let job = SendSignInLink { customer_id, request: uuid::Uuid::new_v4() };
-    queue::enqueue(pool.get_ref(), &job).await?;
-    if let Some(customer_id) = customer_id {
-        tracing::info!(%customer_id, "sign-in link requested");
-    }
+    match customer_id {
+        Some(customer_id) => queue::enqueue(pool.get_ref(), &SendSignInLink { customer_id, request }).await?,
+        None => queue::enqueue(pool.get_ref(), &SignInLinkNotSent { request }).await?,
+    };
+    tracing::info!(customer_id = ?customer_id, "sign-in link requested");
     Ok(page(StatusCode::OK, "link.html", context! { sent => true }))
 }
 
