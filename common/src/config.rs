@@ -259,7 +259,8 @@ pub struct JobSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// The most jobs one claim asks for (at least the kind's concurrency); a worker keeps
-    /// at most `queue::CLAIM_AHEAD` claimed jobs waiting per run slot, claiming more
+    /// claimed jobs waiting for `queue::HOLD_FOR` of its pace, from `queue::CLAIM_AHEAD`
+    /// to `queue::MOST_AHEAD` per run slot (and at most two claims' worth), claiming more
     /// while the last ones run (released on shutdown, rescued if the process dies).
     pub fetch_batch: usize,
     /// The longest statement a job may run (`JOB_STATEMENT_TIMEOUT_MS`): see `db::job_pool`.
@@ -498,7 +499,7 @@ impl JobSettings {
             shutdown_timeout: r.millis("JOB_SHUTDOWN_TIMEOUT_MS", 30_000)?,
             backoff_base: r.millis("JOB_BACKOFF_BASE_MS", 1_000)?,
             backoff_max: r.millis("JOB_BACKOFF_MAX_MS", 3_600_000)?,
-            fetch_batch: r.parse("JOB_FETCH_BATCH", 100)?,
+            fetch_batch: r.parse("JOB_FETCH_BATCH", 500)?,
             statement_timeout: r.millis("JOB_STATEMENT_TIMEOUT_MS", 60_000)?,
             bookkeeping_sync_commit: r.parse("JOB_BOOKKEEPING_SYNC_COMMIT", false)?,
             batch_postings: r.parse("JOB_BATCH_POSTINGS", true)?,

@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 pub use enqueue::{EnqueueOptions, Enqueued, WakeUp, enqueue, enqueue_with};
 pub use notifier::JobNotifier;
-pub use store::{CLAIM_AHEAD, JobStore, StoreConfig};
+pub use store::{CLAIM_AHEAD, HOLD_FOR, JobStore, MOST_AHEAD, StoreConfig};
 pub use waker::JobWaker;
 /// The claim and completion statements, for measuring what Postgres alone does with them.
 pub mod statements {

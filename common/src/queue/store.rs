@@ -6,13 +6,18 @@
 //! its own connection, so they overlap:
 //!
 //! - the **claimer** keeps claimed jobs ready for the worker, claiming while the worker
-//!   still runs the last ones, but never more waiting than [`CLAIM_AHEAD`] per run slot:
-//!   a busy process leaves the rest of the queue to its siblings, and a process that
-//!   dies has been charged an attempt for few jobs it never started. It claims once
-//!   half of that room is free (so each claim is worth its round trip), and waits for a
-//!   wake-up (a notification or the polling tick) once the queue gives less than it
-//!   asked for. A kind with a settler (`settle`) completes in the claim's own
-//!   transaction the jobs the settler decides; only the rest reach the worker;
+//!   still runs the last ones. How many wait is bounded by time, not only by count
+//!   ([`Holding`]): what the worker runs in [`HOLD_FOR`] at its recent pace, at least
+//!   [`CLAIM_AHEAD`] per run slot and at most [`MOST_AHEAD`] per slot (or two claims'
+//!   worth). So a busy process leaves the rest of the queue to its siblings, a process
+//!   that dies has been charged an attempt for few jobs it never started, and a kind
+//!   whose jobs take microseconds still claims and acknowledges them in large batches
+//!   (at two per slot, short jobs made claims of a few dozen: measured in
+//!   `BENCHMARKS.md`). It claims once half of that is free (so each claim is worth its
+//!   round trip), and waits for a wake-up (a notification or the polling tick) once the
+//!   queue gives less than it asked for. A kind with a settler (`settle`) completes in
+//!   the claim's own transaction the jobs the settler decides; only the rest reach the
+//!   worker;
 //! - the **acknowledger** writes finished runs as they arrive, everything waiting in one
 //!   transaction (so under load its batches grow by themselves);
 //! - the **heartbeat** registers the worker before anything is claimed and keeps it
@@ -37,7 +42,7 @@ use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis_codec::json::JsonCodec;
 use apalis_core::backend::finalize::Durable;
@@ -82,12 +87,63 @@ const ACK_RETRIES: [Duration; 5] = [
 /// Most results written in one acknowledgement transaction.
 const MAX_ACK_BATCH: usize = 2_000;
 
-/// Claimed-but-unstarted jobs a worker keeps, per run slot.
+/// Claimed-but-unstarted jobs a worker may always keep, per run slot.
 ///
 /// Bounded by the slots a worker has, not by those free at the moment: with short jobs
 /// a slot is refilled the instant it frees, so "free slots" is nearly always zero and a
 /// bound on it starves the worker (measured: 453 no-op jobs/s instead of 35,000).
 pub const CLAIM_AHEAD: usize = 2;
+
+/// The most claimed-but-unstarted jobs a worker keeps per run slot, reached only by a
+/// kind that runs that many per slot within [`HOLD_FOR`] (each in under 2.5 ms).
+pub const MOST_AHEAD: usize = 20;
+
+/// How long the jobs waiting in a worker's buffer may last it, at the pace it has been
+/// running them. Long enough that a kind of short jobs claims hundreds at a time, short
+/// enough that what a process holds is work of a moment: if its jobs turn slow (a
+/// stalled dependency), it holds what its last 50 ms of pace asked for, and no more
+/// once that is run (the pace is measured again before each claim).
+pub const HOLD_FOR: Duration = Duration::from_millis(50);
+
+/// How many claimed jobs a worker keeps waiting: what it ran in [`HOLD_FOR`] at the pace
+/// measured between its last two claims, halfway from the last target (so one slow or
+/// fast moment moves it only half way), between `least` and `most`.
+#[derive(Debug)]
+struct Holding {
+    least: usize,
+    most: usize,
+    target: usize,
+    /// When the pace was last measured, and how many jobs had been taken by then.
+    since: Instant,
+    taken_then: u64,
+}
+
+impl Holding {
+    fn new(least: usize, most: usize, now: Instant) -> Self {
+        let least = least.clamp(1, most);
+        Self { least, most, target: least, since: now, taken_then: 0 }
+    }
+
+    /// The target after the worker has taken `taken` jobs from the buffer in all.
+    fn measure(&mut self, taken: u64, now: Instant) -> usize {
+        let elapsed = now.saturating_duration_since(self.since);
+        if !elapsed.is_zero() {
+            let ran = taken.saturating_sub(self.taken_then) as f64;
+            let paced = (ran * HOLD_FOR.as_secs_f64() / elapsed.as_secs_f64()).min(self.most as f64) as usize;
+            self.target = (self.target / 2 + paced / 2).clamp(self.least, self.most);
+            self.since = now;
+            self.taken_then = taken;
+        }
+        self.target
+    }
+
+    /// Starts the next measurement afresh (after waiting for an empty queue to fill:
+    /// the wait is not the worker's pace).
+    fn restart(&mut self, taken: u64, now: Instant) {
+        self.since = now;
+        self.taken_then = taken;
+    }
+}
 
 /// The ids of the jobs this worker holds: claimed and not yet acknowledged (buffered,
 /// running, or waiting to be written). What is `running` under its name but not here
@@ -170,7 +226,9 @@ impl<J> JobStore<J> {
 
     fn start(&mut self, worker: &WorkerContext) {
         let name: Arc<str> = worker.name().into();
-        let (claimed_tx, claimed) = mpsc::channel(CLAIM_AHEAD * self.table.config.policy.concurrency.max(1));
+        let slots = self.table.config.policy.concurrency.max(1);
+        let most = (MOST_AHEAD * slots).min(2 * self.table.config.batch_size).max(CLAIM_AHEAD * slots);
+        let (claimed_tx, claimed) = mpsc::channel(most);
         let (registered_tx, registered) = oneshot::channel();
         let wake_ups = self.wake_ups.take().expect("a store starts once");
         let ack_receiver = self.ack_receiver.take().expect("a store starts once");
@@ -215,18 +273,26 @@ async fn claim_loop(
     mut wake_ups: BoxStream<'static, ()>,
     registered: oneshot::Receiver<()>,
 ) {
-    // The buffer holds CLAIM_AHEAD jobs per slot; a claim waits for half of it to be
-    // free, then asks for all the room there is (at most a batch).
+    // The buffer has room for the most a worker may hold; `Holding` decides how much of
+    // it to fill. A claim waits until at most half the target is waiting, then asks for
+    // what reaches the target (at most a batch).
     let batch = table.config.batch_size.max(1);
-    let least = (claimed.max_capacity() / 2).clamp(1, batch);
+    let most = claimed.max_capacity();
+    let slots = table.config.policy.concurrency.max(1);
+    let mut holding = Holding::new(CLAIM_AHEAD * slots, most, Instant::now());
+    let mut sent: u64 = 0;
     if registered.await.is_err() {
         return;
     }
     loop {
-        let Ok(first) = claimed.reserve_many(least).await else { return };
-        let more = claimed.capacity().min(batch - least);
-        let Ok(rest) = claimed.try_reserve_many(more) else { return };
-        let want = least + more;
+        // No permit is held here: what the channel lacks in capacity is waiting in it.
+        let target = holding.measure(sent - (most - claimed.capacity()) as u64, Instant::now());
+        let free_enough = most - target / 2;
+        let Ok(permits) = claimed.reserve_many(free_enough).await else { return };
+        let waiting = most - free_enough - claimed.capacity();
+        let want = target.saturating_sub(waiting).clamp(1, batch);
+        let extra = want.saturating_sub(free_enough).min(claimed.capacity());
+        let Ok(extra) = claimed.try_reserve_many(extra) else { return };
         let Claim { tasks, more } = match table.claim(&worker, want).await {
             Ok(claim) => claim,
             Err(error) => {
@@ -235,7 +301,9 @@ async fn claim_loop(
             }
         };
         held.add(tasks.iter().filter_map(|task| task.task_id().and_then(job_id)));
-        for (permit, task) in first.chain(rest).zip(tasks) {
+        sent += tasks.len() as u64;
+        // Permits not used return to the channel when dropped.
+        for (permit, task) in permits.chain(extra).zip(tasks) {
             permit.send(task);
         }
         if !more {
@@ -243,6 +311,7 @@ async fn claim_loop(
                 _ = wake_ups.next() => {}
                 _ = claimed.closed() => return,
             }
+            holding.restart(sent - (most - claimed.capacity()) as u64, Instant::now());
         }
     }
 }
@@ -391,5 +460,75 @@ impl<J> WireFormatBackend for JobStore<J> {
 
     fn codec(&self) -> &Self::Codec {
         &self.codec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_worker_that_runs_its_jobs_fast_holds_more_of_them_up_to_its_most() {
+        let start = Instant::now();
+        let mut holding = Holding::new(100, 1_000, start);
+        // 50 no-op jobs a millisecond: 2,500 in HOLD_FOR, above the most.
+        let mut targets = Vec::new();
+        for round in 1..=6_u32 {
+            targets.push(holding.measure(u64::from(round) * 250, start + 5 * round * MS));
+        }
+        assert!(targets.windows(2).all(|t| t[0] <= t[1]), "{targets:?}");
+        assert!(*targets.last().unwrap() > 950, "{targets:?}");
+        assert!(targets.iter().all(|t| *t <= 1_000), "{targets:?}");
+    }
+
+    #[test]
+    fn a_worker_whose_jobs_are_slow_or_stalled_holds_its_least() {
+        let start = Instant::now();
+        let mut holding = Holding::new(20, 1_000, start);
+        // One job in 10 ms is 5 in HOLD_FOR: below the least.
+        assert_eq!(holding.measure(1, start + 10 * MS), 20);
+        // Nothing taken for a second: a stalled worker.
+        assert_eq!(holding.measure(1, start + 1_010 * MS), 20);
+    }
+
+    #[test]
+    fn a_worker_whose_jobs_turn_slow_comes_down_by_half_at_each_claim() {
+        let start = Instant::now();
+        let mut holding = Holding::new(10, 1_000, start);
+        let mut taken = 0;
+        let mut at = start;
+        for _ in 0..10 {
+            taken += 500;
+            at += 5 * MS;
+            holding.measure(taken, at);
+        }
+        let fast = holding.target;
+        assert!(fast > 900, "{fast}");
+        // The dependency stalls: a job a second.
+        taken += 1;
+        at += 1_000 * MS;
+        let after = holding.measure(taken, at);
+        assert!(after <= fast / 2 + 1, "{fast} then {after}");
+        for _ in 0..10 {
+            taken += 1;
+            at += 1_000 * MS;
+            holding.measure(taken, at);
+        }
+        assert_eq!(holding.target, 10);
+    }
+
+    #[test]
+    fn waiting_for_an_empty_queue_to_fill_is_not_taken_for_a_slow_worker() {
+        let start = Instant::now();
+        let mut holding = Holding::new(10, 1_000, start);
+        for round in 1..=8_u32 {
+            holding.measure(u64::from(round) * 500, start + 5 * round * MS);
+        }
+        let fast = holding.target;
+        // Idle for a minute, then the same pace again.
+        holding.restart(4_000, start + 60_040 * MS);
+        assert!(holding.measure(4_500, start + 60_045 * MS) >= fast);
     }
 }

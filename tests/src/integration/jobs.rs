@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::domain::{ApiKey, CustomerName, Email};
-use common::jobs::{GrantCredits, ProvisionCustomer, RecordUsage};
+use common::jobs::{GrantCredits, ProvisionCustomer, RecordUsage, SignInLinkNotSent};
 use common::queue::{self, EnqueueOptions, Enqueued, Job, JobKind, JobStatus, Outcome, testing};
 use serde_json::Value;
 use uuid::Uuid;
@@ -303,6 +303,34 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
         "a job never started keeps its attempt and has no error: {given_back:?}"
     );
     assert_eq!(app.count("SELECT credit_balance FROM customers").await, balance_before + 10);
+}
+
+#[tokio::test]
+async fn a_kind_whose_jobs_are_quick_is_claimed_in_batches_larger_than_two_per_slot() {
+    // Two slots: held to two waiting jobs per slot, every claim would take two to four.
+    let mut app = TestApp::spawn(&[("JOB_SIGN_IN_LINK_NOT_SENT_CONCURRENCY", "2")], false).await;
+    let jobs = 3_000_i64;
+    let mut tx = app.db.pool.begin().await.unwrap();
+    for _ in 0..jobs {
+        queue::enqueue(&mut *tx, &SignInLinkNotSent { request: Uuid::new_v4() }).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    app.start_worker();
+    let pool = app.db.pool.clone();
+    wait_for("every job to complete", Duration::from_secs(60), || {
+        let pool = pool.clone();
+        async move { testing::count(&pool, Some(SignInLinkNotSent::KIND), &[JobStatus::Completed]).await == jobs }
+    })
+    .await;
+    // The jobs of one claim share its time (a completion keeps it).
+    let claims: i64 = sqlx::query_scalar("SELECT count(DISTINCT locked_at) FROM jobs WHERE kind = $1")
+        .bind(SignInLinkNotSent::KIND)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(claims * 8 <= jobs, "{jobs} quick jobs took {claims} claims: the worker held no more than two per slot");
+    // Still bounded: at most MOST_AHEAD per slot, so never a whole queue in one claim.
+    assert!(claims * (queue::MOST_AHEAD as i64 * 2) >= jobs, "{jobs} jobs in {claims} claims");
 }
 
 async fn inserted(app: &TestApp, job: &common::jobs::GrantCredits) -> i64 {
