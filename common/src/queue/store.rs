@@ -7,13 +7,13 @@
 //!
 //! - the **claimer** keeps claimed jobs ready for the worker, claiming while the worker
 //!   still runs the last ones. How many wait is bounded by time, not only by count
-//!   ([`Holding`]): what the worker runs in [`HOLD_FOR`] at its recent pace, at least
-//!   [`CLAIM_AHEAD`] per run slot and at most [`MOST_AHEAD`] per slot (or two claims'
-//!   worth). So a busy process leaves the rest of the queue to its siblings, a process
-//!   that dies has been charged an attempt for few jobs it never started, and a kind
-//!   whose jobs take microseconds still claims and acknowledges them in large batches
-//!   (at two per slot, short jobs made claims of a few dozen: measured in
-//!   `BENCHMARKS.md`). It claims once half of that is free (so each claim is worth its
+//!   ([`Holding`]): what the worker finishes in [`HOLD_FOR`] at its recent pace, at
+//!   least [`CLAIM_AHEAD`] per run slot and at most [`MOST_AHEAD`] per slot (or two
+//!   claims' worth). So a process of slow jobs leaves the rest of the queue to its
+//!   siblings and, if it dies, has been charged an attempt for few jobs it never
+//!   started, while a kind whose jobs take microseconds still claims and acknowledges
+//!   them in large batches (at two per slot, short jobs made claims of a few dozen:
+//!   measured in `BENCHMARKS.md`). It claims once half of that is free (so each claim is worth its
 //!   round trip), and waits for a wake-up (a notification or the polling tick) once the
 //!   queue gives less than it asked for. A kind with a settler (`settle`) completes in
 //!   the claim's own transaction the jobs the settler decides; only the rest reach the
@@ -40,6 +40,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -99,49 +100,55 @@ pub const CLAIM_AHEAD: usize = 2;
 pub const MOST_AHEAD: usize = 20;
 
 /// How long the jobs waiting in a worker's buffer may last it, at the pace it has been
-/// running them. Long enough that a kind of short jobs claims hundreds at a time, short
-/// enough that what a process holds is work of a moment: if its jobs turn slow (a
-/// stalled dependency), it holds what its last 50 ms of pace asked for, and no more
-/// once that is run (the pace is measured again before each claim).
+/// finishing them. Long enough that a kind of short jobs claims hundreds at a time, short
+/// enough that what a process holds is work of a moment.
 pub const HOLD_FOR: Duration = Duration::from_millis(50);
 
-/// How many claimed jobs a worker keeps waiting: what it ran in [`HOLD_FOR`] at the pace
-/// measured between its last two claims, halfway from the last target (so one slow or
-/// fast moment moves it only half way), between `least` and `most`.
+/// The shortest time a pace is measured over: shorter, and a few runs more or less would
+/// swing it from nothing to the most.
+const PACED_OVER: Duration = Duration::from_millis(10);
+
+/// How many claimed jobs a worker keeps waiting: what it finishes in [`HOLD_FOR`] at the
+/// pace measured since the last measurement (at least [`PACED_OVER`] ago), between
+/// `least` and `most`. It rises half way at a time (one quick moment is not a pace) and
+/// falls at once (a stalled dependency is a pace: a worker whose runs stop finishing
+/// keeps its least from its next claim on). Runs finished, not jobs started: slots that
+/// were idle all start at once, which says nothing of how long their runs take.
 #[derive(Debug)]
 struct Holding {
     least: usize,
     most: usize,
     target: usize,
-    /// When the pace was last measured, and how many jobs had been taken by then.
+    /// When the pace was last measured, and how many runs had finished by then.
     since: Instant,
-    taken_then: u64,
+    finished_then: u64,
 }
 
 impl Holding {
     fn new(least: usize, most: usize, now: Instant) -> Self {
         let least = least.clamp(1, most);
-        Self { least, most, target: least, since: now, taken_then: 0 }
+        Self { least, most, target: least, since: now, finished_then: 0 }
     }
 
-    /// The target after the worker has taken `taken` jobs from the buffer in all.
-    fn measure(&mut self, taken: u64, now: Instant) -> usize {
+    /// The target once the worker has finished `finished` runs in all.
+    fn measure(&mut self, finished: u64, now: Instant) -> usize {
         let elapsed = now.saturating_duration_since(self.since);
-        if !elapsed.is_zero() {
-            let ran = taken.saturating_sub(self.taken_then) as f64;
-            let paced = (ran * HOLD_FOR.as_secs_f64() / elapsed.as_secs_f64()).min(self.most as f64) as usize;
-            self.target = (self.target / 2 + paced / 2).clamp(self.least, self.most);
-            self.since = now;
-            self.taken_then = taken;
+        if elapsed < PACED_OVER {
+            return self.target;
         }
+        let ran = finished.saturating_sub(self.finished_then) as f64;
+        let paced = ((ran * HOLD_FOR.as_secs_f64() / elapsed.as_secs_f64()) as usize).clamp(self.least, self.most);
+        self.target = if paced < self.target { paced } else { self.target + (paced - self.target).div_ceil(2) };
+        self.since = now;
+        self.finished_then = finished;
         self.target
     }
 
     /// Starts the next measurement afresh (after waiting for an empty queue to fill:
     /// the wait is not the worker's pace).
-    fn restart(&mut self, taken: u64, now: Instant) {
+    fn restart(&mut self, finished: u64, now: Instant) {
         self.since = now;
-        self.taken_then = taken;
+        self.finished_then = finished;
     }
 }
 
@@ -227,16 +234,26 @@ impl<J> JobStore<J> {
     fn start(&mut self, worker: &WorkerContext) {
         let name: Arc<str> = worker.name().into();
         let slots = self.table.config.policy.concurrency.max(1);
-        let most = (MOST_AHEAD * slots).min(2 * self.table.config.batch_size).max(CLAIM_AHEAD * slots);
+        // A batch is at least the concurrency, so this is at least CLAIM_AHEAD per slot.
+        let most = (MOST_AHEAD * slots).min(2 * self.table.config.batch_size);
         let (claimed_tx, claimed) = mpsc::channel(most);
+        let runs_finished = Arc::new(AtomicU64::new(0));
         let (registered_tx, registered) = oneshot::channel();
         let wake_ups = self.wake_ups.take().expect("a store starts once");
         let ack_receiver = self.ack_receiver.take().expect("a store starts once");
         let (table, held) = (&self.table, &self.held);
         let heartbeat = tokio::spawn(heartbeat(table.clone(), name.clone(), held.clone(), registered_tx));
-        let claimer =
-            tokio::spawn(claim_loop(table.clone(), name.clone(), held.clone(), claimed_tx, wake_ups, registered));
-        let acknowledger = tokio::spawn(acknowledge_loop(table.clone(), name, held.clone(), ack_receiver));
+        let claimer = tokio::spawn(claim_loop(
+            table.clone(),
+            name.clone(),
+            held.clone(),
+            claimed_tx,
+            wake_ups,
+            registered,
+            runs_finished.clone(),
+        ));
+        let acknowledger =
+            tokio::spawn(acknowledge_loop(table.clone(), name, held.clone(), ack_receiver, runs_finished));
         self.running = Some(Running { claimed, tasks: [heartbeat, claimer, acknowledger] });
     }
 }
@@ -272,6 +289,7 @@ async fn claim_loop(
     claimed: mpsc::Sender<Task<Value>>,
     mut wake_ups: BoxStream<'static, ()>,
     registered: oneshot::Receiver<()>,
+    finished: Arc<AtomicU64>,
 ) {
     // The buffer has room for the most a worker may hold; `Holding` decides how much of
     // it to fill. A claim waits until at most half the target is waiting, then asks for
@@ -280,19 +298,24 @@ async fn claim_loop(
     let most = claimed.max_capacity();
     let slots = table.config.policy.concurrency.max(1);
     let mut holding = Holding::new(CLAIM_AHEAD * slots, most, Instant::now());
-    let mut sent: u64 = 0;
     if registered.await.is_err() {
         return;
     }
     loop {
-        // No permit is held here: what the channel lacks in capacity is waiting in it.
-        let target = holding.measure(sent - (most - claimed.capacity()) as u64, Instant::now());
+        let target = holding.measure(finished.load(Ordering::Relaxed), Instant::now());
         let free_enough = most - target / 2;
         let Ok(permits) = claimed.reserve_many(free_enough).await else { return };
+        // That wait lasts as long as the worker's runs do (minutes, if a dependency
+        // stalls): the pace is measured again before claiming.
+        let target = holding.measure(finished.load(Ordering::Relaxed), Instant::now());
         let waiting = most - free_enough - claimed.capacity();
-        let want = target.saturating_sub(waiting).clamp(1, batch);
+        let want = target.saturating_sub(waiting).min(batch);
+        if want == 0 {
+            continue;
+        }
         let extra = want.saturating_sub(free_enough).min(claimed.capacity());
-        let Ok(extra) = claimed.try_reserve_many(extra) else { return };
+        let Ok(extra_permits) = claimed.try_reserve_many(extra) else { return };
+        let want = want.min(free_enough + extra);
         let Claim { tasks, more } = match table.claim(&worker, want).await {
             Ok(claim) => claim,
             Err(error) => {
@@ -300,10 +323,11 @@ async fn claim_loop(
                 Claim { tasks: Vec::new(), more: false }
             }
         };
+        // A claimed job without a permit would stay `running` and held, never run.
+        debug_assert!(tasks.len() <= want, "a claim of {want} returned {}", tasks.len());
         held.add(tasks.iter().filter_map(|task| task.task_id().and_then(job_id)));
-        sent += tasks.len() as u64;
         // Permits not used return to the channel when dropped.
-        for (permit, task) in permits.chain(extra).zip(tasks) {
+        for (permit, task) in permits.chain(extra_permits).zip(tasks) {
             permit.send(task);
         }
         if !more {
@@ -311,7 +335,7 @@ async fn claim_loop(
                 _ = wake_ups.next() => {}
                 _ = claimed.closed() => return,
             }
-            holding.restart(sent - (most - claimed.capacity()) as u64, Instant::now());
+            holding.restart(finished.load(Ordering::Relaxed), Instant::now());
         }
     }
 }
@@ -321,6 +345,7 @@ async fn acknowledge_loop(
     worker: Arc<str>,
     held: Held,
     mut messages: ack_channel::Receiver<AckMessage>,
+    runs_finished: Arc<AtomicU64>,
 ) {
     let mut finished = Vec::new();
     let mut flushes = Vec::new();
@@ -328,7 +353,10 @@ async fn acknowledge_loop(
         let mut next = Some(first);
         while let Some(message) = next {
             match message {
-                AckMessage::Finished(run) => finished.push(run),
+                AckMessage::Finished(run) => {
+                    runs_finished.fetch_add(1, Ordering::Relaxed);
+                    finished.push(run);
+                }
                 AckMessage::Flush(done) => flushes.push(done),
             }
             next = if finished.len() < MAX_ACK_BATCH { messages.try_recv().ok() } else { None };
@@ -469,66 +497,79 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// Measures after `rounds` windows of `every` in which `per_window` runs finished.
+    fn run(holding: &mut Holding, at: &mut Instant, finished: &mut u64, rounds: u32, every: Duration, per_window: u64) {
+        for _ in 0..rounds {
+            *finished += per_window;
+            *at += every;
+            holding.measure(*finished, *at);
+        }
+    }
+
     #[test]
-    fn a_worker_that_runs_its_jobs_fast_holds_more_of_them_up_to_its_most() {
-        let start = Instant::now();
-        let mut holding = Holding::new(100, 1_000, start);
-        // 50 no-op jobs a millisecond: 2,500 in HOLD_FOR, above the most.
+    fn a_worker_that_finishes_its_jobs_fast_holds_more_of_them_up_to_its_most() {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(100, 1_000, at);
+        // 50 runs a millisecond: 2,500 in HOLD_FOR, above the most.
         let mut targets = Vec::new();
-        for round in 1..=6_u32 {
-            targets.push(holding.measure(u64::from(round) * 250, start + 5 * round * MS));
+        for _ in 0..12 {
+            run(&mut holding, &mut at, &mut finished, 1, 10 * MS, 500);
+            targets.push(holding.target);
         }
-        assert!(targets.windows(2).all(|t| t[0] <= t[1]), "{targets:?}");
-        assert!(*targets.last().unwrap() > 950, "{targets:?}");
-        assert!(targets.iter().all(|t| *t <= 1_000), "{targets:?}");
+        assert!(targets.windows(2).all(|t| t[0] <= t[1]), "rises step by step: {targets:?}");
+        assert!(targets[0] < 1_000, "not at once: {targets:?}");
+        assert_eq!(*targets.last().unwrap(), 1_000, "{targets:?}");
     }
 
     #[test]
-    fn a_worker_whose_jobs_are_slow_or_stalled_holds_its_least() {
-        let start = Instant::now();
-        let mut holding = Holding::new(20, 1_000, start);
-        // One job in 10 ms is 5 in HOLD_FOR: below the least.
-        assert_eq!(holding.measure(1, start + 10 * MS), 20);
-        // Nothing taken for a second: a stalled worker.
-        assert_eq!(holding.measure(1, start + 1_010 * MS), 20);
+    fn a_worker_whose_runs_are_slow_or_stalled_holds_its_least() {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(20, 1_000, at);
+        // One run in 10 ms is 5 in HOLD_FOR: below the least.
+        run(&mut holding, &mut at, &mut finished, 5, 10 * MS, 1);
+        assert_eq!(holding.target, 20);
+        // Nothing finishes for a second (every slot started a run that hangs).
+        run(&mut holding, &mut at, &mut finished, 1, 1_000 * MS, 0);
+        assert_eq!(holding.target, 20);
     }
 
     #[test]
-    fn a_worker_whose_jobs_turn_slow_comes_down_by_half_at_each_claim() {
-        let start = Instant::now();
-        let mut holding = Holding::new(10, 1_000, start);
-        let mut taken = 0;
-        let mut at = start;
-        for _ in 0..10 {
-            taken += 500;
-            at += 5 * MS;
-            holding.measure(taken, at);
-        }
-        let fast = holding.target;
-        assert!(fast > 900, "{fast}");
-        // The dependency stalls: a job a second.
-        taken += 1;
-        at += 1_000 * MS;
-        let after = holding.measure(taken, at);
-        assert!(after <= fast / 2 + 1, "{fast} then {after}");
-        for _ in 0..10 {
-            taken += 1;
-            at += 1_000 * MS;
-            holding.measure(taken, at);
-        }
+    fn a_worker_whose_runs_stall_after_a_fast_spell_falls_to_its_least_at_once() {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(10, 1_000, at);
+        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        assert_eq!(holding.target, 1_000);
+        // The dependency stalls: one run a second.
+        run(&mut holding, &mut at, &mut finished, 1, 1_000 * MS, 1);
         assert_eq!(holding.target, 10);
     }
 
     #[test]
+    fn a_moment_shorter_than_the_measuring_window_changes_nothing() {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(10, 1_000, at);
+        run(&mut holding, &mut at, &mut finished, 4, 10 * MS, 200);
+        let paced = holding.target;
+        // Measured again right after (a claim, then its wait for room ending at once):
+        // neither a run that finished nor none finishing moves it.
+        run(&mut holding, &mut at, &mut finished, 1, MS, 0);
+        assert_eq!(holding.target, paced);
+        run(&mut holding, &mut at, &mut finished, 1, MS, 1);
+        assert_eq!(holding.target, paced);
+    }
+
+    #[test]
     fn waiting_for_an_empty_queue_to_fill_is_not_taken_for_a_slow_worker() {
-        let start = Instant::now();
-        let mut holding = Holding::new(10, 1_000, start);
-        for round in 1..=8_u32 {
-            holding.measure(u64::from(round) * 500, start + 5 * round * MS);
-        }
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(10, 1_000, at);
+        run(&mut holding, &mut at, &mut finished, 10, 10 * MS, 500);
         let fast = holding.target;
-        // Idle for a minute, then the same pace again.
-        holding.restart(4_000, start + 60_040 * MS);
-        assert!(holding.measure(4_500, start + 60_045 * MS) >= fast);
+        // Idle for a minute, then measured right away (the claim after the wake-up), then
+        // the same pace again.
+        at += 60_000 * MS;
+        holding.restart(finished, at);
+        assert_eq!(holding.measure(finished, at + MS), fast);
+        run(&mut holding, &mut at, &mut finished, 1, 10 * MS, 500);
+        assert_eq!(holding.target, fast);
     }
 }

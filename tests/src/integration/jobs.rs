@@ -265,8 +265,9 @@ async fn shutdown_gives_back_the_jobs_claimed_but_not_started() {
     let (customer_id, _) = app.onboarded_customer("buffered@example.com").await;
     let balance_before = app.count("SELECT credit_balance FROM customers").await;
     // Hold the customer's row: the grants that start (ten slots) block on it, and twenty
-    // more (two per slot) wait in the worker's buffer, `running` under its name but not
-    // started; the other ten stay in the queue.
+    // more (two per slot: runs that do not finish keep a worker at its least) wait in the
+    // worker's buffer, `running` under its name but not started; the other ten stay in
+    // the queue.
     let blocker = hold_customer_row(&app.db.pool, customer_id).await;
     let jobs = 40;
     app.stop_worker().await;
@@ -328,9 +329,9 @@ async fn a_kind_whose_jobs_are_quick_is_claimed_in_batches_larger_than_two_per_s
         .fetch_one(&app.db.pool)
         .await
         .unwrap();
-    assert!(claims * 8 <= jobs, "{jobs} quick jobs took {claims} claims: the worker held no more than two per slot");
-    // Still bounded: at most MOST_AHEAD per slot, so never a whole queue in one claim.
-    assert!(claims * (queue::MOST_AHEAD as i64 * 2) >= jobs, "{jobs} jobs in {claims} claims");
+    // Held to two per slot, a claim takes at most four: 750 claims or more. (Five on
+    // average needs a target of about ten: 200 runs a second, far below a debug build's.)
+    assert!(claims * 5 <= jobs, "{jobs} quick jobs took {claims} claims: the worker held no more than two per slot");
 }
 
 async fn inserted(app: &TestApp, job: &common::jobs::GrantCredits) -> i64 {

@@ -373,8 +373,8 @@ async fn a_busy_process_claims_ahead_only_a_few_jobs_per_slot_and_a_killed_one_i
     // Nothing finishes while the row is held: what is running now is what the killed
     // process held, its two runs and what it had claimed ahead.
     let held = claimed().await;
-    // Two running, and at most CLAIM_AHEAD (2) waiting per slot: a kind whose jobs are
-    // stalled holds its least.
+    // Two running, and at most CLAIM_AHEAD (2) waiting per slot: runs that never finish
+    // keep a worker at its least.
     assert!(held <= concurrency * 3, "{held} of {jobs} jobs claimed by a process with {concurrency} slots");
     blocker.rollback().await.unwrap();
 
