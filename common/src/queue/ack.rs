@@ -7,6 +7,8 @@
 //! is bounded: when acknowledgements fall behind, new runs wait instead of piling up
 //! finished-but-unrecorded jobs in memory.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use apalis_core::error::BoxDynError;
@@ -33,11 +35,13 @@ pub(super) enum AckMessage {
 pub struct AckLayer {
     kind: &'static str,
     sender: Sender<AckMessage>,
+    runs_finished: Arc<AtomicU64>,
 }
 
 impl AckLayer {
-    pub(super) fn new(kind: &'static str, sender: Sender<AckMessage>) -> Self {
-        Self { kind, sender }
+    /// `runs_finished` counts every run as it ends (the claimer's pace, see `store`).
+    pub(super) fn new(kind: &'static str, sender: Sender<AckMessage>, runs_finished: Arc<AtomicU64>) -> Self {
+        Self { kind, sender, runs_finished }
     }
 }
 
@@ -45,7 +49,7 @@ impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
 
     fn layer(&self, inner: S) -> AckService<S> {
-        AckService { inner, kind: self.kind, sender: self.sender.clone() }
+        AckService { inner, kind: self.kind, sender: self.sender.clone(), runs_finished: self.runs_finished.clone() }
     }
 }
 
@@ -54,6 +58,7 @@ pub struct AckService<S> {
     inner: S,
     kind: &'static str,
     sender: Sender<AckMessage>,
+    runs_finished: Arc<AtomicU64>,
 }
 
 impl<S, Args> Service<Task<Args>> for AckService<S>
@@ -93,10 +98,14 @@ where
             request_id = request_id.as_ref().map(tracing::field::display),
         );
         let mut sender = self.sender.clone();
+        let runs_finished = self.runs_finished.clone();
         // What the run enqueues is part of the same request.
         let run = correlation::scope(request_id, self.inner.call(task)).instrument(span);
         async move {
             let result = run.await.map_err(Into::into);
+            // Counted as the run ends, not when its result is written: a slow write is
+            // not a slow run.
+            runs_finished.fetch_add(1, Ordering::Relaxed);
             match id {
                 Some((id, claim)) => {
                     let report = match &result {

@@ -130,15 +130,21 @@ impl Holding {
         Self { least, most, target: least, since: now, finished_then: 0 }
     }
 
-    /// The target once the worker has finished `finished` runs in all.
-    fn measure(&mut self, finished: u64, now: Instant) -> usize {
+    /// The target once the worker has finished `finished` runs in all; `starved` when
+    /// nothing is waiting in its buffer: then its pace was what it was fed (claims too
+    /// small or too slow), not what it can run, and the target does not fall.
+    fn measure(&mut self, finished: u64, starved: bool, now: Instant) -> usize {
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed < PACED_OVER {
             return self.target;
         }
         let ran = finished.saturating_sub(self.finished_then) as f64;
         let paced = ((ran * HOLD_FOR.as_secs_f64() / elapsed.as_secs_f64()) as usize).clamp(self.least, self.most);
-        self.target = if paced < self.target { paced } else { self.target + (paced - self.target).div_ceil(2) };
+        self.target = match paced.cmp(&self.target) {
+            std::cmp::Ordering::Less if starved => self.target,
+            std::cmp::Ordering::Less => paced,
+            _ => self.target + (paced - self.target).div_ceil(2),
+        };
         self.since = now;
         self.finished_then = finished;
         self.target
@@ -182,6 +188,8 @@ pub struct JobStore<J> {
     codec: JsonCodec<Value>,
     wake_ups: Option<BoxStream<'static, ()>>,
     acks: ack_channel::Sender<AckMessage>,
+    /// Runs finished, counted by the middleware as each ends: the claimer's pace.
+    runs_finished: Arc<AtomicU64>,
     /// Taken by the acknowledger when the worker starts.
     ack_receiver: Option<ack_channel::Receiver<AckMessage>>,
     running: Option<Running>,
@@ -216,6 +224,7 @@ impl<J: JobKind> JobStore<J> {
             codec: JsonCodec::default(),
             wake_ups: Some(wake_ups),
             acks,
+            runs_finished: Arc::default(),
             ack_receiver: Some(ack_receiver),
             running: None,
             closing: None,
@@ -237,7 +246,6 @@ impl<J> JobStore<J> {
         // A batch is at least the concurrency, so this is at least CLAIM_AHEAD per slot.
         let most = (MOST_AHEAD * slots).min(2 * self.table.config.batch_size);
         let (claimed_tx, claimed) = mpsc::channel(most);
-        let runs_finished = Arc::new(AtomicU64::new(0));
         let (registered_tx, registered) = oneshot::channel();
         let wake_ups = self.wake_ups.take().expect("a store starts once");
         let ack_receiver = self.ack_receiver.take().expect("a store starts once");
@@ -250,10 +258,9 @@ impl<J> JobStore<J> {
             claimed_tx,
             wake_ups,
             registered,
-            runs_finished.clone(),
+            self.runs_finished.clone(),
         ));
-        let acknowledger =
-            tokio::spawn(acknowledge_loop(table.clone(), name, held.clone(), ack_receiver, runs_finished));
+        let acknowledger = tokio::spawn(acknowledge_loop(table.clone(), name, held.clone(), ack_receiver));
         self.running = Some(Running { claimed, tasks: [heartbeat, claimer, acknowledger] });
     }
 }
@@ -302,13 +309,15 @@ async fn claim_loop(
         return;
     }
     loop {
-        let target = holding.measure(finished.load(Ordering::Relaxed), Instant::now());
+        // No permit is held here: what the channel lacks in capacity is waiting in it.
+        let waiting = most - claimed.capacity();
+        let target = holding.measure(finished.load(Ordering::Relaxed), waiting == 0, Instant::now());
         let free_enough = most - target / 2;
         let Ok(permits) = claimed.reserve_many(free_enough).await else { return };
         // That wait lasts as long as the worker's runs do (minutes, if a dependency
         // stalls): the pace is measured again before claiming.
-        let target = holding.measure(finished.load(Ordering::Relaxed), Instant::now());
         let waiting = most - free_enough - claimed.capacity();
+        let target = holding.measure(finished.load(Ordering::Relaxed), waiting == 0, Instant::now());
         let want = target.saturating_sub(waiting).min(batch);
         if want == 0 {
             continue;
@@ -316,15 +325,22 @@ async fn claim_loop(
         let extra = want.saturating_sub(free_enough).min(claimed.capacity());
         let Ok(extra_permits) = claimed.try_reserve_many(extra) else { return };
         let want = want.min(free_enough + extra);
-        let Claim { tasks, more } = match table.claim(&worker, want).await {
+        let Claim { mut tasks, more } = match table.claim(&worker, want).await {
             Ok(claim) => claim,
             Err(error) => {
                 tracing::warn!(kind = table.kind(), %error, "claiming jobs failed; the next tick retries");
                 Claim { tasks: Vec::new(), more: false }
             }
         };
-        // A claimed job without a permit would stay `running` and held, never run.
-        debug_assert!(tasks.len() <= want, "a claim of {want} returned {}", tasks.len());
+        // Never expected (a claim takes at most `want`); but a job claimed and not sent
+        // would stay `running` under this worker, held and never run: given back.
+        if tasks.len() > want {
+            let excess = tasks.split_off(want);
+            tracing::error!(kind = table.kind(), want, excess = excess.len(), "a claim returned more jobs than asked");
+            if let Err(error) = table.release(&excess, &worker).await {
+                tracing::warn!(kind = table.kind(), %error, "giving back excess jobs failed; orphan rescue will");
+            }
+        }
         held.add(tasks.iter().filter_map(|task| task.task_id().and_then(job_id)));
         // Permits not used return to the channel when dropped.
         for (permit, task) in permits.chain(extra_permits).zip(tasks) {
@@ -345,7 +361,6 @@ async fn acknowledge_loop(
     worker: Arc<str>,
     held: Held,
     mut messages: ack_channel::Receiver<AckMessage>,
-    runs_finished: Arc<AtomicU64>,
 ) {
     let mut finished = Vec::new();
     let mut flushes = Vec::new();
@@ -353,10 +368,7 @@ async fn acknowledge_loop(
         let mut next = Some(first);
         while let Some(message) = next {
             match message {
-                AckMessage::Finished(run) => {
-                    runs_finished.fetch_add(1, Ordering::Relaxed);
-                    finished.push(run);
-                }
+                AckMessage::Finished(run) => finished.push(run),
                 AckMessage::Flush(done) => flushes.push(done),
             }
             next = if finished.len() < MAX_ACK_BATCH { messages.try_recv().ok() } else { None };
@@ -478,7 +490,7 @@ impl<J> BackendConfig for JobStore<J> {
     }
 
     fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
-        AckLayer::new(self.table.kind(), self.acks.clone())
+        AckLayer::new(self.table.kind(), self.acks.clone(), self.runs_finished.clone())
     }
 }
 
@@ -502,7 +514,7 @@ mod tests {
         for _ in 0..rounds {
             *finished += per_window;
             *at += every;
-            holding.measure(*finished, *at);
+            holding.measure(*finished, false, *at);
         }
     }
 
@@ -545,6 +557,22 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_ran_out_of_claimed_jobs_keeps_its_target() {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(10, 1_000, at);
+        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        // A slow claim (a loaded database): the worker finished all it had, and its
+        // pace was what it was fed.
+        finished += 100;
+        at += 200 * MS;
+        assert_eq!(holding.measure(finished, true, at), 1_000);
+        // Fed and still slow: that is its pace.
+        finished += 100;
+        at += 200 * MS;
+        assert_eq!(holding.measure(finished, false, at), 25);
+    }
+
+    #[test]
     fn a_moment_shorter_than_the_measuring_window_changes_nothing() {
         let (mut at, mut finished) = (Instant::now(), 0);
         let mut holding = Holding::new(10, 1_000, at);
@@ -568,7 +596,7 @@ mod tests {
         // the same pace again.
         at += 60_000 * MS;
         holding.restart(finished, at);
-        assert_eq!(holding.measure(finished, at + MS), fast);
+        assert_eq!(holding.measure(finished, false, at + MS), fast);
         run(&mut holding, &mut at, &mut finished, 1, 10 * MS, 500);
         assert_eq!(holding.target, fast);
     }
