@@ -13,11 +13,12 @@
 //!   siblings and, if it dies, has been charged an attempt for few jobs it never
 //!   started, while a kind whose jobs take microseconds still claims and acknowledges
 //!   them in large batches (at two per slot, short jobs made claims of a few dozen:
-//!   measured in `BENCHMARKS.md`). It claims once half of that is free (so each claim is worth its
-//!   round trip), and waits for a wake-up (a notification or the polling tick) once the
-//!   queue gives less than it asked for. A kind with a settler (`settle`) completes in
-//!   the claim's own transaction the jobs the settler decides; only the rest reach the
-//!   worker;
+//!   measured in `BENCHMARKS.md`). It claims once half of that is free (so each claim
+//!   is worth its round trip), and waits for a wake-up (a notification or the polling
+//!   tick) once the queue gives less than it asked for; after such a wait the pace is
+//!   measured afresh from the least (what comes next may be slow). A kind with a
+//!   settler (`settle`) completes in the claim's own transaction the jobs the settler
+//!   decides; only the rest reach the worker;
 //! - the **acknowledger** writes finished runs as they arrive, everything waiting in one
 //!   transaction (so under load its batches grow by themselves);
 //! - the **heartbeat** registers the worker before anything is claimed and keeps it
@@ -150,9 +151,12 @@ impl Holding {
         self.target
     }
 
-    /// Starts the next measurement afresh (after waiting for an empty queue to fill:
-    /// the wait is not the worker's pace).
+    /// Starts afresh from the least, after waiting for an empty queue to fill: the wait
+    /// is not the worker's pace, and the jobs that come next may not run at the pace of
+    /// those before (a burst after a quiet spell, of a kind whose dependency has stalled
+    /// meanwhile, would otherwise be claimed by the hundred).
     fn restart(&mut self, finished: u64, now: Instant) {
+        self.target = self.least;
         self.since = now;
         self.finished_then = finished;
     }
@@ -587,17 +591,23 @@ mod tests {
     }
 
     #[test]
-    fn waiting_for_an_empty_queue_to_fill_is_not_taken_for_a_slow_worker() {
+    fn after_the_queue_ran_dry_the_pace_is_measured_afresh_from_the_least() {
         let (mut at, mut finished) = (Instant::now(), 0);
         let mut holding = Holding::new(10, 1_000, at);
-        run(&mut holding, &mut at, &mut finished, 10, 10 * MS, 500);
-        let fast = holding.target;
-        // Idle for a minute, then measured right away (the claim after the wake-up), then
-        // the same pace again.
+        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        assert_eq!(holding.target, 1_000);
+        // Idle for a minute: the first claim after the wake-up asks for the least, even
+        // measured at once and with the buffer empty.
         at += 60_000 * MS;
         holding.restart(finished, at);
-        assert_eq!(holding.measure(finished, false, at + MS), fast);
-        run(&mut holding, &mut at, &mut finished, 1, 10 * MS, 500);
-        assert_eq!(holding.target, fast);
+        assert_eq!(holding.measure(finished, true, at + MS), 10);
+        // Not the idle minute taken for a slow pace: the same pace as before rises again.
+        let mut targets = Vec::new();
+        for _ in 0..12 {
+            run(&mut holding, &mut at, &mut finished, 1, 10 * MS, 500);
+            targets.push(holding.target);
+        }
+        assert!(targets[0] > 10 && targets[0] < 1_000, "{targets:?}");
+        assert_eq!(*targets.last().unwrap(), 1_000, "{targets:?}");
     }
 }
