@@ -522,6 +522,16 @@ mod tests {
         }
     }
 
+    /// A worker (least 10, most 1,000) that has run 50 jobs a millisecond long enough to
+    /// hold its most.
+    fn at_full_pace() -> (Holding, Instant, u64) {
+        let (mut at, mut finished) = (Instant::now(), 0);
+        let mut holding = Holding::new(10, 1_000, at);
+        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        assert_eq!(holding.target, 1_000);
+        (holding, at, finished)
+    }
+
     #[test]
     fn a_worker_that_finishes_its_jobs_fast_holds_more_of_them_up_to_its_most() {
         let (mut at, mut finished) = (Instant::now(), 0);
@@ -551,9 +561,7 @@ mod tests {
 
     #[test]
     fn a_worker_whose_runs_stall_after_a_fast_spell_falls_to_its_least_at_once() {
-        let (mut at, mut finished) = (Instant::now(), 0);
-        let mut holding = Holding::new(10, 1_000, at);
-        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        let (mut holding, mut at, mut finished) = at_full_pace();
         assert_eq!(holding.target, 1_000);
         // The dependency stalls: one run a second.
         run(&mut holding, &mut at, &mut finished, 1, 1_000 * MS, 1);
@@ -562,9 +570,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_ran_out_of_claimed_jobs_keeps_its_target() {
-        let (mut at, mut finished) = (Instant::now(), 0);
-        let mut holding = Holding::new(10, 1_000, at);
-        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        let (mut holding, mut at, mut finished) = at_full_pace();
         // A slow claim (a loaded database): the worker finished all it had, and its
         // pace was what it was fed.
         finished += 100;
@@ -592,9 +598,7 @@ mod tests {
 
     #[test]
     fn after_the_queue_ran_dry_the_pace_is_measured_afresh_from_the_least() {
-        let (mut at, mut finished) = (Instant::now(), 0);
-        let mut holding = Holding::new(10, 1_000, at);
-        run(&mut holding, &mut at, &mut finished, 12, 10 * MS, 500);
+        let (mut holding, mut at, mut finished) = at_full_pace();
         assert_eq!(holding.target, 1_000);
         // Idle for a minute: the first claim after the wake-up asks for the least, even
         // measured at once and with the buffer empty.
