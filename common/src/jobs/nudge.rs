@@ -5,6 +5,11 @@
 //! customer and episode (`email_sequence_starts`): the trial, or a stretch of
 //! inactivity named by the day it began (coming back and going quiet again is a new
 //! one). The steps' own stop conditions still apply when they run.
+//!
+//! With email off (`SMTP_URL` unset) a sweep starts nothing and records nothing, as
+//! onboarding and dunning schedule nothing then: steps queued with no mailer to send
+//! them would die after their attempts, and the starts recorded with them would keep
+//! the customers from being nudged once email is on.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +37,9 @@ impl Job for NudgeSweep {
     type Context = JobContext;
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        if ctx.mailer.is_none() {
+            return Ok(Outcome::done(serde_json::json!({ "expiring_trial": 0, "re_engagement": 0, "email": "off" })));
+        }
         let nudges = &ctx.settings.nudges;
         let now = chrono::Utc::now();
         let mut tx = ctx.pool.begin().await?;

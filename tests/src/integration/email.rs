@@ -347,6 +347,44 @@ async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
     assert!(sink.messages().is_empty());
 }
 
+/// Found by simulation seed 1796238711: an hourly sweep that fell inside a run with email
+/// off queued expiring-trial steps that no worker could send, and they died.
+#[tokio::test]
+async fn with_email_off_the_nudge_sweep_starts_nothing_and_the_customer_is_nudged_once_email_is_on() {
+    let app = TestApp::spawn(&[], false).await;
+    assert!(app.settings.email.is_none());
+    let low = factories::create(
+        &app.db.pool,
+        &app.settings,
+        CustomerState::TrialExhausted,
+        Email::parse("low@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let starts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_sequence_starts WHERE customer_id = $1")
+            .bind(low.customer_id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+
+    common::jobs::NudgeSweep { tick: 1 }.run(app.job_context()).await.unwrap();
+    assert!(testing::inserted::<SendEmailStep>(&app.db.pool).await.is_empty(), "no step is queued with email off");
+    assert_eq!(starts().await, 0, "and no start is recorded, so the nudge is still owed");
+
+    // The same database, a worker with email on: the customer is nudged now.
+    let sink = MailSink::start().await;
+    let smtp = sink.smtp_url();
+    let on = crate::helpers::settings(&app.db.url, &[("SMTP_URL", smtp.as_str())]);
+    let ctx = common::jobs::JobContext::new(app.db.pool.clone(), std::sync::Arc::new(on)).unwrap();
+    common::jobs::NudgeSweep { tick: 2 }.run(ctx).await.unwrap();
+    let queued = testing::inserted::<SendEmailStep>(&app.db.pool).await;
+    assert_eq!(queued.len(), EXPIRING_STEPS, "{queued:?}");
+    assert!(queued.iter().all(|j| j.args.customer_id == low.customer_id && j.args.sequence == "expiring_trial"));
+    assert_eq!(starts().await, 1);
+}
+
 const EXPIRING_STEPS: usize = common::email::sequences::EXPIRING_TRIAL.steps.len();
 const RE_ENGAGEMENT_STEPS: usize = common::email::sequences::RE_ENGAGEMENT.steps.len();
 
