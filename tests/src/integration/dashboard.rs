@@ -246,6 +246,33 @@ async fn links_that_are_forged_expired_unknown_or_over_the_limit_sign_no_one_in(
     assert_eq!(cross.status(), 403);
 }
 
+/// With email off no link can be sent: the page offers the API key only, and a request
+/// for a link says so, enqueueing nothing and counting against no limit.
+#[tokio::test]
+async fn with_email_off_the_sign_in_page_offers_the_key_and_a_link_request_is_refused_without_a_job() {
+    let app = TestApp::spawn(&[], false).await;
+    customer(&app, CustomerState::Pro, "bob@example.com").await;
+    let mut browser = Browser::new(&app);
+
+    let form = browser.get("/dashboard/login").await;
+    assert_eq!(form.status(), 200);
+    let form = form.text().await.unwrap();
+    assert!(form.contains("This server sends no email"), "{form}");
+    assert!(!form.contains("action=\"/dashboard/login\""), "no link form: {form}");
+    assert!(form.contains("action=\"/dashboard/login/key\""), "the key form stays: {form}");
+
+    let asked = browser.post("/dashboard/login", &[("email", "bob@example.com")]).await;
+    assert_eq!(asked.status(), 503);
+    assert!(asked.text().await.unwrap().contains("cannot send sign-in links"));
+    testing::require_not_inserted::<SendSignInLink>(&app.db.pool).await;
+    testing::require_not_inserted::<SignInLinkNotSent>(&app.db.pool).await;
+    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM rate_limit_windows WHERE bucket LIKE 'sign-in%'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(counted, 0, "a refused request counts against no limit");
+}
+
 #[tokio::test]
 async fn an_api_key_signs_in_and_a_revoked_or_made_up_one_does_not() {
     let app = TestApp::api_only().await;

@@ -5,6 +5,10 @@
 //! and is limited per address asked for and per client address (hourly), before the
 //! address is looked up. The link's page shows a button rather than signing in on
 //! GET: mail scanners fetch links, and a fetch must not spend the link.
+//!
+//! With email off (`SMTP_URL` unset) no link can be sent: the page offers only the API
+//! key, and a request for a link is refused with a page that says so (503), enqueueing
+//! nothing and counting against no limit.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -28,12 +32,19 @@ use crate::errors::ApiError;
 /// the same.
 const DEAD_LINK: &str = "This sign-in link has expired or was already used. Ask for a new one below.";
 
-pub async fn form(dashboard: Dashboard, flash: Flash) -> HttpResponse {
+pub async fn form(dashboard: Dashboard, flash: Flash, settings: web::Data<Settings>) -> HttpResponse {
     if let Dashboard::SignedIn { .. } = dashboard {
         return see_other("/dashboard");
     }
-    page(StatusCode::OK, "login.html", context! { flash => flash.text() })
+    login_page(StatusCode::OK, &settings, flash.text().as_deref())
 }
+
+/// The sign-in page, with `flash` above its forms; the link form only where email is on.
+fn login_page(status: StatusCode, settings: &Settings, flash: Option<&str>) -> HttpResponse {
+    page(status, "login.html", context! { flash => flash, email_off => settings.email.is_none() })
+}
+
+const EMAIL_OFF: &str = "This server sends no email, so it cannot send sign-in links. Sign in with an API key.";
 
 #[derive(Deserialize)]
 pub struct LinkRequest {
@@ -51,9 +62,9 @@ async fn within_limit(pool: &PgPool, clock: &Clock, bucket: &str, limit: u32) ->
     Ok(quota.allowed())
 }
 
-fn too_many() -> HttpResponse {
+fn too_many(settings: &Settings) -> HttpResponse {
     let flash = "Too many sign-in attempts. Try again in an hour.";
-    page(StatusCode::TOO_MANY_REQUESTS, "login.html", context! { flash => flash })
+    login_page(StatusCode::TOO_MANY_REQUESTS, settings, Some(flash))
 }
 
 /// `POST /dashboard/login`: emails a sign-in link to the address, if it has an account.
@@ -65,9 +76,12 @@ pub async fn request_link(
     form: web::Form<LinkRequest>,
 ) -> Result<HttpResponse, ApiError> {
     crate::browser::same_site(&req)?;
+    if settings.email.is_none() {
+        return Ok(login_page(StatusCode::SERVICE_UNAVAILABLE, &settings, Some(EMAIL_OFF)));
+    }
     let Ok(email) = Email::parse(&form.email) else {
         let flash = "Enter the email address of your RSOLV account.";
-        return Ok(page(StatusCode::UNPROCESSABLE_ENTITY, "login.html", context! { flash => flash }));
+        return Ok(login_page(StatusCode::UNPROCESSABLE_ENTITY, &settings, Some(flash)));
     };
     let limits = settings.rate_limits;
     let address = crate::rate_limit::client_network(&req, &settings);
@@ -78,7 +92,7 @@ pub async fn request_link(
     if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limits.sign_in_per_address).await?
         || !within_limit(&pool, &clock, &email_bucket, limits.sign_in_per_email).await?
     {
-        return Ok(too_many());
+        return Ok(too_many(&settings));
     }
     // A job either way (one that sends nothing without an account): the same work, so
     // the answer's time does not tell whether the address has one.
@@ -103,8 +117,8 @@ fn into_dashboard(session: actix_web::cookie::Cookie<'static>) -> HttpResponse {
     HttpResponse::SeeOther().cookie(session).insert_header((actix_web::http::header::LOCATION, "/dashboard")).finish()
 }
 
-fn dead_link() -> HttpResponse {
-    page(StatusCode::NOT_FOUND, "login.html", context! { flash => DEAD_LINK })
+fn dead_link(settings: &Settings) -> HttpResponse {
+    login_page(StatusCode::NOT_FOUND, settings, Some(DEAD_LINK))
 }
 
 /// `a…@example.com`: enough to recognise one's own address, not to read someone else's.
@@ -117,9 +131,15 @@ fn masked(email: &str) -> String {
 
 /// `GET /dashboard/login/{token}`: the link's page, naming the account it opens, with
 /// the button that signs in.
-pub async fn link(pool: web::Data<PgPool>, token: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let Some(token) = token_of(&token) else { return Ok(dead_link()) };
-    let Some(email) = db::sign_in_links::live_for(pool.get_ref(), &token).await? else { return Ok(dead_link()) };
+pub async fn link(
+    pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(token) = token_of(&token) else { return Ok(dead_link(&settings)) };
+    let Some(email) = db::sign_in_links::live_for(pool.get_ref(), &token).await? else {
+        return Ok(dead_link(&settings));
+    };
     Ok(page(StatusCode::OK, "link.html", context! { token => token.expose(), account => masked(&email) }))
 }
 
@@ -131,10 +151,10 @@ pub async fn redeem(
     token: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     crate::browser::same_site(&req)?;
-    let Some(token) = token_of(&token) else { return Ok(dead_link()) };
+    let Some(token) = token_of(&token) else { return Ok(dead_link(&settings)) };
     let Some(customer_id) = db::sign_in_links::redeem(pool.get_ref(), &token).await? else {
         tracing::warn!("a dead sign-in link was used");
-        return Ok(dead_link());
+        return Ok(dead_link(&settings));
     };
     let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, None).await?;
     tracing::info!(%customer_id, "signed in to the dashboard by email link");
@@ -159,7 +179,7 @@ pub async fn with_key(
     let address = crate::rate_limit::client_network(&req, &settings);
     let limit = settings.rate_limits.sign_in_per_address;
     if !within_limit(&pool, &clock, &format!("sign-in-address:{address}"), limit).await? {
-        return Ok(too_many());
+        return Ok(too_many(&settings));
     }
     let live = match ApiKey::parse(form.api_key.trim()) {
         Ok(key) => db::api_keys::live(pool.get_ref(), &key.hash()).await?,
@@ -168,7 +188,7 @@ pub async fn with_key(
     let Some((key_id, customer_id)) = live else {
         tracing::warn!("dashboard sign-in with a key that is not live");
         let flash = "That API key does not sign in: it is mistyped or revoked.";
-        return Ok(page(StatusCode::UNAUTHORIZED, "login.html", context! { flash => flash }));
+        return Ok(login_page(StatusCode::UNAUTHORIZED, &settings, Some(flash)));
     };
     // Revoking this key ends the session.
     let cookie = dashboard_auth::sign_in(pool.get_ref(), &settings, customer_id, Some(key_id)).await?;
