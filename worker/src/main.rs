@@ -73,7 +73,7 @@ async fn main() -> Result<(), Error> {
         Some("seed") => seed(&pool, &settings).await,
         #[cfg(feature = "demo")]
         Some("simulate-webhook") => simulate::run(&pool, &settings, &args[1..]).await,
-        Some("start-sequence") => start_sequence(&pool, &args[1..]).await,
+        Some("start-sequence") => start_sequence(&pool, &settings, &args[1..]).await,
         Some("jobs") => ops::run(&pool, &args[1..]).await,
         Some("credits") => credits::run(&pool, &args[1..]).await,
         Some("issue-key") => credits::issue_key(&pool, &args[1..]).await,
@@ -154,11 +154,14 @@ async fn reconcile(pool: sqlx::PgPool, settings: Settings, args: &[String]) -> R
     Ok(())
 }
 
-async fn start_sequence(pool: &sqlx::PgPool, args: &[String]) -> Result<(), Error> {
+async fn start_sequence(pool: &sqlx::PgPool, settings: &Settings, args: &[String]) -> Result<(), Error> {
     let names: Vec<_> = common::email::sequences::ALL.iter().map(|s| s.name).collect();
     let usage = format!("usage: start-sequence NAME --customer EMAIL|ID (NAME: {})", names.join(", "));
     let sequence = args.first().and_then(|n| common::email::sequences::find(n)).ok_or(usage.clone())?;
     let who = cli::flag(args, "--customer").ok_or(usage)?;
+    if settings.email.is_none() {
+        return Err("email is off (SMTP_URL is unset): nothing would send the steps; set SMTP_URL and run again".into());
+    }
     let customer = cli::find_customer(pool, who).await?;
     let mut tx = pool.begin().await?;
     let occurrence = new_occurrence();

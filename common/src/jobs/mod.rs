@@ -141,7 +141,13 @@ macro_rules! job_kinds {
             notifier: &JobNotifier,
             instance: &str,
         ) -> Monitor {
-            $(let monitor = queue::register::<$kind>(monitor, bookkeeping, ctx, notifier, &ctx.settings.jobs, instance);)*
+            $(let monitor = match <$kind as queue::Job>::runs_here(ctx) {
+                true => queue::register::<$kind>(monitor, bookkeeping, ctx, notifier, &ctx.settings.jobs, instance),
+                false => {
+                    tracing::info!(kind = <$kind>::KIND, "not run by this process: its jobs wait for one that can run them");
+                    monitor
+                }
+            };)*
             monitor
         }
     };

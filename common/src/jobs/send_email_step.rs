@@ -71,6 +71,11 @@ impl JobKind for SendEmailStep {
 impl Job for SendEmailStep {
     type Context = JobContext;
 
+    /// Only where email is on: elsewhere the steps wait for a worker that can send them.
+    fn runs_here(ctx: &JobContext) -> bool {
+        ctx.mailer.is_some()
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
         let Some(sequence) = sequences::find(&self.sequence) else {

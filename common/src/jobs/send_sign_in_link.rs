@@ -50,6 +50,11 @@ impl JobKind for SendSignInLink {
 impl Job for SendSignInLink {
     type Context = JobContext;
 
+    /// Only where email is on: elsewhere the links wait for a worker that can send them.
+    fn runs_here(ctx: &JobContext) -> bool {
+        ctx.mailer.is_some()
+    }
+
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
         let customer = ctx.customer(self.customer_id).await?;

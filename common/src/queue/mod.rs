@@ -95,6 +95,13 @@ pub trait Job: JobKind {
     fn settler(_ctx: &Self::Context) -> Option<settle::Settler> {
         None
     }
+
+    /// Whether this process can run the kind at all. One that cannot (email kinds where
+    /// `SMTP_URL` is unset) is not registered, so its jobs wait, neither claimed nor
+    /// charged attempts, for a process that can.
+    fn runs_here(_ctx: &Self::Context) -> bool {
+        true
+    }
 }
 
 /// How a kind runs and retries (defined with the job settings it is read into, so the

@@ -246,12 +246,13 @@ async fn links_that_are_forged_expired_unknown_or_over_the_limit_sign_no_one_in(
     assert_eq!(cross.status(), 403);
 }
 
-/// With email off no link can be sent: the page offers the API key only, and a request
-/// for a link says so, enqueueing nothing and counting against no limit.
+/// With email off no link can be sent: the page offers the API key only, a request for a
+/// link says so, enqueueing nothing and counting against no limit, and the last live key
+/// (the only way back in) cannot be revoked.
 #[tokio::test]
 async fn with_email_off_the_sign_in_page_offers_the_key_and_a_link_request_is_refused_without_a_job() {
     let app = TestApp::spawn(&[], false).await;
-    customer(&app, CustomerState::Pro, "bob@example.com").await;
+    let bob = customer(&app, CustomerState::Pro, "bob@example.com").await;
     let mut browser = Browser::new(&app);
 
     let form = browser.get("/dashboard/login").await;
@@ -262,7 +263,7 @@ async fn with_email_off_the_sign_in_page_offers_the_key_and_a_link_request_is_re
     assert!(form.contains("action=\"/dashboard/login/key\""), "the key form stays: {form}");
 
     let asked = browser.post("/dashboard/login", &[("email", "bob@example.com")]).await;
-    assert_eq!(asked.status(), 503);
+    assert_eq!(asked.status(), 404, "no link sign-in here, and not a server failure");
     assert!(asked.text().await.unwrap().contains("cannot send sign-in links"));
     testing::require_not_inserted::<SendSignInLink>(&app.db.pool).await;
     testing::require_not_inserted::<SignInLinkNotSent>(&app.db.pool).await;
@@ -271,6 +272,18 @@ async fn with_email_off_the_sign_in_page_offers_the_key_and_a_link_request_is_re
         .await
         .unwrap();
     assert_eq!(counted, 0, "a refused request counts against no limit");
+
+    // The key signs in; the last live key stays, confirmed or not.
+    browser.sign_in_with_key(bob.api_key.expose()).await;
+    let csrf = browser.csrf("/dashboard/keys").await;
+    let last = first_key(&app, bob.customer_id).await;
+    for form in [vec![("csrf", csrf.as_str())], vec![("csrf", csrf.as_str()), ("confirm", "yes")]] {
+        let refused = browser.post(&format!("/dashboard/keys/{last}/revoke"), &form).await;
+        assert_eq!((refused.status(), location(&refused)), (StatusCode::SEE_OTHER, "/dashboard/keys"));
+        let page = browser.page("/dashboard/keys").await;
+        assert!(page.contains("this server sends no email"), "{page}");
+    }
+    assert_eq!(app.get_with_key("/api/v1/customers/me", bob.api_key.expose()).await.status(), 200, "still live");
 }
 
 #[tokio::test]
@@ -301,7 +314,9 @@ async fn first_key(app: &TestApp, customer_id: uuid::Uuid) -> uuid::Uuid {
 
 #[tokio::test]
 async fn a_key_made_in_the_dashboard_is_shown_once_works_and_the_last_is_revoked_only_when_confirmed() {
-    let app = TestApp::api_only().await;
+    // Email on (nothing is sent here): the dashboard still opens by emailed link, so the
+    // last key may go once confirmed.
+    let app = TestApp::spawn(&[("SMTP_URL", "smtp://127.0.0.1:2525")], false).await;
     let dan = customer(&app, CustomerState::Trial, "dan@example.com").await;
     let mut browser = Browser::new(&app);
     browser.sign_in_with_key(dan.api_key.expose()).await;

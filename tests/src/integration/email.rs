@@ -385,6 +385,53 @@ async fn with_email_off_the_nudge_sweep_starts_nothing_and_the_customer_is_nudge
     assert_eq!(starts().await, 1);
 }
 
+/// A worker with email off does not run the email kinds: their jobs wait, unclaimed and
+/// charged no attempt, for a worker that can send them (a mixed fleet, or email turned
+/// off after they were scheduled), rather than dying.
+#[tokio::test]
+async fn a_worker_with_email_off_leaves_email_jobs_waiting_for_one_that_can_send_them() {
+    let app = TestApp::spawn(&[], true).await;
+    let trial =
+        factories::create(&app.db.pool, &app.settings, CustomerState::Trial, Email::parse("t@example.com").unwrap())
+            .await
+            .unwrap();
+    let step = SendEmailStep {
+        customer_id: trial.customer_id,
+        sequence: "onboarding".into(),
+        step: "welcome".into(),
+        occurrence: String::new(),
+        vars: serde_json::json!({}),
+    };
+    let queue::Enqueued::Inserted(id) = queue::enqueue(&app.db.pool, &step).await.unwrap() else { panic!("inserted") };
+    let link = common::jobs::SendSignInLink { customer_id: trial.customer_id, request: Uuid::new_v4() };
+    queue::enqueue(&app.db.pool, &link).await.unwrap();
+
+    // Every other kind's worker is up (each registers before it claims anything)...
+    let others = common::jobs::kinds().len() as i64 - 2;
+    crate::helpers::wait_for("the other kinds' workers", Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT kind) FROM job_workers")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+            >= others
+    })
+    .await;
+    let email_kinds: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_workers WHERE kind IN ('send_email_step', 'send_sign_in_link')")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(email_kinds, 0, "no worker of an email kind runs where email is off");
+    // ...and runs its jobs, while the email jobs wait untouched.
+    let other = common::jobs::SignInLinkNotSent { request: Uuid::new_v4() };
+    let queue::Enqueued::Inserted(other) = queue::enqueue(&app.db.pool, &other).await.unwrap() else { panic!() };
+    testing::wait_for_status(&app.db.pool, other, JobStatus::Completed, Duration::from_secs(20)).await;
+    for job in testing::all_jobs(&app.db.pool).await.into_iter().filter(|j| j.kind.starts_with("send_")) {
+        assert_eq!((job.status, job.attempts, job.errors.len()), (JobStatus::Available, 0, 0), "{}", job.kind);
+    }
+    assert_eq!(testing::status_of(&app.db.pool, id).await, Some(JobStatus::Available));
+}
+
 const EXPIRING_STEPS: usize = common::email::sequences::EXPIRING_TRIAL.steps.len();
 const RE_ENGAGEMENT_STEPS: usize = common::email::sequences::RE_ENGAGEMENT.steps.len();
 

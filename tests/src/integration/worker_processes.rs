@@ -153,7 +153,16 @@ async fn start_sequence_schedules_every_step_of_a_named_sequence() {
     )
     .await
     .unwrap();
+    // With email off nothing would send the steps: refused, nothing scheduled.
+    let off = our_command("rsolv-worker", &app.db.url)
+        .args(["start-sequence", "expiring_trial", "--customer", email])
+        .output()
+        .unwrap();
+    assert!(!off.status.success());
+    assert!(String::from_utf8_lossy(&off.stderr).contains("SMTP_URL is unset"), "{off:?}");
+    testing::require_not_inserted::<SendEmailStep>(&app.db.pool).await;
     let output = our_command("rsolv-worker", &app.db.url)
+        .env("SMTP_URL", "smtp://127.0.0.1:2525")
         .args(["start-sequence", "expiring_trial", "--customer", email])
         .output()
         .unwrap();

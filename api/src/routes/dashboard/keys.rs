@@ -2,6 +2,8 @@
 //! statement and limit, `db::api_keys::create`), the new key shown once on the page that
 //! answers the form; revoking the last live key asks for confirmation first, since it
 //! stops every integration using it (the dashboard still opens with the email link).
+//! With email off (`SMTP_URL` unset) there is no email link, so the last live key is
+//! not revoked at all: the customer would be locked out of the dashboard.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -99,6 +101,7 @@ pub async fn revoke(
     dashboard: Dashboard,
     req: HttpRequest,
     pool: web::Data<PgPool>,
+    settings: web::Data<common::config::Settings>,
     id: web::Path<String>,
     form: web::Form<Revoke>,
 ) -> Result<HttpResponse, ApiError> {
@@ -111,6 +114,11 @@ pub async fn revoke(
     let Some(key) = live.iter().find(|k| k.id == id) else {
         return Ok(back("/dashboard/keys", "There is no such live key."));
     };
+    if live.len() == 1 && settings.email.is_none() {
+        let flash = "This is your last live key, and this server sends no email, so you could not sign in \
+                     again: create another key first.";
+        return Ok(back("/dashboard/keys", flash));
+    }
     if live.len() == 1 && form.confirm != "yes" {
         let extra = context! { confirm_last => Serde(key) };
         return keys_page(pool, customer_id, csrf, StatusCode::CONFLICT, extra).await;

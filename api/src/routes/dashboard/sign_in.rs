@@ -7,8 +7,9 @@
 //! GET: mail scanners fetch links, and a fetch must not spend the link.
 //!
 //! With email off (`SMTP_URL` unset) no link can be sent: the page offers only the API
-//! key, and a request for a link is refused with a page that says so (503), enqueueing
-//! nothing and counting against no limit.
+//! key, and the link request does not exist (404, as the admin API without its token),
+//! answered with a page that says why, enqueueing nothing and counting against no limit.
+//! Not a 5xx: anyone can post it, and it must not read as the server failing.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -31,6 +32,7 @@ use crate::errors::ApiError;
 /// The page for a link that is not (or no longer) one: forged, used and expired look
 /// the same.
 const DEAD_LINK: &str = "This sign-in link has expired or was already used. Ask for a new one below.";
+const DEAD_LINK_EMAIL_OFF: &str = "This sign-in link has expired or was already used. Sign in with an API key.";
 
 pub async fn form(dashboard: Dashboard, flash: Flash, settings: web::Data<Settings>) -> HttpResponse {
     if let Dashboard::SignedIn { .. } = dashboard {
@@ -77,7 +79,7 @@ pub async fn request_link(
 ) -> Result<HttpResponse, ApiError> {
     crate::browser::same_site(&req)?;
     if settings.email.is_none() {
-        return Ok(login_page(StatusCode::SERVICE_UNAVAILABLE, &settings, Some(EMAIL_OFF)));
+        return Ok(login_page(StatusCode::NOT_FOUND, &settings, Some(EMAIL_OFF)));
     }
     let Ok(email) = Email::parse(&form.email) else {
         let flash = "Enter the email address of your RSOLV account.";
@@ -118,7 +120,11 @@ fn into_dashboard(session: actix_web::cookie::Cookie<'static>) -> HttpResponse {
 }
 
 fn dead_link(settings: &Settings) -> HttpResponse {
-    login_page(StatusCode::NOT_FOUND, settings, Some(DEAD_LINK))
+    let flash = match settings.email {
+        Some(_) => DEAD_LINK,
+        None => DEAD_LINK_EMAIL_OFF,
+    };
+    login_page(StatusCode::NOT_FOUND, settings, Some(flash))
 }
 
 /// `a…@example.com`: enough to recognise one's own address, not to read someone else's.
