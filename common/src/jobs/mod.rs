@@ -144,7 +144,7 @@ macro_rules! job_kinds {
             $(let monitor = match <$kind as queue::Job>::runs_here(ctx) {
                 true => queue::register::<$kind>(monitor, bookkeeping, ctx, notifier, &ctx.settings.jobs, instance),
                 false => {
-                    tracing::info!(kind = <$kind>::KIND, "not run by this process: its jobs wait for one that can run them");
+                    tracing::warn!(kind = <$kind>::KIND, "not run by this process (email is off): its jobs wait for a worker with SMTP_URL");
                     monitor
                 }
             };)*

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::JobContext;
 use crate::db;
 use crate::email::{self, SendError};
-use crate::queue::{Job, JobError, JobKind, Outcome, RetryPolicy};
+use crate::queue::{self, Job, JobError, JobKind, Outcome, RetryPolicy};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendSignInLink {
@@ -57,6 +57,13 @@ impl Job for SendSignInLink {
 
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let mailer = ctx.mailer.as_ref().ok_or_else(|| JobError::new("email is not configured (SMTP_URL is unset)"))?;
+        // A link is worth its 15 minutes from the request: one asked for longer ago (it
+        // waited for a worker with email, or through a long outage) is not sent late.
+        let asked = queue::first_enqueued_at(&ctx.pool, Self::KIND, &self.request.to_string()).await?;
+        let waited = asked.map(|at| chrono::Utc::now() - at).unwrap_or_default();
+        if waited.to_std().is_ok_and(|waited| waited > db::sign_in_links::LINK_TTL) {
+            return Ok(Outcome::cancel("asked for longer ago than a link lasts: not sent; the customer asks again"));
+        }
         let customer = ctx.customer(self.customer_id).await?;
         mailer.reachable().await.map_err(|e| JobError::caused("", e))?;
         let token = db::sign_in_links::create(&ctx.pool, customer.id).await?;

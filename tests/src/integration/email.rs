@@ -262,26 +262,9 @@ async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
     let sink = MailSink::start().await;
     let smtp = sink.smtp_url();
     let app = TestApp::spawn(&[("SMTP_URL", smtp.as_str())], false).await;
-    let low = factories::create(
-        &app.db.pool,
-        &app.settings,
-        CustomerState::TrialExhausted,
-        Email::parse("low@example.com").unwrap(),
-    )
-    .await
-    .unwrap();
-    let carded = factories::create(
-        &app.db.pool,
-        &app.settings,
-        CustomerState::TrialWithBilling,
-        Email::parse("carded@example.com").unwrap(),
-    )
-    .await
-    .unwrap();
-    let quiet =
-        factories::create(&app.db.pool, &app.settings, CustomerState::Pro, Email::parse("quiet@example.com").unwrap())
-            .await
-            .unwrap();
+    let low = customer(&app, CustomerState::TrialExhausted, "low@example.com").await;
+    let carded = customer(&app, CustomerState::TrialWithBilling, "carded@example.com").await;
+    let quiet = customer(&app, CustomerState::Pro, "quiet@example.com").await;
     // Quiet since 40 days ago (its sign-up; it never reported a fix); the others are new.
     sqlx::query("UPDATE customers SET created_at = now() - interval '40 days' WHERE id = $1")
         .bind(quiet.customer_id)
@@ -353,14 +336,7 @@ async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
 async fn with_email_off_the_nudge_sweep_starts_nothing_and_the_customer_is_nudged_once_email_is_on() {
     let app = TestApp::spawn(&[], false).await;
     assert!(app.settings.email.is_none());
-    let low = factories::create(
-        &app.db.pool,
-        &app.settings,
-        CustomerState::TrialExhausted,
-        Email::parse("low@example.com").unwrap(),
-    )
-    .await
-    .unwrap();
+    let low = customer(&app, CustomerState::TrialExhausted, "low@example.com").await;
     let starts = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_sequence_starts WHERE customer_id = $1")
             .bind(low.customer_id)
@@ -391,10 +367,7 @@ async fn with_email_off_the_nudge_sweep_starts_nothing_and_the_customer_is_nudge
 #[tokio::test]
 async fn a_worker_with_email_off_leaves_email_jobs_waiting_for_one_that_can_send_them() {
     let app = TestApp::spawn(&[], true).await;
-    let trial =
-        factories::create(&app.db.pool, &app.settings, CustomerState::Trial, Email::parse("t@example.com").unwrap())
-            .await
-            .unwrap();
+    let trial = customer(&app, CustomerState::Trial, "t@example.com").await;
     let step = SendEmailStep {
         customer_id: trial.customer_id,
         sequence: "onboarding".into(),
@@ -430,6 +403,40 @@ async fn a_worker_with_email_off_leaves_email_jobs_waiting_for_one_that_can_send
         assert_eq!((job.status, job.attempts, job.errors.len()), (JobStatus::Available, 0, 0), "{}", job.kind);
     }
     assert_eq!(testing::status_of(&app.db.pool, id).await, Some(JobStatus::Available));
+}
+
+/// A sign-in link asked for longer ago than a link lasts (it waited for a worker with
+/// email) is not sent late: the run cancels it, and nothing is mailed or stored.
+#[tokio::test]
+async fn a_sign_in_link_asked_for_longer_ago_than_a_link_lasts_is_not_sent_late() {
+    let sink = MailSink::start().await;
+    let smtp = sink.smtp_url();
+    let app = TestApp::spawn(&[("SMTP_URL", smtp.as_str())], false).await;
+    let ada = customer(&app, CustomerState::Pro, "ada@example.com").await;
+    let late = common::jobs::SendSignInLink { customer_id: ada.customer_id, request: Uuid::new_v4() };
+    let fresh = common::jobs::SendSignInLink { customer_id: ada.customer_id, request: Uuid::new_v4() };
+    queue::enqueue(&app.db.pool, &late).await.unwrap();
+    queue::enqueue(&app.db.pool, &fresh).await.unwrap();
+    sqlx::query("UPDATE jobs SET created_at = now() - interval '16 minutes' WHERE unique_key = $1")
+        .bind(late.request.to_string())
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+
+    let outcome = late.run(app.job_context()).await.unwrap();
+    assert!(matches!(outcome, queue::Outcome::Cancel { .. }), "{outcome:?}");
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM sign_in_links").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(links, 0, "no link made");
+    assert!(sink.messages().is_empty(), "nothing mailed");
+
+    // One asked for just now is sent.
+    fresh.run(app.job_context()).await.unwrap();
+    assert_eq!(sink.wait_for(1).await[0].subject, "Your RSOLV sign-in link");
+}
+
+/// A customer in `state` with address `email`.
+async fn customer(app: &TestApp, state: CustomerState, email: &str) -> factories::Seeded {
+    factories::create(&app.db.pool, &app.settings, state, Email::parse(email).unwrap()).await.unwrap()
 }
 
 const EXPIRING_STEPS: usize = common::email::sequences::EXPIRING_TRIAL.steps.len();

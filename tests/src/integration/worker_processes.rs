@@ -155,6 +155,7 @@ async fn start_sequence_schedules_every_step_of_a_named_sequence() {
     .unwrap();
     // With email off nothing would send the steps: refused, nothing scheduled.
     let off = our_command("rsolv-worker", &app.db.url)
+        .env_remove("SMTP_URL")
         .args(["start-sequence", "expiring_trial", "--customer", email])
         .output()
         .unwrap();
