@@ -3,8 +3,9 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, delete, get, post, web};
+use common::config::Settings;
 use common::db;
-use common::db::api_keys::{KeyCreated, KeyInfo};
+use common::db::api_keys::{KeyCreated, KeyInfo, Revocation};
 use common::domain::{ApiKey, ErrorCode, MAX_LIVE_KEYS};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -105,18 +106,36 @@ pub async fn list(pool: web::Data<PgPool>, auth: Authenticated) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(KeyList { api_keys }))
 }
 
-/// Revoke a key: refused at once, everywhere.
+/// Revoke a key: refused at once, everywhere. Where the server sends no email, the last
+/// live key is not revoked: it is the customer's only way into the dashboard.
 #[utoipa::path(operation_id = "revoke_api_key", tag = "api keys", security(("api_key" = [])),
     params(("key_id" = Uuid, Path)),
-    responses((status = 200, description = "Revoked", body = RevokedKey), (status = 404, description = "NOT_FOUND: no such live key of this customer", body = ErrorBody)))]
+    responses((status = 200, description = "Revoked", body = RevokedKey), (status = 404, description = "NOT_FOUND: no such live key of this customer", body = ErrorBody),
+        (status = 409, description = "LAST_KEY: the customer's last live key, on a server that sends no email (create another first)", body = ErrorBody)))]
 #[delete("/api/v1/api-keys/{key_id}")]
 pub async fn revoke(
     pool: web::Data<PgPool>,
+    settings: web::Data<Settings>,
     auth: Authenticated,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found("no such key"))?;
-    if !db::api_keys::revoke(pool.get_ref(), auth.customer_id, id).await? {
+    let revoked = match settings.email {
+        Some(_) => db::api_keys::revoke(pool.get_ref(), auth.customer_id, id).await?,
+        None => match db::api_keys::revoke_unless_last(pool.get_ref(), auth.customer_id, id).await? {
+            Revocation::Revoked => true,
+            Revocation::NotLive => false,
+            Revocation::LastKey => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::LastKey,
+                    "the last live key: this server sends no email, so it is the only way into the dashboard; \
+                     create another key first",
+                ));
+            }
+        },
+    };
+    if !revoked {
         return Err(ApiError::not_found("no such key"));
     }
     tracing::info!(customer_id = %auth.customer_id, key_id = %id, "API key revoked");

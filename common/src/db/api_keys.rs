@@ -232,6 +232,42 @@ pub async fn revoke<'e>(db: impl PgExecutor<'e>, customer_id: Uuid, id: Uuid) ->
     .map(|revoked| revoked == 1)
 }
 
+/// What [`revoke_unless_last`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    Revoked,
+    /// No such live key of this customer.
+    NotLive,
+    /// The customer's last live key: left live.
+    LastKey,
+}
+
+/// Serializes the revocations of one customer's keys (`$1`, the customer's id) for the
+/// rest of the transaction; public so that a test can hold it.
+pub const REVOCATIONS_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('api_keys:' || $1::text, 0))";
+
+/// As [`revoke`], but never the customer's last live key: where email is off, a key is
+/// the only way into the dashboard, and a customer without one is locked out. The lock
+/// comes first and the count after it, in a statement of its own: two revocations at
+/// once then cannot each count the other's key as live and leave none.
+pub async fn revoke_unless_last(pool: &PgPool, customer_id: Uuid, id: Uuid) -> Result<Revocation, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(REVOCATIONS_LOCK).bind(customer_id).execute(&mut *tx).await?;
+    let live =
+        sqlx::query_scalar!("SELECT id FROM api_keys WHERE customer_id = $1 AND revoked_at IS NULL", customer_id)
+            .fetch_all(&mut *tx)
+            .await?;
+    if !live.contains(&id) {
+        return Ok(Revocation::NotLive);
+    }
+    if live.len() == 1 {
+        return Ok(Revocation::LastKey);
+    }
+    let revoked = revoke(&mut *tx, customer_id, id).await?;
+    tx.commit().await?;
+    Ok(if revoked { Revocation::Revoked } else { Revocation::NotLive })
+}
+
 /// A live key's id and customer (signing in to the dashboard with it).
 pub async fn live<'e>(db: impl PgExecutor<'e>, hash: &ApiKeyHash) -> Result<Option<(Uuid, Uuid)>, sqlx::Error> {
     let row =

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     NoScheduledCancellation,
     InsufficientCredits,
     TooManyKeys,
+    /// The customer's last live key, which this server will not revoke: with email off it
+    /// is the only way into the dashboard.
+    LastKey,
     InvalidSignature,
     InvalidPayload,
     RateLimited,

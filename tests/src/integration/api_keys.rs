@@ -126,3 +126,79 @@ async fn a_customer_who_never_saw_its_key_gets_a_new_one_from_support_on_the_aud
         sqlx::query_scalar("SELECT detail::text FROM audit_log").fetch_one(&app.db.pool).await.unwrap();
     assert!(!logged.contains(key), "the audit log never holds the key");
 }
+
+/// Where the server sends no email a key is the only way into the dashboard: the API
+/// does not revoke a customer's last live key (409 `LAST_KEY`), and does once there is
+/// another.
+#[tokio::test]
+async fn with_email_off_the_last_live_key_is_not_revoked() {
+    let app = TestApp::with_worker().await;
+    assert!(app.settings.email.is_none());
+    let (customer_id, only) = app.onboarded_customer("last@example.com").await;
+    let only_id = common::db::api_keys::list(&app.db.pool, customer_id).await.unwrap()[0].id;
+    let delete = |id: uuid::Uuid, key: String| {
+        let request = app.client.delete(app.url(&format!("/api/v1/api-keys/{id}"))).header("x-api-key", key);
+        async move { request.send().await.unwrap() }
+    };
+    let refused = delete(only_id, only.clone()).await;
+    assert_eq!(refused.status(), 409);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "LAST_KEY", "{body}");
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &only).await.status(), 200, "still live");
+
+    let created = app.post_with_key("/api/v1/api-keys", &only, &json!({ "name": "next" })).await;
+    let next = created.json::<Value>().await.unwrap()["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(delete(only_id, next.clone()).await.status(), 200);
+    assert_eq!(app.get_with_key("/api/v1/customers/me", &only).await.status(), 401);
+}
+
+/// Two revocations at once of a customer's last two keys leave one: the second counts the
+/// live keys only once the first has committed. Here the first holds the revocations'
+/// lock with its key revoked but not committed; without the lock the second would count
+/// both keys as live and revoke its own, leaving none.
+#[tokio::test]
+async fn two_revocations_at_once_of_the_last_two_keys_leave_one() {
+    use common::db::api_keys::{self, Revocation};
+    let app = TestApp::api_only().await;
+    let seeded = common::factories::create(
+        &app.db.pool,
+        &app.settings,
+        common::factories::CustomerState::Pro,
+        common::domain::Email::parse("two@example.com").unwrap(),
+    )
+    .await
+    .unwrap();
+    let customer = seeded.customer_id;
+    let key = common::domain::ApiKey::generate();
+    let mut tx = app.db.pool.begin().await.unwrap();
+    api_keys::create(&mut tx, customer, "second", &key.hash(), &key.display_prefix(), 5, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let ids: Vec<uuid::Uuid> = api_keys::list(&app.db.pool, customer).await.unwrap().iter().map(|k| k.id).collect();
+    assert_eq!(ids.len(), 2);
+
+    let mut first = app.db.pool.begin().await.unwrap();
+    sqlx::query(api_keys::REVOCATIONS_LOCK).bind(customer).execute(&mut *first).await.unwrap();
+    assert!(api_keys::revoke(&mut *first, customer, ids[0]).await.unwrap());
+    let pool = app.db.pool.clone();
+    let second = tokio::spawn(async move { api_keys::revoke_unless_last(&pool, customer, ids[1]).await.unwrap() });
+    // The second waits on the lock while the first is open.
+    crate::helpers::wait_for("the second revocation to wait on the lock", std::time::Duration::from_secs(10), || {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'
+                   AND query LIKE '%api_keys:%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap(), Revocation::LastKey);
+    let live = api_keys::list(&app.db.pool, customer).await.unwrap().iter().filter(|k| k.revoked_at.is_none()).count();
+    assert_eq!(live, 1);
+}

@@ -8,7 +8,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use common::db;
-use common::db::api_keys::KeyCreated;
+use common::db::api_keys::{KeyCreated, Revocation};
 use common::domain::{ApiKey, MAX_LIVE_KEYS};
 use minijinja::context;
 use minijinja::value::Serde;
@@ -97,6 +97,8 @@ pub struct Revoke {
     confirm: String,
 }
 
+const LAST_KEY_EMAIL_OFF: &str = "This is your last live key, and this server sends no email, so you could not sign in again: create another key first.";
+
 pub async fn revoke(
     dashboard: Dashboard,
     req: HttpRequest,
@@ -114,10 +116,14 @@ pub async fn revoke(
     let Some(key) = live.iter().find(|k| k.id == id) else {
         return Ok(back("/dashboard/keys", "There is no such live key."));
     };
-    if live.len() == 1 && settings.email.is_none() {
-        let flash = "This is your last live key, and this server sends no email, so you could not sign in \
-                     again: create another key first.";
-        return Ok(back("/dashboard/keys", flash));
+    if settings.email.is_none() {
+        // No email link back in: the last key stays, decided under the revocations' lock.
+        match db::api_keys::revoke_unless_last(pool, customer_id, id).await? {
+            Revocation::Revoked => tracing::info!(%customer_id, key_id = %id, "API key revoked in the dashboard"),
+            Revocation::NotLive => return Ok(back("/dashboard/keys", "There is no such live key.")),
+            Revocation::LastKey => return Ok(back("/dashboard/keys", LAST_KEY_EMAIL_OFF)),
+        }
+        return Ok(back("/dashboard/keys", &format!("Key {} ({}…) is revoked.", key.name, key.prefix)));
     }
     if live.len() == 1 && form.confirm != "yes" {
         let extra = context! { confirm_last => Serde(key) };
