@@ -13,6 +13,12 @@ use uuid::Uuid;
 
 use crate::helpers::{MailSink, PRO_PRICE, TestApp, WEBHOOK_SECRET, wait_for_kind_finished};
 
+/// The API alone (no worker), with email to `sink`.
+async fn api_with_email(sink: &MailSink) -> TestApp {
+    let url = sink.smtp_url();
+    TestApp::spawn(&[("SMTP_URL", url.as_str())], false).await
+}
+
 async fn app_with_email(sink: &MailSink) -> TestApp {
     let url = sink.smtp_url();
     let secrets = WEBHOOK_SECRET.to_owned();
@@ -260,8 +266,7 @@ async fn one_click_unsubscribe_by_post() {
 #[tokio::test]
 async fn the_nudge_sweep_starts_each_nudge_once_per_customer_and_episode() {
     let sink = MailSink::start().await;
-    let smtp = sink.smtp_url();
-    let app = TestApp::spawn(&[("SMTP_URL", smtp.as_str())], false).await;
+    let app = api_with_email(&sink).await;
     let low = customer(&app, CustomerState::TrialExhausted, "low@example.com").await;
     let carded = customer(&app, CustomerState::TrialWithBilling, "carded@example.com").await;
     let quiet = customer(&app, CustomerState::Pro, "quiet@example.com").await;
@@ -410,8 +415,7 @@ async fn a_worker_with_email_off_leaves_email_jobs_waiting_for_one_that_can_send
 #[tokio::test]
 async fn a_sign_in_link_asked_for_longer_ago_than_a_link_lasts_is_not_sent_late() {
     let sink = MailSink::start().await;
-    let smtp = sink.smtp_url();
-    let app = TestApp::spawn(&[("SMTP_URL", smtp.as_str())], false).await;
+    let app = api_with_email(&sink).await;
     let ada = customer(&app, CustomerState::Pro, "ada@example.com").await;
     let late = common::jobs::SendSignInLink { customer_id: ada.customer_id, request: Uuid::new_v4() };
     let fresh = common::jobs::SendSignInLink { customer_id: ada.customer_id, request: Uuid::new_v4() };
