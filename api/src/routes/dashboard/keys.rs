@@ -113,23 +113,24 @@ pub async fn revoke(
     let Ok(id) = Uuid::parse_str(&id) else { return Ok(back("/dashboard/keys", "There is no such key.")) };
     let keys = db::api_keys::list(pool, customer_id).await?;
     let live: Vec<_> = keys.iter().filter(|k| k.revoked_at.is_none()).collect();
-    let Some(key) = live.iter().find(|k| k.id == id) else {
-        return Ok(back("/dashboard/keys", "There is no such live key."));
-    };
-    if settings.email.is_none() {
+    const NOT_LIVE: &str = "There is no such live key.";
+    let Some(key) = live.iter().find(|k| k.id == id) else { return Ok(back("/dashboard/keys", NOT_LIVE)) };
+    let revoked = match settings.email {
         // No email link back in: the last key stays, decided under the revocations' lock.
-        match db::api_keys::revoke_unless_last(pool, customer_id, id).await? {
-            Revocation::Revoked => tracing::info!(%customer_id, key_id = %id, "API key revoked in the dashboard"),
-            Revocation::NotLive => return Ok(back("/dashboard/keys", "There is no such live key.")),
+        None => match db::api_keys::revoke_unless_last(pool, customer_id, id).await? {
+            Revocation::Revoked => true,
+            Revocation::NotLive => return Ok(back("/dashboard/keys", NOT_LIVE)),
             Revocation::LastKey => return Ok(back("/dashboard/keys", LAST_KEY_EMAIL_OFF)),
+        },
+        Some(_) => {
+            if live.len() == 1 && form.confirm != "yes" {
+                let extra = context! { confirm_last => Serde(key) };
+                return keys_page(pool, customer_id, csrf, StatusCode::CONFLICT, extra).await;
+            }
+            db::api_keys::revoke(pool, customer_id, id).await?
         }
-        return Ok(back("/dashboard/keys", &format!("Key {} ({}…) is revoked.", key.name, key.prefix)));
-    }
-    if live.len() == 1 && form.confirm != "yes" {
-        let extra = context! { confirm_last => Serde(key) };
-        return keys_page(pool, customer_id, csrf, StatusCode::CONFLICT, extra).await;
-    }
-    if db::api_keys::revoke(pool, customer_id, id).await? {
+    };
+    if revoked {
         tracing::info!(%customer_id, key_id = %id, "API key revoked in the dashboard");
     }
     Ok(back("/dashboard/keys", &format!("Key {} ({}…) is revoked.", key.name, key.prefix)))
